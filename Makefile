@@ -1,0 +1,39 @@
+# Every target installs what it needs into .venv first, so each is one command on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit sim bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/geostore demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check geostore netem bench tests
+	$(VENV)/bin/ruff format --check geostore netem bench tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck unit
+
+sim: $(STAMP)
+	$(VENV)/bin/geostore sim --seeds 20000
+
+bench: $(STAMP)
+	$(PY) bench/storage.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""netem: a Toxiproxy-compatible WAN emulator (asyncio TCP proxy + HTTP control API)."""
