@@ -33,10 +33,22 @@ ALLOWED: dict[str, frozenset[str]] = {
     "client": frozenset({"ids", "errors", "codec"}),
     "cli": frozenset(
         {
-            "ids", "errors", "codec", "config", "raft", "geo", "store", "storage",
-            "transport", "node", "runtime", "sim", "client", "cli",
+            "ids",
+            "errors",
+            "codec",
+            "config",
+            "raft",
+            "geo",
+            "store",
+            "storage",
+            "transport",
+            "node",
+            "runtime",
+            "sim",
+            "client",
+            "cli",
         }
-    ),  # fmt: skip
+    ),
     # the package root (geostore/__init__.py, __main__.py)
     "": frozenset({"cli"}),
 }

@@ -50,16 +50,32 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 @pytest.mark.parametrize(
     ("rel", "source", "expected"),
     [
-        ("geostore/raft/core.py", "from geostore.runtime import x\n", "must not import geostore.runtime"),
+        (
+            "geostore/raft/core.py",
+            "from geostore.runtime import x\n",
+            "must not import geostore.runtime",
+        ),
         ("geostore/raft/core.py", "import asyncio\n", "must not import asyncio"),
         ("geostore/store/core.py", "import time\n", "must not import time"),
         ("geostore/geo/core.py", "import random\nrandom.random()\n", "module-level random"),
         ("geostore/codec/x.py", "from random import randint\n", "random.Random instance"),
-        ("geostore/sim/x.py", "import geostore.runtime.server\n", "must not import geostore.runtime"),
+        (
+            "geostore/sim/x.py",
+            "import geostore.runtime.server\n",
+            "must not import geostore.runtime",
+        ),
         ("geostore/runtime/x.py", "from geostore import sim\n", "must not import geostore.sim"),
-        ("geostore/client/x.py", "from geostore.store import q\n", "must not import geostore.store"),
+        (
+            "geostore/client/x.py",
+            "from geostore.store import q\n",
+            "must not import geostore.store",
+        ),
         ("geostore/node/x.py", "import aiohttp\n", "must not import aiohttp"),
-        ("netem/x.py", "from geostore.runtime import y\n", "netem must not import geostore.runtime"),
+        (
+            "netem/x.py",
+            "from geostore.runtime import y\n",
+            "netem must not import geostore.runtime",
+        ),
     ],
 )
 def test_checker_catches_violation(tmp_path: Path, rel: str, source: str, expected: str) -> None:
