@@ -601,8 +601,9 @@ class PeerTransport:
             check_hello(hello, self._cluster_id, self._node_id)
         except HandshakeRefused as exc:
             self._refused_in[exc.reason] = self._refused_in.get(exc.reason, 0) + 1
-            if claimed is not None:
-                self._counters.setdefault(claimed, PeerCounters()).refused_in += 1
+            # Only known ids get a per-peer count: a stranger must not grow the stats map.
+            if claimed is not None and claimed in self._counters:
+                self._counters[claimed].refused_in += 1
             self._throttle.warning(
                 f"refused-in:{exc.reason}",
                 "node %s refused a peer link from %s (node %s): %s: %s",
