@@ -1,0 +1,1 @@
+"""geostore benchmarks: scripts that print a human table and JSON through bench.results."""
