@@ -1,0 +1,127 @@
+"""Commands: what a committed Raft entry carries to the event store, and their encoding.
+
+Theory of operation: the receiving node validates a request against the catalog, fills in
+missing event times from its own clock, routes events to partitions and encodes each
+partition's events once as a batch (see :mod:`geostore.store.blocks`); only then does it
+propose a command. Every replica applies the same command bytes, so the state machine
+never reads a clock or a random source. An entry's ``data`` is ``encode_command(cmd)``: a
+CBOR array whose first element names the command, so unknown or damaged entries are
+rejected with a typed :class:`~geostore.errors.CodecError` rather than misread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from geostore.errors import CodecError, GeostoreError
+from geostore.ids import Epoch, PartitionId, RegionId, StreamName
+
+from . import _cbor
+from .model import ProducerRef, Schema, StoreLimits
+
+COMMAND_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CreateStream:
+    """Create a stream (idempotent for the same definition; conflict for another one).
+
+    ``homes`` maps partitions to home regions, sorted by partition; unnamed partitions have
+    no home (None) until the geo layer assigns one.
+    """
+
+    name: StreamName
+    partitions: int = 1
+    key_field: str | None = None
+    schema: Schema | None = None
+    homes: tuple[tuple[PartitionId, RegionId], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AppendBatch:
+    """Append one partition's events, encoded once by the receiving node.
+
+    ``epoch`` is the partition epoch the proposer validated against (None: do not check);
+    apply refuses the batch with ``superseded_epoch`` when the epoch moved on meanwhile.
+    """
+
+    stream: StreamName
+    partition: PartitionId
+    events: bytes
+    record_count: int
+    producer: ProducerRef | None = None
+    epoch: Epoch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetHome:
+    """Move a partition's home, with a strictly larger epoch (the geo layer proposes it)."""
+
+    stream: StreamName
+    partition: PartitionId
+    home: RegionId | None
+    epoch: Epoch
+
+
+Command = CreateStream | AppendBatch | SetHome
+
+
+def encode_command(cmd: Command) -> bytes:
+    match cmd:
+        case CreateStream():
+            schema = cmd.schema.to_json() if cmd.schema is not None else None
+            homes = [[p, r] for p, r in cmd.homes]
+            body: list[Any] = ["create", cmd.name, cmd.partitions, cmd.key_field, schema, homes]
+        case AppendBatch():
+            prod = [cmd.producer.id, cmd.producer.seq] if cmd.producer is not None else None
+            body = [
+                "append",
+                cmd.stream,
+                cmd.partition,
+                cmd.events,
+                cmd.record_count,
+                prod,
+                cmd.epoch,
+            ]
+        case SetHome():
+            body = ["home", cmd.stream, cmd.partition, cmd.home, cmd.epoch]
+    return _cbor.dumps([COMMAND_FORMAT, *body])
+
+
+def decode_command(data: bytes) -> Command:
+    """Decode an entry's data; raises CodecError for anything that is not a valid command."""
+    raw = _cbor.loads(data)
+    if not isinstance(raw, list) or len(raw) < 2 or raw[0] != COMMAND_FORMAT:
+        raise CodecError("not a version-1 store command")
+    try:
+        match raw[1:]:
+            case ["create", str(name), int(parts), key_field, schema, list(homes)]:
+                _need(key_field is None or isinstance(key_field, str), "key_field")
+                sch = Schema.from_json(schema, StoreLimits()) if schema is not None else None
+                hs = tuple((PartitionId(int(p)), RegionId(str(r))) for p, r in homes)
+                return CreateStream(StreamName(name), parts, key_field, sch, hs)
+            case ["append", str(stream), int(part), bytes(events), int(count), prod, epoch]:
+                pr = None
+                if prod is not None:
+                    _need(isinstance(prod, list) and len(prod) == 2, "producer")
+                    pid, pseq = prod
+                    _need(isinstance(pid, str) and type(pseq) is int, "producer")
+                    pr = ProducerRef(pid, pseq)
+                _need(epoch is None or type(epoch) is int, "epoch")
+                ep = Epoch(epoch) if epoch is not None else None
+                return AppendBatch(StreamName(stream), PartitionId(part), events, count, pr, ep)
+            case ["home", str(stream), int(part), home, int(epoch)]:
+                _need(home is None or isinstance(home, str), "home")
+                hm = RegionId(home) if home is not None else None
+                return SetHome(StreamName(stream), PartitionId(part), hm, Epoch(epoch))
+    except CodecError:
+        raise
+    except (ValueError, TypeError, GeostoreError) as exc:  # GeostoreError: a bad schema
+        raise CodecError(f"store command has bad fields: {exc}") from exc
+    raise CodecError(f"unknown or malformed store command {str(raw[1])[:40]!r}")
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise CodecError(f"store command has a bad {what}")

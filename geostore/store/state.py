@@ -1,0 +1,1054 @@
+"""The event store: a deterministic state machine fed with committed Raft entries.
+
+Theory of operation.
+
+*Inputs.* ``apply(index, command)`` is called with committed entries in log order (one
+store per Raft group). It is deterministic: the answer and the new state depend only on the
+previous state and the command, never on a clock, randomness, hash order or local
+configuration other than :class:`StoreTuning` (which every replica shares). A command that
+cannot apply is answered with :class:`Rejected` and changes nothing, on every replica alike.
+Entries that are not store commands (no-ops, membership) go through ``advance(index)``.
+
+*Before proposing.* The receiving node calls ``validate_create`` / ``validate_append``:
+they parse and check the request (typed ApiErrors), fill in missing event times from the
+``now_us`` it passes, route events to partitions, and encode each partition's events once
+(see :mod:`geostore.store.blocks`). Streams are never deleted and their definitions never
+change, so a request valid at validation time stays valid at apply time; apply re-checks
+what can move (an epoch, a producer window) and the shape of the bytes.
+
+*State.* A catalog of streams; per partition: home and epoch, the next seq (dense from 0),
+a rolling BLAKE2b hash of the applied events, the sparse index of sealed blocks and the
+open block (see blocks.py); and the producer table (dedup.py). Sealed blocks go through the
+:class:`~geostore.store.blocks.BlockStore` port; nothing else touches files.
+
+*Queries* are pure reads of that state: by seq range, by time range (paged by ``next_seq``,
+with a bound on blocks decoded per call), aggregates that merge block summaries and decode
+only the blocks that straddle a range or window boundary, and ``stats`` saying so.
+
+*Live tail.* ``subscribe(stream, partition, callback)`` registers a callback called
+synchronously after each applied append of that partition with its last seq; the runtime
+turns it into a wake-up and reads with ``events_since``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from geostore.errors import ApiError, CodecError, ErrorCode, StorageError
+from geostore.ids import INDEX_ZERO, Epoch, LogIndex, PartitionId, RegionId, Seq, StreamName
+
+from . import _cbor
+from .blocks import (
+    BlockData,
+    BlockMeta,
+    BlockStore,
+    Columns,
+    OpenBlock,
+    block_from_open_bytes,
+    decode_batch,
+    decode_block,
+    encode_batch,
+)
+from .commands import AppendBatch, Command, CreateStream, SetHome, decode_command
+from .dedup import ProducerTable
+from .model import (
+    FIRST_EPOCH,
+    INT64_MAX,
+    INT64_MIN,
+    Aggregate,
+    AggregateResult,
+    AppendResult,
+    AttrType,
+    HomeResult,
+    Number,
+    PartitionHome,
+    PartitionInfo,
+    ProducerRef,
+    ReadResult,
+    ReadStats,
+    Rejected,
+    Schema,
+    StoredEvent,
+    StoreLimits,
+    StoreTuning,
+    StreamDef,
+    StreamInfo,
+    WindowAggregate,
+    check_stream_name,
+    is_int,
+    is_number,
+    malformed,
+    too_large,
+)
+from .snapshot import FrameWriter, read_records
+
+ApplyResult = StreamInfo | AppendResult | HomeResult | Rejected
+TailCallback = Callable[[StreamName, PartitionId, Seq], None]
+
+SNAPSHOT_FORMAT = 1
+_HASH_HEADER = struct.Struct(">qqqi")  # seq, epoch, ts, key length (-1: no key)
+_EMPTY_HASH = bytes(16)
+_EVENT_FIELDS = frozenset({"ts", "key", "partition", "body"})
+
+
+def route(definition: StreamDef, partition: int | None, key: str | None, rr: int) -> PartitionId:
+    """The partition of an event: explicit, else crc32(UTF-8 key) mod n, else ``rr`` mod n.
+
+    ``rr`` is the receiving node's round-robin counter for keyless events (the caller
+    advances it per keyless event). zlib.crc32 is the IEEE CRC-32 of zip, PNG and Java's
+    ``java.util.zip.CRC32``, so any language computes the same partition.
+    """
+    n = definition.partitions
+    if partition is not None:
+        assert 0 <= partition < n
+        return PartitionId(partition)
+    if key is not None:
+        return PartitionId(zlib.crc32(key.encode()) % n)
+    return PartitionId(rr % n)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAppend:
+    """A validated append: one command per partition touched, in partition order.
+
+    ``positions[k]`` lists the request indexes of ``batches[k]``'s events, in order, so the
+    node can map results back; ``rr_counter`` is the node's counter after this request.
+    """
+
+    batches: tuple[AppendBatch, ...]
+    positions: tuple[tuple[int, ...], ...]
+    rr_counter: int
+
+
+class _Partition:
+    __slots__ = (
+        "epoch",
+        "first_seqs",
+        "home",
+        "indexed",
+        "log_hash",
+        "next_seq",
+        "open",
+        "partition",
+        "sealed",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        stream: StreamName,
+        partition: PartitionId,
+        indexed: tuple[str, ...],
+        home: RegionId | None,
+        epoch: Epoch,
+    ) -> None:
+        self.stream = stream
+        self.partition = partition
+        self.indexed = indexed
+        self.home = home
+        self.epoch = epoch
+        self.next_seq = 0
+        self.log_hash = _EMPTY_HASH
+        self.sealed: list[BlockMeta] = []
+        self.first_seqs: list[int] = []
+        self.open = OpenBlock(0, 0, indexed)
+
+    def metas_from(self, seq: int) -> Iterator[BlockMeta]:
+        """Index entries of the blocks holding ``seq`` and after, the open block last."""
+        k = max(bisect.bisect_right(self.first_seqs, seq) - 1, 0)
+        yield from self.sealed[k:]
+        if self.open.meta.count:
+            yield self.open.meta
+
+    def all_metas(self) -> Iterator[BlockMeta]:
+        yield from self.sealed
+        if self.open.meta.count:
+            yield self.open.meta
+
+
+@dataclass(slots=True)
+class _Acc:
+    count: int = 0
+    min: Number | None = None
+    max: Number | None = None
+    sum: Number = 0
+
+    def add(self, v: Number) -> None:
+        if self.min is None or v < self.min:
+            self.min = v
+        if self.max is None or v > self.max:
+            self.max = v
+        self.count += 1
+        self.sum += v
+
+    def merge(self, count: int, lo: Number | None, hi: Number | None, total: Number) -> None:
+        if not count:
+            return
+        assert lo is not None and hi is not None
+        if self.min is None or lo < self.min:
+            self.min = lo
+        if self.max is None or hi > self.max:
+            self.max = hi
+        self.count += count
+        self.sum += total
+
+    def freeze(self) -> Aggregate:
+        return Aggregate(self.count, self.min, self.max, self.sum)
+
+
+class EventStore:
+    """The state machine of one Raft group's event store (see the module docstring)."""
+
+    def __init__(
+        self,
+        blocks: BlockStore,
+        *,
+        limits: StoreLimits | None = None,
+        tuning: StoreTuning | None = None,
+    ) -> None:
+        self.blocks = blocks
+        self.limits = limits or StoreLimits()
+        self.tuning = tuning or StoreTuning()
+        self.applied_index: LogIndex = INDEX_ZERO
+        self._streams: dict[StreamName, StreamDef] = {}
+        self._partitions: dict[tuple[StreamName, PartitionId], _Partition] = {}
+        self._producers = self._new_producer_table()
+        self._subscribers: dict[tuple[StreamName, PartitionId], list[TailCallback]] = {}
+
+    def _new_producer_table(self) -> ProducerTable:
+        t = self.tuning
+        return ProducerTable(t.producer_window, t.producers_max, t.producer_idle_entries)
+
+    # --- catalog ---------------------------------------------------------------------
+
+    def stream(self, name: str) -> StreamDef:
+        """The definition of ``name``; raises UNKNOWN_STREAM."""
+        d = self._streams.get(StreamName(name))
+        if d is None:
+            raise ApiError(ErrorCode.UNKNOWN_STREAM, f"no stream {name!r}", stream=name)
+        return d
+
+    def streams(self) -> list[StreamDef]:
+        return [self._streams[n] for n in sorted(self._streams)]
+
+    def stream_info(self, name: str) -> StreamInfo:
+        d = self.stream(name)
+        homes = tuple(
+            PartitionHome(p.partition, p.home, p.epoch)
+            for p in (self._partitions[(d.name, PartitionId(i))] for i in range(d.partitions))
+        )
+        return StreamInfo(d, homes, created=False)
+
+    def _partition(self, stream: str, partition: Any) -> _Partition:
+        d = self.stream(stream)
+        if not is_int(partition) or not 0 <= partition < d.partitions:
+            raise ApiError(
+                ErrorCode.UNKNOWN_PARTITION,
+                f"stream {stream!r} has partitions 0..{d.partitions - 1}, not {partition!r}",
+                stream=stream,
+                partition=partition if is_int(partition) else str(partition),
+            )
+        return self._partitions[(d.name, PartitionId(partition))]
+
+    def partition_info(self, stream: str, partition: int) -> PartitionInfo:
+        p = self._partition(stream, partition)
+        return PartitionInfo(
+            p.stream,
+            p.partition,
+            p.home,
+            p.epoch,
+            Seq(p.next_seq - 1),
+            p.log_hash.hex(),
+            len(p.sealed),
+        )
+
+    def partitions(self) -> list[PartitionInfo]:
+        """Every partition, sorted by (stream, partition): for /v1/debug/partitions."""
+        return [self.partition_info(s, p) for s, p in sorted(self._partitions)]
+
+    # --- validation before proposing ---------------------------------------------------
+
+    def validate_create(self, request: Any) -> CreateStream:
+        """Parse ``{"name", "partitions"?, "key_field"?, "schema"?, "homes"?}`` into a command.
+
+        Raises MALFORMED / TOO_LARGE, and CONFLICT early when the stream exists with another
+        definition (apply decides for good: an identical definition is idempotent).
+        """
+        lim = self.limits
+        if not isinstance(request, Mapping):
+            raise malformed("stream definition must be an object")
+        extra = set(request) - {"name", "partitions", "key_field", "schema", "homes"}
+        if extra:
+            raise malformed(f"unknown fields {sorted(map(str, extra))}", field=sorted(extra)[0])
+        name = check_stream_name(request.get("name"), lim)
+        parts = request.get("partitions", 1)
+        if not is_int(parts) or parts < 1:
+            raise malformed("partitions must be an integer >= 1", field="partitions")
+        if parts > lim.partitions_max:
+            raise too_large(f"{parts} partitions, at most {lim.partitions_max}", field="partitions")
+        key_field = request.get("key_field")
+        if key_field is not None and (not isinstance(key_field, str) or not key_field):
+            raise malformed("key_field must be a non-empty string", field="key_field")
+        raw_schema = request.get("schema")
+        schema = Schema.from_json(raw_schema, lim) if raw_schema is not None else None
+        raw_homes = request.get("homes") or {}
+        if not isinstance(raw_homes, Mapping):
+            raise malformed("homes must be an object {partition: region}", field="homes")
+        homes: dict[int, RegionId] = {}
+        for k, region in raw_homes.items():
+            p = int(k) if isinstance(k, str) and k.isdigit() else k
+            if not is_int(p) or not 0 <= p < parts:
+                raise malformed(f"homes: no partition {k!r}", field="homes")
+            if not isinstance(region, str) or not region:
+                raise malformed(f"homes: bad region for partition {p}", field="homes")
+            homes[p] = RegionId(region)
+        cmd = CreateStream(
+            name,
+            parts,
+            key_field,
+            schema,
+            tuple((PartitionId(p), homes[p]) for p in sorted(homes)),
+        )
+        existing = self._streams.get(name)
+        if existing is not None and existing != _definition(cmd):
+            raise _conflict(existing)
+        return cmd
+
+    def validate_append(
+        self,
+        stream: str,
+        events: Any,
+        *,
+        now_us: int,
+        producer: Any = None,
+        rr_counter: int = 0,
+    ) -> PreparedAppend:
+        """Check an append request and encode it into one AppendBatch per partition.
+
+        ``now_us`` fills in absent ``ts``. Keyless events without a partition go round-robin
+        from ``rr_counter``; with a producer, from a start derived from ``(id, seq)`` instead,
+        so a retry routes every event exactly as the original did (and dedup recognises it).
+        Nothing is stored here; errors are typed and name the offending event.
+        """
+        lim = self.limits
+        d = self.stream(stream)
+        assert is_int(now_us)
+        prod = ProducerRef.from_json(producer, lim) if producer is not None else None
+        if not isinstance(events, list) or not events:
+            raise malformed("events must be a non-empty list", field="events")
+        if len(events) > lim.events_per_request_max:
+            raise too_large(
+                f"{len(events)} events in one request, at most {lim.events_per_request_max}",
+                field="events",
+            )
+        schema = d.schema
+        indexed = schema.indexed if schema is not None else ()
+        if prod is not None:
+            rr = zlib.crc32(prod.id.encode()) + prod.seq
+        else:
+            rr = rr_counter
+        groups: dict[int, list[int]] = {}
+        ts_col: list[int] = []
+        keys: list[str | None] = []
+        bodies: list[bytes] = []
+        attr_cols: dict[str, list[Number | None]] = {n: [] for n in indexed}
+        for i, ev in enumerate(events):
+            path = f"events[{i}]"
+            if not isinstance(ev, Mapping):
+                raise malformed(f"{path} must be an object", path=path)
+            if not ev.keys() <= _EVENT_FIELDS:
+                bad = sorted(map(str, ev.keys() - _EVENT_FIELDS))
+                raise malformed(f"{path} has unknown fields {bad}", path=path)
+            if "body" not in ev:
+                raise malformed(f"{path}.body is missing", path=f"{path}.body")
+            body = ev["body"]
+            ts = ev.get("ts")
+            if ts is None:
+                ts = now_us
+            elif not is_int(ts) or not INT64_MIN <= ts <= INT64_MAX:
+                raise malformed(
+                    f"{path}.ts must be an integer (microseconds since the Unix epoch)",
+                    path=f"{path}.ts",
+                )
+            key = ev.get("key")
+            if key is None and d.key_field is not None and isinstance(body, Mapping):
+                kv = body.get(d.key_field)
+                if isinstance(kv, str) or is_int(kv):
+                    key = str(kv)
+                elif kv is not None:
+                    raise malformed(
+                        f"{path}.body.{d.key_field} is the key field: it must be a string "
+                        "or an integer",
+                        path=f"{path}.body.{d.key_field}",
+                    )
+            if key is not None and not isinstance(key, str):
+                raise malformed(f"{path}.key must be a string", path=f"{path}.key")
+            key_bytes = len(key.encode()) if key is not None else 0
+            if key_bytes > lim.key_bytes_max:
+                raise too_large(
+                    f"{path}.key has {key_bytes} bytes, at most {lim.key_bytes_max}",
+                    path=f"{path}.key",
+                )
+            part = ev.get("partition")
+            if part is not None and (not is_int(part) or not 0 <= part < d.partitions):
+                raise ApiError(
+                    ErrorCode.UNKNOWN_PARTITION,
+                    f"{path}.partition: stream {d.name!r} has partitions "
+                    f"0..{d.partitions - 1}, not {part!r}",
+                    path=f"{path}.partition",
+                    stream=d.name,
+                )
+            if schema is not None:
+                schema.validate_body(body, f"{path}.body")
+            try:
+                body_bytes = _cbor.dumps(body)
+            except CodecError as exc:
+                raise malformed(f"{path}.body: {exc.message}", path=f"{path}.body") from exc
+            if len(body_bytes) + key_bytes > lim.event_bytes_max:
+                raise too_large(
+                    f"{path} is {len(body_bytes) + key_bytes} bytes encoded, "
+                    f"at most {lim.event_bytes_max}",
+                    path=path,
+                )
+            if part is None and key is None:
+                p = route(d, None, None, rr)
+                rr += 1
+            else:
+                p = route(d, part, key, 0)
+            groups.setdefault(p, []).append(i)
+            ts_col.append(ts)
+            keys.append(key)
+            bodies.append(body_bytes)
+            for n in indexed:
+                attr_cols[n].append(body.get(n))
+        batches: list[AppendBatch] = []
+        positions: list[tuple[int, ...]] = []
+        for pno in sorted(groups):
+            idx = groups[pno]
+            data = encode_batch(
+                [ts_col[i] for i in idx],
+                [keys[i] for i in idx],
+                [bodies[i] for i in idx],
+                {n: [col[i] for i in idx] for n, col in attr_cols.items()},
+            )
+            pid = PartitionId(pno)
+            epoch = self._partitions[(d.name, pid)].epoch
+            batches.append(AppendBatch(d.name, pid, data, len(idx), prod, epoch))
+            positions.append(tuple(idx))
+        return PreparedAppend(
+            tuple(batches), tuple(positions), rr_counter if prod is not None else rr
+        )
+
+    # --- apply -------------------------------------------------------------------------
+
+    def advance(self, index: LogIndex) -> None:
+        """An entry that is not a store command (no-op, membership) was applied."""
+        assert index > self.applied_index, "entries are applied once, in order"
+        self.applied_index = index
+        self._producers.expire(index)
+
+    def apply_entry(self, index: LogIndex, data: bytes) -> ApplyResult:
+        """Decode and apply an entry's data; undecodable data is rejected (deterministic)."""
+        try:
+            cmd = decode_command(data)
+        except CodecError as exc:
+            self.advance(index)
+            return Rejected(malformed(f"entry {index} is not a store command: {exc.message}"))
+        return self.apply(index, cmd)
+
+    def apply(self, index: LogIndex, command: Command) -> ApplyResult:
+        """Apply one committed command at log ``index``; deterministic on every replica."""
+        self.advance(index)
+        try:
+            match command:
+                case CreateStream():
+                    return self._apply_create(command)
+                case AppendBatch():
+                    return self._apply_append(index, command)
+                case SetHome():
+                    return self._apply_home(command)
+        except ApiError as err:
+            return Rejected(err)
+
+    def _apply_create(self, cmd: CreateStream) -> StreamInfo:
+        lim = self.limits
+        check_stream_name(cmd.name, lim)
+        if not 1 <= cmd.partitions <= lim.partitions_max:
+            raise too_large(f"{cmd.partitions} partitions, at most {lim.partitions_max}")
+        if any(not 0 <= p < cmd.partitions for p, _ in cmd.homes):
+            raise malformed("homes name a partition the stream does not have")
+        d = _definition(cmd)
+        existing = self._streams.get(d.name)
+        if existing is not None:
+            if existing != d:
+                raise _conflict(existing)
+            return self.stream_info(d.name)
+        homes = dict(cmd.homes)
+        indexed = d.schema.indexed if d.schema is not None else ()
+        self._streams[d.name] = d
+        for i in range(d.partitions):
+            pid = PartitionId(i)
+            self._partitions[(d.name, pid)] = _Partition(
+                d.name, pid, indexed, homes.get(pid), FIRST_EPOCH
+            )
+        return StreamInfo(d, self.stream_info(d.name).homes, created=True)
+
+    def _apply_home(self, cmd: SetHome) -> HomeResult:
+        p = self._partition(cmd.stream, cmd.partition)
+        if cmd.epoch <= p.epoch:
+            raise ApiError(
+                ErrorCode.SUPERSEDED_EPOCH,
+                f"{cmd.stream}/{cmd.partition} is at epoch {p.epoch}; epoch {cmd.epoch} is stale",
+                epoch=p.epoch,
+            )
+        p.home, p.epoch = cmd.home, cmd.epoch
+        return HomeResult(p.stream, p.partition, p.home, p.epoch)
+
+    def _apply_append(self, index: LogIndex, cmd: AppendBatch) -> AppendResult:
+        p = self._partition(cmd.stream, cmd.partition)
+        pkey = None
+        if cmd.producer is not None:
+            pkey = (p.stream, p.partition, cmd.producer.id)
+            hit = self._producers.lookup(pkey, cmd.producer.seq)
+            if hit is not None:
+                self._producers.touch(pkey, index)
+                first, last, epoch = hit
+                return AppendResult(
+                    p.stream, p.partition, Seq(first), Seq(last), Epoch(epoch), duplicate=True
+                )
+        if cmd.epoch is not None and cmd.epoch != p.epoch:
+            raise ApiError(
+                ErrorCode.SUPERSEDED_EPOCH,
+                f"{p.stream}/{p.partition} moved to epoch {p.epoch} (the append was for "
+                f"epoch {cmd.epoch}); retry",
+                epoch=p.epoch,
+            )
+        try:
+            cols = decode_batch(cmd.events, cmd.record_count, p.indexed)
+        except CodecError as exc:
+            raise malformed(f"append to {p.stream}/{p.partition}: {exc.message}") from exc
+        first = p.next_seq
+        p.log_hash = _chain(p.log_hash, first, p.epoch, cols)
+        self._fill_blocks(p, cols)
+        p.next_seq += len(cols)
+        result = AppendResult(p.stream, p.partition, Seq(first), Seq(p.next_seq - 1), p.epoch)
+        if pkey is not None:
+            assert cmd.producer is not None
+            self._producers.record(pkey, cmd.producer.seq, (first, p.next_seq - 1, p.epoch), index)
+        for cb in list(self._subscribers.get((p.stream, p.partition), ())):
+            cb(p.stream, p.partition, Seq(p.next_seq - 1))
+        return result
+
+    def _fill_blocks(self, p: _Partition, cols: Columns) -> None:
+        t = self.tuning
+        n, ends = len(cols), cols.ends
+        i = 0
+        while i < n:
+            ob = p.open
+            room_bytes = t.block_bytes_max - ob.meta.body_bytes
+            start = ends[i - 1] if i else cols.base
+            hi = min(n, i + t.block_events_max - ob.meta.count)
+            j = bisect.bisect_right(ends, start + room_bytes, i, hi)
+            if j == i:
+                if ob.meta.count:
+                    self._seal(p)
+                    continue
+                j = i + 1  # an event over the block size gets a block of its own
+            ob.append(cols, i, j, p.epoch)
+            i = j
+            if ob.meta.count >= t.block_events_max or ob.meta.body_bytes >= t.block_bytes_max:
+                self._seal(p)
+
+    def _seal(self, p: _Partition) -> None:
+        ob = p.open
+        data = ob.encode()
+        ob.meta.crc = zlib.crc32(data)
+        self.blocks.put(p.stream, p.partition, ob.meta.block_no, data)
+        p.sealed.append(ob.meta)
+        p.first_seqs.append(ob.meta.first_seq)
+        p.open = OpenBlock(ob.meta.block_no + 1, ob.meta.end_seq, p.indexed)
+
+    # --- reads -------------------------------------------------------------------------
+
+    def _load(self, p: _Partition, meta: BlockMeta) -> BlockData:
+        if meta is p.open.meta:
+            return p.open.view()
+        data = self.blocks.get(p.stream, p.partition, meta.block_no)
+        return decode_block(data, meta, p.indexed, f"{p.stream}/{p.partition}/{meta.block_no}")
+
+    def _limit(self, limit: Any) -> int:
+        lim = self.limits
+        if limit is None:
+            return lim.read_limit_default
+        if not is_int(limit) or limit < 1:
+            raise malformed("limit must be an integer >= 1", field="limit")
+        if limit > lim.read_limit_max:
+            raise too_large(f"limit {limit} is over {lim.read_limit_max}", field="limit")
+        return int(limit)
+
+    @staticmethod
+    def _check_seq(seq: Any, name: str) -> int:
+        if not is_int(seq) or not 0 <= seq <= INT64_MAX:
+            raise malformed(f"{name} must be an integer >= 0", field=name)
+        return int(seq)
+
+    @staticmethod
+    def _check_ts_range(from_ts: Any, to_ts: Any) -> tuple[int, int]:
+        for name, v in (("from_ts", from_ts), ("to_ts", to_ts)):
+            if not is_int(v) or not INT64_MIN <= v <= INT64_MAX:
+                raise malformed(
+                    f"{name} must be an integer (microseconds since the Unix epoch)", field=name
+                )
+        if to_ts < from_ts:
+            raise malformed(f"to_ts {to_ts} is before from_ts {from_ts}", field="to_ts")
+        return int(from_ts), int(to_ts)
+
+    @staticmethod
+    def _event(bd: BlockData, i: int) -> StoredEvent:
+        c = bd.cols
+        return StoredEvent(
+            Seq(bd.first_seq + i),
+            c.ts[i],
+            c.keys[i],
+            _cbor.loads_body(c.body_bytes(i)),
+            bd.epoch_at(i),
+        )
+
+    def read(self, stream: str, partition: int, from_seq: Any = 0, limit: Any = None) -> ReadResult:
+        """Events ``from_seq, from_seq+1, ...`` (at most ``limit``); ``next_seq`` follows them."""
+        p = self._partition(stream, partition)
+        start = self._check_seq(from_seq, "from_seq")
+        n = self._limit(limit)
+        out: list[StoredEvent] = []
+        blocks = decoded = 0
+        if start < p.next_seq:
+            for meta in p.metas_from(start):
+                bd = self._load(p, meta)
+                blocks += 1
+                lo = max(0, start - meta.first_seq)
+                hi = min(meta.count, lo + n - len(out))
+                out.extend(self._event(bd, i) for i in range(lo, hi))
+                decoded += hi - lo
+                if len(out) >= n:
+                    break
+        next_seq = out[-1].seq + 1 if out else start
+        return ReadResult(tuple(out), Seq(next_seq), ReadStats(blocks, decoded, 0))
+
+    def events_since(self, stream: str, partition: int, seq: Any, limit: Any = None) -> ReadResult:
+        """Live tail: the committed events from ``seq`` on (what a woken subscriber reads)."""
+        return self.read(stream, partition, seq, limit)
+
+    def read_time_range(
+        self,
+        stream: str,
+        partition: int,
+        from_ts: Any,
+        to_ts: Any,
+        from_seq: Any = 0,
+        limit: Any = None,
+    ) -> ReadResult:
+        """Events with ``from_ts <= ts < to_ts`` and ``seq >= from_seq``, in seq order.
+
+        Reads only blocks whose ``[min_ts, max_ts]`` meets the range, at most
+        ``read_blocks_max`` of them per call: a page may then hold fewer than ``limit``
+        events (even none); ``next_seq`` says where to continue, and every seq below it
+        was considered. At the end of the partition ``next_seq`` is its next seq.
+        """
+        p = self._partition(stream, partition)
+        lo_ts, hi_ts = self._check_ts_range(from_ts, to_ts)
+        start = self._check_seq(from_seq, "from_seq")
+        n = self._limit(limit)
+        out: list[StoredEvent] = []
+        blocks = decoded = 0
+        next_seq = max(start, p.next_seq)
+        if lo_ts < hi_ts and start < p.next_seq:
+            for meta in p.metas_from(start):
+                if meta.max_ts < lo_ts or meta.min_ts >= hi_ts:
+                    continue
+                if blocks >= self.limits.read_blocks_max:
+                    next_seq = max(start, meta.first_seq)
+                    break
+                bd = self._load(p, meta)
+                blocks += 1
+                ts = bd.cols.ts
+                i0 = max(0, start - meta.first_seq)
+                stop = None
+                for i in range(i0, meta.count):
+                    if lo_ts <= ts[i] < hi_ts:
+                        out.append(self._event(bd, i))
+                        if len(out) >= n:
+                            stop = i
+                            break
+                decoded += (stop + 1 if stop is not None else meta.count) - i0
+                if stop is not None:
+                    next_seq = meta.first_seq + stop + 1
+                    break
+        return ReadResult(tuple(out), Seq(next_seq), ReadStats(blocks, decoded, 0))
+
+    def aggregate(
+        self,
+        stream: str,
+        field: Any,
+        from_ts: Any,
+        to_ts: Any,
+        *,
+        partition: Any = None,
+        window_us: Any = None,
+        scan_limit: Any = None,
+    ) -> AggregateResult:
+        """count/min/max/sum/avg of numeric ``field`` over events with ``from_ts <= ts < to_ts``.
+
+        With ``window_us``, also per fixed window ``[from_ts + k*window_us, ...)`` (every
+        window, empty ones included, the last clipped at ``to_ts``). ``partition`` None means
+        every partition. An indexed field is answered from block summaries wherever a block
+        lies inside the range and inside one window; only the other blocks are decoded (their
+        columns, never the bodies). A non-indexed field is FIELD_NOT_INDEXED unless
+        ``scan_limit`` is given: then the bodies of the blocks in range are decoded, and the
+        query is refused (TOO_LARGE) before any work if that would exceed ``scan_limit``
+        events.
+        """
+        lim = self.limits
+        d = self.stream(stream)
+        if not isinstance(field, str) or not field:
+            raise malformed("field must be a non-empty string", field="field")
+        lo_ts, hi_ts = self._check_ts_range(from_ts, to_ts)
+        parts = (
+            [self._partition(stream, partition)]
+            if partition is not None
+            else [self._partitions[(d.name, PartitionId(i))] for i in range(d.partitions)]
+        )
+        windows_n = 0
+        w = 0
+        if window_us is not None:
+            if not is_int(window_us) or window_us < 1:
+                raise malformed("window_us must be an integer >= 1", field="window_us")
+            w = int(window_us)
+            windows_n = -((lo_ts - hi_ts) // w)  # ceil((hi - lo) / w)
+            if windows_n > lim.windows_max:
+                raise too_large(
+                    f"{windows_n} windows of {w} us in the range, at most {lim.windows_max}",
+                    field="window_us",
+                )
+        attr = d.schema.attribute(field) if d.schema is not None else None
+        if attr is not None and attr.type not in (AttrType.INT, AttrType.FLOAT):
+            raise malformed(f"field {field!r} is a {attr.type}, not a number", field="field")
+        indexed = attr is not None and attr.indexed
+        if not indexed:
+            if scan_limit is None:
+                raise ApiError(
+                    ErrorCode.FIELD_NOT_INDEXED,
+                    f"field {field!r} of stream {d.name!r} is not indexed; declare it indexed "
+                    "in the schema or ask for a bounded scan with scan_limit",
+                    field=field,
+                )
+            if not is_int(scan_limit) or scan_limit < 1:
+                raise malformed("scan_limit must be an integer >= 1", field="scan_limit")
+            if scan_limit > lim.scan_limit_max:
+                raise too_large(
+                    f"scan_limit {scan_limit} is over {lim.scan_limit_max}", field="scan_limit"
+                )
+
+        total = _Acc()
+        wins = [_Acc() for _ in range(windows_n)]
+        blocks = decoded = summaries = 0
+        if lo_ts < hi_ts:
+            work: list[tuple[_Partition, BlockMeta]] = []
+            for p in parts:
+                for meta in p.all_metas():
+                    if meta.max_ts < lo_ts or meta.min_ts >= hi_ts:
+                        continue
+                    inside = lo_ts <= meta.min_ts and meta.max_ts < hi_ts
+                    one_window = not w or (meta.min_ts - lo_ts) // w == (meta.max_ts - lo_ts) // w
+                    if indexed and inside and one_window:
+                        s = meta.attrs[field]
+                        total.merge(s.count, s.min, s.max, s.sum)
+                        if w:
+                            wins[(meta.min_ts - lo_ts) // w].merge(s.count, s.min, s.max, s.sum)
+                        summaries += 1
+                    else:
+                        work.append((p, meta))
+            if not indexed:
+                need = sum(m.count for _, m in work)
+                if need > scan_limit:
+                    raise too_large(
+                        f"aggregating non-indexed field {field!r} would decode {need} events, "
+                        f"over scan_limit {scan_limit}; narrow the range or index the field",
+                        field="scan_limit",
+                        events=need,
+                    )
+            for p, meta in work:
+                bd = self._load(p, meta)
+                blocks += 1
+                decoded += meta.count
+                ts = bd.cols.ts
+                if indexed:
+                    vals: Sequence[Any] = bd.cols.attrs[field]
+                else:
+                    vals = _scan_values(bd.cols, field, ts, lo_ts, hi_ts)
+                for t, v in zip(ts, vals, strict=True):
+                    if v is None or not lo_ts <= t < hi_ts:
+                        continue
+                    total.add(v)
+                    if w:
+                        wins[(t - lo_ts) // w].add(v)
+        windows = None
+        if w:
+            windows = tuple(
+                _window(lo_ts + k * w, min(lo_ts + (k + 1) * w, hi_ts), acc)
+                for k, acc in enumerate(wins)
+            )
+        return AggregateResult(total.freeze(), windows, ReadStats(blocks, decoded, summaries))
+
+    # --- live tail ---------------------------------------------------------------------
+
+    def subscribe(self, stream: str, partition: int, callback: TailCallback) -> Callable[[], None]:
+        """Call ``callback(stream, partition, last_seq)`` after each append applied to the
+        partition (synchronously, inside apply: keep it to a wake-up). Returns the unsubscribe.
+        """
+        p = self._partition(stream, partition)
+        key = (p.stream, p.partition)
+        self._subscribers.setdefault(key, []).append(callback)
+
+        def unsubscribe() -> None:
+            subs = self._subscribers.get(key, [])
+            if callback in subs:
+                subs.remove(callback)
+            if not subs:
+                self._subscribers.pop(key, None)
+
+        return unsubscribe
+
+    # --- snapshots ---------------------------------------------------------------------
+
+    def snapshot_chunks(self, chunk_bytes: int, *, include_blocks: bool = True) -> Iterator[bytes]:
+        """The state as chunks of ``chunk_bytes`` (the last one shorter).
+
+        The in-memory state (catalog, indexes, open blocks, producer table) is captured when
+        this is called, so the store may go on applying while the chunks are consumed: sealed
+        blocks never change. ``include_blocks=True`` streams each sealed block's bytes, one at
+        a time (a self-contained snapshot, for a node that catches up); ``False`` only
+        references them (for a local restart over the same BlockStore, which must hold them
+        durably: call ``BlockStore.flush`` first).
+        """
+        assert chunk_bytes >= 1
+        t = self.tuning
+        head: list[list[Any]] = [
+            [
+                "header",
+                SNAPSHOT_FORMAT,
+                self.applied_index,
+                [t.producer_window, t.producers_max, t.producer_idle_entries],
+                include_blocks,
+            ]
+        ]
+        for name in sorted(self._streams):
+            d = self._streams[name]
+            head.append(
+                [
+                    "stream",
+                    d.name,
+                    d.partitions,
+                    d.key_field,
+                    d.schema.to_json() if d.schema is not None else None,
+                ]
+            )
+        parts: list[tuple[list[Any], list[BlockMeta]]] = []
+        for key in sorted(self._partitions):
+            p = self._partitions[key]
+            rec = [
+                "partition",
+                p.stream,
+                p.partition,
+                p.home,
+                p.epoch,
+                p.next_seq,
+                p.log_hash,
+                p.open.meta.block_no,
+                p.open.encode(),
+            ]
+            parts.append((rec, list(p.sealed)))
+        producers = self._producers.to_wire()
+        return self._snapshot_gen(chunk_bytes, head, parts, producers, include_blocks)
+
+    def _snapshot_gen(
+        self,
+        chunk_bytes: int,
+        head: list[list[Any]],
+        parts: list[tuple[list[Any], list[BlockMeta]]],
+        producers: list[Any],
+        include_blocks: bool,
+    ) -> Iterator[bytes]:
+        out = FrameWriter(chunk_bytes)
+        for rec in head:
+            yield from out.add(rec)
+        for rec, metas in parts:
+            yield from out.add(rec)
+            stream, part = rec[1], rec[2]
+            for k in range(0, len(metas), 256):
+                yield from out.add(
+                    ["metas", stream, part, [m.to_wire() for m in metas[k : k + 256]]]
+                )
+            if include_blocks:
+                for m in metas:
+                    data = self.blocks.get(stream, part, m.block_no)
+                    yield from out.add(["block", stream, part, m.block_no, data])
+        for k in range(0, len(producers), 256):
+            yield from out.add(["producers", producers[k : k + 256]])
+        yield from out.finish()
+
+    def restore_from_chunks(self, chunks: Iterable[bytes]) -> None:
+        """Replace the whole state with a snapshot's (Raft InstallSnapshot, or a restart).
+
+        The new state is built aside and swapped in only when the snapshot is complete and
+        its digest checks, so a damaged snapshot (CodecError / StorageError) changes no
+        answer. Blocks it carries are put into the BlockStore as they stream in (the same
+        block numbers only ever hold the same bytes); referenced blocks must be present.
+        Subscribers stay registered and are called once for every partition that has events.
+        """
+        try:
+            self._restore(chunks)
+        except (KeyError, IndexError, ValueError, TypeError, AssertionError) as exc:
+            raise CodecError(f"snapshot is malformed: {exc!r}") from exc
+
+    def _restore(self, chunks: Iterable[bytes]) -> None:
+        streams: dict[StreamName, StreamDef] = {}
+        partitions: dict[tuple[StreamName, PartitionId], _Partition] = {}
+        producers = self._new_producer_table()
+        applied: LogIndex | None = None
+        include_blocks = False
+        received: set[tuple[StreamName, PartitionId, int]] = set()
+        t = self.tuning
+        for rec in read_records(chunks):
+            kind = rec[0]
+            if kind == "header":
+                _, fmt, idx, params, include_blocks = rec
+                if fmt != SNAPSHOT_FORMAT:
+                    raise CodecError(f"snapshot format {fmt!r}, expected {SNAPSHOT_FORMAT}")
+                if params != [t.producer_window, t.producers_max, t.producer_idle_entries]:
+                    raise StorageError(
+                        f"snapshot producer parameters {params} differ from this node's "
+                        f"{[t.producer_window, t.producers_max, t.producer_idle_entries]}: "
+                        "every replica of a group must use the same"
+                    )
+                applied = LogIndex(idx)
+                continue
+            if applied is None:
+                raise CodecError("snapshot does not start with its header")
+            if kind == "stream":
+                _, name, nparts, key_field, schema = rec
+                sch = Schema.from_json(schema) if schema is not None else None
+                streams[StreamName(name)] = StreamDef(StreamName(name), nparts, key_field, sch)
+            elif kind == "partition":
+                _, stream, part, home, epoch, next_seq, log_hash, open_no, open_bytes = rec
+                d = streams[StreamName(stream)]
+                indexed = d.schema.indexed if d.schema is not None else ()
+                p = _Partition(d.name, PartitionId(part), indexed, home, Epoch(epoch))
+                p.next_seq, p.log_hash = next_seq, log_hash
+                p.open, _ = block_from_open_bytes(open_bytes, open_no, indexed)
+                partitions[(p.stream, p.partition)] = p
+            elif kind == "metas":
+                _, stream, part, metas = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                for raw in metas:
+                    m = BlockMeta.from_wire(raw)
+                    if m.block_no != len(p.sealed) or m.first_seq != (
+                        p.sealed[-1].end_seq if p.sealed else 0
+                    ):
+                        raise CodecError("snapshot block index is not contiguous")
+                    p.sealed.append(m)
+                    p.first_seqs.append(m.first_seq)
+            elif kind == "block":
+                _, stream, part, block_no, data = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                m = p.sealed[block_no]
+                if zlib.crc32(data) != m.crc:
+                    raise CodecError(f"snapshot block {stream}/{part}/{block_no} fails its crc")
+                self.blocks.put(p.stream, p.partition, block_no, data)
+                received.add((p.stream, p.partition, block_no))
+            elif kind == "producers":
+                producers.load_wire(rec[1])
+            else:
+                raise CodecError(f"unknown snapshot record {kind!r}")
+        assert applied is not None
+        for p in partitions.values():
+            last = p.sealed[-1].end_seq if p.sealed else 0
+            if p.open.meta.first_seq != last or p.open.meta.end_seq != p.next_seq:
+                raise CodecError(f"snapshot partition {p.stream}/{p.partition} is inconsistent")
+            for m in p.sealed:
+                bkey = (p.stream, p.partition, m.block_no)
+                present = bkey in received if include_blocks else self.blocks.has(*bkey)
+                if not present:
+                    raise StorageError(f"snapshot block {'/'.join(map(str, bkey))} is missing")
+        self._streams, self._partitions, self._producers = streams, partitions, producers
+        self.applied_index = applied
+        for key, subs in list(self._subscribers.items()):
+            p2 = partitions.get(key)
+            if p2 is None or not p2.next_seq:
+                continue
+            for cb in list(subs):
+                cb(p2.stream, p2.partition, Seq(p2.next_seq - 1))
+
+    # --- introspection (tests, metrics) ------------------------------------------------
+
+    def producer_count(self) -> int:
+        return len(self._producers)
+
+
+def _definition(cmd: CreateStream) -> StreamDef:
+    return StreamDef(cmd.name, cmd.partitions, cmd.key_field, cmd.schema)
+
+
+def _conflict(existing: StreamDef) -> ApiError:
+    return ApiError(
+        ErrorCode.CONFLICT,
+        f"stream {existing.name!r} exists with another definition",
+        stream=existing.name,
+        existing=existing.to_json(),
+    )
+
+
+def _window(start: int, end: int, acc: _Acc) -> WindowAggregate:
+    return WindowAggregate(start, end, acc.freeze())
+
+
+def _scan_values(
+    cols: Columns, field: str, ts: list[int], lo_ts: int, hi_ts: int
+) -> list[Number | None]:
+    """The numeric values of ``field`` in the bodies of a block (None where not a number)."""
+    out: list[Number | None] = []
+    for i, t in enumerate(ts):
+        v: Any = None
+        if lo_ts <= t < hi_ts:
+            body = _cbor.loads_body(cols.body_bytes(i))
+            if isinstance(body, Mapping):
+                v = body.get(field)
+                if not is_number(v) or (type(v) is float and not math.isfinite(v)):
+                    v = None
+        out.append(v)
+    return out
+
+
+def _chain(h: bytes, first_seq: int, epoch: int, cols: Columns) -> bytes:
+    """Extend the partition's rolling hash by each event, in seq order.
+
+    One BLAKE2b-128 per event over (previous hash, seq, epoch, ts, key, body bytes): the
+    result does not depend on how events were batched, so copies compare across regions.
+    """
+    pack, blake = _HASH_HEADER.pack, hashlib.blake2b
+    ts, keys, ends, bodies, base = cols.ts, cols.keys, cols.ends, cols.bodies, cols.base
+    start = base
+    for i in range(len(ts)):
+        k = keys[i]
+        kb = k.encode() if k is not None else b""
+        end = ends[i]
+        head = pack(first_seq + i, epoch, ts[i], len(kb) if k is not None else -1)
+        h = blake(h + head + kb + bodies[start - base : end - base], digest_size=16).digest()
+        start = end
+    return h
