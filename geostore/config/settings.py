@@ -72,7 +72,7 @@ class RaftSettings:
     heartbeat_ticks: int = _f(5, "Leader heartbeat interval of a regional group, in ticks.")
     election_ticks: int = _f(
         30,
-        "Election timeout of a regional group, in ticks (randomised in [T, 2T) by the core).",
+        "Election timeout of a regional group, in ticks.",
     )
     wan_election_rtt_multiple: float = _f(
         10.0,
@@ -243,9 +243,13 @@ def _coerce(file: str, path: str, f: dataclasses.Field[Any], value: Any) -> Any:
     return value
 
 
-def _layer(data: Mapping[str, Any], file: str) -> dict[tuple[str, str], tuple[Any, str]]:
-    """Validate one file's sections; return ``{(section, key): (value, file)}``."""
-    out: dict[tuple[str, str], tuple[Any, str]] = {}
+#: ``{(section, key): (value, file, rank)}``: who set each field; a higher rank layered later.
+_Values = dict[tuple[str, str], tuple[Any, str, int]]
+
+
+def _layer(data: Mapping[str, Any], file: str, rank: int) -> _Values:
+    """Validate one file's sections on their own; return the fields it sets."""
+    out: _Values = {}
     for section, body in data.items():
         if section not in SECTIONS:
             raise ConfigError(file, section, f"unknown section (known: {', '.join(SECTIONS)})")
@@ -256,34 +260,43 @@ def _layer(data: Mapping[str, Any], file: str) -> dict[tuple[str, str], tuple[An
             path = f"{section}.{key}"
             if key not in fields:
                 raise ConfigError(file, path, f"unknown key in [{section}]")
-            out[(section, key)] = (_coerce(file, path, fields[key], value), file)
+            out[(section, key)] = (_coerce(file, path, fields[key], value), file, rank)
     return out
 
 
 _DEFAULTS_FILE = "<defaults>"
 
 
-def _build(values: Mapping[tuple[str, str], tuple[Any, str]]) -> Config:
+def _build(values: _Values) -> Config:
     sections = {}
     for name, cls in SECTIONS.items():
-        kwargs = {k: v for (s, k), (v, _) in values.items() if s == name}
+        kwargs = {k: v for (s, k), (v, _, _) in values.items() if s == name}
         sections[name] = cls(**kwargs)
     config = Config(**sections)
     _check_cross_fields(config, values)
     return config
 
 
-def _check_cross_fields(c: Config, values: Mapping[tuple[str, str], tuple[Any, str]]) -> None:
-    """Rules between fields. The error names the file that set the first field given."""
+def _check_cross_fields(c: Config, values: _Values) -> None:
+    """Rules between fields.
+
+    The error names the field of the rule that was set last (the override file before the
+    main file, a set field before a default) and the file that set it: that is the value the
+    operator most likely has to change.
+    """
 
     def fail(paths: Sequence[str], reason: str) -> ConfigError:
-        file = _DEFAULTS_FILE
-        for p in paths:
-            s, k = p.split(".")
-            if (s, k) in values:
-                file = values[(s, k)][1]
-                break
-        return ConfigError(file, paths[0], reason)
+        best: tuple[int, int, str, str] | None = None
+        for i, p in enumerate(paths):
+            section, key = p.split(".")
+            if (section, key) in values:
+                _, file, rank = values[(section, key)]
+                candidate = (rank, -i, p, file)
+                if best is None or candidate > best:
+                    best = candidate
+        if best is None:  # every field a default: cannot happen while the defaults are valid
+            return ConfigError(_DEFAULTS_FILE, paths[0], reason)
+        return ConfigError(best[3], best[2], reason)
 
     rules: list[tuple[bool, Sequence[str], str]] = [
         (
@@ -359,33 +372,36 @@ def _check_cross_fields(c: Config, values: Mapping[tuple[str, str], tuple[Any, s
 
 
 def config_from_dict(
-    data: Mapping[str, Any],
-    file: str = "<dict>",
-    *,
-    base: Mapping[tuple[str, str], tuple[Any, str]] | None = None,
+    data: Mapping[str, Any], file: str = "<dict>", *, base: Config | None = None
 ) -> Config:
-    """A Config from already-decoded TOML data (same rules as :func:`load_config`)."""
-    values = dict(base or {})
-    values.update(_layer(data, file))
+    """A Config from already-decoded TOML data layered over ``base`` (defaults when None)."""
+    values: _Values = {}
+    if base is not None:
+        for section, fields in base.to_dict().items():
+            for key, value in fields.items():
+                values[(section, key)] = (value, "<base config>", 0)
+    values.update(_layer(data, file, 1))
     return _build(values)
 
 
-def parse_config(text: str, file: str = "<string>") -> Config:
-    """A Config from TOML text."""
-    return config_from_dict(decode_toml(text, file), file)
+def parse_config(text: str, file: str = "<string>", *, base: Config | None = None) -> Config:
+    """A Config from TOML text, layered over ``base`` (defaults when None)."""
+    return config_from_dict(decode_toml(text, file), file, base=base)
 
 
 def load_config(path: str | Path | None = None, override: str | Path | None = None) -> Config:
     """Defaults, then the file at ``path``, then the per-node ``override`` file, field by field.
 
-    Either file may be None. Errors name the file that holds the bad value.
+    Either file may be None (both None: the defaults). Each file is checked on its own, then
+    the merged result against the cross-field rules; errors name the file that holds the bad
+    value.
     """
-    values: dict[tuple[str, str], tuple[Any, str]] = {}
-    for p in (path, override):
+    values: _Values = {}
+    for rank, p in enumerate((path, override), start=1):
         if p is None:
             continue
         file = str(p)
-        values.update(_layer(decode_toml(read_text(p), file), file))
+        values.update(_layer(decode_toml(read_text(p), file), file, rank))
     return _build(values)
 
 
@@ -416,24 +432,23 @@ def raft_timing(
 ) -> RaftTiming:
     """Timing for a Raft group whose voters sit in ``regions_spanned``.
 
-    One region: the LAN timing of ``[raft]``. Several: election timeout =
-    ``wan_election_rtt_multiple`` x the largest RTT among them (never below the LAN value),
-    heartbeat scaled by the same factor, so the heartbeat/election ratio is kept.
+    The election timeout is ``wan_election_rtt_multiple`` x the largest RTT the group spans
+    (between its regions, or inside one), never below the LAN value of ``[raft]``; the
+    heartbeat is scaled by the same factor so the heartbeat/election ratio is kept. Inside one
+    region the LAN value wins (0.5 ms x 10 is far below it), so regional groups get exactly
+    the ``[raft]`` timing.
     """
     r = config.raft
     spanned = list(dict.fromkeys(regions_spanned))
     assert spanned, "a Raft group spans at least one region"
-    for name in spanned:
-        topology.region(name)  # KeyError on an unknown region: a programmer error
-    lan = RaftTiming(r.tick_ms, r.heartbeat_ticks, r.election_ticks)
-    if len(spanned) == 1:
-        return lan
-    wan_election_ms = r.wan_election_rtt_multiple * topology.max_rtt_ms(spanned)
-    election_ticks = max(r.election_ticks, math.ceil(wan_election_ms / r.tick_ms))
+    widest_rtt_ms = topology.widest_rtt_ms(spanned)
+    election_ticks = max(
+        r.election_ticks, math.ceil(r.wan_election_rtt_multiple * widest_rtt_ms / r.tick_ms)
+    )
     if election_ticks == r.election_ticks:
-        return lan
+        return RaftTiming(r.tick_ms, r.heartbeat_ticks, r.election_ticks)
     heartbeat_ticks = max(1, round(r.heartbeat_ticks * election_ticks / r.election_ticks))
     heartbeat_ticks = min(heartbeat_ticks, election_ticks - 1)
     timing = RaftTiming(r.tick_ms, heartbeat_ticks, election_ticks)
-    assert timing.heartbeat_ticks < timing.election_ticks
+    assert 0 < timing.heartbeat_ticks < timing.election_ticks
     return timing

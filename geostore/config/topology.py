@@ -191,6 +191,12 @@ class Topology:
                     best = max(best, self.rtt_ms(a, b))
         return best
 
+    def widest_rtt_ms(self, regions: Iterable[str]) -> float:
+        """The largest RTT a group with voters in ``regions`` spans, intra-region RTTs included."""
+        names = list(regions)
+        intra = max((self.region(n).intra_rtt_ms for n in names), default=0.0)
+        return max(intra, self.max_rtt_ms(names))
+
     # -- streams -------------------------------------------------------------------------
 
     def stream(self, name: str) -> StreamSpec:
@@ -411,12 +417,13 @@ class _Parser:
                         nwhere, f"duplicate node id {node.id!r} (also {seen_nodes[node.id]})"
                     )
                 seen_nodes[node.id] = nwhere
-                if node.host is not None and node.port is not None:
-                    endpoint = (node.host, node.port)
+                if node.port is not None:
+                    # A node without a host runs on loopback, so ports collide there too.
+                    endpoint = (node.host or "loopback", node.port)
                     if endpoint in seen_endpoints:
                         raise self.fail(
                             f"{nwhere}.port",
-                            f"{node.host}:{node.port} already used by {seen_endpoints[endpoint]}",
+                            f"{endpoint[0]}:{node.port} already used by {seen_endpoints[endpoint]}",
                         )
                     seen_endpoints[endpoint] = nwhere
                 nodes.append(node)
