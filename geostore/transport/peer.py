@@ -251,6 +251,7 @@ class PeerTransport:
         self._supervisor = asyncio.create_task(
             self._supervise(ready), name=f"transport-{self._node_id}"
         )
+        self._supervisor.add_done_callback(self._supervisor_done)
         # The supervisor sets `ready` once its TaskGroup exists; it cannot fail before that.
         await ready.wait()
         self._running = True
@@ -265,6 +266,17 @@ class PeerTransport:
             await self._stop_event.wait()
             # Leaving the block waits for every dial loop to flush and return.
         self._tg = None
+
+    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
+        # Dial loops handle every operating error; an exception here is a bug. Say so at
+        # once (stop() re-raises it later) and refuse new links, rather than limp on.
+        if not task.cancelled() and task.exception() is not None:
+            self._running = False
+            log.error(
+                "transport of %s failed; its links are down",
+                self._node_id,
+                exc_info=task.exception(),
+            )
 
     def _spawn(self, link: _Outbound) -> None:
         assert self._tg is not None
@@ -573,6 +585,9 @@ class PeerTransport:
             peer = await self._accept(ws, request.remote)
             if peer is not None:
                 await self._receive(peer, ws)
+        except _LINK_ERRORS as exc:
+            # The dialer went away mid-handshake or mid-read: its own loop reconnects.
+            log.debug("inbound link from %s (%s) failed: %s", peer, request.remote, exc)
         finally:
             self._inbound_all.discard(ws)
             if peer is not None and self._inbound_by_peer.get(peer) is ws:

@@ -37,9 +37,14 @@ class TransportSettings:
     #: From the upgrade to the welcome (dialer) or from the upgrade to the hello (acceptor).
     handshake_timeout_s: float = 2.0
     #: One frame write (waiting for the socket to drain); a stuck peer resets the link.
-    send_timeout_s: float = 5.0
-    #: WebSocket ping interval; a pong missing for half of it closes a half-open link.
-    heartbeat_s: float = 2.0
+    #: Generous: on a slow WAN link a full batch may take seconds to drain, and a reset
+    #: loses the frame in flight.
+    send_timeout_s: float = 10.0
+    #: WebSocket ping interval; a pong missing for half of it closes a half-open link. The
+    #: ping queues behind data frames, so on a slow WAN link half of this must exceed the
+    #: time to drain a batch or healthy links get reset. Raft's own check-quorum does not
+    #: depend on it; it only makes a dead link reconnect sooner.
+    heartbeat_s: float = 5.0
     #: Waiting for the peer's close frame when a link is closed.
     close_timeout_s: float = 1.0
     #: First reconnect delay; doubles per failed attempt (with jitter) up to ``backoff_max_ms``.

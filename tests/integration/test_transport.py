@@ -19,7 +19,8 @@ import cbor2
 import pytest
 from aiohttp import WSMsgType, web
 
-from geostore.ids import NodeId
+from geostore.codec import decode_message, encode_message, wire_message
+from geostore.ids import GroupId, NodeId
 from geostore.transport.peer import PeerTransport
 from geostore.transport.settings import TransportSettings
 from geostore.transport.wire import PEER_PATH, encode_batch, hello_text, welcome_text
@@ -168,6 +169,57 @@ async def test_messages_arrive_in_order_and_intact_between_three_nodes() -> None
             assert st["connected"] and st["inbound_connected"]
     for n in nodes:
         await n.stop()
+
+
+@wire_message(0xFFFF_0001)  # a tag far above the real ones, for this test only
+@dataclasses.dataclass(frozen=True, slots=True)
+class Probe:
+    group: GroupId
+    index: int
+    payload: bytes
+
+
+async def test_codec_messages_of_several_groups_share_one_link() -> None:
+    sock_a, sock_b = reserve(), reserve()
+    peers = {A: url(sock_a.getsockname()[1]), B: url(sock_b.getsockname()[1])}
+    inbox: list[tuple[NodeId, object]] = []
+    transports = [
+        PeerTransport(
+            node,
+            "c1",
+            peers,
+            encode=encode_message,
+            decode=decode_message,
+            on_message=lambda peer, msg: inbox.append((peer, msg)),
+            settings=FAST,
+            rng=random.Random(1),
+        )
+        for node in (A, B)
+    ]
+    runners = []
+    for transport, sock in zip(transports, (sock_a, sock_b), strict=True):
+        app = web.Application()
+        app.router.add_routes(transport.routes())
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        await transport.start()
+        await web.SockSite(runner, sock).start()
+        runners.append(runner)
+    a = transports[0]
+    sent = [
+        Probe(GroupId(g), i, bytes([i % 256]) * i) for i in range(200) for g in ("data", "meta")
+    ]
+    for msg in sent:
+        assert a.send(B, msg)
+    async with asyncio.timeout(10):
+        while len(inbox) < len(sent):
+            await asyncio.sleep(0.01)
+    assert inbox == [(A, m) for m in sent]
+    assert a.stats()["peers"][B]["sent_frames"] < len(sent)
+    for transport in transports:
+        await transport.stop()
+    for runner in runners:
+        await runner.cleanup()
 
 
 async def test_batching_coalesces_sends_into_few_frames_within_both_bounds() -> None:
@@ -380,6 +432,28 @@ async def test_half_open_link_is_detected_by_the_heartbeat() -> None:
     assert st["connects"] >= 2 and st["reconnects"] >= 1
     await a.stop()
     await runner.cleanup()
+
+
+async def test_black_hole_peer_hits_the_connect_deadline_and_does_not_delay_stop() -> None:
+    """The peer's kernel accepts the TCP connection but nothing ever answers the upgrade."""
+    hole = reserve()
+    hole.listen(8)
+    peers = {B: url(hole.getsockname()[1])}
+    short = Node(A, reserve(), peers, settings=dataclasses.replace(FAST, connect_timeout_s=0.2))
+    await short.start()
+    assert short.transport.send(B, 1)
+    await eventually(lambda: short.peer_stats(B)["connect_failures"] >= 2)
+    assert "TimeoutError" in short.peer_stats(B)["last_error"]
+    await short.stop()
+    assert short.peer_stats(B)["lost"] == 1  # queued, never deliverable, counted at stop
+
+    # With a long connect deadline, stop() ends the pending attempt instead of waiting it out.
+    patient = Node(C, reserve(), peers, settings=dataclasses.replace(FAST, connect_timeout_s=60))
+    await patient.start()
+    await asyncio.sleep(0.1)
+    async with asyncio.timeout(FAST.stop_timeout_s + 3):
+        await patient.stop()
+    hole.close()
 
 
 async def test_update_peers_adds_moves_and_removes_links() -> None:
