@@ -1,0 +1,1 @@
+"""Scripted Raft scenarios and the tiny in-test host that runs them."""
