@@ -23,7 +23,9 @@ from geostore.config.topology import (
     StreamSpec,
     Topology,
     load_topology,
+    make_topology,
     parse_topology,
+    topology_from_dict,
 )
 
 __all__ = [
@@ -42,7 +44,9 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "load_topology",
+    "make_topology",
     "parse_config",
     "parse_topology",
     "raft_timing",
+    "topology_from_dict",
 ]

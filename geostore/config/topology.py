@@ -48,12 +48,19 @@ __all__ = [
     "StreamSpec",
     "Topology",
     "load_topology",
+    "make_topology",
     "parse_topology",
+    "topology_from_dict",
 ]
 
 #: Region names, node ids and stream names end up in file paths, URLs and metric labels.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _NAME_RULE = "must be 1-128 characters of letters, digits, '_', '.', '-', starting alphanumeric"
+
+#: Body field names (a stream's key_field), as the store's schema names attributes.
+_FIELD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+#: Most partitions a declared stream may have (the store's default partitions_max).
+PARTITIONS_MAX = 1024
 
 #: Intra-region RTT when a region does not say (a LAN round trip in one data centre).
 DEFAULT_INTRA_RTT_MS = 0.5
@@ -274,6 +281,27 @@ class Topology:
             links=MappingProxyType(links),
             streams=tuple(streams),
         )
+
+    def with_loopback_ports(self, base_port: int, host: str = "127.0.0.1") -> Topology:
+        """Every node without a host or port gets ``host`` and the next free port from
+        ``base_port`` on (ports the file already uses are skipped). For local clusters."""
+        assert 0 < base_port <= 65535
+        used = {n.port for n in self.nodes() if n.port is not None}
+        port = base_port
+        regions = []
+        for r in self.regions:
+            nodes = []
+            for n in r.nodes:
+                node_port = n.port
+                if node_port is None:
+                    while port in used:
+                        port += 1
+                    if port > 65535:
+                        raise ConfigError(self.path or self.name, "ports", "ran out of ports")
+                    node_port, port = port, port + 1
+                nodes.append(NodeSpec(n.id, n.region, n.host or host, node_port))
+            regions.append(RegionSpec(r.name, tuple(nodes), r.intra_rtt_ms))
+        return Topology(self.name, self.path, tuple(regions), self.links, self.streams)
 
     # -- echo ------------------------------------------------------------------------------
 
@@ -548,12 +576,18 @@ class _Parser:
             seen[name] = i
             partitions = 1
             if "partitions" in t:
-                partitions = self.integer(t["partitions"], f"{where}.partitions", low=1)
+                partitions = self.integer(
+                    t["partitions"], f"{where}.partitions", low=1, high=PARTITIONS_MAX
+                )
             key_field: str | None = None
             if "key_field" in t:
                 kf = t["key_field"]
-                if not isinstance(kf, str) or not kf:
-                    raise self.fail(f"{where}.key_field", "must be a non-empty string")
+                if not isinstance(kf, str) or not _FIELD_RE.fullmatch(kf):
+                    raise self.fail(
+                        f"{where}.key_field",
+                        "must be a body field name (letters, digits, '_', not starting with a "
+                        f"digit), got {kf!r}",
+                    )
                 key_field = kf
             homes: dict[int, RegionId] = {
                 p: RegionId(names[p % len(names)]) for p in range(partitions)
@@ -625,13 +659,19 @@ def read_text(path: str | Path) -> str:
 
 def parse_topology(text: str, file: str = "<string>", *, path: str | None = None) -> Topology:
     """Parse and validate a topology from TOML text. ``file`` names it in errors."""
-    data = decode_toml(text, file)
+    return topology_from_dict(decode_toml(text, file), file, path=path)
+
+
+def topology_from_dict(
+    data: Mapping[str, Any], file: str = "<dict>", *, path: str | None = None
+) -> Topology:
+    """Validate decoded TOML-shaped data (the file format as Python values) into a Topology."""
     p = _Parser(file)
     p.check_keys(data, _TOP_KEYS, "")
     if "name" in data:
         name = p.name(data["name"], "name")
     else:
-        stem = Path(file).stem if path is not None or file != "<string>" else "topology"
+        stem = Path(file).stem if not file.startswith("<") else "topology"
         name = stem if _NAME_RE.match(stem) else "topology"
     if "description" in data and not isinstance(data["description"], str):
         raise p.fail("description", f"must be a string, got {_kind(data['description'])}")
@@ -647,3 +687,44 @@ def load_topology(path: str | Path) -> Topology:
     """Read, parse and validate the topology file at ``path``."""
     text = read_text(path)
     return parse_topology(text, str(path), path=str(path))
+
+
+def make_topology(
+    regions: Mapping[str, Sequence[str]],
+    rtt_ms: Mapping[tuple[str, str], float] | float,
+    *,
+    name: str = "custom",
+    intra_rtt_ms: float = DEFAULT_INTRA_RTT_MS,
+    jitter_ms: float = 0.0,
+    bandwidth_kbps: int | None = None,
+) -> Topology:
+    """A validated topology built in code (tests, the simulator, sweeps).
+
+    ``regions`` maps region name to node ids, in order. ``rtt_ms`` gives each unordered pair
+    once (either order) or one number for every pair. Same rules as a file.
+    """
+    names = list(regions)
+    links: list[dict[str, Any]] = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if isinstance(rtt_ms, int | float):
+                rtt: float = rtt_ms
+            elif (a, b) in rtt_ms:
+                rtt = rtt_ms[(a, b)]
+            elif (b, a) in rtt_ms:
+                rtt = rtt_ms[(b, a)]
+            else:
+                raise ConfigError(f"<{name}>", "links", f"no RTT given for {a!r} and {b!r}")
+            link: dict[str, Any] = {"a": a, "b": b, "rtt_ms_p50": rtt, "jitter_ms": jitter_ms}
+            if bandwidth_kbps is not None:
+                link["bandwidth_kbps"] = bandwidth_kbps
+            links.append(link)
+    data = {
+        "name": name,
+        "regions": [
+            {"name": r, "intra_rtt_ms": intra_rtt_ms, "nodes": list(nodes)}
+            for r, nodes in regions.items()
+        ],
+        "links": links,
+    }
+    return topology_from_dict(data, f"<{name}>")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from geostore.config import LinkSpec, Topology, load_topology, parse_topology
+from geostore.config import (
+    LinkSpec,
+    Topology,
+    load_topology,
+    make_topology,
+    parse_topology,
+    topology_from_dict,
+)
 from geostore.errors import ConfigError
 from geostore.ids import RegionId
 
@@ -420,7 +427,7 @@ INVALID: list[tuple[str, str, str, str]] = [
         "stream zero partitions",
         THREE + '[[streams]]\nname = "s"\npartitions = 0\n',
         "streams[0].partitions",
-        ">= 1",
+        "in 1..1024, got 0",
     ),
     (
         "home partition out of range",
@@ -479,3 +486,45 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_topology(missing)
     assert err.value.file == str(missing) and "cannot read" in err.value.reason
+
+
+# -- built in code ---------------------------------------------------------------------------
+
+
+def test_make_topology_validates_like_a_file() -> None:
+    topo = make_topology(
+        {"x": ["x1", "x2", "x3"], "y": ["y1"], "z": ["z1"]},
+        {("x", "y"): 10, ("z", "x"): 20, ("y", "z"): 30},
+        name="sim",
+        jitter_ms=1.0,
+        bandwidth_kbps=500,
+    )
+    assert topo.name == "sim" and topo.path is None
+    assert topo.rtt_ms("x", "z") == 20 and topo.rtt_ms("z", "y") == 30
+    assert topo.link("y", "x").bandwidth_kbps == 500 and topo.link("y", "x").jitter_ms == 1
+    uniform = make_topology({"x": ["x1"], "y": ["y1"]}, 50)
+    assert uniform.rtt_ms("y", "x") == 50
+    with pytest.raises(ConfigError) as err:
+        make_topology({"x": ["x1"], "y": ["y1"], "z": ["z1"]}, {("x", "y"): 10})
+    assert "no RTT given for 'x' and 'z'" in err.value.reason
+    with pytest.raises(ConfigError) as err:
+        make_topology({"x": ["n1"], "y": ["n1"]}, 5)
+    assert err.value.field == "regions[1].nodes[0]"
+
+
+def test_topology_from_dict_matches_the_file_format() -> None:
+    import tomllib
+
+    data = tomllib.loads(THREE)
+    assert topology_from_dict(data) == parse_topology(THREE)
+    assert topology_from_dict(data).name == "topology"
+
+
+def test_with_loopback_ports_fills_only_what_is_missing() -> None:
+    topo = parse_topology(BASE, "t.toml").with_loopback_ports(7001)
+    ports: dict[str, tuple[str | None, int | None]] = {n.id: (n.host, n.port) for n in topo.nodes()}
+    assert ports["b1"] == ("10.0.0.2", 7001)  # given: kept
+    assert ports["b2"] == ("127.0.0.1", 7002)  # port given, host filled
+    # 7001 and 7002 are taken by the file, so the free ones start at 7003
+    assert ports["a1"] == ("127.0.0.1", 7003) and ports["a2"] == ("127.0.0.1", 7004)
+    assert topo.links == parse_topology(BASE, "t.toml").links
