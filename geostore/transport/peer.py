@@ -306,6 +306,10 @@ class PeerTransport:
                 self._supervisor.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._supervisor
+            except asyncio.CancelledError:
+                # Our caller gave up on a graceful stop: do not leave the links running.
+                self._supervisor.cancel()
+                raise
             except Exception as exc:  # a bug in a dial loop; surfaced below, after cleanup
                 failure = exc
         for link in self._outbound.values():
@@ -319,10 +323,10 @@ class PeerTransport:
 
     async def _close_inbound(self) -> None:
         s = self._settings
-        for ws in list(self._inbound_all):
-            with contextlib.suppress(*_LINK_ERRORS):
-                async with asyncio.timeout(s.close_timeout_s):
-                    await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node stopping")
+        # In parallel: each close may wait close_timeout_s for a slow peer's close frame.
+        async with asyncio.TaskGroup() as tg:
+            for ws in list(self._inbound_all):
+                tg.create_task(self._close_quietly(ws, WSCloseCode.GOING_AWAY, b"node stopping"))
         # Handlers run in aiohttp's tasks; wait (bounded) until they have all returned.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(s.close_timeout_s):
@@ -396,14 +400,17 @@ class PeerTransport:
         link = self._outbound.get(peer)
         return link is not None and link.up.is_set()
 
-    async def wait_connected(self, peers: Iterable[NodeId] | None = None) -> None:
+    async def wait_connected(
+        self, peers: Iterable[NodeId] | None = None, *, timeout_s: float
+    ) -> None:
         """Wait until the outbound links to ``peers`` (default: all) are up.
 
-        Has no deadline of its own: callers wrap it in ``asyncio.timeout``.
+        Raises ``TimeoutError`` after ``timeout_s``; a peer not in the map is an error.
         """
         targets = list(self._outbound) if peers is None else list(peers)
-        for peer in targets:
-            await self._outbound[peer].up.wait()
+        async with asyncio.timeout(timeout_s):
+            for peer in targets:
+                await self._outbound[peer].up.wait()
 
     # --- the dial loop (one task per peer) -------------------------------------------------
 

@@ -224,8 +224,7 @@ async def test_codec_messages_of_several_groups_share_one_link() -> None:
 
 async def test_batching_coalesces_sends_into_few_frames_within_both_bounds() -> None:
     a, b = await cluster(A, B)
-    async with asyncio.timeout(5):
-        await a.transport.wait_connected()
+    await a.transport.wait_connected(timeout_s=5)
     for i in range(2000):
         assert a.transport.send(B, i)
     await eventually(lambda: len(b.inbox) == 2000)
@@ -483,8 +482,7 @@ async def test_update_peers_adds_moves_and_removes_links() -> None:
 async def test_stop_flushes_queued_messages_and_leaves_no_tasks() -> None:
     tasks_before = asyncio.all_tasks()
     a, b = await cluster(A, B)
-    async with asyncio.timeout(5):
-        await a.transport.wait_connected()
+    await a.transport.wait_connected(timeout_s=5)
     for i in range(1000):
         assert a.transport.send(B, i)
     await a.transport.stop()  # at once: the queue is flushed before the link closes
