@@ -12,7 +12,8 @@ Rules:
   ``decompressed_bytes_max`` before inflating anything; it requires the zstd frame's own
   content size to equal the declared length (a frame without one is refused), and inflates
   with that length as the output bound, so a lying frame fails instead of growing; trailing
-  bytes after the frame are refused; the result length is checked once more.
+  bytes after the frame are refused; the result length is checked once more. Frames carry
+  zstd's content checksum (4 bytes), so a damaged body is reported, not inflated to garbage.
 - Dictionaries: ``dict_id`` is derived from the dictionary bytes (BLAKE2b, 31 bits, never 0),
   so every node that holds the same dictionary agrees on its id without coordination; data
   naming an id the caller did not supply raises ``UnknownDictionaryError`` with the id.
@@ -94,13 +95,19 @@ def _compressor(level: int, dictionary: CompressionDictionary | None) -> zstanda
         if len(_compressors) >= _CACHE_ENTRIES_MAX:
             _compressors.clear()
         if dictionary is None:
-            cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+            cctx = zstandard.ZstdCompressor(
+                level=level, write_content_size=True, write_checksum=True
+            )
         else:
             zdict = _zstd_dict(dictionary)
             zdict.precompute_compress(level=level)
             # our header names the dictionary; the frame need not repeat its id
             cctx = zstandard.ZstdCompressor(
-                level=level, dict_data=zdict, write_content_size=True, write_dict_id=False
+                level=level,
+                dict_data=zdict,
+                write_content_size=True,
+                write_checksum=True,
+                write_dict_id=False,
             )
         _compressors[key] = cctx
     return cctx
