@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: Region names, node ids and stream names end up in file paths, URLs and metric labels.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _NAME_RULE = "must be 1-128 characters of letters, digits, '_', '.', '-', starting alphanumeric"
 
 #: Body field names (a stream's key_field), as the store's schema names attributes.
@@ -382,7 +382,7 @@ class _Parser:
     def name(self, value: Any, field: str) -> str:
         if not isinstance(value, str):
             raise self.fail(field, f"must be a string, got {_kind(value)}")
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             raise self.fail(field, f"{value!r} {_NAME_RULE}")
         return value
 
@@ -484,7 +484,6 @@ class _Parser:
         items = self.array(raw, "links")
         links: dict[tuple[RegionId, RegionId], LinkSpec] = {}
         origin: dict[tuple[RegionId, RegionId], str] = {}
-        directed: set[tuple[RegionId, RegionId]] = set()
         for i, item in enumerate(items):
             where = f"links[{i}]"
             t = self.table(item, where)
@@ -532,8 +531,6 @@ class _Parser:
                     bandwidth_kbps=bandwidth,
                 )
                 origin[pair] = where
-                if not symmetric:
-                    directed.add(pair)
             if not symmetric and (rb, ra) in links:
                 other = links[(rb, ra)]
                 if other.rtt_ms_p50 != rtt:
@@ -672,7 +669,7 @@ def topology_from_dict(
         name = p.name(data["name"], "name")
     else:
         stem = Path(file).stem if not file.startswith("<") else "topology"
-        name = stem if _NAME_RE.match(stem) else "topology"
+        name = stem if _NAME_RE.fullmatch(stem) else "topology"
     if "description" in data and not isinstance(data["description"], str):
         raise p.fail("description", f"must be a string, got {_kind(data['description'])}")
     if "regions" not in data:

@@ -454,6 +454,25 @@ INVALID: list[tuple[str, str, str, str]] = [
         "duplicate stream",
     ),
     (
+        "too many partitions",
+        THREE + '[[streams]]\nname = "s"\npartitions = 1025\n',
+        "streams[0].partitions",
+        "in 1..1024",
+    ),
+    (
+        "bad key field",
+        THREE + '[[streams]]\nname = "s"\nkey_field = "1x"\n',
+        "streams[0].key_field",
+        "body field name",
+    ),
+    ("bad stream name", THREE + '[[streams]]\nname = "-s"\n', "streams[0].name", "letters"),
+    (
+        "region name with newline",
+        THREE.replace('name = "c"', 'name = "c\\n"'),
+        "regions[2].name",
+        "letters",
+    ),
+    (
         "typo in stream",
         THREE + '[[streams]]\nname = "s"\nkey = "k"\n',
         "streams[0].key",
