@@ -46,6 +46,10 @@ awaits; inbound handlers belong to aiohttp and are closed by :meth:`stop`. ``sto
 new sends, lets live links flush what is queued within ``stop_timeout_s``, then cancels the
 rest, closes inbound links and the HTTP client session.
 
+Deadlines: connect, handshake, each frame write, each close and ``stop()`` have their own;
+the two waits without one are idle waits for work (the pump's wakeup, a link's next frame),
+and those end when the heartbeat declares the link dead or ``stop()`` wakes them.
+
 Stats (:meth:`stats`) count everything above per peer; refusals of unidentified dialers are
 counted per reason. Repeated warnings are throttled per kind to one line every
 ``log_repeat_s`` (logger ``geostore.transport``).
@@ -215,6 +219,9 @@ class PeerTransport:
         self._decode = decode
         self._on_message = on_message
         self._settings = settings
+        self._queue_messages_max = settings.queue_messages_max
+        self._queue_bytes_max = settings.queue_bytes_max
+        self._message_bytes_max = settings.message_bytes_max
         self._rng = rng
         self._throttle = _Throttle(settings.log_repeat_s)
 
@@ -370,29 +377,31 @@ class PeerTransport:
         if link is None or self._stopping:
             self._unroutable += 1
             return False
-        s = self._settings
-        c = link.counters
-        if len(link.queue) >= s.queue_messages_max:
-            c.dropped += 1
+        # The hot path of the node: limits are read from plain attributes, not the settings.
+        queue = link.queue
+        if len(queue) >= self._queue_messages_max:
+            link.counters.dropped += 1
             return False
         data = self._encode(msg)
         size = len(data)
-        if size > s.message_bytes_max:
-            c.dropped_oversize += 1
+        if size > self._message_bytes_max:
+            link.counters.dropped_oversize += 1
             self._throttle.warning(
                 f"oversize:{peer}",
                 "dropped a %d-byte message to %s: larger than a frame (%d bytes)",
                 size,
                 peer,
-                s.message_bytes_max,
+                self._message_bytes_max,
             )
             return False
-        if link.queued_bytes + size > s.queue_bytes_max:
-            c.dropped += 1
+        if link.queued_bytes + size > self._queue_bytes_max:
+            link.counters.dropped += 1
             return False
-        link.queue.append(data)
+        queue.append(data)
         link.queued_bytes += size
-        link.wakeup.set()
+        wakeup = link.wakeup
+        if not wakeup.is_set():
+            wakeup.set()
         return True
 
     def connected(self, peer: NodeId) -> bool:
