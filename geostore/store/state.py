@@ -163,6 +163,8 @@ class _Partition:
     def metas_from(self, seq: int) -> Iterator[BlockMeta]:
         """Index entries of the blocks holding ``seq`` and after, the open block last."""
         k = max(bisect.bisect_right(self.first_seqs, seq) - 1, 0)
+        if k < len(self.sealed) and self.sealed[k].end_seq <= seq:
+            k += 1  # seq is past the last sealed block (in the open one, or beyond)
         yield from self.sealed[k:]
         if self.open.meta.count:
             yield self.open.meta
