@@ -105,9 +105,16 @@ def decode_message(
 
 
 class _Plan:
-    """How one dataclass encodes and decodes; built once per class."""
+    """How one dataclass encodes and decodes; built once per class.
 
-    __slots__ = ("cls", "decoders", "encoders", "info", "kw", "names", "required")
+    ``encode`` and ``decode`` are generated as straight-line functions (as ``dataclasses``
+    generates ``__init__``): one attribute read or type check per plain field, one call per
+    field that needs conversion. ``decode`` handles the common shape (current version, every
+    field present, no error) and hands anything else to ``decode_fields``, the general loop
+    that fills defaults and names the failing field.
+    """
+
+    __slots__ = ("cls", "decode", "decoders", "encode", "info", "kw", "names", "required")
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
@@ -117,7 +124,6 @@ class _Plan:
         hints = typing.get_type_hints(cls)
         self.names = tuple(f.name for f in fields)
         codecs = [_compile(hints[f.name]) for f in fields]
-        self.encoders: tuple[Encoder | None, ...] = tuple(c.encode for c in codecs)
         self.decoders: tuple[Decoder, ...] = tuple(c.decode for c in codecs)
         self.required = sum(
             1
@@ -130,13 +136,60 @@ class _Plan:
         )
         assert defaults_ok, f"{cls.__name__}: fields with defaults must come last"
         self.kw = any(f.kw_only for f in fields)
+        self.encode: Callable[[Any], list[Any]] = self._generate_encode(codecs)
+        self.decode: Callable[[list[Any]], Any] = self._generate_decode(codecs)
 
-    def encode(self, obj: object) -> list[Any]:
-        out: list[Any] = [] if self.info is None else [self.info.tag, self.info.version]
-        for name, enc in zip(self.names, self.encoders, strict=True):
-            value = getattr(obj, name)
-            out.append(value if enc is None else enc(value))
-        return out
+    def _generate_encode(self, codecs: Sequence[_Codec]) -> Callable[[Any], list[Any]]:
+        namespace: dict[str, Any] = {}
+        items = [] if self.info is None else [repr(self.info.tag), repr(self.info.version)]
+        for i, (name, codec) in enumerate(zip(self.names, codecs, strict=True)):
+            if codec.encode is None:
+                items.append(f"obj.{name}")
+            else:
+                namespace[f"e{i}"] = codec.encode
+                items.append(f"e{i}(obj.{name})")
+        source = f"def encode(obj):\n    return [{', '.join(items)}]\n"
+        exec(source, namespace)  # generated from field names, like dataclasses
+        encode: Callable[[Any], list[Any]] = namespace["encode"]
+        return encode
+
+    def _generate_decode(self, codecs: Sequence[_Codec]) -> Callable[[list[Any]], Any]:
+        start = 0 if self.info is None else 2
+        namespace: dict[str, Any] = {
+            "cls": self.cls,
+            "CodecError": CodecError,
+            "slow": lambda plain: self.decode_fields(plain, start),
+            "failed": self._field_error,
+            "mismatch": _mismatch,
+        }
+        lines = [
+            "def decode(plain):",
+            f"    if len(plain) != {start + len(codecs)}:",
+            "        return slow(plain)",
+        ]
+        args = []
+        # Each failure is reported once, where it happens: never decoded again by a slower path
+        # (re-decoding on error would cost 2**depth on nested messages).
+        for i, (name, codec) in enumerate(zip(self.names, codecs, strict=True)):
+            if codec.exact is not None:
+                namespace[f"t{i}"] = codec.exact
+                lines.append(f"    v{i} = plain[{start + i}]")
+                lines.append(f"    if type(v{i}) is not t{i}:")
+                lines.append(f"        raise failed({i}, mismatch(t{i}.__name__, v{i}))")
+            else:
+                namespace[f"d{i}"] = codec.decode
+                lines.append("    try:")
+                lines.append(f"        v{i} = d{i}(plain[{start + i}])")
+                lines.append("    except CodecError as exc:")
+                lines.append(f"        raise failed({i}, exc) from exc")
+            args.append(f"{name}=v{i}" if self.kw else f"v{i}")
+        lines.append(f"    return cls({', '.join(args)})")
+        exec("\n".join(lines) + "\n", namespace)  # see _generate_encode
+        decode: Callable[[list[Any]], Any] = namespace["decode"]
+        return decode
+
+    def _field_error(self, index: int, exc: CodecError) -> CodecError:
+        return CodecError(f"{self.cls.__name__}.{self.names[index]}: {exc.message}")
 
     def decode_fields(self, plain: list[Any], start: int) -> object:
         count = len(plain) - start
@@ -150,7 +203,7 @@ class _Plan:
             for index in range(count):
                 values.append(self.decoders[index](plain[start + index]))
         except CodecError as exc:
-            raise CodecError(f"{self.cls.__name__}.{self.names[index]}: {exc.message}") from exc
+            raise self._field_error(index, exc) from exc
         if self.kw:
             return self.cls(**dict(zip(self.names, values, strict=False)))
         return self.cls(*values)
@@ -186,7 +239,7 @@ def _decode_tagged(plain: Any, allowed: Mapping[int, type] | None) -> object:
             tag=tag,
             version=version,
         )
-    return plan.decode_fields(plain, 2)
+    return plan.decode(plain)
 
 
 # --- per-type codecs ---------------------------------------------------------------------------
@@ -201,6 +254,8 @@ class _Codec:
     accepts: Callable[[Any], bool]
     #: unions try lower ranks first: float (which takes ints too) goes after int
     rank: int = 0
+    #: set when decoding is only ``type(value) is exact`` (lets generated code inline it)
+    exact: type | None = None
 
 
 def _mismatch(expected: str, value: Any) -> CodecError:
@@ -218,7 +273,7 @@ def _exact(tp: type) -> _Codec:
     def accepts(value: Any) -> bool:
         return type(value) is tp or (tp is not bool and isinstance(value, tp))
 
-    return _Codec(None, decode, accepts)
+    return _Codec(None, decode, accepts, exact=tp)
 
 
 def _float_codec() -> _Codec:
@@ -341,9 +396,20 @@ def _dict_codec(key: _Codec, val: _Codec) -> _Codec:
 def _dataclass_codec(cls: type) -> _Codec:
     # Resolved lazily: the class may be defined after the one that refers to it (or be itself).
     if cls in _INFO:
-        allowed = {_INFO[cls].tag: cls}
+        tag, version = _INFO[cls].tag, _INFO[cls].version
+        allowed = {tag: cls}
 
         def decode_tagged(value: Any) -> Any:
+            # fast path: this class at its current version; anything else takes the full checks
+            if (
+                type(value) is list
+                and len(value) >= 2
+                and value[0] == tag
+                and value[1] == version
+                and type(value[0]) is int
+                and type(value[1]) is int
+            ):
+                return (_PLANS.get(cls) or _plan_for(cls)).decode(value)
             return _decode_tagged(value, allowed)
 
         return _Codec(
@@ -355,7 +421,7 @@ def _dataclass_codec(cls: type) -> _Codec:
     def decode_bare(value: Any) -> Any:
         if type(value) is not list:
             raise _mismatch(f"{cls.__name__} array", value)
-        return _plan_for(cls).decode_fields(value, 0)
+        return (_PLANS.get(cls) or _plan_for(cls)).decode(value)
 
     return _Codec(
         lambda value: _plan_for(cls).encode(value), decode_bare, lambda value: type(value) is cls
