@@ -1,38 +1,46 @@
-"""Group commit: many appenders, one write and one fsync per flush.
+"""Group commit: many appenders, one write and one fsync per flush, pipelined.
 
 Theory of operation: producers hand records to :meth:`GroupCommitLog.submit` (or block in
 :meth:`GroupCommitLog.append_durable`). Each submission gets its log indices at once, under the
-queue lock, so submission order is log order. One flusher thread repeatedly takes *everything*
-queued, encodes it into one buffer, writes it with one ``write`` (more only at a segment roll)
-and covers it with one fsync; only after that fsync has returned does it resolve the futures
-of the records it covered. While it is writing and syncing, new submissions queue up, so the
-batch size adapts to the fsync latency by itself: no linger timer is needed.
+queue lock, so submission order is log order. Two threads do the IO:
+
+- the **writer** repeatedly takes *everything* queued, encodes it into one buffer and writes it
+  with one ``write`` (more only at a segment roll), then hands the batch to the syncer;
+- the **syncer** takes every batch written so far and covers them all with one ``fdatasync``;
+  only after it has returned does it resolve the waiters of those batches.
+
+So the encoding of the next batch overlaps the fsync of the previous ones, and while both are
+busy new submissions queue up: batch sizes adapt to the fsync latency by themselves, with no
+linger timer. Structural changes (a Raft conflict truncating the suffix, compaction) take the
+sync lock, so a segment is never cut or deleted under an fsync in flight.
 
 Invariants:
-- no future is resolved with an index before an fsync covering that index returned;
-- the queue is bounded (``pending_bytes_max``, ``pending_records_max``): producers block
-  until the flusher has taken the queue (a single submission larger than the bound is
-  accepted alone, so nothing deadlocks);
-- an fsync failure (or any failure other than a full disk) fails every waiter and every later
-  call: the log is not retried behind anybody's back;
+- no waiter is resolved before an fsync covering all of its records returned;
+- everything accepted and not yet durable is bounded (``pending_bytes_max``,
+  ``pending_records_max``): producers block until there is room (one submission larger than
+  the bound is accepted when nothing else is in flight, so nothing deadlocks);
+- an fsync failure (or any failure but a full disk) fails every waiter and every later call:
+  the log is not retried behind anybody's back;
 - a full disk fails the batch being written and everything queued behind it (their indices
-  assumed the batch would land); the log is cut back to what it held before the batch so a
-  refused record never turns durable later; later submissions may succeed.
-- :meth:`close` drains the queue (every accepted submission is resolved) before it returns.
+  assumed the batch would land); the batch is rolled back, so a refused record never turns
+  durable later; batches written before it are still synced; later submissions may succeed;
+- :meth:`close` resolves every accepted submission before it returns.
 """
 
 from __future__ import annotations
 
 import threading
+from _thread import LockType, allocate_lock
 from collections.abc import Sequence
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from geostore.errors import DiskFullError, FsyncFailedError, StorageError
 from geostore.ids import LogIndex, Term
 from geostore.raft.types import Entry, EntryKind, SnapshotMeta
 from geostore.storage.diskformat import RECORD_HEADER_BYTES
-from geostore.storage.filelog import FileLogStore
+from geostore.storage.filelog import FileLogStore, Run, runs_of
 
 PENDING_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
 PENDING_RECORDS_MAX_DEFAULT = 128 * 1024
@@ -43,15 +51,35 @@ class _Op:
     first: int
     last: int
     nbytes: int
-    future: Future[LogIndex]
+    #: resolved for :meth:`GroupCommitLog.submit`; None for blocking appends, which wait on
+    #: ``waiter`` instead (a bare lock released by the flusher: far cheaper than a Future)
+    future: Future[LogIndex] | None
     term: int = 0
     kind: int = 0
     payloads: Sequence[bytes] = ()
     entries: Sequence[Entry] | None = None
+    waiter: LockType | None = None
+    error: BaseException | None = None
+
+    def resolve(self) -> None:
+        if self.future is not None:
+            self.future.set_result(LogIndex(self.last))
+        else:
+            assert self.waiter is not None
+            self.waiter.release()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.future is not None:
+            self.future.set_exception(exc)
+        else:
+            assert self.waiter is not None
+            self.error = exc
+            self.waiter.release()
 
 
 class GroupCommitLog:
-    """Wraps a :class:`FileLogStore` with one flusher thread; it owns the log until closed."""
+    """Wraps a :class:`FileLogStore` with a writer and a syncer thread; it owns the log until
+    closed (all access goes through it)."""
 
     def __init__(
         self,
@@ -69,19 +97,27 @@ class GroupCommitLog:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._space = threading.Condition(self._lock)
-        #: serializes every access to the log between the flusher and readers
+        self._to_sync = threading.Condition(self._lock)
+        #: serializes every access to the log's state (writer, syncer, readers)
         self._io_lock = threading.Lock()
+        #: held across a whole sync; truncation and compaction take it before ``_io_lock``
+        self._sync_lock = threading.Lock()
         self._pending: list[_Op] = []
-        self._pending_bytes = 0
-        self._pending_records = 0
+        self._written: list[list[_Op]] = []
+        #: accepted and not yet resolved (queued, being written, or waiting for the fsync)
+        self._inflight_bytes = 0
+        self._inflight_records = 0
         self._next_index = int(log.last_index()) + 1
         self._failed: StorageError | None = None
         self._closing = False
+        self._writer_done = False
         self._closed = False
         self.flushes = 0
         self.records_flushed = 0
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._thread.start()
+        self._writer = threading.Thread(target=self._write_loop, name="gc-writer", daemon=True)
+        self._syncer = threading.Thread(target=self._sync_loop, name="gc-syncer", daemon=True)
+        self._writer.start()
+        self._syncer.start()
 
     # -- producers -------------------------------------------------------------------------
     def submit(
@@ -118,14 +154,29 @@ class GroupCommitLog:
         self, records: Sequence[bytes], term: Term, kind: EntryKind = EntryKind.NORMAL
     ) -> LogIndex:
         """Append and block until durable; the last index of ``records``."""
-        return self.submit(records, term, kind).result()
+        assert records, "empty submission"
+        n = len(records)
+        nbytes = sum(map(len, records)) + RECORD_HEADER_BYTES * n
+        waiter = allocate_lock()
+        waiter.acquire()
+        with self._lock:
+            self._wait_for_space(n, nbytes)
+            first = self._next_index
+            self._next_index = first + n
+            op = _Op(first, first + n - 1, nbytes, None, int(term), int(kind), records)
+            op.waiter = waiter
+            self._enqueue(op)
+        waiter.acquire()  # released by the syncer once an fsync covers the records
+        if op.error is not None:
+            raise op.error
+        return LogIndex(op.last)
 
     def _wait_for_space(self, n: int, nbytes: int) -> None:
         while True:
             self._raise_if_unusable()
-            if not self._pending or (
-                self._pending_bytes + nbytes <= self._pending_bytes_max
-                and self._pending_records + n <= self._pending_records_max
+            if not self._inflight_records or (
+                self._inflight_bytes + nbytes <= self._pending_bytes_max
+                and self._inflight_records + n <= self._pending_records_max
             ):
                 return
             self._space.wait()
@@ -142,12 +193,12 @@ class GroupCommitLog:
 
     def _enqueue(self, op: _Op) -> None:
         self._pending.append(op)
-        self._pending_bytes += op.nbytes
-        self._pending_records += op.last - op.first + 1
+        self._inflight_bytes += op.nbytes
+        self._inflight_records += op.last - op.first + 1
         if len(self._pending) == 1:
             self._work.notify()
 
-    # -- readers (serialized with the flusher) ---------------------------------------------
+    # -- readers ---------------------------------------------------------------------------
     def first_index(self) -> LogIndex:
         with self._io_lock:
             return self._log.first_index()
@@ -174,7 +225,9 @@ class GroupCommitLog:
             return self._log.snapshot_meta()
 
     def compact_prefix(self, snapshot: SnapshotMeta) -> None:
-        with self._io_lock:
+        """Compact under the sync lock. A snapshot the log does not continue drops the whole
+        log: do not race that with appends (their indices would be void)."""
+        with self._sync_lock, self._io_lock:
             self._log.compact_prefix(snapshot)
 
     def durable_watermarks(self) -> dict[str, int]:
@@ -187,14 +240,15 @@ class GroupCommitLog:
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
-        """Flush everything accepted, stop the flusher, close the log (idempotent)."""
+        """Resolve everything accepted, stop both threads, close the log (idempotent)."""
         with self._lock:
             if self._closed:
                 return
             self._closing = True
             self._work.notify_all()
             self._space.notify_all()
-        self._thread.join()
+        self._writer.join()
+        self._syncer.join()
         with self._lock:
             self._closed = True
         if self._close_log:
@@ -207,83 +261,140 @@ class GroupCommitLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the flusher -----------------------------------------------------------------------
-    def _run(self) -> None:
+    # -- the writer ------------------------------------------------------------------------
+    def _write_loop(self) -> None:
         while True:
             with self._lock:
                 while not self._pending and not self._closing:
                     self._work.wait()
                 if not self._pending:
+                    self._writer_done = True
+                    self._to_sync.notify()
                     return
                 batch = self._pending
                 self._pending = []
-                self._pending_bytes = 0
-                self._pending_records = 0
-                self._space.notify_all()
-            self._flush(batch)
+            if self._write(batch):
+                with self._lock:
+                    self._written.append(batch)
+                    self._to_sync.notify()
 
-    def _flush(self, batch: list[_Op]) -> None:
+    def _write(self, batch: list[_Op]) -> bool:
         log = self._log
+        structural = False
         try:
-            with self._io_lock:
-                if self._failed is not None:
-                    raise self._failed
-                before_last = int(log.last_index())
-                try:
-                    self._write_batch(batch)
-                    log.sync()
-                except DiskFullError:
-                    if log.last_index() > before_last:
-                        log.truncate_suffix(LogIndex(before_last + 1))
-                    raise
+            while True:
+                with ExitStack() as stack:
+                    if structural:
+                        stack.enter_context(self._sync_lock)
+                    stack.enter_context(self._io_lock)
+                    if self._failed is not None:
+                        raise self._failed
+                    if not structural and self._has_conflict(batch):
+                        structural = True
+                        continue  # retake the locks in order: sync lock first
+                    before_last = int(log.last_index())
+                    try:
+                        self._write_batch(batch)
+                    except DiskFullError:
+                        if structural and log.last_index() > before_last:
+                            log.truncate_suffix(LogIndex(before_last + 1))
+                        assert log.last_index() <= before_last
+                        raise
+                    return True
         except DiskFullError as exc:
             with self._lock:
                 queued = self._take_queue()
-                self._next_index = int(log.last_index()) + 1
+                with self._io_lock:
+                    self._next_index = int(log.last_index()) + 1
             self._fail_ops(batch + queued, exc)
-            return
+            return False
         except BaseException as exc:
-            err = exc if isinstance(exc, StorageError) else StorageError(f"flusher failed: {exc}")
-            with self._lock:
-                self._failed = err
-                queued = self._take_queue()
-            self._fail_ops(batch + queued, err)
-            return
-        self.flushes += 1
+            self._fail_all(batch, exc)
+            return False
+
+    def _has_conflict(self, batch: list[_Op]) -> bool:
+        next_index = int(self._log.last_index()) + 1
         for op in batch:
-            self.records_flushed += op.last - op.first + 1
-            op.future.set_result(LogIndex(op.last))
+            if op.first < next_index:
+                return True
+            next_index = op.last + 1
+        return False
 
     def _write_batch(self, batch: list[_Op]) -> None:
         log = self._log
-        recs: list[tuple[int, int, int, bytes]] = []
+        runs: list[Run] = []
         next_index = int(log.last_index()) + 1
         for op in batch:
             if op.entries is not None:
                 start = int(op.entries[0].index)
                 if start < next_index:
                     # a Raft conflict: write what is gathered, then replace the suffix
-                    if recs:
-                        log.append_raw(recs)
-                        recs = []
+                    if runs:
+                        log.append_runs(runs)
+                        runs = []
                     log.truncate_suffix(LogIndex(start))
-                recs.extend((e.term, e.index, e.kind, e.data) for e in op.entries)
+                runs.extend(runs_of(op.entries))
             else:
                 assert op.first == next_index, (op.first, next_index)
-                term, kind, first = op.term, op.kind, op.first
-                recs.extend([(term, first + i, kind, data) for i, data in enumerate(op.payloads)])
+                runs.append((op.term, op.kind, op.first, op.payloads))
             next_index = op.last + 1
-        log.append_raw(recs)
+        log.append_runs(runs)
+
+    # -- the syncer ------------------------------------------------------------------------
+    def _sync_loop(self) -> None:
+        log = self._log
+        while True:
+            with self._lock:
+                while not self._written and not self._writer_done:
+                    self._to_sync.wait()
+                if not self._written:
+                    return
+                batches = self._written
+                self._written = []
+            ops = [op for batch in batches for op in batch]
+            try:
+                with self._sync_lock:
+                    with self._io_lock:
+                        if self._failed is not None:
+                            raise self._failed
+                        ticket = log.sync_begin()
+                    if ticket is not None:
+                        log.sync_wait(ticket)  # no lock held: the writer keeps writing
+                        with self._io_lock:
+                            log.sync_end(ticket)
+            except BaseException as exc:
+                self._fail_all(ops, exc)
+                continue
+            self.flushes += 1
+            self.records_flushed += sum(op.last - op.first + 1 for op in ops)
+            self._release(ops)
+            for op in ops:
+                op.resolve()
+
+    # -- failures and accounting -----------------------------------------------------------
+    def _release(self, ops: list[_Op]) -> None:
+        with self._lock:
+            for op in ops:
+                self._inflight_bytes -= op.nbytes
+                self._inflight_records -= op.last - op.first + 1
+            self._space.notify_all()
 
     def _take_queue(self) -> list[_Op]:
         queued = self._pending
         self._pending = []
-        self._pending_bytes = 0
-        self._pending_records = 0
         self._space.notify_all()
         return queued
 
-    @staticmethod
-    def _fail_ops(ops: list[_Op], exc: BaseException) -> None:
+    def _fail_all(self, ops: list[_Op], exc: BaseException) -> None:
+        """A sticky failure: fail ``ops``, everything queued, and every later call."""
+        err = exc if isinstance(exc, StorageError) else StorageError(f"group commit: {exc!r}")
+        with self._lock:
+            if self._failed is None:
+                self._failed = err
+            queued = self._take_queue()
+        self._fail_ops(ops + queued, err)
+
+    def _fail_ops(self, ops: list[_Op], exc: BaseException) -> None:
+        self._release(ops)
         for op in ops:
-            op.future.set_exception(exc)
+            op.fail(exc)

@@ -1,0 +1,166 @@
+"""Storage benchmark: durable appends per second through group commit.
+
+For 100-byte and 1 KiB records, in three shapes - one writer of single records, 64 concurrent
+writers (threads) of single records, 64 concurrent writers of 64-record batches - it reports
+durable records/s, MB/s, fsyncs/s, records per fsync and the p50/p99 time from submit to
+durable. It also measures the raw fsync latency (4 KiB write + fdatasync) in the same run, since
+that decides everything else and varies a lot with how busy the machine is.
+
+    .venv/bin/python bench/storage.py [--quick] [--dir D] [--json-out PATH]
+
+The data dir must be on a real file system (not tmpfs) for the fsync figures to mean anything;
+by default a temporary directory under the repository is used and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `bench` and `geostore` importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.results import Metric, Result, emit, percentiles  # noqa: E402
+from geostore.ids import Term  # noqa: E402
+from geostore.storage import FileLogStore, GroupCommitLog  # noqa: E402
+
+BATCHED_TARGET_RECORDS_PER_S = 200_000
+WRITERS = 64
+BATCH_RECORDS = 64
+
+
+def fsync_latency_ms(directory: Path, rounds: int) -> dict[str, float]:
+    """The raw cost the group commit amortizes: a 4 KiB write plus fdatasync."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    block = b"\xab" * 4096
+    samples = []
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            samples.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return percentiles(samples)
+
+
+def run_shape(
+    directory: Path, record_bytes: int, writers: int, batch: int, seconds: float
+) -> dict[str, float]:
+    """Run one shape for ``seconds``; durable throughput and time-to-durable."""
+    shutil.rmtree(directory, ignore_errors=True)
+    log = FileLogStore(directory)
+    glog = GroupCommitLog(log)
+    records = [os.urandom(record_bytes) for _ in range(batch)]
+    latencies: list[list[float]] = [[] for _ in range(writers)]
+    counts = [0] * writers
+    start_gate = threading.Barrier(writers + 1)
+    stop_at = [0.0]
+
+    def writer(slot: int) -> None:
+        lat = latencies[slot]
+        start_gate.wait()
+        deadline = stop_at[0]
+        n = 0
+        perf = time.perf_counter
+        while True:
+            t0 = perf()
+            if t0 >= deadline:
+                break
+            glog.append_durable(records, Term(1))
+            lat.append((perf() - t0) * 1000)
+            n += batch
+        counts[slot] = n
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    syncs0 = log.syncs
+    t_start = time.perf_counter()
+    stop_at[0] = t_start + seconds
+    start_gate.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t_start
+    syncs = log.syncs - syncs0
+    durable = glog.durable_index()
+    glog.close()
+    total = sum(counts)
+    assert durable >= total, (durable, total)
+    lat = percentiles([x for per in latencies for x in per])
+    return {
+        "records_per_s": total / elapsed,
+        "mb_per_s": total * record_bytes / elapsed / 1e6,
+        "fsyncs_per_s": syncs / elapsed,
+        "records_per_fsync": total / max(1, syncs),
+        "durable_p50_ms": lat["p50"],
+        "durable_p99_ms": lat["p99"],
+    }
+
+
+SHAPES = (
+    ("1w_single", 1, 1),
+    (f"{WRITERS}w_single", WRITERS, 1),
+    (f"{WRITERS}w_batch{BATCH_RECORDS}", WRITERS, BATCH_RECORDS),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (under ~20 s)")
+    parser.add_argument("--dir", type=Path, help="data dir parent (a real file system)")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON result here")
+    parser.add_argument("--seconds", type=float, help="seconds per shape")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (1.5 if args.quick else 5.0)
+    parent = args.dir or ROOT
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".storage-bench-", dir=parent))
+    metrics: list[Metric] = []
+    try:
+        fs_lat = fsync_latency_ms(work, 100 if args.quick else 500)
+        metrics.append(Metric("fsync_4k_p50", fs_lat["p50"], "ms", better="lower"))
+        metrics.append(Metric("fsync_4k_p99", fs_lat["p99"], "ms", better="lower"))
+        for record_bytes, label in ((100, "100B"), (1024, "1KiB")):
+            for shape, writers, batch in SHAPES:
+                r = run_shape(work / "data", record_bytes, writers, batch, seconds)
+                target = (
+                    BATCHED_TARGET_RECORDS_PER_S
+                    if record_bytes == 100 and batch == BATCH_RECORDS
+                    else None
+                )
+                prefix = f"{label}_{shape}"
+                metrics += [
+                    Metric(f"{prefix}_records_per_s", r["records_per_s"], "1/s", target=target),
+                    Metric(f"{prefix}_mb_per_s", r["mb_per_s"], "MB/s"),
+                    Metric(f"{prefix}_fsyncs_per_s", r["fsyncs_per_s"], "1/s"),
+                    Metric(f"{prefix}_records_per_fsync", r["records_per_fsync"], "1"),
+                    Metric(f"{prefix}_durable_p50", r["durable_p50_ms"], "ms", better="lower"),
+                    Metric(f"{prefix}_durable_p99", r["durable_p99_ms"], "ms", better="lower"),
+                ]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    config = {
+        "quick": args.quick,
+        "seconds_per_shape": seconds,
+        "writers": WRITERS,
+        "batch_records": BATCH_RECORDS,
+        "record_bytes": [100, 1024],
+        "dir": str(parent),
+    }
+    emit(Result("storage", config, metrics), json_out=args.json_out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
