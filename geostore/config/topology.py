@@ -29,6 +29,7 @@ never need to know how the file spelled them.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -275,7 +276,7 @@ class Topology:
                 )
             )
         return Topology(
-            name=f"{self.name}[{','.join(kept_names)}]",
+            name="-".join([self.name, *kept_names])[:128],
             path=self.path,
             regions=kept,
             links=MappingProxyType(links),
@@ -302,6 +303,57 @@ class Topology:
                 nodes.append(NodeSpec(n.id, n.region, n.host or host, node_port))
             regions.append(RegionSpec(r.name, tuple(nodes), r.intra_rtt_ms))
         return Topology(self.name, self.path, tuple(regions), self.links, self.streams)
+
+    def to_toml(self) -> str:
+        """The topology in the file format; ``parse_topology`` reads it back equal (except
+        ``path``). Pairs with identical figures both ways are written once as ``a``/``b``.
+        For tools that hand a derived topology (``scaled``, ``subset``) to other processes."""
+        out = [f"name = {_toml_str(self.name)}", ""]
+        for r in self.regions:
+            out += ["[[regions]]", f"name = {_toml_str(r.name)}"]
+            out.append(f"intra_rtt_ms = {r.intra_rtt_ms!r}")
+            nodes = []
+            for n in r.nodes:
+                if n.host is None and n.port is None:
+                    nodes.append(_toml_str(n.id))
+                    continue
+                parts = [f"id = {_toml_str(n.id)}"]
+                if n.host is not None:
+                    parts.append(f"host = {_toml_str(n.host)}")
+                if n.port is not None:
+                    parts.append(f"port = {n.port}")
+                nodes.append("{ " + ", ".join(parts) + " }")
+            out += [f"nodes = [{', '.join(nodes)}]", ""]
+        names = self.region_names()
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                there, back = self.link(a, b), self.link(b, a)
+                same = (there.rtt_ms_p50, there.jitter_ms, there.bandwidth_kbps) == (
+                    back.rtt_ms_p50,
+                    back.jitter_ms,
+                    back.bandwidth_kbps,
+                )
+                entries = (
+                    [("a", "b", there)] if same else [("src", "dst", there), ("src", "dst", back)]
+                )
+                for ka, kb, link in entries:
+                    out += [
+                        "[[links]]",
+                        f"{ka} = {_toml_str(link.src)}",
+                        f"{kb} = {_toml_str(link.dst)}",
+                        f"rtt_ms_p50 = {link.rtt_ms_p50!r}",
+                        f"jitter_ms = {link.jitter_ms!r}",
+                    ]
+                    if link.bandwidth_kbps is not None:
+                        out.append(f"bandwidth_kbps = {link.bandwidth_kbps}")
+                    out.append("")
+        for st in self.streams:
+            out += ["[[streams]]", f"name = {_toml_str(st.name)}", f"partitions = {st.partitions}"]
+            if st.key_field is not None:
+                out.append(f"key_field = {_toml_str(st.key_field)}")
+            homes = ", ".join(f"{p} = {_toml_str(h)}" for p, h in sorted(st.homes.items()))
+            out += [f"homes = {{ {homes} }}", ""]
+        return "\n".join(out)
 
     # -- echo ------------------------------------------------------------------------------
 
@@ -614,6 +666,11 @@ class _Parser:
                 )
             )
         return tuple(out)
+
+
+def _toml_str(value: str) -> str:
+    """A TOML basic string. JSON's escapes are TOML's, except that TOML also escapes DEL."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _kind(value: Any) -> str:

@@ -4,9 +4,12 @@ reason."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geostore.config import (
     LinkSpec,
@@ -547,3 +550,76 @@ def test_with_loopback_ports_fills_only_what_is_missing() -> None:
     # 7001 and 7002 are taken by the file, so the free ones start at 7003
     assert ports["a1"] == ("127.0.0.1", 7003) and ports["a2"] == ("127.0.0.1", 7004)
     assert topo.links == parse_topology(BASE, "t.toml").links
+
+
+# -- writing back ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_to_toml_reads_back_equal(name: str) -> None:
+    topo = load_topology(REGIONS_DIR / name)
+    for derived in (topo, topo.scaled(0.25), topo.subset(topo.region_names()[:2])):
+        again = parse_topology(derived.to_toml(), "written.toml")
+        assert again == dataclasses.replace(derived, path=None)
+
+
+_names = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
+
+
+@st.composite
+def topologies(draw: st.DrawFn) -> Topology:
+    region_names = draw(st.lists(_names, min_size=1, max_size=4, unique=True))
+    node_ids = draw(
+        st.lists(_names, min_size=len(region_names), max_size=3 * len(region_names), unique=True)
+    )
+    ports = iter(draw(st.permutations(range(7000, 7000 + len(node_ids)))))
+    regions: dict[str, list[object]] = {r: [] for r in region_names}
+    for i, node_id in enumerate(node_ids):
+        node: object = node_id
+        if draw(st.booleans()):
+            host = draw(st.text(min_size=1, max_size=8).filter(lambda h: h.strip() != ""))
+            node = {"id": node_id, "host": host, "port": next(ports)}
+        regions[region_names[i % len(region_names)]].append(node)
+    links: list[dict[str, object]] = []
+    for i, a in enumerate(region_names):
+        for b in region_names[i + 1 :]:
+            rtt = draw(st.floats(0, 500, allow_nan=False))
+            figures: dict[str, object] = {"rtt_ms_p50": rtt}
+            if draw(st.booleans()):
+                # two directed entries, same RTT, their own jitter and bandwidth
+                for src, dst in ((a, b), (b, a)):
+                    links.append(
+                        {
+                            "src": src,
+                            "dst": dst,
+                            **figures,
+                            "jitter_ms": draw(st.floats(0, rtt / 2)),
+                            "bandwidth_kbps": draw(st.integers(1, 10**7)),
+                        }
+                    )
+            else:
+                links.append({"a": a, "b": b, **figures, "jitter_ms": draw(st.floats(0, rtt / 2))})
+    streams = [
+        {
+            "name": stream,
+            "partitions": draw(st.integers(1, 6)),
+            "homes": {},
+        }
+        for stream in draw(st.lists(_names, max_size=2, unique=True))
+    ]
+    data = {
+        "name": draw(_names),
+        "regions": [
+            {"name": r, "intra_rtt_ms": draw(st.floats(0, 5)), "nodes": nodes}
+            for r, nodes in regions.items()
+        ],
+        "links": links,
+        "streams": streams,
+    }
+    return topology_from_dict(data)
+
+
+@settings(max_examples=50)
+@given(topologies())
+def test_any_valid_topology_round_trips_through_toml(topo: Topology) -> None:
+    assert parse_topology(topo.to_toml(), "written.toml") == topo
