@@ -9,13 +9,14 @@ its own (unknown section or key, wrong type, out-of-range value: the error names
 that said it); the merged result is then checked against the cross-field rules (for example
 ``raft.heartbeat_ticks < raft.election_ticks``), naming the file that set the offending field.
 
-The field table in docs/configuration.md is checked against :data:`FIELD_DOCS`-bearing
-metadata here by a test, so the documentation cannot drift from the code.
+Each field carries its one-line meaning and range in its metadata; :func:`field_docs` lists
+them, and a test checks the table in docs/configuration.md against it, so the documentation
+cannot drift from the code.
 
 :func:`raft_timing` turns the config and a topology into the timing of one Raft group:
 a group inside one region uses the LAN timing of ``[raft]``; a group spanning regions uses an
-election timeout of ``wan_election_rtt_multiple`` times the largest RTT among the regions it
-spans (never less than the LAN timeout), with the heartbeat scaled by the same ratio.
+election timeout of ``wan_election_rtt_multiple`` times the largest RTT it spans (never less
+than the LAN timeout), with the heartbeat scaled by the same ratio.
 """
 
 from __future__ import annotations
