@@ -4,13 +4,16 @@
 - framing: length prefix + checksums for streams and files;
 - blocks: opaque, checksummed event blocks that no node re-encodes;
 - compression: zstandard with optional trained dictionaries, bomb-proof;
-- columnar: batches of rows laid out by column for better compression.
+- columnar: batches of rows laid out by column for better compression;
+- cbor: plain CBOR values (``dumps_plain``, ``dumps_canonical``, ``loads_plain``) with the
+  same limits and totality, for bodies and documents that are not wire messages.
 
 Every decoder is total: any byte string gives a value or exactly one ``CodecError``, within
 the bounds of a :class:`CodecLimits`.
 """
 
 from geostore.codec.blocks import decode_events, encode_events, open_block, seal_block
+from geostore.codec.cbor import dumps_canonical, dumps_plain, loads_plain
 from geostore.codec.columnar import decode_columnar, encode_columnar
 from geostore.codec.compression import (
     CompressionDictionary,
@@ -49,10 +52,13 @@ __all__ = [
     "decode_message",
     "decompress",
     "dictionary_id_of",
+    "dumps_canonical",
+    "dumps_plain",
     "encode_columnar",
     "encode_events",
     "encode_frame",
     "encode_message",
+    "loads_plain",
     "open_block",
     "registered_messages",
     "seal_block",

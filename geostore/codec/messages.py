@@ -351,13 +351,6 @@ def _fixed_tuple_codec(items: Sequence[_Codec]) -> _Codec:
     return _Codec(encode, decode, lambda value: isinstance(value, tuple) and len(value) == size)
 
 
-def _sort_key(plain: Any) -> tuple[int, Any]:
-    # Elements of one annotated type share a Python order; anything else sorts by its bytes.
-    if type(plain) in (int, str, bytes, float):
-        return (0, plain)
-    return (1, dumps_canonical(plain))
-
-
 def _frozenset_codec(item: _Codec) -> _Codec:
     enc, dec = item.encode, item.decode
 

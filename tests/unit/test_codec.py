@@ -25,6 +25,7 @@ from geostore.codec import (
     wire_message,
 )
 from geostore.ids import LogIndex, NodeId, Term
+from geostore.raft.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
 
 # Tags from 0xFFFF0000 up are reserved for tests, so they never collide with real messages.
 T0 = 0xFFFF_0000
@@ -472,3 +473,26 @@ def test_nan_and_infinities_round_trip() -> None:
         assert decode_message(encode_message(msg)) == msg
     nan = Everything(**{**_fields(sample()), "f": math.nan})
     assert math.isnan(decode_message(encode_message(nan)).f)  # type: ignore[attr-defined]
+
+
+# --- the Raft value types travel inside messages unchanged --------------------------------------
+
+
+def test_raft_value_types_nest_in_messages() -> None:
+    # (annotations resolve in this module's globals, hence the imports at the top)
+    @wire_message(T0 + 300)
+    @dataclass(frozen=True, slots=True)
+    class Append:
+        entries: tuple[Entry, ...]
+        hard: HardState
+        snapshot: SnapshotMeta
+
+    msg = Append(
+        (
+            Entry(Term(2), LogIndex(7), EntryKind.NORMAL, b"block"),
+            Entry(Term(2), LogIndex(8), EntryKind.NOOP),
+        ),
+        HardState(Term(2), NodeId("n1"), LogIndex(6)),
+        SnapshotMeta(LogIndex(5), Term(1), ConfState(frozenset({NodeId("b"), NodeId("a")}))),
+    )
+    assert decode_message(encode_message(msg)) == msg
