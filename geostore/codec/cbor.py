@@ -97,52 +97,76 @@ def loads_plain(data: bytes | bytearray | memoryview, limits: CodecLimits) -> An
 _ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 
+def _leaf_sizes() -> bytes:
+    """For each initial byte, the whole size of an item with no children whose size the
+    initial byte alone fixes (ints, simple values, floats, short strings); 0 otherwise."""
+    table = bytearray(256)
+    for initial in range(256):
+        major, info = initial >> 5, initial & 31
+        if major in (0, 1, 7):
+            if info < 24:
+                table[initial] = 1
+            elif info in _ARG_BYTES:
+                table[initial] = 1 + _ARG_BYTES[info]
+        elif major in (2, 3) and info < 24:
+            table[initial] = 1 + info
+    return bytes(table)
+
+
+_LEAF_SIZES = _leaf_sizes()
+
+
 def _prescan(data: bytes | bytearray | memoryview, limits: CodecLimits) -> None:
     """Walk the item headers iteratively, refusing too many items or too deep nesting.
 
-    Declared container sizes are checked against the remaining item budget before anything
-    is built, so a header declaring a billion elements is refused in O(1). Raises CodecError.
+    Every item but the root is counted in its container's declared size, so the total is
+    1 + the sum of declared sizes: each is checked against the limit as soon as it is read,
+    so a header declaring a billion elements is refused in O(1). Leaves whose size the
+    initial byte fixes cost one table lookup. Raises CodecError.
     """
-    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    view = data if isinstance(data, bytes) else memoryview(data).cast("B")
     size = len(view)
+    leaf_sizes = _LEAF_SIZES
     pos = 0
-    budget = limits.items_max
-    pending = [1]  # items still expected at each open nesting level; the root expects one
-    while pending:
-        if pending[-1] == 0:
-            pending.pop()
-            continue
-        pending[-1] -= 1
+    total = 1
+    remaining = 1  # items still expected at the current nesting level
+    stack: list[int] = []  # what remains at each enclosing level
+    while True:
+        while remaining == 0:
+            if not stack:
+                if pos != size:
+                    raise CodecError(f"{size - pos} trailing bytes after the CBOR value")
+                return
+            remaining = stack.pop()
         if pos >= size:
             raise CodecError("malformed CBOR: truncated")
         initial = view[pos]
-        pos += 1
+        remaining -= 1
+        leaf = leaf_sizes[initial]
+        if leaf:
+            pos += leaf
+            continue
         major, info = initial >> 5, initial & 31
         if info < 24:
             arg = info
-        elif info in _ARG_BYTES:
-            width = _ARG_BYTES[info]
-            if pos + width > size:
-                raise CodecError("malformed CBOR: truncated")
-            arg = int.from_bytes(view[pos : pos + width], "big")
-            pos += width
+            pos += 1
         else:
-            raise CodecError("malformed CBOR: indefinite length or reserved header")
-        budget -= 1
-        if budget < 0:
-            raise CodecError(f"CBOR document has more than {limits.items_max} items")
+            width = _ARG_BYTES.get(info)
+            if width is None:
+                raise CodecError("malformed CBOR: indefinite length or reserved header")
+            if pos + 1 + width > size:
+                raise CodecError("malformed CBOR: truncated")
+            arg = int.from_bytes(view[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width
         if major == 2 or major == 3:
             pos += arg
-            if pos > size:
-                raise CodecError("malformed CBOR: string runs past the end")
-        elif 4 <= major <= 6:
-            # a tag's argument is its number: it wraps exactly one item (cbor2 counts its depth)
+        elif major >= 4:  # array, map, tag (a tag's argument is its number: it wraps one item)
             count = arg if major == 4 else (arg * 2 if major == 5 else 1)
-            if count > budget:
+            total += count
+            if total > limits.items_max:
                 raise CodecError(f"CBOR document has more than {limits.items_max} items")
             if count:
-                if len(pending) > limits.depth_max:
+                stack.append(remaining)
+                if len(stack) > limits.depth_max:
                     raise CodecError(f"CBOR nesting deeper than {limits.depth_max}")
-                pending.append(count)
-    if pos != size:
-        raise CodecError(f"{size - pos} trailing bytes after the CBOR value")
+                remaining = count

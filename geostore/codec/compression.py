@@ -171,6 +171,10 @@ def decompress(
         return bytes(body)
     if codec != CODEC_ZSTD:
         raise CodecError(f"unknown compression codec {codec}", codec=codec)
+    if raw_length == 0:
+        # compress() stores empty data; and zstandard returns b"" for a frame declaring 0 bytes
+        # without looking at its body, which would hide a damaged one.
+        raise CodecError("empty data must be stored, not compressed")
     dictionary: CompressionDictionary | None = None
     if dict_id != 0:
         dictionary = dictionaries.get(dict_id)

@@ -4,6 +4,7 @@ cbor2's own depth limit, refuses oversized declarations at once, and only CodecE
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import cbor2
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geostore.codec import CodecError, CodecLimits, dumps_canonical, dumps_plain, loads_plain
+from geostore.codec.cbor import _prescan
 
 PAD = b"\x58\x32" + b"x" * 50  # one item of 52 bytes: makes inputs longer than their item count
 
@@ -65,3 +67,38 @@ def test_arbitrary_bytes_give_a_value_or_a_codec_error(data: bytes, items_max: i
     # small items_max values push most inputs through the pre-scan path as well
     with contextlib.suppress(CodecError):
         loads_plain(data, CodecLimits(items_max=items_max, depth_max=8))
+
+
+def count_items(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + sum(count_items(v) for v in value)
+    if isinstance(value, dict):
+        return 1 + sum(count_items(k) + count_items(v) for k, v in value.items())
+    return 1
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.binary(max_size=30)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@given(values)
+def test_prescan_counts_items_exactly(value: Any) -> None:
+    data = dumps_plain(value)
+    items = count_items(value)
+    _prescan(data, CodecLimits(items_max=items))
+    if items > 1:
+        with pytest.raises(CodecError, match="items"):
+            _prescan(data, CodecLimits(items_max=items - 1))

@@ -171,5 +171,10 @@ def test_arbitrary_bytes_give_data_or_a_codec_error(data: bytes) -> None:
             decompress(candidate)
 
 
-def test_empty_input_round_trips() -> None:
+def test_empty_input_round_trips_and_a_zstd_frame_claiming_zero_bytes_is_refused() -> None:
     assert decompress(compress(b"")) == b""
+    frame = bytearray(zstandard.ZstdCompressor(write_content_size=True).compress(b"a" * 200))
+    assert frame[4] == 0b0010_0000  # single segment, 1-byte content size at offset 5
+    frame[5] = 0  # now "0 bytes", with 200 bytes of body that zstandard would not look at
+    with pytest.raises(CodecError):
+        decompress(struct.pack(">BBII", 0x5A, 1, 0, 0) + bytes(frame))
