@@ -37,8 +37,10 @@ pre-votes and leader leases below). Rules kept, each with its reason:
 * Replication flow control: per follower a PROBE state (one message, then wait for an answer
   or a heartbeat answer) and a REPLICATE state (pipelined, optimistic ``next``, at most
   ``max_inflight_msgs`` unacknowledged messages, each at most ``max_entries_per_msg`` entries
-  and ``max_bytes_per_msg`` bytes). A heartbeat answer always unblocks a probe, and a follower
-  in REPLICATE that makes no progress across two heartbeat answers falls back to PROBE, so no
+  and ``max_bytes_per_msg`` bytes). Every heartbeat broadcast is a numbered round
+  (``read_seq``). A heartbeat answer always unblocks a probe; a follower in REPLICATE that
+  answers a heartbeat round started after our last AppendEntries to it, while that
+  AppendEntries is still unacknowledged, lost it (or restarted): it falls back to PROBE. So no
   follower stalls for good.
 * ReadIndex (Diss. 6.4): a read is accepted only by a leader that committed an entry of its
   term (reads arriving earlier are queued until it has); it records the commit index, then a
@@ -232,6 +234,7 @@ class _Progress:
     """The leader's view of one peer (or of itself: only ``match`` is used)."""
 
     __slots__ = (
+        "append_round",
         "inflight",
         "match",
         "next",
@@ -242,7 +245,6 @@ class _Progress:
         "snap_meta",
         "snap_moved",
         "snap_offset",
-        "stall",
         "state",
     )
 
@@ -256,8 +258,8 @@ class _Progress:
         self.recent_active = False
         #: highest commit index sent to this peer
         self.sent_commit = 0
-        #: heartbeat answers in a row without progress while waiting (REPLICATE stall guard)
-        self.stall = 0
+        #: heartbeat round current when we last sent it entries (REPLICATE loss detection)
+        self.append_round = 0
         self.snap_meta: SnapshotMeta | None = None
         self.snap_offset = 0
         self.snap_moved = False
@@ -269,7 +271,6 @@ class _Progress:
         self.next = self.match + 1
         self.probe_sent = False
         self.inflight.clear()
-        self.stall = 0
         self.snap_meta = None
 
     def become_replicate(self) -> None:
@@ -277,7 +278,6 @@ class _Progress:
         self.next = self.match + 1
         self.probe_sent = False
         self.inflight.clear()
-        self.stall = 0
         self.snap_meta = None
 
 
@@ -578,7 +578,6 @@ class RaftCore:
                 self._flush_appends()
             if self._read_round_due:
                 self._read_round_due = False
-                self._read_seq += 1
                 self._bcast_heartbeat()
         self._bcast = False
         self._read_round_due = False
@@ -627,6 +626,7 @@ class RaftCore:
             persisted = lg.persisted_index()
             if me is not None and persisted > me.match:
                 me.match = persisted
+                me.next = persisted + 1
                 if self._maybe_commit():
                     self._bcast = True
 
@@ -773,6 +773,7 @@ class RaftCore:
         if me is None:  # cannot happen for a promotable node; keep the leader's own row
             me = self._progress[self.id] = _Progress(last + 1)
         me.match = lg.persisted_index()
+        me.next = me.match + 1
         me.state = _REPLICATE
         me.recent_active = True
         # no configuration change until everything in the log so far is applied (R12)
@@ -1103,6 +1104,7 @@ class RaftCore:
         if ents:
             pr.next = ents[-1].index + 1
             pr.inflight.append(pr.next - 1)
+            pr.append_round = self._read_seq
             return pr.next <= last
         return False
 
@@ -1155,7 +1157,6 @@ class RaftCore:
             advanced = match > pr.match
             if advanced:
                 pr.match = match
-                pr.stall = 0
                 if pr.next <= match:
                     pr.next = match + 1
             inflight = pr.inflight
@@ -1200,6 +1201,9 @@ class RaftCore:
         return max(i, 0)
 
     def _handle_heartbeat_response(self, m: HeartbeatResponse, pr: _Progress) -> None:
+        seq: object = m.read_seq
+        if not isinstance(seq, int):
+            return  # malformed
         pr.recent_active = True
         lg = self._log
         if pr.state is _PROBE:
@@ -1208,13 +1212,13 @@ class RaftCore:
             if not pr.snap_moved:
                 self._send_snapshot_chunk(m.src, pr)  # the chunk or its answer was lost
             pr.snap_moved = False
-        elif pr.match < lg.last_index() and pr.inflight:
-            pr.stall += 1
-            if pr.stall >= max(2, self.cfg.election_ticks // self.cfg.heartbeat_ticks):
-                pr.become_probe()  # the window was lost: restart from what we know
+        elif pr.inflight and m.read_seq > pr.append_round and pr.match < lg.last_index():
+            # it answered a round that started after our last AppendEntries, which is still
+            # unacknowledged: lost (or the follower restarted). Restart from what we know.
+            pr.become_probe()
         if pr.match < lg.last_index() or pr.sent_commit < lg.commit:
             self._bcast = True
-        if isinstance(m.read_seq, int) and m.read_seq > pr.read_acked:
+        if m.read_seq > pr.read_acked:
             pr.read_acked = m.read_seq
             self._release_reads()
 
@@ -1253,6 +1257,7 @@ class RaftCore:
         return True
 
     def _bcast_heartbeat(self) -> None:
+        self._read_seq += 1  # a new round: it confirms reads that arrived before it
         lg = self._log
         commit = lg.commit
         for nid, pr in self._progress.items():
@@ -1315,8 +1320,21 @@ class RaftCore:
         for nid in sorted(members):
             if nid not in self._progress:
                 self._progress[nid] = _Progress(last + 1)
+        commit = self._log.commit
         for nid in [n for n in self._progress if n not in members and n != self.id]:
-            del self._progress[nid]
+            # a last word so the removed node learns the commit of its removal (best effort:
+            # if it misses it, pre-vote and the leader lease keep it from disrupting)
+            pr = self._progress.pop(nid)
+            self._msgs.append(
+                Heartbeat(
+                    self.cfg.group,
+                    self.id,
+                    nid,
+                    Term(self.term),
+                    LogIndex(min(pr.match, commit)),
+                    self._read_seq,
+                )
+            )
         if self._transferee is not None and self._transferee not in self.conf.voters:
             self._transferee = None
         if self.id not in self.conf.voters:

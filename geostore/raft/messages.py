@@ -93,9 +93,10 @@ class VoteResponse:
 class Heartbeat:
     """Leader -> follower: "I am still leader"; carries a safe commit and a read round.
 
-    ``commit`` is ``min(leader commit, follower match)``. ``read_seq`` is the leader's latest
-    ReadIndex confirmation round; the follower echoes it so the leader knows which pending
-    reads this follower has confirmed.
+    ``commit`` is ``min(leader commit, follower match)``. ``read_seq`` numbers the leader's
+    heartbeat rounds; the follower echoes it, which confirms every ReadIndex request that
+    arrived before that round started, and tells the leader the follower has seen everything
+    sent to it before that round (so a still-unacknowledged AppendEntries was lost).
     """
 
     group: GroupId

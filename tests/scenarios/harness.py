@@ -100,6 +100,8 @@ class Cluster:
         self.committed: dict[int, tuple[int, bytes]] = {}
         self.leaders: dict[int, NodeId] = {}
         self.restarts: dict[NodeId, int] = {}
+        #: Readies taken but not yet handled (to script races between ready and advance)
+        self.held: dict[NodeId, Ready] = {}
         for n in ids:
             self.add_node(n, self.boot_conf)
 
@@ -134,6 +136,7 @@ class Cluster:
     def crash(self, n: NodeId) -> None:
         node = self.nodes[n]
         node.core = None
+        self.held.pop(n, None)
         node.store.crash()
         node.applied = []  # the state machine is volatile: rebuilt from the snapshot
         node.staging = bytearray()
@@ -160,7 +163,7 @@ class Cluster:
         """Run n's host loop until it has nothing ready; True if anything happened."""
         node = self.nodes[n]
         core = node.core
-        if core is None:
+        if core is None or n in self.held:
             return False
         did = False
         while core.has_ready():
@@ -170,6 +173,40 @@ class Cluster:
             core.advance(rd)
             self.check()
         return did
+
+    def hold(self, n: NodeId) -> Ready | None:
+        """Take n's Ready now but handle it later (steps may happen in between)."""
+        node = self.nodes[n]
+        if n in self.held or not node.c.has_ready():
+            return None
+        rd = node.c.ready()
+        self.held[n] = rd
+        return rd
+
+    def release(self, n: NodeId) -> None:
+        rd = self.held.pop(n)
+        node = self.nodes[n]
+        self._handle_ready(node, rd)
+        node.c.advance(rd)
+        self.check()
+
+    def duplicate(self, src: NodeId | None = None, dst: NodeId | None = None) -> int:
+        extra = [
+            m for m in self.queue if (src is None or m.src == src) and (dst is None or m.dst == dst)
+        ]
+        self.queue.extend(extra)
+        return len(extra)
+
+    def reorder(self, src: NodeId | None = None, dst: NodeId | None = None) -> None:
+        """Reverse the order of the matching queued messages."""
+        pos = [
+            i
+            for i, m in enumerate(self.queue)
+            if (src is None or m.src == src) and (dst is None or m.dst == dst)
+        ]
+        picked = [self.queue[i] for i in pos]
+        for i, m in zip(pos, reversed(picked), strict=True):
+            self.queue[i] = m
 
     def _handle_ready(self, node: Node, rd: Ready) -> None:
         for ch in rd.snapshot_chunks:
