@@ -5,6 +5,7 @@ segment rolls, truncation and compaction arithmetic, and fsync/ENOSPC discipline
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -281,12 +282,13 @@ def test_fsync_failure_is_sticky(tmp_path: Path) -> None:
     with pytest.raises(FsyncFailedError, match="node must stop"):
         log.sync()
     fs.fail_fsync = False  # even once the disk "recovers", nothing is retried
-    for op in (
+    ops: list[Callable[[], None]] = [
         lambda: log.sync(),
         lambda: log.append(entries(8, 9)),
         lambda: log.truncate_suffix(LogIndex(3)),
         lambda: log.compact_prefix(SnapshotMeta(LogIndex(2), Term(1))),
-    ):
+    ]
+    for op in ops:
         with pytest.raises(FsyncFailedError):
             op()
     assert log.durable_index() == 4
