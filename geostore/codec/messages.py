@@ -69,6 +69,7 @@ def wire_message(tag: int, version: int = 1) -> Callable[[type[T]], type[T]]:
         known = _REGISTRY.get(tag)
         assert known is None or known is cls, f"tag {tag} already used by {known}"
         assert cls not in _INFO or _INFO[cls].tag == tag, f"{cls.__name__} already registered"
+        assert cls in _INFO or cls not in _PLANS, f"{cls.__name__} was used before registration"
         _REGISTRY[tag] = cls
         _INFO[cls] = _WireInfo(tag, version)
         return cls

@@ -496,3 +496,17 @@ def test_raft_value_types_nest_in_messages() -> None:
         SnapshotMeta(LogIndex(5), Term(1), ConfState(frozenset({NodeId("b"), NodeId("a")}))),
     )
     assert decode_message(encode_message(msg)) == msg
+
+
+def test_a_deep_error_is_reported_once_with_its_path() -> None:
+    # The bottom value of a 15-level tree has the wrong type: one error naming the path
+    # (decoding never retries a failed subtree, which would cost 2**depth).
+    plain = cbor2.loads(encode_message(deep_tree(15)))
+    node = plain
+    while node[3]:
+        node = node[3][0]
+    node[2] = "not an int"
+    with pytest.raises(CodecError) as caught:
+        decode_message(cbor2.dumps(plain))
+    assert caught.value.message.count("Tree.children") == 14
+    assert caught.value.message.endswith("Tree.value: expected int, got str")
