@@ -38,9 +38,12 @@ def loads(data: bytes) -> Any:
     return value
 
 
-def loads_body(data: bytes) -> Any:
-    """Decode a body the store encoded itself (already checked on the way in: the fast path)."""
+def loads_fast(data: bytes) -> Any:
+    """Decode bytes the store encoded itself, behind a checksum (log entries, blocks, bodies).
+
+    About four times cheaper than :func:`loads`; it does not refuse trailing bytes.
+    """
     try:
         return cbor2.loads(data, max_depth=MAX_DEPTH)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
-        raise CodecError(f"stored body does not decode as CBOR: {exc}") from exc
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, EOFError) as exc:
+        raise CodecError(f"stored bytes do not decode as CBOR: {exc}") from exc

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from .model import INT64_MAX, INT64_MIN, Number
 
 BATCH_FORMAT = 1
 BLOCK_FORMAT = 1
+_INT = frozenset({int})
+_KEY_TYPES = frozenset({str, type(None)})
+_NUMBER_OR_NONE = frozenset({int, float, type(None)})
 
 
 class BlockStore(Protocol):
@@ -133,7 +137,7 @@ def encode_batch(
 
 def decode_batch(data: bytes, record_count: int, indexed: Sequence[str]) -> Columns:
     """Decode and check a batch; raises CodecError when it does not match its command."""
-    raw = _cbor.loads(data)
+    raw = _cbor.loads_fast(data)
     if not (isinstance(raw, list) and len(raw) == 6 and raw[0] == BATCH_FORMAT):
         raise CodecError("events block: not a version-1 batch")
     _, ts, keys, attrs, ends, bodies = raw
@@ -168,19 +172,21 @@ def _check_columns(
         not isinstance(v, list) or len(v) != n for v in attrs.values()
     ):
         raise CodecError(f"{what}: attribute columns do not match the schema's indexed ones")
-    if not all(type(t) is int and INT64_MIN <= t <= INT64_MAX for t in ts):
+    # Type checks as C-level passes (map/set/min/max): this runs for every applied batch.
+    if n and (not set(map(type, ts)) <= _INT or min(ts) < INT64_MIN or max(ts) > INT64_MAX):
         raise CodecError(f"{what}: ts must be 64-bit integers")
-    if not all(k is None or type(k) is str for k in keys):
+    if not set(map(type, keys)) <= _KEY_TYPES:
         raise CodecError(f"{what}: keys must be strings or null")
     for vals in attrs.values():
-        if not all(v is None or type(v) is int or type(v) is float for v in vals):
+        if not set(map(type, vals)) <= _NUMBER_OR_NONE:
             raise CodecError(f"{what}: attribute values must be numbers or null")
-    prev = base
-    for e in ends:
-        if type(e) is not int or e < prev:
-            raise CodecError(f"{what}: body offsets must increase")
-        prev = e
-    if prev - base != len(bodies):
+    if n and (
+        not set(map(type, ends)) <= _INT
+        or ends[0] < base
+        or not all(map(operator.le, ends, itertools.islice(ends, 1, None)))
+    ):
+        raise CodecError(f"{what}: body offsets must increase")
+    if (ends[-1] if n else base) - base != len(bodies):
         raise CodecError(f"{what}: body offsets do not cover the bodies")
     return Columns(ts, keys, {k: attrs[k] for k in sorted(attrs)}, ends, bodies, base)
 
@@ -338,7 +344,7 @@ def decode_block(data: bytes, meta: BlockMeta, indexed: Sequence[str], where: st
     if zlib.crc32(data) != meta.crc:
         raise CorruptLogError(f"block {where} fails its checksum")
     try:
-        raw = _cbor.loads(data)
+        raw = _cbor.loads_fast(data)
         if not (isinstance(raw, list) and len(raw) == 8 and raw[0] == BLOCK_FORMAT):
             raise CodecError("not a version-1 block")
         _, first_seq, epochs, ts, keys, attrs, ends, bodies = raw

@@ -90,36 +90,46 @@ def encode_command(cmd: Command) -> bytes:
 
 
 def decode_command(data: bytes) -> Command:
-    """Decode an entry's data; raises CodecError for anything that is not a valid command."""
-    raw = _cbor.loads(data)
-    if not isinstance(raw, list) or len(raw) < 2 or raw[0] != COMMAND_FORMAT:
+    """Decode an entry's data; raises CodecError for anything that is not a valid command.
+
+    Explicit type checks rather than ``match`` sequence patterns: this runs once per applied
+    entry, and the checks cost a fraction of the patterns' ABC machinery.
+    """
+    # Entries come from the checksummed Raft log: the fast decoder is enough here.
+    raw = _cbor.loads_fast(data)
+    if type(raw) is not list or len(raw) < 2 or raw[0] != COMMAND_FORMAT:
         raise CodecError("not a version-1 store command")
+    kind, n = raw[1], len(raw)
     try:
-        match raw[1:]:
-            case ["create", str(name), int(parts), key_field, schema, list(homes)]:
-                _need(key_field is None or isinstance(key_field, str), "key_field")
-                sch = Schema.from_json(schema, StoreLimits()) if schema is not None else None
-                hs = tuple((PartitionId(int(p)), RegionId(str(r))) for p, r in homes)
-                return CreateStream(StreamName(name), parts, key_field, sch, hs)
-            case ["append", str(stream), int(part), bytes(events), int(count), prod, epoch]:
-                pr = None
-                if prod is not None:
-                    _need(isinstance(prod, list) and len(prod) == 2, "producer")
-                    pid, pseq = prod
-                    _need(isinstance(pid, str) and type(pseq) is int, "producer")
-                    pr = ProducerRef(pid, pseq)
-                _need(epoch is None or type(epoch) is int, "epoch")
-                ep = Epoch(epoch) if epoch is not None else None
-                return AppendBatch(StreamName(stream), PartitionId(part), events, count, pr, ep)
-            case ["home", str(stream), int(part), home, int(epoch)]:
-                _need(home is None or isinstance(home, str), "home")
-                hm = RegionId(home) if home is not None else None
-                return SetHome(StreamName(stream), PartitionId(part), hm, Epoch(epoch))
+        if kind == "append" and n == 8:
+            _, _, stream, part, events, count, prod, epoch = raw
+            _need(type(stream) is str and type(part) is int and type(count) is int, "header")
+            _need(type(events) is bytes, "events")
+            pr = None
+            if prod is not None:
+                _need(type(prod) is list and len(prod) == 2, "producer")
+                pid, pseq = prod
+                _need(type(pid) is str and type(pseq) is int, "producer")
+                pr = ProducerRef(pid, pseq)
+            _need(epoch is None or type(epoch) is int, "epoch")
+            return AppendBatch(stream, part, events, count, pr, epoch)
+        if kind == "create" and n == 7:
+            _, _, name, parts, key_field, schema, homes = raw
+            _need(type(name) is str and type(parts) is int and type(homes) is list, "header")
+            _need(key_field is None or type(key_field) is str, "key_field")
+            sch = Schema.from_json(schema, StoreLimits()) if schema is not None else None
+            hs = tuple((PartitionId(int(p)), RegionId(str(r))) for p, r in homes)
+            return CreateStream(StreamName(name), parts, key_field, sch, hs)
+        if kind == "home" and n == 6:
+            _, _, stream, part, home, epoch = raw
+            _need(type(stream) is str and type(part) is int and type(epoch) is int, "header")
+            _need(home is None or type(home) is str, "home")
+            return SetHome(stream, part, home, epoch)
     except CodecError:
         raise
     except (ValueError, TypeError, GeostoreError) as exc:  # GeostoreError: a bad schema
         raise CodecError(f"store command has bad fields: {exc}") from exc
-    raise CodecError(f"unknown or malformed store command {str(raw[1])[:40]!r}")
+    raise CodecError(f"unknown or malformed store command {str(kind)[:40]!r}")
 
 
 def _need(cond: bool, what: str) -> None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from geostore.config.settings import LimitsSettings
 from geostore.errors import ApiError, ErrorCode
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 
@@ -54,11 +55,10 @@ def is_number(value: object) -> bool:
 class StoreLimits:
     """Request and query limits of the store (operating limits, local to a node).
 
-    Mapping to ``geostore.config.settings.LimitsSettings`` (built by the runtime):
-    ``events_per_request_max`` <- events per request, ``event_bytes_max`` <- event size,
-    ``read_limit_max`` / ``read_limit_default`` <- the ``limit`` of reads,
-    ``windows_max`` and ``scan_limit_max`` <- the query range limits of aggregates.
-    The rest have no config field yet and keep these defaults.
+    :meth:`from_settings` maps ``geostore.config.settings.LimitsSettings``:
+    ``events_per_request_max``, ``event_bytes_max``, ``read_limit_max`` and
+    ``query_range_us_max`` come from there (same names); the others have no config field yet
+    and keep these defaults. Over a limit is TOO_LARGE (413), never a silent clamp.
     """
 
     events_per_request_max: int = 10_000
@@ -66,6 +66,8 @@ class StoreLimits:
     event_bytes_max: int = 1_048_576
     read_limit_max: int = 10_000
     read_limit_default: int = 1_000
+    #: Widest ``[from_ts, to_ts)`` of one time-range read or aggregate.
+    query_range_us_max: int = 366 * 86_400 * 1_000_000
     #: Blocks one time-range read may decode before it answers a partial page.
     read_blocks_max: int = 256
     windows_max: int = 10_000
@@ -85,15 +87,27 @@ class StoreLimits:
         assert self.windows_max >= 1
         assert self.scan_limit_max >= 1
         assert self.partitions_max >= 1
+        assert self.query_range_us_max >= 1
+
+    @staticmethod
+    def from_settings(settings: LimitsSettings) -> StoreLimits:
+        """The store's limits from the node configuration's ``[limits]`` section."""
+        return StoreLimits(
+            events_per_request_max=settings.events_per_request_max,
+            event_bytes_max=settings.event_bytes_max,
+            read_limit_max=settings.read_limit_max,
+            read_limit_default=min(1_000, settings.read_limit_max),
+            query_range_us_max=settings.query_range_us_max,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class StoreTuning:
-    """Parameters of the replicated state itself.
+    """Parameters of the replicated state itself: every replica of a group uses the same.
 
-    Block sizing is local layout (a replica may differ; answers do not), but the producer
-    parameters decide which appends count as duplicates: every replica of a group must use
-    the same values (a snapshot records them and a restore refuses different ones).
+    The producer parameters decide which appends count as duplicates; the block sizing
+    decides the block layout, hence the rolling hash and the ``stats`` of queries (answers
+    themselves do not depend on it). A snapshot records them and a restore refuses others.
     """
 
     block_events_max: int = 1_024
@@ -221,6 +235,17 @@ class Schema:
             attrs[name] = Attribute(name, typ, required, indexed)
         return Schema(tuple(attrs[n] for n in sorted(attrs)))
 
+    def fast_checks(self) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
+        """Per attribute, a predicate that is True when the value conforms (None: absent).
+
+        The hot path of validation; :meth:`validate_body` gives the error with its path.
+        """
+        out = []
+        for a in self.attributes:
+            check = _CHECKS[a.type]
+            out.append((a.name, check if not a.required else _required(check)))
+        return tuple(out)
+
     def validate_body(self, body: Any, path: str) -> None:
         """Raise SCHEMA_VIOLATION naming the attribute path when ``body`` does not conform."""
         if not self.attributes:
@@ -259,6 +284,36 @@ class Schema:
                     f"{apath}: expected {a.type}, got {_describe(value)}",
                     path=apath,
                 )
+
+
+def _check_int(v: Any) -> bool:
+    return v is None or (type(v) is int and INT64_MIN <= v <= INT64_MAX)
+
+
+def _check_float(v: Any) -> bool:
+    if type(v) is float:
+        return math.isfinite(v) and abs(v) <= 2.0**1023
+    return v is None or (type(v) is int and INT64_MIN <= v <= INT64_MAX)
+
+
+def _check_bool(v: Any) -> bool:
+    return v is None or type(v) is bool
+
+
+def _check_str(v: Any) -> bool:
+    return v is None or type(v) is str
+
+
+_CHECKS: dict[AttrType, Callable[[Any], bool]] = {
+    AttrType.INT: _check_int,
+    AttrType.FLOAT: _check_float,
+    AttrType.BOOL: _check_bool,
+    AttrType.STR: _check_str,
+}
+
+
+def _required(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is not None and check(v)
 
 
 def _describe(value: Any) -> str:

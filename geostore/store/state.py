@@ -35,11 +35,12 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+
+import cbor2
 
 from geostore.errors import ApiError, CodecError, ErrorCode, StorageError
 from geostore.ids import INDEX_ZERO, Epoch, LogIndex, PartitionId, RegionId, Seq, StreamName
@@ -93,7 +94,6 @@ ApplyResult = StreamInfo | AppendResult | HomeResult | Rejected
 TailCallback = Callable[[StreamName, PartitionId, Seq], None]
 
 SNAPSHOT_FORMAT = 1
-_HASH_HEADER = struct.Struct(">qqqi")  # seq, epoch, ts, key length (-1: no key)
 _EMPTY_HASH = bytes(16)
 _EVENT_FIELDS = frozenset({"ts", "key", "partition", "body"})
 
@@ -136,6 +136,7 @@ class _Partition:
         "log_hash",
         "next_seq",
         "open",
+        "open_hash",
         "partition",
         "sealed",
         "stream",
@@ -155,7 +156,9 @@ class _Partition:
         self.home = home
         self.epoch = epoch
         self.next_seq = 0
+        #: Chained over the sealed blocks' bytes; the open block is folded in on demand.
         self.log_hash = _EMPTY_HASH
+        self.open_hash: tuple[int, bytes] | None = None  # (next_seq, hash) cache
         self.sealed: list[BlockMeta] = []
         self.first_seqs: list[int] = []
         self.open = OpenBlock(0, 0, indexed)
@@ -267,7 +270,7 @@ class EventStore:
             p.home,
             p.epoch,
             Seq(p.next_seq - 1),
-            p.log_hash.hex(),
+            _log_hash(p).hex(),
             len(p.sealed),
         )
 
@@ -356,80 +359,100 @@ class EventStore:
             rr = zlib.crc32(prod.id.encode()) + prod.seq
         else:
             rr = rr_counter
-        groups: dict[int, list[int]] = {}
+        nparts = d.partitions
+        key_field = d.key_field
+        fast_checks = schema.fast_checks() if schema is not None else ()
+        event_bytes_max, key_bytes_max = lim.event_bytes_max, lim.key_bytes_max
+        dumps = cbor2.dumps
+        # The hot path: one pass, type() identity checks first, slow paths only for errors.
+        parts: list[int] = []
         ts_col: list[int] = []
         keys: list[str | None] = []
         bodies: list[bytes] = []
         attr_cols: dict[str, list[Number | None]] = {n: [] for n in indexed}
+        attr_lists = [(n, attr_cols[n]) for n in indexed]
         for i, ev in enumerate(events):
-            path = f"events[{i}]"
-            if not isinstance(ev, Mapping):
-                raise malformed(f"{path} must be an object", path=path)
-            if not ev.keys() <= _EVENT_FIELDS:
-                bad = sorted(map(str, ev.keys() - _EVENT_FIELDS))
-                raise malformed(f"{path} has unknown fields {bad}", path=path)
-            if "body" not in ev:
-                raise malformed(f"{path}.body is missing", path=f"{path}.body")
+            if type(ev) is not dict and not isinstance(ev, Mapping):
+                raise malformed(f"events[{i}] must be an object", path=f"events[{i}]")
+            if len(ev) > 4 or not ev.keys() <= _EVENT_FIELDS or "body" not in ev:
+                _event_shape_error(i, ev)
             body = ev["body"]
             ts = ev.get("ts")
             if ts is None:
                 ts = now_us
-            elif not is_int(ts) or not INT64_MIN <= ts <= INT64_MAX:
+            elif type(ts) is not int or not INT64_MIN <= ts <= INT64_MAX:
                 raise malformed(
-                    f"{path}.ts must be an integer (microseconds since the Unix epoch)",
-                    path=f"{path}.ts",
+                    f"events[{i}].ts must be an integer (microseconds since the Unix epoch)",
+                    path=f"events[{i}].ts",
                 )
+            body_is_map = type(body) is dict or isinstance(body, Mapping)
             key = ev.get("key")
-            if key is None and d.key_field is not None and isinstance(body, Mapping):
-                kv = body.get(d.key_field)
-                if isinstance(kv, str) or is_int(kv):
+            if key is None and key_field is not None and body_is_map:
+                kv = body.get(key_field)
+                if type(kv) is str or type(kv) is int:
                     key = str(kv)
                 elif kv is not None:
                     raise malformed(
-                        f"{path}.body.{d.key_field} is the key field: it must be a string "
+                        f"events[{i}].body.{key_field} is the key field: it must be a string "
                         "or an integer",
-                        path=f"{path}.body.{d.key_field}",
+                        path=f"events[{i}].body.{key_field}",
                     )
-            if key is not None and not isinstance(key, str):
-                raise malformed(f"{path}.key must be a string", path=f"{path}.key")
-            key_bytes = len(key.encode()) if key is not None else 0
-            if key_bytes > lim.key_bytes_max:
-                raise too_large(
-                    f"{path}.key has {key_bytes} bytes, at most {lim.key_bytes_max}",
-                    path=f"{path}.key",
-                )
+            key_bytes = 0
+            if key is not None:
+                if type(key) is not str:
+                    raise malformed(f"events[{i}].key must be a string", path=f"events[{i}].key")
+                kb = key.encode()
+                key_bytes = len(kb)
+                if key_bytes > key_bytes_max:
+                    raise too_large(
+                        f"events[{i}].key has {key_bytes} bytes, at most {key_bytes_max}",
+                        path=f"events[{i}].key",
+                    )
             part = ev.get("partition")
-            if part is not None and (not is_int(part) or not 0 <= part < d.partitions):
+            if part is None:
+                if key is not None:
+                    part = zlib.crc32(kb) % nparts
+                else:
+                    part = rr % nparts
+                    rr += 1
+            elif type(part) is not int or not 0 <= part < nparts:
                 raise ApiError(
                     ErrorCode.UNKNOWN_PARTITION,
-                    f"{path}.partition: stream {d.name!r} has partitions "
-                    f"0..{d.partitions - 1}, not {part!r}",
-                    path=f"{path}.partition",
+                    f"events[{i}].partition: stream {d.name!r} has partitions "
+                    f"0..{nparts - 1}, not {part!r}",
+                    path=f"events[{i}].partition",
                     stream=d.name,
                 )
-            if schema is not None:
-                schema.validate_body(body, f"{path}.body")
+            if fast_checks and not (
+                body_is_map and all(check(body.get(name)) for name, check in fast_checks)
+            ):
+                assert schema is not None
+                schema.validate_body(body, f"events[{i}].body")  # raises with the path
+                raise AssertionError("the fast and the full schema checks disagree")
             try:
-                body_bytes = _cbor.dumps(body)
-            except CodecError as exc:
-                raise malformed(f"{path}.body: {exc.message}", path=f"{path}.body") from exc
-            if len(body_bytes) + key_bytes > lim.event_bytes_max:
+                body_bytes = dumps(body)
+            except Exception as exc:  # cbor2 raises several types for unencodable values
+                raise malformed(
+                    f"events[{i}].body cannot be encoded: {exc}", path=f"events[{i}].body"
+                ) from exc
+            if len(body_bytes) + key_bytes > event_bytes_max:
                 raise too_large(
-                    f"{path} is {len(body_bytes) + key_bytes} bytes encoded, "
-                    f"at most {lim.event_bytes_max}",
-                    path=path,
+                    f"events[{i}] is {len(body_bytes) + key_bytes} bytes encoded, "
+                    f"at most {event_bytes_max}",
+                    path=f"events[{i}]",
                 )
-            if part is None and key is None:
-                p = route(d, None, None, rr)
-                rr += 1
-            else:
-                p = route(d, part, key, 0)
-            groups.setdefault(p, []).append(i)
+            parts.append(part)
             ts_col.append(ts)
             keys.append(key)
             bodies.append(body_bytes)
-            for n in indexed:
-                attr_cols[n].append(body.get(n))
+            for n, col in attr_lists:
+                col.append(body.get(n))
+        groups: dict[int, list[int]] = {}
+        if nparts == 1:
+            groups[0] = list(range(len(parts)))
+        else:
+            for i, part in enumerate(parts):
+                groups.setdefault(part, []).append(i)
         batches: list[AppendBatch] = []
         positions: list[tuple[int, ...]] = []
         for pno in sorted(groups):
@@ -537,7 +560,6 @@ class EventStore:
         except CodecError as exc:
             raise malformed(f"append to {p.stream}/{p.partition}: {exc.message}") from exc
         first = p.next_seq
-        p.log_hash = _chain(p.log_hash, first, p.epoch, cols)
         self._fill_blocks(p, cols)
         p.next_seq += len(cols)
         result = AppendResult(p.stream, p.partition, Seq(first), Seq(p.next_seq - 1), p.epoch)
@@ -572,6 +594,7 @@ class EventStore:
         ob = p.open
         data = ob.encode()
         ob.meta.crc = zlib.crc32(data)
+        p.log_hash = _chain(p.log_hash, data)
         self.blocks.put(p.stream, p.partition, ob.meta.block_no, data)
         p.sealed.append(ob.meta)
         p.first_seqs.append(ob.meta.first_seq)
@@ -601,8 +624,7 @@ class EventStore:
             raise malformed(f"{name} must be an integer >= 0", field=name)
         return int(seq)
 
-    @staticmethod
-    def _check_ts_range(from_ts: Any, to_ts: Any) -> tuple[int, int]:
+    def _check_ts_range(self, from_ts: Any, to_ts: Any) -> tuple[int, int]:
         for name, v in (("from_ts", from_ts), ("to_ts", to_ts)):
             if not is_int(v) or not INT64_MIN <= v <= INT64_MAX:
                 raise malformed(
@@ -610,6 +632,12 @@ class EventStore:
                 )
         if to_ts < from_ts:
             raise malformed(f"to_ts {to_ts} is before from_ts {from_ts}", field="to_ts")
+        if to_ts - from_ts > self.limits.query_range_us_max:
+            raise too_large(
+                f"time range of {to_ts - from_ts} us is wider than "
+                f"{self.limits.query_range_us_max} us; split the query",
+                field="to_ts",
+            )
         return int(from_ts), int(to_ts)
 
     @staticmethod
@@ -619,7 +647,7 @@ class EventStore:
             Seq(bd.first_seq + i),
             c.ts[i],
             c.keys[i],
-            _cbor.loads_body(c.body_bytes(i)),
+            _cbor.loads_fast(c.body_bytes(i)),
             bd.epoch_at(i),
         )
 
@@ -846,7 +874,7 @@ class EventStore:
                 "header",
                 SNAPSHOT_FORMAT,
                 self.applied_index,
-                [t.producer_window, t.producers_max, t.producer_idle_entries],
+                _tuning_wire(t),
                 include_blocks,
             ]
         ]
@@ -933,11 +961,10 @@ class EventStore:
                 _, fmt, idx, params, include_blocks = rec
                 if fmt != SNAPSHOT_FORMAT:
                     raise CodecError(f"snapshot format {fmt!r}, expected {SNAPSHOT_FORMAT}")
-                if params != [t.producer_window, t.producers_max, t.producer_idle_entries]:
+                if params != _tuning_wire(t):
                     raise StorageError(
-                        f"snapshot producer parameters {params} differ from this node's "
-                        f"{[t.producer_window, t.producers_max, t.producer_idle_entries]}: "
-                        "every replica of a group must use the same"
+                        f"snapshot store tuning {params} differs from this node's "
+                        f"{_tuning_wire(t)}: every replica of a group must use the same"
                     )
                 applied = LogIndex(idx)
                 continue
@@ -1003,6 +1030,24 @@ class EventStore:
         return len(self._producers)
 
 
+def _event_shape_error(i: int, ev: Mapping[Any, Any]) -> NoReturn:
+    path = f"events[{i}]"
+    bad = sorted(map(str, ev.keys() - _EVENT_FIELDS))
+    if bad:
+        raise malformed(f"{path} has unknown fields {bad}", path=path)
+    raise malformed(f"{path}.body is missing", path=f"{path}.body")
+
+
+def _tuning_wire(t: StoreTuning) -> list[int]:
+    return [
+        t.block_events_max,
+        t.block_bytes_max,
+        t.producer_window,
+        t.producers_max,
+        t.producer_idle_entries,
+    ]
+
+
 def _definition(cmd: CreateStream) -> StreamDef:
     return StreamDef(cmd.name, cmd.partitions, cmd.key_field, cmd.schema)
 
@@ -1028,7 +1073,7 @@ def _scan_values(
     for i, t in enumerate(ts):
         v: Any = None
         if lo_ts <= t < hi_ts:
-            body = _cbor.loads_body(cols.body_bytes(i))
+            body = _cbor.loads_fast(cols.body_bytes(i))
             if isinstance(body, Mapping):
                 v = body.get(field)
                 if not is_number(v) or (type(v) is float and not math.isfinite(v)):
@@ -1037,20 +1082,24 @@ def _scan_values(
     return out
 
 
-def _chain(h: bytes, first_seq: int, epoch: int, cols: Columns) -> bytes:
-    """Extend the partition's rolling hash by each event, in seq order.
+def _chain(h: bytes, block: bytes) -> bytes:
+    """Extend a rolling hash by one block's bytes (BLAKE2b-128 of the previous hash and them).
 
-    One BLAKE2b-128 per event over (previous hash, seq, epoch, ts, key, body bytes): the
-    result does not depend on how events were batched, so copies compare across regions.
+    A block encodes first seq, epochs, ts, keys and body bytes of its events, and the block
+    layout depends only on the event sequence and the block sizing (never on how events were
+    batched), so replicas with the same :class:`StoreTuning` that applied the same events hold
+    the same hash. Hashing blocks, not events, keeps this off the per-event path.
     """
-    pack, blake = _HASH_HEADER.pack, hashlib.blake2b
-    ts, keys, ends, bodies, base = cols.ts, cols.keys, cols.ends, cols.bodies, cols.base
-    start = base
-    for i in range(len(ts)):
-        k = keys[i]
-        kb = k.encode() if k is not None else b""
-        end = ends[i]
-        head = pack(first_seq + i, epoch, ts[i], len(kb) if k is not None else -1)
-        h = blake(h + head + kb + bodies[start - base : end - base], digest_size=16).digest()
-        start = end
-    return h
+    d = hashlib.blake2b(h, digest_size=16)
+    d.update(block)
+    return d.digest()
+
+
+def _log_hash(p: _Partition) -> bytes:
+    """The partition's rolling hash including its open block (cached per open-block size)."""
+    n = p.open.meta.count
+    if not n:
+        return p.log_hash
+    if p.open_hash is None or p.open_hash[0] != p.next_seq:  # seqs only grow: a unique key
+        p.open_hash = (p.next_seq, _chain(p.log_hash, p.open.encode()))
+    return p.open_hash[1]

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from geostore.config.settings import LimitsSettings
 from geostore.errors import ApiError, CodecError, CorruptLogError, ErrorCode
 from geostore.ids import Epoch, LogIndex, PartitionId, RegionId, StreamName
 from geostore.store import (
@@ -338,6 +339,8 @@ def test_bad_append_input_is_typed_and_changes_nothing() -> None:
     ]:
         expect(ErrorCode.MALFORMED, bad_read)
     expect(ErrorCode.TOO_LARGE, st.read, "s", 0, 0, 10_001)
+    expect(ErrorCode.TOO_LARGE, st.read_time_range, "s", 0, -(2**62), 2**62)
+    expect(ErrorCode.TOO_LARGE, st.aggregate, "s", "v", 0, 2**62, scan_limit=5)
     expect(ErrorCode.TOO_LARGE, st.aggregate, "s", "v", 0, 10**9, window_us=1, scan_limit=5)
     expect(ErrorCode.TOO_LARGE, st.aggregate, "s", "v", 0, 10, scan_limit=10**9)
     expect(ErrorCode.UNKNOWN_STREAM, st.read, "nope", 0)
@@ -413,20 +416,31 @@ def test_event_epochs_are_kept_across_a_home_change_inside_a_block() -> None:
 
 
 def test_rolling_hash_is_identical_for_the_same_events_batched_differently() -> None:
-    a = Harness(StoreTuning(block_events_max=4))
-    b = Harness(StoreTuning(block_events_max=1000))
-    for h in (a, b):
+    tuning = StoreTuning(block_events_max=4, block_bytes_max=60)
+    a, b, c = Harness(tuning), Harness(tuning), Harness(tuning)
+    for h in (a, b, c):
         h.create(name="s")
-    evs = [{"body": {"i": i}, "ts": 1000 - i, "key": None if i % 3 else f"k{i}"} for i in range(30)]
-    a.append("s", evs)
+    evs = [
+        {"body": {"i": i, "pad": "x" * (i % 11)}, "ts": 1000 - i, "key": None if i % 3 else f"k{i}"}
+        for i in range(30)
+    ]
+    hashes = set()
     for i in range(0, 30, 7):
-        b.append("s", evs[i : i + 7])
+        a.append("s", evs[i : i + 7])
+        hashes.add(a.store.partition_info("s", 0).log_hash)
+    for e in evs:
+        b.append("s", [e])
     ia, ib = a.store.partition_info("s", 0), b.store.partition_info("s", 0)
-    assert ia.log_hash == ib.log_hash and ia.last_seq == 29
-    c = Harness()
-    c.create(name="s")
-    c.append("s", [dict(e, body={"i": -1}) if e["body"] == {"i": 29} else e for e in evs])
+    assert ia.log_hash == ib.log_hash and ia.last_seq == 29 and ia.blocks_sealed > 3
+    assert len(hashes) == 5  # the open block counts: every append moves the hash
+    c.append("s", [dict(e, body={"i": -1}) if e["body"]["i"] == 29 else e for e in evs])
     assert c.store.partition_info("s", 0).log_hash != ia.log_hash
+    # same events under another epoch: another hash
+    d = Harness(tuning)
+    d.create(name="s")
+    d.apply(SetHome(StreamName("s"), PartitionId(0), RegionId("eu"), Epoch(2)))
+    d.append("s", evs)
+    assert d.store.partition_info("s", 0).log_hash != ia.log_hash
 
 
 def test_large_events_and_byte_bounded_blocks() -> None:
@@ -490,3 +504,15 @@ def test_corrupt_block_is_a_typed_storage_error() -> None:
     h.blocks._blocks[key] = bytes(data)
     with pytest.raises(CorruptLogError):
         h.store.read("s", 0, 0)
+
+
+def test_limits_come_from_the_node_configuration() -> None:
+    settings = LimitsSettings(events_per_request_max=3, read_limit_max=500, query_range_us_max=10)
+    limits = StoreLimits.from_settings(settings)
+    assert (limits.events_per_request_max, limits.read_limit_max) == (3, 500)
+    assert limits.read_limit_default == 500 and limits.query_range_us_max == 10
+    h = Harness(limits=limits)
+    h.create(name="s")
+    expect(ErrorCode.TOO_LARGE, h.store.validate_append, "s", [{"body": 1}] * 4, now_us=0)
+    expect(ErrorCode.TOO_LARGE, h.store.read_time_range, "s", 0, 0, 11)
+    assert h.store.read_time_range("s", 0, 0, 10).events == ()
