@@ -36,6 +36,23 @@ WRITERS = 64
 BATCH_RECORDS = 64
 
 
+def fs_type(path: Path) -> str:
+    """The file system type holding ``path`` (from /proc/mounts; "unknown" elsewhere)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    best, kind = "", "unknown"
+    target = str(path.resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3 or len(parts[1]) < len(best):
+            continue
+        if target == parts[1] or target.startswith(parts[1].rstrip("/") + "/"):
+            best, kind = parts[1], parts[2]
+    return kind
+
+
 def fsync_latency_ms(directory: Path, rounds: int) -> dict[str, float]:
     """The raw cost the group commit amortizes: a 4 KiB write plus fdatasync."""
     path = directory / "fsync-probe"
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     parent = args.dir or ROOT
     parent.mkdir(parents=True, exist_ok=True)
+    if fs_type(parent) == "tmpfs":
+        print(f"warning: {parent} is on tmpfs: fsync costs nothing there", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix=".storage-bench-", dir=parent))
     metrics: list[Metric] = []
     try:
@@ -157,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_records": BATCH_RECORDS,
         "record_bytes": [100, 1024],
         "dir": str(parent),
+        "fs_type": fs_type(parent),
     }
     emit(Result("storage", config, metrics), json_out=args.json_out)
     return 0

@@ -9,6 +9,8 @@
 - :mod:`.syscalls`: every OS call behind an injectable object (fault tests).
 """
 
+from typing import TYPE_CHECKING
+
 from geostore.storage.diskformat import FORMAT_VERSION
 from geostore.storage.filelog import SEGMENT_BYTES_MAX_DEFAULT, FileLogStore, RecoveryReport
 from geostore.storage.files import (
@@ -50,3 +52,26 @@ __all__ = [
     "SnapshotWriter",
     "open_storage",
 ]
+
+if TYPE_CHECKING:  # the implementations satisfy the ports (checked by mypy, never run)
+
+    def _conforms(
+        a: FileLogStore,
+        b: MemoryLogStore,
+        c: FileHardStateStore,
+        d: MemoryHardStateStore,
+        e: FileSnapshotStore,
+        f: MemorySnapshotStore,
+        g: FileSnapshotWriter,
+        h: MemorySnapshotWriter,
+    ) -> tuple[
+        LogStore,
+        LogStore,
+        HardStateStore,
+        HardStateStore,
+        SnapshotStore,
+        SnapshotStore,
+        SnapshotWriter,
+        SnapshotWriter,
+    ]:
+        return (a, b, c, d, e, f, g, h)

@@ -723,17 +723,17 @@ class FileLogStore:
                 segment=name,
                 offset=pos,
             )
-        if self._intact_record_after(raw, pos, seg.last_index):
-            raise CorruptLogError(
-                f"segment {name}: {reason} at offset {pos} with intact records after it "
-                "(corruption, not a torn write)",
-                segment=name,
-                offset=pos,
-            )
         if len(raw) - pos > TORN_TAIL_WINDOW_BYTES:
             raise CorruptLogError(
                 f"segment {name}: {reason} at offset {pos}, {len(raw) - pos} bytes before the "
                 "end (too far from the tail to be a torn write)",
+                segment=name,
+                offset=pos,
+            )
+        if self._intact_record_after(raw, pos, seg.last_index):
+            raise CorruptLogError(
+                f"segment {name}: {reason} at offset {pos} with intact records after it "
+                "(corruption, not a torn write)",
                 segment=name,
                 offset=pos,
             )
