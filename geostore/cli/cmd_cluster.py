@@ -1,0 +1,359 @@
+"""``geostore cluster up|status|down``: a local cluster of node processes on 127.0.0.1.
+
+``up --topology FILE --dir DIR [--config CFG] [--mode multi-leader] [--no-netem]``
+assigns a free loopback port to every node without one, writes the resolved topology to
+``DIR/topology.resolved.toml``, starts every node as its own process (``geostore node``,
+in its own session so it outlives this command; output in ``DIR/nodes/ID/process.log``),
+writes ``DIR/cluster.json`` at once (so ``down`` can clean up a failed start), and returns
+once every region's data group has a leader (or exits 1 after ``--timeout``).
+
+``status --dir DIR`` prints one row per node: region, role, leader, term, commit, applied,
+pid and whether it answers. ``down --dir DIR`` sends SIGTERM to every node (graceful: they
+hand over leadership, flush and close), waits up to ``--timeout``, then SIGKILLs the rest.
+
+``cluster.json``: ``{"mode", "topology", "topology_resolved", "netem", "regions": {R:
+{"nodes": [{"id", "api", "pid", "dir", "proxies"}]}}, "started_at"}``. ``netem`` is null
+and ``proxies`` empty until the WAN emulator is wired in (the nodes then talk directly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+HELP = "start, inspect and stop a local cluster (cluster up|status|down)"
+CLUSTER_FILE = "cluster.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{up,status,down}")
+    up = sub.add_parser("up", help="start every node of a topology as its own process")
+    up.add_argument("--topology", required=True, help="topology TOML file (see regions/)")
+    up.add_argument("--dir", required=True, help="cluster directory (data, logs, cluster.json)")
+    up.add_argument("--config", default=None, help="config TOML file passed to every node")
+    up.add_argument("--mode", default="multi-leader", choices=("multi-leader", "single-leader"))
+    up.add_argument("--no-netem", action="store_true", help="no WAN proxies (nodes talk directly)")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for leaders")
+    up.add_argument("--json", action="store_true", help="print cluster.json instead of a table")
+    up.add_argument(
+        "--unsafe-no-fsync", action="store_true", help="UNSAFE: nodes ack without fsync"
+    )
+    st = sub.add_parser("status", help="show the nodes of a cluster started with up")
+    st.add_argument("--dir", required=True)
+    st.add_argument("--json", action="store_true")
+    down = sub.add_parser("down", help="stop the nodes gracefully (SIGTERM, then SIGKILL)")
+    down.add_argument("--dir", required=True)
+    down.add_argument("--timeout", type=float, default=20.0, help="seconds before SIGKILL")
+
+
+def run(args: argparse.Namespace) -> int:
+    action: str = args.action
+    if action == "up":
+        return _up(args)
+    if action == "status":
+        return _status(args)
+    return _down(args)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get_json(url: str, timeout_s: float = 2.0) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read() or b"null")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _load_cluster(folder: str) -> dict[str, Any]:
+    from geostore.errors import ApiError, ErrorCode
+
+    path = os.path.join(folder, CLUSTER_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data: dict[str, Any] = json.load(f)
+            return data
+    except (OSError, ValueError) as exc:
+        raise ApiError(ErrorCode.MALFORMED, f"cannot read {path}: {exc}") from None
+
+
+def _write_cluster(folder: str, data: dict[str, Any]) -> None:
+    path = os.path.join(folder, CLUSTER_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _nodes(cluster: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (region, node)
+        for region, info in cluster.get("regions", {}).items()
+        for node in info.get("nodes", [])
+    ]
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers, *[[("-" if c is None else str(c)) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --- up --------------------------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace) -> int:
+    from geostore.config import NodeSpec, RegionSpec, Topology, load_config, load_topology
+    from geostore.errors import ApiError, ErrorCode
+
+    topology = load_topology(args.topology)
+    if args.config:
+        load_config(args.config)  # validate before starting anything
+    if args.mode != "multi-leader":
+        print("geostore cluster: only --mode multi-leader is implemented yet", file=sys.stderr)
+        return 2
+    folder = os.path.abspath(args.dir)
+    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(os.path.join(folder, CLUSTER_FILE)):
+        old = _load_cluster(folder)
+        running = [n["id"] for _, n in _nodes(old) if n.get("pid") and _alive(n["pid"])]
+        if running and not old.get("stopped"):
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"{folder} already runs nodes {running}; run 'geostore cluster down' first",
+            )
+    regions = []
+    for r in topology.regions:
+        nodes = tuple(
+            NodeSpec(n.id, n.region, n.host or "127.0.0.1", n.port or _free_port()) for n in r.nodes
+        )
+        regions.append(RegionSpec(r.name, nodes, r.intra_rtt_ms))
+    resolved = Topology(
+        topology.name, topology.path, tuple(regions), topology.links, topology.streams
+    )
+    resolved_path = os.path.join(folder, "topology.resolved.toml")
+    with open(resolved_path, "w", encoding="utf-8") as f:
+        f.write(resolved.to_toml())
+    netem_note = "--no-netem" if args.no_netem else "no WAN emulator wired in yet"
+    cluster: dict[str, Any] = {
+        "mode": args.mode,
+        "topology": os.path.abspath(args.topology),
+        "topology_resolved": resolved_path,
+        "config": os.path.abspath(args.config) if args.config else None,
+        "netem": None,
+        "netem_note": netem_note,
+        "started_at": time.time(),
+        "regions": {},
+    }
+    for r in resolved.regions:
+        entries = []
+        for n in r.nodes:
+            node_dir = os.path.join(folder, "nodes", n.id)
+            os.makedirs(node_dir, exist_ok=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                "geostore",
+                "node",
+                "--topology",
+                resolved_path,
+                "--node",
+                n.id,
+                "--dir",
+                node_dir,
+                "--mode",
+                args.mode,
+            ]
+            if args.config:
+                cmd += ["--config", os.path.abspath(args.config)]
+            if args.unsafe_no_fsync:
+                cmd.append("--unsafe-no-fsync")
+            with open(os.path.join(node_dir, "process.log"), "ab") as out:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            entries.append(
+                {
+                    "id": n.id,
+                    "api": f"http://{n.host}:{n.port}",
+                    "pid": proc.pid,
+                    "dir": node_dir,
+                    "proxies": {},
+                }
+            )
+        cluster["regions"][r.name] = {"nodes": entries}
+    _write_cluster(folder, cluster)
+    if not args.json:
+        print(f"started {len(_nodes(cluster))} nodes; waiting for a leader in every region")
+    leaders = _wait_leaders(cluster, args.timeout, quiet=args.json)
+    if leaders is None:
+        print(
+            f"geostore cluster up: not every region elected a leader within {args.timeout:g} s; "
+            f"see {folder}/nodes/*/node.log ('geostore cluster down --dir {args.dir}' stops it)",
+            file=sys.stderr,
+        )
+        return 1
+    cluster["leaders"] = leaders
+    cluster["ready_at"] = time.time()
+    _write_cluster(folder, cluster)
+    if args.json:
+        print(json.dumps(cluster, indent=2))
+    else:
+        print(_status_table(cluster))
+        print(f"cluster.json: {os.path.join(folder, CLUSTER_FILE)}")
+    return 0
+
+
+def _wait_leaders(
+    cluster: dict[str, Any], timeout_s: float, *, quiet: bool
+) -> dict[str, str] | None:
+    deadline = time.monotonic() + timeout_s
+    last_report = 0.0
+    while time.monotonic() < deadline:
+        leaders: dict[str, str] = {}
+        for region, info in cluster["regions"].items():
+            for node in info["nodes"]:
+                if not _alive(node["pid"]):
+                    print(f"node {node['id']} exited; see {node['dir']}", file=sys.stderr)
+                    return None
+                try:
+                    st = _get_json(node["api"] + "/v1/status", 1.0)
+                except (OSError, ValueError):
+                    continue
+                for g in (st or {}).get("groups", {}).values():
+                    if g.get("role") == "leader":
+                        leaders[region] = node["id"]
+        if len(leaders) == len(cluster["regions"]):
+            return leaders
+        now = time.monotonic()
+        if not quiet and now - last_report > 5:
+            last_report = now
+            print(f"  leaders so far: {len(leaders)}/{len(cluster['regions'])} regions")
+        time.sleep(0.2)
+    return None
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def _status_rows(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for region, node in _nodes(cluster):
+        row: dict[str, Any] = {
+            "region": region,
+            "node": node["id"],
+            "pid": node.get("pid"),
+            "api": node["api"],
+            "alive": bool(node.get("pid")) and _alive(node["pid"]),
+            "serving": False,
+        }
+        if row["alive"]:
+            try:
+                st = _get_json(node["api"] + "/v1/status", 2.0)
+                row["serving"] = True
+                for gid, g in st.get("groups", {}).items():
+                    row.update(
+                        group=gid,
+                        role=g.get("role"),
+                        leader=g.get("leader"),
+                        term=g.get("term"),
+                        commit=g.get("commit"),
+                        applied=g.get("applied"),
+                    )
+            except (OSError, ValueError):
+                pass
+        rows.append(row)
+    return rows
+
+
+def _status_table(cluster: dict[str, Any]) -> str:
+    cols = ["region", "node", "role", "leader", "term", "commit", "applied", "pid", "api"]
+    rows = []
+    for r in _status_rows(cluster):
+        state = r.get("role") if r["serving"] else ("not answering" if r["alive"] else "down")
+        rows.append([r["region"], r["node"], state, *(r.get(c) for c in cols[3:])])
+    return _table(cols, rows)
+
+
+def _status(args: argparse.Namespace) -> int:
+    cluster = _load_cluster(args.dir)
+    if args.json:
+        print(json.dumps(_status_rows(cluster), indent=2))
+    else:
+        print(_status_table(cluster))
+    return 0
+
+
+# --- down ------------------------------------------------------------------------------------
+
+
+def _down(args: argparse.Namespace) -> int:
+    cluster = _load_cluster(args.dir)
+    pids = {n["id"]: n["pid"] for _, n in _nodes(cluster) if n.get("pid")}
+    live = {nid: pid for nid, pid in pids.items() if _alive(pid)}
+    for pid in live.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in live.values()):
+        time.sleep(0.1)
+    killed = []
+    for nid, pid in live.items():
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(nid)
+            except ProcessLookupError:
+                pass
+    kill_deadline = time.monotonic() + 5
+    while time.monotonic() < kill_deadline and any(_alive(p) for p in live.values()):
+        time.sleep(0.05)
+    cluster["stopped"] = True
+    cluster["stopped_at"] = time.time()
+    _write_cluster(args.dir, cluster)
+    graceful = len(live) - len(killed)
+    print(f"stopped {len(live)} nodes ({graceful} gracefully, {len(killed)} killed)")
+    if killed:
+        print(f"killed after {args.timeout:g} s: {', '.join(killed)}")
+    return 0

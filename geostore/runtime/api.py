@@ -1,0 +1,744 @@
+"""The client HTTP API of a node (DESIGN.md section 9), and its OpenAPI document.
+
+Routing rules:
+
+- Writes (stream creation, appends) run on the group leader. Any other node forwards the
+  request unchanged to the leader it knows, over HTTP, marked ``X-Geostore-Forwarded`` so a
+  request is forwarded at most once (a node that receives a forwarded request and does not
+  lead answers 503 ``not_leader``; the client retries). No leader known within the wait:
+  503 ``no_quorum``.
+- Reads default to ``consistency=regional``: linearizable in the region through the
+  leader's ReadIndex (forwarded to the leader like writes); ``strong`` is the same while the
+  region is the only one holding the stream; ``local`` reads this node's applied state.
+  ``after=TOKEN`` waits (up to ``wait_ms``, capped by config) until this node applied what
+  the token names, else 504 ``wait_timeout``.
+- An append is answered only after its entries are committed by a quorum and applied on the
+  leader; a wait past ``append_timeout_s`` answers 504 with the outcome unknown (retry with
+  the same producer id and seq: the retry is deduplicated).
+
+:data:`ROUTES` is the single list both the router and ``/v1/openapi.json`` are built from,
+so the document lists every route the node serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from geostore import __version__
+from geostore.errors import HTTP_STATUS, ApiError, ErrorCode, GeostoreError
+from geostore.runtime.group import GroupRuntime
+from geostore.runtime.http import (
+    CBOR,
+    JSON,
+    error_response,
+    int_param,
+    make_token,
+    parse_token,
+    plain_error,
+    read_body,
+    respond,
+)
+from geostore.store import AppendResult, Rejected, StreamInfo, encode_command
+
+if TYPE_CHECKING:
+    from geostore.runtime.node import NodeRuntime
+
+log = logging.getLogger("geostore.runtime.api")
+
+FORWARDED_HEADER = "X-Geostore-Forwarded"
+#: How long a write waits for commit and apply before answering 504 (outcome unknown).
+APPEND_TIMEOUT_S = 10.0
+#: How long a request waits for a leader to be known before answering 503.
+LEADER_WAIT_S = 5.0
+#: Deadline of one forwarded request.
+FORWARD_TIMEOUT_S = 15.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    where: str  # "query" | "path"
+    kind: str  # "integer" | "string"
+    doc: str
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: str  # name of the Api method
+    summary: str
+    params: tuple[Param, ...] = ()
+    body: str | None = None  # schema name of the request body
+    ok: int = 200
+    ok_schema: str = "Object"
+    ok_type: str = JSON
+    errors: tuple[int, ...] = (400, 404, 503)
+    tags: tuple[str, ...] = field(default=("events",))
+
+
+_S = Param("s", "path", "string", "stream name", True)
+_PART = Param("partition", "query", "integer", "partition (default 0)")
+_CONS = Param(
+    "consistency", "query", "string", "local | regional (default) | strong: see docs/api.md"
+)
+_AFTER = Param("after", "query", "string", "token of an append: read your writes")
+_WAIT = Param("wait_ms", "query", "integer", "how long to wait for the token (default 0)")
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST", "/v1/streams", "create_stream", "Create a stream (idempotent)",
+        body="StreamRequest", ok=201, ok_schema="Stream", errors=(400, 409, 413, 503, 504),
+        tags=("streams",),
+    ),
+    Route(
+        "POST", "/v1/streams/{s}/events", "append", "Append events (acknowledged after commit)",
+        params=(_S,), body="AppendRequest", ok_schema="AppendResponse",
+        errors=(400, 404, 409, 413, 503, 504),
+    ),
+    Route(
+        "GET", "/v1/streams/{s}/events", "read", "Read events by seq range or time range",
+        params=(
+            _S, _PART,
+            Param("from_seq", "query", "integer", "first seq (default 0)"),
+            Param("limit", "query", "integer", "most events returned (clamped by config)"),
+            Param("from_ts", "query", "integer", "time range start, microseconds, inclusive"),
+            Param("to_ts", "query", "integer", "time range end, microseconds, exclusive"),
+            _CONS, _AFTER, _WAIT,
+        ),
+        ok_schema="ReadResponse", errors=(400, 404, 413, 503, 504),
+    ),
+    Route(
+        "GET", "/v1/streams/{s}/aggregate", "aggregate",
+        "count/min/max/sum/avg of a numeric field over a time range",
+        params=(
+            _S,
+            Param("field", "query", "string", "numeric body field", True),
+            Param("from_ts", "query", "integer", "range start, microseconds", True),
+            Param("to_ts", "query", "integer", "range end (exclusive), microseconds", True),
+            Param("partition", "query", "integer", "one partition (default: all)"),
+            Param("window_us", "query", "integer", "fixed window length, microseconds"),
+            Param("scan_limit", "query", "integer", "allow a bounded scan of a non-indexed field"),
+            _CONS, _AFTER, _WAIT,
+        ),
+        ok_schema="AggregateResponse", errors=(400, 404, 413, 503, 504),
+    ),
+    Route(
+        "GET", "/v1/streams/{s}/tail", "tail", "Live tail as server-sent events",
+        params=(_S, _PART, Param("from_seq", "query", "integer", "first seq (default: next)")),
+        ok_type="text/event-stream", ok_schema="String", errors=(400, 404, 413, 503),
+    ),
+    Route(
+        "GET", "/v1/status", "status", "Node, groups, partitions, config",
+        ok_schema="Status", errors=(), tags=("operations",),
+    ),
+    Route(
+        "GET", "/v1/health", "health", "200 when the node serves, 503 with the reason",
+        ok_schema="Health", errors=(503,), tags=("operations",),
+    ),
+    Route(
+        "GET", "/metrics", "metrics", "Prometheus text format",
+        ok_type="text/plain", ok_schema="String", errors=(), tags=("operations",),
+    ),
+    Route(
+        "GET", "/v1/openapi.json", "openapi", "This document",
+        ok_schema="Object", errors=(), tags=("operations",),
+    ),
+    Route(
+        "GET", "/v1/debug/partitions", "debug_partitions",
+        "Per partition: epoch, last applied seq, rolling hash of the applied log",
+        ok_schema="Partitions", errors=(), tags=("operations",),
+    ),
+    Route(
+        "POST", "/v1/admin/leader/transfer", "leader_transfer",
+        "Hand this node's leadership of its data group to another voter",
+        body="TransferRequest", ok_schema="Object", errors=(400, 503), tags=("operations",),
+    ),
+)  # fmt: skip
+
+
+class Api:
+    """The handlers of one node."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self.node = node
+        self.limits = node.config.limits
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tail_wakers: set[asyncio.Event] = set()
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def attach(self, app: web.Application) -> None:
+        app.middlewares.append(self._middleware)
+        for route in ROUTES:
+            handler: Handler = getattr(self, route.handler)
+            app.router.add_route(route.method, route.path, handler, name=route.handler)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        self._inflight += 1
+        self._idle.clear()
+        response: web.StreamResponse
+        try:
+            if self.node.stopping and route not in ("/v1/status", "/v1/health", "/metrics"):
+                raise ApiError(ErrorCode.UNAVAILABLE, "the node is shutting down", retry_after_s=1)
+            response = await handler(request)
+        except GeostoreError as err:
+            response = error_response(request, err)
+        except web.HTTPException as exc:
+            if exc.status == 413:
+                response = error_response(
+                    request, ApiError(ErrorCode.TOO_LARGE, "request body too large")
+                )
+            else:
+                code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+                response = plain_error(request, exc.status, code, f"{exc.reason}: {request.path}")
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug: answer 500 and keep serving
+            log.exception("%s %s failed", request.method, request.path)
+            response = error_response(
+                request, ApiError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            )
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        self.node.metrics.http_requests.inc(route=route, status=str(response.status))
+        return response
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) until no request is in flight."""
+        with _suppress_timeout():
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+
+    def wake_tails(self) -> None:
+        for ev in self._tail_wakers:
+            ev.set()
+
+    # -- leader routing ---------------------------------------------------------------------
+
+    async def _leader_or_forward(
+        self, request: web.Request, group: GroupRuntime, body: bytes | None
+    ) -> web.StreamResponse | None:
+        """None when this node leads (serve here); else the leader's answer."""
+        if group.is_leader:
+            return None
+        if FORWARDED_HEADER in request.headers:
+            raise ApiError(
+                ErrorCode.NOT_LEADER,
+                f"{self.node.node_id} does not lead {group.group_id} (any more)",
+                leader=group.leader,
+                retry_after_s=1,
+            )
+        leader = await group.wait_leader(LEADER_WAIT_S)
+        if leader is None:
+            raise ApiError(
+                ErrorCode.NO_QUORUM,
+                f"group {group.group_id} has no leader",
+                group=group.group_id,
+                retry_after_s=1,
+            )
+        if leader == self.node.node_id:
+            return None  # became leader while waiting
+        url = self.node.peer_urls.get(leader)
+        session = self.node.session
+        if url is None or session is None:
+            raise ApiError(ErrorCode.UNAVAILABLE, f"leader {leader} has no known address")
+        headers: dict[str, str] = {FORWARDED_HEADER: self.node.node_id}
+        for name in ("Content-Type", "Accept"):
+            if name in request.headers:
+                headers[name] = request.headers[name]
+        self.node.metrics.forwarded.inc(route=request.match_info.route.resource.canonical)  # type: ignore[union-attr]
+        try:
+            async with session.request(
+                request.method,
+                url + request.path_qs,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+            ) as resp:
+                data = await resp.read()
+                out_headers = {}
+                if "Retry-After" in resp.headers:
+                    out_headers["Retry-After"] = resp.headers["Retry-After"]
+                return web.Response(
+                    status=resp.status,
+                    body=data,
+                    content_type=resp.content_type,
+                    headers=out_headers,
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ApiError(
+                ErrorCode.UNAVAILABLE,
+                f"forwarding to leader {leader} failed: {type(exc).__name__}",
+                leader=leader,
+                retry_after_s=1,
+            ) from None
+
+    async def _await_all(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
+        try:
+            async with asyncio.timeout(APPEND_TIMEOUT_S):
+                return await asyncio.gather(*futures)
+        except TimeoutError:
+            raise ApiError(
+                ErrorCode.WAIT_TIMEOUT,
+                f"not committed within {APPEND_TIMEOUT_S:g} s; the outcome is unknown "
+                "(retry with the same producer id and seq)",
+            ) from None
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def create_stream(self, request: web.Request) -> web.StreamResponse:
+        raw, body = await read_body(request, self.limits.body_bytes_max)
+        group = self.node.group_for_stream("")
+        forwarded = await self._leader_or_forward(request, group, raw)
+        if forwarded is not None:
+            return forwarded
+        cmd = group.store.validate_create(body)
+        (result,) = await self._await_all(group.propose([encode_command(cmd)]))
+        if isinstance(result, Rejected):
+            raise result.error
+        assert isinstance(result, StreamInfo), result
+        return respond(request, 201 if result.created else 200, result.to_json())
+
+    async def append(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        stream = request.match_info["s"]
+        raw, body = await read_body(request, self.limits.body_bytes_max)
+        group = self.node.group_for_stream(stream)
+        forwarded = await self._leader_or_forward(request, group, raw)
+        if forwarded is not None:
+            return forwarded
+        if not isinstance(body, dict):
+            raise ApiError(ErrorCode.MALFORMED, 'the body must be an object {"events": [...]}')
+        extra = set(body) - {"events", "producer"}
+        if extra:
+            raise ApiError(ErrorCode.MALFORMED, f"unknown fields {sorted(map(str, extra))}")
+        if "events" not in body:
+            raise ApiError(ErrorCode.MALFORMED, "events is missing", field="events")
+        prepared = group.store.validate_append(
+            stream,
+            body["events"],
+            now_us=time.time_ns() // 1000,
+            producer=body.get("producer"),
+            rr_counter=group.rr_counter,
+        )
+        group.rr_counter = prepared.rr_counter
+        futures = group.propose([encode_command(b) for b in prepared.batches])
+        first = await self._await_all(futures)
+        results: list[dict[str, Any]] = []
+        token_parts: list[tuple[int, int, int]] = []
+        errors: list[ApiError] = []
+        stored = 0
+        for batch, outcome in zip(prepared.batches, first, strict=True):
+            if isinstance(outcome, Rejected):
+                errors.append(outcome.error)
+                results.append({"partition": batch.partition, **outcome.error.to_body()})
+                continue
+            assert isinstance(outcome, AppendResult), outcome
+            item = outcome.to_json()
+            if outcome.duplicate:
+                item["duplicate"] = True
+            else:
+                stored += outcome.last_seq - outcome.first_seq + 1
+            results.append(item)
+            token_parts.append((outcome.partition, outcome.epoch, outcome.last_seq))
+        if errors and not token_parts:
+            raise errors[0]
+        metrics = self.node.metrics
+        metrics.events_appended.inc(stored)
+        metrics.append_latency.observe(time.perf_counter() - t0)
+        return respond(request, 200, {"results": results, "token": make_token(stream, token_parts)})
+
+    async def leader_transfer(self, request: web.Request) -> web.StreamResponse:
+        _, body = await read_body(request, self.limits.body_bytes_max)
+        if not isinstance(body, dict) or not isinstance(body.get("to"), str):
+            raise ApiError(ErrorCode.MALFORMED, 'body must be {"to": NODE_ID}')
+        group = self.node.data_group
+        if not group.is_leader:
+            raise ApiError(ErrorCode.NOT_LEADER, "this node does not lead", leader=group.leader)
+        from geostore.ids import NodeId
+
+        if not group.transfer_leadership(NodeId(body["to"])):
+            raise ApiError(ErrorCode.UNAVAILABLE, "the transfer was refused", retry_after_s=1)
+        return respond(request, 202, {"transferring_to": body["to"]})
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def _consistent(
+        self, request: web.Request, group: GroupRuntime
+    ) -> web.StreamResponse | None:
+        """Make the read consistent as asked; a response when it was forwarded instead."""
+        consistency = request.query.get("consistency", "regional")
+        if consistency not in ("local", "regional", "strong"):
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                f"consistency must be local, regional or strong, not {consistency!r}",
+                field="consistency",
+            )
+        if consistency != "local":
+            forwarded = await self._leader_or_forward(request, group, None)
+            if forwarded is not None:
+                return forwarded
+            try:
+                async with asyncio.timeout(APPEND_TIMEOUT_S):
+                    await group.read_barrier()
+            except TimeoutError:
+                raise ApiError(
+                    ErrorCode.WAIT_TIMEOUT, "the read could not be confirmed in time"
+                ) from None
+        token = request.query.get("after")
+        if token:
+            await self._wait_token(request, group, token)
+        return None
+
+    async def _wait_token(self, request: web.Request, group: GroupRuntime, token: str) -> None:
+        stream, parts = parse_token(token)
+        wait_ms = int_param(request, "wait_ms", 0, minimum=0) or 0
+        wait_ms = min(wait_ms, self.limits.wait_ms_max)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+
+        def reached() -> bool:
+            for p, _epoch, seq in parts:
+                if group.store.partition_info(stream, p).last_seq < seq:
+                    return False
+            return True
+
+        while not reached():
+            left = deadline - loop.time()
+            if left <= 0:
+                raise ApiError(
+                    ErrorCode.WAIT_TIMEOUT,
+                    f"this node has not applied the token's writes within {wait_ms} ms",
+                )
+            with _suppress_timeout():
+                await asyncio.wait_for(asyncio.shield(group.wait_applied_change()), left)
+
+    def _limit(self, request: web.Request) -> int | None:
+        limit = int_param(request, "limit", None, minimum=1)
+        return None if limit is None else min(limit, self.limits.read_limit_max)
+
+    def _ts_range(self, request: web.Request, required: bool) -> tuple[int, int] | None:
+        from_ts = int_param(request, "from_ts")
+        to_ts = int_param(request, "to_ts")
+        if from_ts is None and to_ts is None and not required:
+            return None
+        if from_ts is None or to_ts is None:
+            raise ApiError(ErrorCode.MALFORMED, "from_ts and to_ts go together", field="to_ts")
+        if to_ts < from_ts:
+            raise ApiError(ErrorCode.MALFORMED, "to_ts is before from_ts", field="to_ts")
+        span = to_ts - from_ts
+        if span > self.limits.query_range_us_max:
+            raise ApiError(
+                ErrorCode.TOO_LARGE,
+                f"time range of {span} us, at most {self.limits.query_range_us_max}",
+                field="to_ts",
+            )
+        return from_ts, to_ts
+
+    async def read(self, request: web.Request) -> web.StreamResponse:
+        stream = request.match_info["s"]
+        group = self.node.group_for_stream(stream)
+        partition = int_param(request, "partition", 0)
+        from_seq = int_param(request, "from_seq", 0, minimum=0)
+        limit = self._limit(request)
+        rng = self._ts_range(request, required=False)
+        group.store.stream(stream)  # 404 before any wait
+        forwarded = await self._consistent(request, group)
+        if forwarded is not None:
+            return forwarded
+        store = group.store
+        if rng is None:
+            result = store.read(stream, partition or 0, from_seq, limit)
+        else:
+            result = store.read_time_range(stream, partition or 0, rng[0], rng[1], from_seq, limit)
+        return respond(request, 200, result.to_json())
+
+    async def aggregate(self, request: web.Request) -> web.StreamResponse:
+        stream = request.match_info["s"]
+        group = self.node.group_for_stream(stream)
+        fld = request.query.get("field")
+        if not fld:
+            raise ApiError(ErrorCode.MALFORMED, "field is required", field="field")
+        rng = self._ts_range(request, required=True)
+        assert rng is not None
+        partition = int_param(request, "partition")
+        window_us = int_param(request, "window_us", minimum=1)
+        scan_limit = int_param(request, "scan_limit", minimum=1)
+        group.store.stream(stream)
+        forwarded = await self._consistent(request, group)
+        if forwarded is not None:
+            return forwarded
+        result = group.store.aggregate(
+            stream,
+            fld,
+            rng[0],
+            rng[1],
+            partition=partition,
+            window_us=window_us,
+            scan_limit=scan_limit,
+        )
+        return respond(request, 200, result.to_json())
+
+    async def tail(self, request: web.Request) -> web.StreamResponse:
+        stream = request.match_info["s"]
+        group = self.node.group_for_stream(stream)
+        partition = int_param(request, "partition", 0) or 0
+        info = group.store.partition_info(stream, partition)  # 404s first
+        from_seq = int_param(request, "from_seq", info.last_seq + 1, minimum=0)
+        assert from_seq is not None
+        node = self.node
+        if node.tail_subscribers >= self.limits.tail_subscribers_max:
+            raise ApiError(
+                ErrorCode.TOO_LARGE,
+                f"{node.tail_subscribers} tail subscribers on this node, "
+                f"at most {self.limits.tail_subscribers_max}",
+            )
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        node.tail_subscribers += 1
+        wake = asyncio.Event()
+        self._tail_wakers.add(wake)
+        unsubscribe = group.store.subscribe(stream, partition, lambda *_: wake.set())
+        batch = min(self.limits.tail_buffer_events_max, self.limits.read_limit_max)
+        next_seq = from_seq
+        try:
+            while not node.stopping:
+                wake.clear()
+                result = group.store.events_since(stream, partition, next_seq, batch)
+                for ev in result.events:
+                    data = json.dumps(ev.to_json(), default=str, separators=(",", ":"))
+                    await resp.write(f"id: {ev.seq}\nevent: event\ndata: {data}\n\n".encode())
+                next_seq = result.next_seq
+                if result.events:
+                    continue
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=15.0)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            unsubscribe()
+            self._tail_wakers.discard(wake)
+            node.tail_subscribers -= 1
+        return resp
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        return respond(request, 200, self.node.status_json())
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        node = self.node
+        reasons = []
+        if node.stopping:
+            reasons.append("shutting down")
+        for gid, group in node.groups.items():
+            if group.failed is not None:
+                reasons.append(f"group {gid}: storage failed: {group.failed.message}")
+            elif group.leader is None:
+                reasons.append(f"group {gid}: no leader known")
+        if reasons:
+            err = ApiError(ErrorCode.UNAVAILABLE, "; ".join(reasons), retry_after_s=1)
+            return error_response(request, err)
+        return respond(request, 200, {"status": "ok", "node": node.node_id})
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        text = self.node.metrics.registry.render()
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return respond(request, 200, openapi_document())
+
+    async def debug_partitions(self, request: web.Request) -> web.StreamResponse:
+        group = self.node.data_group
+        return respond(
+            request,
+            200,
+            {
+                "node": self.node.node_id,
+                "group": group.group_id,
+                "applied_index": group.host.applied,
+                "partitions": [p.to_json() for p in group.store.partitions()],
+            },
+        )
+
+
+class _suppress_timeout:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: object, ev: object, tb: object) -> bool:
+        return et is TimeoutError
+
+
+# --- OpenAPI ---------------------------------------------------------------------------------
+
+_OBJ: dict[str, Any] = {"type": "object", "additionalProperties": True}
+_SCHEMAS: dict[str, Any] = {
+    "Object": _OBJ,
+    "String": {"type": "string"},
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "enum": [str(c) for c in ErrorCode]},
+                    "message": {"type": "string"},
+                },
+                "additionalProperties": True,
+            }
+        },
+    },
+    "StreamRequest": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "partitions": {"type": "integer", "minimum": 1},
+            "key_field": {"type": "string"},
+            "schema": _OBJ,
+            "homes": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+    "Stream": _OBJ,
+    "Event": {
+        "type": "object",
+        "required": ["body"],
+        "properties": {
+            "ts": {"type": "integer", "description": "microseconds since the Unix epoch"},
+            "key": {"type": "string"},
+            "partition": {"type": "integer"},
+            "body": {},
+        },
+    },
+    "AppendRequest": {
+        "type": "object",
+        "required": ["events"],
+        "properties": {
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+            "producer": {
+                "type": "object",
+                "properties": {"id": {"type": "string"}, "seq": {"type": "integer"}},
+            },
+        },
+    },
+    "AppendResponse": {
+        "type": "object",
+        "properties": {
+            "results": {"type": "array", "items": _OBJ},
+            "token": {"type": "string"},
+        },
+    },
+    "ReadResponse": {
+        "type": "object",
+        "properties": {
+            "events": {"type": "array", "items": _OBJ},
+            "next_seq": {"type": "integer"},
+            "stats": _OBJ,
+        },
+    },
+    "AggregateResponse": {
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer"},
+            "min": {"type": "number", "nullable": True},
+            "max": {"type": "number", "nullable": True},
+            "sum": {"type": "number"},
+            "avg": {"type": "number", "nullable": True},
+            "windows": {"type": "array", "items": _OBJ},
+            "stats": _OBJ,
+        },
+    },
+    "Status": _OBJ,
+    "Health": _OBJ,
+    "Partitions": _OBJ,
+    "TransferRequest": {
+        "type": "object",
+        "required": ["to"],
+        "properties": {"to": {"type": "string"}},
+    },
+}
+
+_REASONS = {
+    400: "malformed request",
+    404: "unknown stream or partition",
+    409: "conflict",
+    413: "over a limit",
+    503: "not available now (no leader, shutting down); see Retry-After",
+    504: "a wait bound expired",
+}
+
+
+def _media(schema: str, ctype: str = JSON) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    if ctype == JSON:
+        return {JSON: {"schema": ref}, CBOR: {"schema": ref}}
+    return {ctype: {"schema": ref}}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.0 document of :data:`ROUTES`."""
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {
+            "operationId": r.handler,
+            "summary": r.summary,
+            "tags": list(r.tags),
+            "parameters": [
+                {
+                    "name": p.name,
+                    "in": p.where,
+                    "required": p.required or p.where == "path",
+                    "description": p.doc,
+                    "schema": {"type": p.kind},
+                }
+                for p in r.params
+            ],
+            "responses": {
+                str(r.ok): {"description": "success", "content": _media(r.ok_schema, r.ok_type)},
+                **{
+                    str(code): {"description": _REASONS[code], "content": _media("Error")}
+                    for code in r.errors
+                },
+            },
+        }
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": _media(r.body)}
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "geostore node API",
+            "version": __version__,
+            "description": "Every node serves every route; see docs/api.md. Errors are "
+            '{"error": {"code", "message", ...}}; codes and statuses: '
+            + ", ".join(f"{c}={s}" for c, s in HTTP_STATUS.items()),
+        },
+        "paths": paths,
+        "components": {"schemas": _SCHEMAS},
+    }

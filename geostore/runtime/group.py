@@ -1,0 +1,464 @@
+"""One Raft group hosted by a node process: its storage, state machine, host and inboxes.
+
+Theory of operation:
+
+- The group owns a data dir (``raft/`` for the file log, hard state and snapshots, ``blocks/``
+  for the store's sealed blocks), an :class:`~geostore.store.EventStore` and a
+  :class:`~geostore.runtime.machine.RuntimeHost` that drives the Raft core.
+- Everything happens on the event loop, never concurrently: inbound peer messages and client
+  proposals are queued, and one *flush* (scheduled with ``call_soon`` when the first item
+  arrives) steps every queued message, proposes every queued entry in one batch and drains
+  the host once. So all appends that arrive while the previous fsync ran share the next
+  one: group commit without a linger timer, batches grow with the load.
+- A client's future resolves only when the host applies its entry with the proposal's term
+  (committed by a quorum and applied: the host's ``Committed``); ``Lost`` and ``Unknown``
+  become typed errors. Linearizable reads go through the host's ReadIndex.
+- Waiters for "applied at least this far" (token reads, live tails) are woken after every
+  flush or tick that moved the applied index.
+- A storage failure (fsync failed, disk full) marks the group failed: it stops taking input,
+  fails every waiter, and ``/v1/health`` says why. The node must be restarted to recover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from geostore.config import Config, Topology, raft_timing
+from geostore.errors import ApiError, ErrorCode, GeostoreError, StorageError
+from geostore.ids import GroupId, LogIndex, NodeId, RegionId, Term
+from geostore.node.ports import MessageSender
+from geostore.node.raft_host import (
+    Committed,
+    HostConfig,
+    Lost,
+    ProposalOutcome,
+    ReadFailed,
+    ReadOutcome,
+    bootstrap_storage,
+)
+from geostore.raft.core import RaftConfig
+from geostore.raft.messages import Message
+from geostore.raft.records import Rejected, RejectReason, Role, Status
+from geostore.raft.types import Entry, LogReader, SnapshotMeta
+from geostore.runtime.blocks import FileBlockStore
+from geostore.runtime.machine import RuntimeHost, StoreMachine
+from geostore.runtime.metrics import NodeMetrics
+from geostore.storage import FileLogStore, open_storage
+from geostore.store import EventStore, StoreLimits
+
+log = logging.getLogger("geostore.runtime")
+
+
+class TimedLog:
+    """The file log with its fsyncs timed for ``geostore_fsync_seconds``."""
+
+    def __init__(self, inner: FileLogStore, metrics: NodeMetrics, group: str) -> None:
+        self.inner = inner
+        self._metrics = metrics
+        self._group = group
+
+    def first_index(self) -> LogIndex:
+        return self.inner.first_index()
+
+    def last_index(self) -> LogIndex:
+        return self.inner.last_index()
+
+    def term_at(self, index: LogIndex) -> Term | None:
+        return self.inner.term_at(index)
+
+    def entries(self, lo: LogIndex, hi: LogIndex, max_bytes: int | None = None) -> list[Entry]:
+        return self.inner.entries(lo, hi, max_bytes)
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self.inner.snapshot_meta()
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        self.inner.append(entries)
+
+    def truncate_suffix(self, from_index: LogIndex) -> None:
+        self.inner.truncate_suffix(from_index)
+
+    def compact_prefix(self, snapshot: SnapshotMeta) -> None:
+        self.inner.compact_prefix(snapshot)
+
+    def sync(self) -> None:
+        t0 = time.perf_counter()
+        self.inner.sync()
+        self._metrics.fsync_latency.observe(time.perf_counter() - t0, group=self._group)
+
+    def durable_index(self) -> LogIndex:
+        return self.inner.durable_index()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+_: type[LogReader] = TimedLog  # TimedLog reads like the log it wraps
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """Which group, who votes in it, and where it keeps its files."""
+
+    group_id: GroupId
+    region: RegionId
+    voters: tuple[NodeId, ...]
+    data_dir: str
+
+
+def store_limits(config: Config) -> StoreLimits:
+    lim = config.limits
+    read_max = lim.read_limit_max
+    return StoreLimits(
+        events_per_request_max=lim.events_per_request_max,
+        event_bytes_max=lim.event_bytes_max,
+        read_limit_max=read_max,
+        read_limit_default=min(1_000, read_max),
+    )
+
+
+class GroupRuntime:
+    """One hosted Raft group (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: GroupSpec,
+        node_id: NodeId,
+        topology: Topology,
+        config: Config,
+        sender: MessageSender,
+        metrics: NodeMetrics,
+        *,
+        unsafe_no_fsync: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self.group_id = spec.group_id
+        self.node_id = node_id
+        self.metrics = metrics
+        self.unsafe_no_fsync = unsafe_no_fsync or not config.storage.fsync
+        timing = raft_timing(config, topology, [spec.region])
+        self.tick_ms = timing.tick_ms
+        self.election_ms = timing.election_ms
+        r = config.raft
+        raft_config = RaftConfig(
+            node_id=node_id,
+            group=spec.group_id,
+            election_ticks=timing.election_ticks,
+            heartbeat_ticks=timing.heartbeat_ticks,
+            max_entries_per_msg=r.max_entries_per_msg,
+            max_bytes_per_msg=r.max_bytes_per_msg,
+            max_inflight_msgs=r.max_inflight_msgs,
+            snapshot_chunk_bytes=r.snapshot_chunk_bytes,
+        )
+        host_config = HostConfig(
+            snapshot_every_entries=r.snapshot_threshold_entries,
+            snapshot_chunk_bytes=r.snapshot_chunk_bytes,
+            unsafe_ack_before_fsync=self.unsafe_no_fsync,
+        )
+        os.makedirs(spec.data_dir, exist_ok=True)
+        self.storage = open_storage(
+            os.path.join(spec.data_dir, "raft"),
+            segment_bytes_max=config.storage.segment_bytes_max,
+        )
+        recovery = self.storage.log.recovery
+        if recovery.cut:
+            log.warning("group %s: log recovery cut a torn tail: %s", spec.group_id, recovery)
+        self.log = TimedLog(self.storage.log, metrics, spec.group_id)
+        self.blocks = FileBlockStore(
+            os.path.join(spec.data_dir, "blocks"), fsync=not self.unsafe_no_fsync
+        )
+        self.store = EventStore(self.blocks, limits=store_limits(config))
+        self.machine = StoreMachine(self.store)
+        if bootstrap_storage(self.log, self.storage.hard_state, spec.voters):
+            log.info("group %s: bootstrapped with voters %s", spec.group_id, list(spec.voters))
+        self.host = RuntimeHost(
+            raft_config,
+            host_config,
+            self.log,
+            self.storage.hard_state,
+            self.storage.snapshots,
+            sender,
+            self.machine,
+            rng or random.Random(),
+        )
+        self.rr_counter = 0
+        self.failed: GeostoreError | None = None
+        self._inbox: list[Message] = []
+        self._proposals: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._leader: NodeId | None = None
+        self._last_applied = self.host.applied
+        self._leader_event = asyncio.Event()
+        g = spec.group_id
+        metrics.commit_index.set_source(lambda: float(self.host.core.status().commit), group=g)
+        metrics.applied_index.set_source(lambda: float(self.host.applied), group=g)
+        metrics.term.set_source(lambda: float(self.host.core.term), group=g)
+        metrics.is_leader.set_source(lambda: 1.0 if self.is_leader else 0.0, group=g)
+        metrics.bytes_stored.set_source(lambda: float(self.storage.log.written_bytes), group=g)
+        metrics.durable_index.set_source(lambda: float(self.storage.log.durable_index()), group=g)
+        self._after_input()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.host.core.role is Role.LEADER
+
+    @property
+    def leader(self) -> NodeId | None:
+        return self.host.core.leader
+
+    def status(self) -> Status:
+        return self.host.status()
+
+    def status_json(self) -> dict[str, Any]:
+        st = self.host.status()
+        out: dict[str, Any] = {
+            "group": self.group_id,
+            "region": self.spec.region,
+            "role": st.role.value,
+            "leader": st.leader,
+            "term": st.term,
+            "commit": st.commit,
+            "applied": self.host.applied,
+            "first_index": st.first_index,
+            "last_index": st.last_index,
+            "durable_index": self.storage.log.durable_index(),
+            "voters": sorted(st.conf.voters),
+            "learners": sorted(st.conf.learners),
+            "fsync": not self.unsafe_no_fsync,
+            "failed": None if self.failed is None else self.failed.message,
+        }
+        if st.progress:
+            out["followers"] = {
+                str(nid): {"match": p.match, "next": p.next, "state": p.state.value}
+                for nid, p in st.progress.items()
+                if nid != self.node_id
+            }
+        return out
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def receive(self, msg: Message) -> None:
+        """An inbound peer message (called by the transport on the loop)."""
+        if self.failed is not None:
+            return
+        self._inbox.append(msg)
+        self._schedule()
+
+    def tick(self) -> None:
+        if self.failed is not None:
+            return
+        try:
+            self.host.tick()
+        except StorageError as exc:
+            self._fail(exc)
+            return
+        self._after_input()
+
+    def propose(self, datas: Sequence[bytes]) -> list[asyncio.Future[Any]]:
+        """Queue entries for the next flush; each future gets the machine's answer."""
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for data in datas:
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._proposals.append((data, fut))
+            futures.append(fut)
+        self._schedule()
+        return futures
+
+    def read_barrier(self) -> asyncio.Future[LogIndex]:
+        """A future that resolves once a linearizable read may be served (ReadIndex)."""
+        self._check_usable()
+        fut: asyncio.Future[LogIndex] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: ReadOutcome) -> None:
+            if fut.done():
+                return
+            if isinstance(outcome, ReadFailed):
+                fut.set_exception(_not_leader(f"read not confirmed: {outcome.reason}", None))
+            else:
+                fut.set_result(outcome.index)
+
+        try:
+            rejected = self.host.read(done)
+        except StorageError as exc:
+            self._fail(exc)
+            raise
+        if rejected is not None:
+            raise _rejected_error(rejected)
+        self._after_input()
+        return fut
+
+    def wait_applied(self, index: int) -> asyncio.Future[None]:
+        """A future that resolves once this node applied ``index``."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.host.applied >= index:
+            fut.set_result(None)
+        else:
+            self._applied_waiters.append((index, fut))
+        return fut
+
+    def wait_applied_change(self) -> asyncio.Future[None]:
+        return self.wait_applied(self.host.applied + 1)
+
+    async def wait_leader(self, timeout_s: float) -> NodeId | None:
+        """The leader once one is known, or None after ``timeout_s``."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.leader is None:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return None
+            self._leader_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leader_event.wait(), timeout=min(left, 0.1))
+        return self.leader
+
+    def transfer_leadership(self, to: NodeId) -> bool:
+        result = self.host.transfer_leadership(to)
+        self._after_input()
+        return result is None
+
+    def flush_to_disk(self) -> None:
+        """Make everything written durable (shutdown)."""
+        if self.failed is None and not self.unsafe_no_fsync:
+            self.storage.log.sync()
+            self.blocks.flush()
+
+    def close(self) -> None:
+        for _, fut in self._proposals:
+            if not fut.done():
+                fut.set_exception(ApiError(ErrorCode.UNAVAILABLE, "the node is shutting down"))
+        self._proposals.clear()
+        self.storage.close()
+
+    # -- the flush -----------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self.failed is not None:
+            raise ApiError(
+                ErrorCode.UNAVAILABLE,
+                f"group {self.group_id} stopped after a storage failure: {self.failed.message}",
+            )
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self.failed is not None:
+            return
+        msgs, self._inbox = self._inbox, []
+        proposals, self._proposals = self._proposals, []
+        try:
+            if msgs:
+                self.host.step_many(msgs)
+            if proposals:
+                self._propose(proposals)
+        except StorageError as exc:
+            for _, fut in proposals:
+                if not fut.done():
+                    fut.set_exception(exc)
+            self._fail(exc)
+            return
+        self._after_input()
+
+    def _propose(self, proposals: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+        live = [(d, f) for d, f in proposals if not f.done()]
+        if not live:
+            return
+        callbacks = [_resolver(f) for _, f in live]
+        result = self.host.propose_many([d for d, _ in live], callbacks)
+        self.metrics.proposal_flushes.inc(group=self.group_id)
+        if isinstance(result, Rejected):
+            err = _rejected_error(result)
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(err)
+        else:
+            self.metrics.proposal_batch.inc(len(live), group=self.group_id)
+
+    def _after_input(self) -> None:
+        leader = self.host.core.leader
+        if leader != self._leader:
+            self._leader = leader
+            if leader is not None:
+                self.metrics.leader_changes.inc(group=self.group_id)
+                log.info(
+                    "group %s: leader is now %s (term %d)",
+                    self.group_id,
+                    leader,
+                    self.host.core.term,
+                )
+                self._leader_event.set()
+        applied = self.host.applied
+        if applied != self._last_applied:
+            self._last_applied = applied
+            if self._applied_waiters:
+                waiting = []
+                for index, fut in self._applied_waiters:
+                    if fut.done():
+                        continue
+                    if index <= applied:
+                        fut.set_result(None)
+                    else:
+                        waiting.append((index, fut))
+                self._applied_waiters = waiting
+
+    def _fail(self, exc: GeostoreError) -> None:
+        if self.failed is None:
+            self.failed = exc
+            log.critical("group %s stopped: storage failed: %s", self.group_id, exc.message)
+        for _, fut in self._applied_waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._applied_waiters.clear()
+
+
+def _resolver(fut: asyncio.Future[Any]) -> Any:
+    def done(outcome: ProposalOutcome) -> None:
+        if fut.done():
+            return
+        if isinstance(outcome, Committed):
+            fut.set_result(outcome.result)
+        elif isinstance(outcome, Lost):
+            fut.set_exception(
+                _not_leader(
+                    "leadership changed before the entry committed; it was not stored", None
+                )
+            )
+        else:
+            fut.set_exception(
+                ApiError(
+                    ErrorCode.UNAVAILABLE,
+                    f"outcome unknown ({outcome.reason}); retry with the same producer id/seq",
+                )
+            )
+
+    return done
+
+
+def _not_leader(message: str, leader: NodeId | None) -> ApiError:
+    return ApiError(ErrorCode.NOT_LEADER, message, leader=leader, retry_after_s=1)
+
+
+def _rejected_error(rejected: Rejected) -> ApiError:
+    reason = rejected.reason
+    if reason is RejectReason.NOT_LEADER:
+        return _not_leader("this node does not lead the group", rejected.leader_hint)
+    if reason is RejectReason.OVERLOADED:
+        return ApiError(ErrorCode.UNAVAILABLE, "too many uncommitted entries", retry_after_s=1)
+    return ApiError(ErrorCode.UNAVAILABLE, f"refused by Raft: {reason.value}", retry_after_s=1)

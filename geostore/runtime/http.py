@@ -1,0 +1,131 @@
+"""HTTP plumbing of the client API: body decoding, content negotiation, error bodies, tokens.
+
+Bodies are JSON, or CBOR with ``Content-Type: application/cbor``; answers are CBOR when the
+request's ``Accept`` names ``application/cbor``, else JSON (bytes values, which only CBOR
+can carry, appear in JSON as base64url strings). Every error answer is
+``{"error": {"code", "message", ...}}`` with the status of the code's catalogue entry
+(:data:`geostore.errors.HTTP_STATUS`); 503s carry ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import cbor2
+from aiohttp import web
+
+from geostore.codec import CodecLimits, loads_plain
+from geostore.errors import ApiError, CodecError, ErrorCode, GeostoreError
+
+CBOR = "application/cbor"
+JSON = "application/json"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.urlsafe_b64encode(bytes(value)).decode().rstrip("=")
+    if isinstance(value, frozenset | set | tuple):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def wants_cbor(request: web.Request) -> bool:
+    return CBOR in request.headers.get("Accept", "")
+
+
+def respond(
+    request: web.Request, status: int, body: Any, headers: dict[str, str] | None = None
+) -> web.Response:
+    if wants_cbor(request):
+        data = cbor2.dumps(body)
+        return web.Response(status=status, body=data, content_type=CBOR, headers=headers)
+    text = json.dumps(body, default=_json_default, separators=(",", ":"))
+    return web.Response(status=status, text=text, content_type=JSON, headers=headers)
+
+
+def error_response(request: web.Request, err: GeostoreError) -> web.Response:
+    headers: dict[str, str] = {}
+    status = err.http_status
+    if status == 503:
+        headers["Retry-After"] = str(err.details.get("retry_after_s", 1))
+    return respond(request, status, err.to_body(), headers)
+
+
+def plain_error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    """An error outside the catalogue's codes (unknown route, method not allowed)."""
+    return respond(request, status, {"error": {"code": code, "message": message}})
+
+
+async def read_body(request: web.Request, body_bytes_max: int) -> tuple[bytes, Any]:
+    """The raw and decoded request body (JSON or CBOR), with typed errors for bad input."""
+    length = request.content_length
+    if length is not None and length > body_bytes_max:
+        raise ApiError(
+            ErrorCode.TOO_LARGE,
+            f"request body of {length} bytes, at most {body_bytes_max}",
+            limit=body_bytes_max,
+        )
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(
+            ErrorCode.TOO_LARGE, f"request body over {body_bytes_max} bytes", limit=body_bytes_max
+        ) from None
+    if len(data) > body_bytes_max:
+        raise ApiError(ErrorCode.TOO_LARGE, f"request body over {body_bytes_max} bytes")
+    if not data:
+        raise ApiError(ErrorCode.MALFORMED, "the request needs a body")
+    ctype = request.content_type
+    if ctype == CBOR:
+        try:
+            return data, loads_plain(data, CodecLimits(frame_bytes_max=body_bytes_max))
+        except CodecError as exc:
+            raise ApiError(ErrorCode.MALFORMED, f"malformed CBOR body: {exc.message}") from None
+    if ctype not in (JSON, "application/octet-stream", "text/plain", ""):
+        raise ApiError(
+            ErrorCode.MALFORMED, f"unsupported Content-Type {ctype!r}; use {JSON} or {CBOR}"
+        )
+    try:
+        return data, json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(ErrorCode.MALFORMED, f"malformed JSON body: {exc}") from None
+
+
+def int_param(
+    request: web.Request, name: str, default: int | None = None, *, minimum: int | None = None
+) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(
+            ErrorCode.MALFORMED, f"{name} must be an integer, not {raw!r}", field=name
+        ) from None
+    if abs(value) >= 1 << 63:
+        raise ApiError(ErrorCode.MALFORMED, f"{name} is out of range", field=name)
+    if minimum is not None and value < minimum:
+        raise ApiError(ErrorCode.MALFORMED, f"{name} must be >= {minimum}", field=name)
+    return value
+
+
+def make_token(stream: str, parts: list[tuple[int, int, int]]) -> str:
+    """An opaque read-your-writes token: the stream and (partition, epoch, seq) written."""
+    raw = json.dumps({"s": stream, "p": [list(p) for p in parts]}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def parse_token(token: str) -> tuple[str, list[tuple[int, int, int]]]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        obj = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        stream = obj["s"]
+        parts = [(int(p), int(e), int(s)) for p, e, s in obj["p"]]
+        if not isinstance(stream, str):
+            raise TypeError("stream")
+        return stream, parts
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ApiError(ErrorCode.MALFORMED, f"after= is not a valid token ({exc})") from None

@@ -1,0 +1,204 @@
+"""A small Prometheus registry: counters, gauges and histograms in the text exposition format.
+
+Names are documented in docs/api.md. Labels are kept to a few fixed values (route
+templates, status codes, group ids) so the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+
+LabelKey = tuple[tuple[str, str], ...]
+
+#: Latency buckets in seconds (0.5 ms .. 10 s).
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+def _labels(key: LabelKey, extra: tuple[tuple[str, str], ...] = ()) -> str:
+    items = key + extra
+    if not items:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in items)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+class _Metric:
+    kind = "untyped"
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name = name
+        self.help = help_text
+
+    def render(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str) -> None:
+        super().__init__(name, help_text)
+        self._values: dict[LabelKey, float] = {}
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        self._values[key] = self._values.get(key, 0.0) + amount
+
+    def render(self) -> list[str]:
+        out = super().render()
+        for key, value in sorted(self._values.items()):
+            out.append(f"{self.name}{_labels(key)} {_num(value)}")
+        return out
+
+
+class Gauge(_Metric):
+    """A gauge read through a callback at scrape time (one series per label set)."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help_text: str) -> None:
+        super().__init__(name, help_text)
+        self._sources: dict[LabelKey, Callable[[], float]] = {}
+
+    def set_source(self, fn: Callable[[], float], **labels: str) -> None:
+        self._sources[tuple(sorted(labels.items()))] = fn
+
+    def render(self) -> list[str]:
+        out = super().render()
+        for key, fn in sorted(self._sources.items(), key=lambda kv: kv[0]):
+            out.append(f"{self.name}{_labels(key)} {_num(fn())}")
+        return out
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def __init__(
+        self, name: str, help_text: str, buckets: Sequence[float] = LATENCY_BUCKETS_S
+    ) -> None:
+        super().__init__(name, help_text)
+        self._bounds = tuple(buckets)
+        self._series: dict[LabelKey, tuple[list[int], list[float]]] = {}
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        series = self._series.get(key)
+        if series is None:
+            series = ([0] * (len(self._bounds) + 1), [0.0])
+            self._series[key] = series
+        counts, total = series
+        counts[bisect.bisect_left(self._bounds, value)] += 1
+        total[0] += value
+
+    def render(self) -> list[str]:
+        out = super().render()
+        for key, (counts, total) in sorted(self._series.items()):
+            running = 0
+            for bound, n in zip((*self._bounds, math.inf), counts, strict=True):
+                running += n
+                le = (("le", _num(bound)),)
+                out.append(f"{self.name}_bucket{_labels(key, le)} {running}")
+            out.append(f"{self.name}_sum{_labels(key)} {_num(total[0])}")
+            out.append(f"{self.name}_count{_labels(key)} {running}")
+        return out
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._metrics: list[_Metric] = []
+
+    def counter(self, name: str, help_text: str) -> Counter:
+        m = Counter(name, help_text)
+        self._metrics.append(m)
+        return m
+
+    def gauge(self, name: str, help_text: str) -> Gauge:
+        m = Gauge(name, help_text)
+        self._metrics.append(m)
+        return m
+
+    def histogram(self, name: str, help_text: str) -> Histogram:
+        m = Histogram(name, help_text)
+        self._metrics.append(m)
+        return m
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for m in self._metrics:
+            lines.extend(m.render())
+        return "\n".join(lines) + "\n"
+
+
+class NodeMetrics:
+    """The documented metrics of one node."""
+
+    def __init__(self) -> None:
+        r = self.registry = Registry()
+        self.http_requests = r.counter(
+            "geostore_http_requests_total", "HTTP requests answered, by route and status."
+        )
+        self.append_latency = r.histogram(
+            "geostore_append_latency_seconds",
+            "Time from receiving an append to answering it (committed and applied), seconds.",
+        )
+        self.events_appended = r.counter(
+            "geostore_events_appended_total", "Events acknowledged by appends on this node."
+        )
+        self.fsync_latency = r.histogram(
+            "geostore_fsync_seconds", "Duration of one Raft log fsync, seconds."
+        )
+        self.proposal_batch = r.counter(
+            "geostore_proposals_total", "Entries proposed by this node, by group."
+        )
+        self.proposal_flushes = r.counter(
+            "geostore_proposal_flushes_total",
+            "Batches of proposals handed to Raft at once (entries/flushes = batching).",
+        )
+        self.leader_changes = r.counter(
+            "geostore_leader_changes_total", "Changes of the leader this node sees, by group."
+        )
+        self.forwarded = r.counter(
+            "geostore_forwarded_total", "Requests forwarded to the group leader, by route."
+        )
+        self.commit_index = r.gauge("geostore_raft_commit_index", "Raft commit index, by group.")
+        self.applied_index = r.gauge("geostore_raft_applied_index", "Applied index, by group.")
+        self.term = r.gauge("geostore_raft_term", "Current Raft term, by group.")
+        self.is_leader = r.gauge("geostore_raft_is_leader", "1 when this node leads the group.")
+        self.bytes_stored = r.gauge(
+            "geostore_log_bytes_written", "Bytes written to the Raft log since start, by group."
+        )
+        self.durable_index = r.gauge(
+            "geostore_log_durable_index", "Last log index covered by an fsync, by group."
+        )
+        self.tail_subscribers = r.gauge(
+            "geostore_tail_subscribers", "Live-tail subscribers connected to this node."
+        )

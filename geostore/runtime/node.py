@@ -1,0 +1,279 @@
+"""One node process: the hosted Raft groups, peer links, the client API and the clock.
+
+Theory of operation:
+
+- One aiohttp application on one port serves the client API (:mod:`.api`) and the peer
+  transport's WebSocket endpoint (``/v1/peer``); one :class:`PeerTransport` multiplexes the
+  messages of every hosted group over one link per peer (messages name their group).
+- Groups live in a map ``GroupId -> GroupRuntime``; now that is the region's data group
+  (``data-<region>``); the metadata group and the single-leader global group plug into the
+  same map later, and inbound messages are routed by their ``group`` field.
+- The clock is one task that ticks every group every ``tick_ms`` of the monotonic clock.
+  When the loop was held up (a long fsync) ticks are not replayed in a burst: a stalled
+  node should look slow to its peers, not fire a volley of elections.
+- Every task belongs to the node's TaskGroup; :meth:`NodeRuntime.run` returns after a
+  graceful :meth:`NodeRuntime.shutdown`: refuse new requests, hand leadership to the most
+  up-to-date follower, let in-flight requests finish (bounded), flush and fsync, stop the
+  transport, close the HTTP server, close storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from geostore.codec import CodecLimits
+from geostore.config import Config, Topology
+from geostore.errors import ConfigError
+from geostore.ids import GroupId, NodeId, RegionId
+from geostore.runtime.group import GroupRuntime, GroupSpec
+from geostore.runtime.metrics import NodeMetrics
+from geostore.runtime.wire import PeerDecoder, encode_peer_message
+from geostore.transport.peer import PeerTransport
+from geostore.transport.settings import TransportSettings
+
+log = logging.getLogger("geostore.runtime")
+
+#: Mode names of DESIGN.md section 9.
+MODES = ("multi-leader", "single-leader")
+
+
+def data_group_id(region: str) -> GroupId:
+    return GroupId(f"data-{region}")
+
+
+def node_url(topology: Topology, node_id: str) -> str:
+    spec = topology.node(node_id)
+    if spec.host is None or spec.port is None:
+        raise ConfigError(topology.path or topology.name, f"nodes.{node_id}", "has no host:port")
+    return f"http://{spec.host}:{spec.port}"
+
+
+class NodeRuntime:
+    """A running node (see the module docstring)."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        node_id: NodeId,
+        config: Config,
+        data_dir: str,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        mode: str = "multi-leader",
+        unsafe_no_fsync: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        self.topology = topology
+        self.node_id = node_id
+        self.config = config
+        self.data_dir = data_dir
+        self.mode = mode
+        spec = topology.node(node_id)
+        self.region: RegionId = spec.region
+        self.host = host
+        bound = port if port is not None else spec.port
+        if bound is None:
+            raise ConfigError(topology.path or topology.name, f"nodes.{node_id}", "needs a port")
+        self.port = bound
+        self.unsafe_no_fsync = unsafe_no_fsync
+        self.rng = random.Random(seed)
+        self.metrics = NodeMetrics()
+        self.started_at = time.time()
+        self.stopping = False
+        self.groups: dict[GroupId, GroupRuntime] = {}
+        self.stop_event = asyncio.Event()
+        self.tail_subscribers = 0
+        self.metrics.tail_subscribers.set_source(lambda: float(self.tail_subscribers))
+        # who we talk to: the other nodes of our region (the data group's voters)
+        region_nodes = topology.region(self.region).node_ids()
+        peers = {n: node_url(topology, n) for n in region_nodes if n != node_id}
+        self.peer_urls = {n: node_url(topology, n) for n in region_nodes}
+        lim = config.limits
+        settings = TransportSettings(frame_bytes_max=max(lim.frame_bytes_max, 2 << 20))
+        self.transport = PeerTransport(
+            node_id,
+            cluster_id=topology.name,
+            peers=peers,
+            encode=encode_peer_message,
+            decode=PeerDecoder(CodecLimits(frame_bytes_max=settings.frame_bytes_max)),
+            on_message=self._on_message,
+            settings=settings,
+            rng=random.Random(self.rng.random()),
+        )
+        gid = data_group_id(self.region)
+        self.data_group = GroupRuntime(
+            GroupSpec(gid, self.region, tuple(region_nodes), os.path.join(data_dir, "groups", gid)),
+            node_id,
+            topology,
+            config,
+            self.transport,
+            self.metrics,
+            unsafe_no_fsync=unsafe_no_fsync,
+            rng=random.Random(self.rng.random()),
+        )
+        self.groups[gid] = self.data_group
+        self.tick_ms = self.data_group.tick_ms
+        self.session: aiohttp.ClientSession | None = None
+        self.app = web.Application(client_max_size=lim.body_bytes_max + 1)
+        from geostore.runtime.api import Api  # the API module imports this one's types
+
+        self.api = Api(self)
+        self.api.attach(self.app)
+        self.transport.attach(self.app)
+        self.runner: web.AppRunner | None = None
+
+    # -- peer input ------------------------------------------------------------------------
+
+    def _on_message(self, peer: NodeId, msg: object) -> None:
+        group = self.groups.get(getattr(msg, "group", GroupId("")))
+        if group is None:
+            return  # a group we do not host (yet): Raft retries
+        group.receive(msg)  # type: ignore[arg-type]
+
+    def group_for_stream(self, stream: str) -> GroupRuntime:
+        """The group that stores ``stream`` (one data group per region for now)."""
+        return self.data_group
+
+    def leader_url(self, group: GroupRuntime) -> str | None:
+        leader = group.leader
+        return None if leader is None else self.peer_urls.get(leader)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
+        )
+        self.runner = web.AppRunner(self.app, shutdown_timeout=2.0, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        await self.transport.start()
+        log.info(
+            "node %s of region %s serving on http://%s:%d (mode %s, fsync %s)",
+            self.node_id,
+            self.region,
+            self.host,
+            self.port,
+            self.mode,
+            "off (UNSAFE)" if self.data_group.unsafe_no_fsync else "on",
+        )
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), shut down."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        async with asyncio.TaskGroup() as tg:
+            ticker = tg.create_task(self._tick_loop(), name=f"ticks-{self.node_id}")
+            await self.stop_event.wait()
+            await self.shutdown(ticker)
+
+    def request_stop(self) -> None:
+        if not self.stop_event.is_set():
+            log.info("node %s: stop requested", self.node_id)
+            self.stop_event.set()
+
+    async def _tick_loop(self) -> None:
+        period_s = self.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + period_s
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            for group in self.groups.values():
+                group.tick()
+            now = loop.time()
+            next_at += period_s
+            if next_at < now:  # held up: do not replay the missed ticks in a burst
+                next_at = now + period_s
+
+    async def shutdown(self, ticker: asyncio.Task[None] | None = None) -> None:
+        """Graceful stop: refuse, hand over leadership, drain, flush, close."""
+        self.stopping = True
+        self.api.wake_tails()
+        for group in self.groups.values():
+            await self._hand_over(group)
+        await self.api.drain(timeout_s=2.0)
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        for group in self.groups.values():
+            try:
+                group.flush_to_disk()
+            except Exception:  # keep closing the rest; recovery handles the tail
+                log.exception("flush of group %s failed", group.group_id)
+        await self.transport.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
+        for group in self.groups.values():
+            group.close()
+        log.info("node %s stopped", self.node_id)
+
+    async def _hand_over(self, group: GroupRuntime) -> None:
+        """If leading, transfer leadership to the most caught-up voter and wait (bounded)."""
+        if not group.is_leader:
+            return
+        st = group.status()
+        candidates = sorted(
+            ((p.match, nid) for nid, p in st.progress.items() if nid != self.node_id),
+            reverse=True,
+        )
+        if not candidates:
+            return
+        target = candidates[0][1]
+        if not group.transfer_leadership(target):
+            log.warning("group %s: leadership transfer to %s refused", group.group_id, target)
+            return
+        deadline = asyncio.get_running_loop().time() + max(1.0, 2 * group.election_ms / 1000)
+        while group.is_leader and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(self.tick_ms / 1000)
+            for g in self.groups.values():
+                g.tick()
+        log.info(
+            "group %s: leadership %s to %s",
+            group.group_id,
+            "handed" if not group.is_leader else "NOT handed",
+            target,
+        )
+
+    def status_json(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "node": self.node_id,
+            "region": self.region,
+            "mode": self.mode,
+            "api": f"http://{self.host}:{self.port}",
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "stopping": self.stopping,
+            "groups": {gid: g.status_json() for gid, g in self.groups.items()},
+            "partitions": [p.to_json() for p in self.data_group.store.partitions()],
+            "replication_lag": {},
+            "peers": self.transport.stats(),
+            "config": {
+                "raft": _fields(c.raft),
+                "storage": _fields(c.storage),
+                "limits": _fields(c.limits),
+                "geo": _fields(c.geo),
+            },
+        }
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
