@@ -75,15 +75,12 @@ def loads_plain(data: bytes | bytearray | memoryview, limits: CodecLimits) -> An
         if len(data) > limits.items_max:
             _prescan(data, limits)
         stream = io.BytesIO(data)
-        decoder = cbor2.CBORDecoder(
-            stream,
-            tag_hook=_refuse_tag,
-            semantic_decoders=_SEMANTIC_OVERRIDES,
-            max_depth=limits.depth_max,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-        )
+        decoder = _decoders.pop(limits.depth_max, None) or _new_decoder(limits.depth_max)
+        decoder.fp = stream
         value = decoder.decode()
+        decoder.fp = _EMPTY  # do not keep the input alive
+        # Returned to the cache only after a clean decode: a decoder that raised is dropped.
+        _decoders[limits.depth_max] = decoder
         # cbor2 seeks the stream back over its read-ahead, so tell() is the end of the item.
         if stream.tell() != len(data):
             raise CodecError(f"{len(data) - stream.tell()} trailing bytes after the CBOR value")
@@ -92,6 +89,24 @@ def loads_plain(data: bytes | bytearray | memoryview, limits: CodecLimits) -> An
         raise
     except Exception as exc:  # totality: whatever cbor2 or a hook raised becomes one CodecError
         raise CodecError(f"malformed CBOR: {exc}") from exc
+
+
+# Building a CBORDecoder (with its tag overrides) costs more than decoding a small message, so
+# one per depth limit is kept and pointed at each input in turn. Like the zstd contexts, they
+# are not thread-safe: the codec is used from one thread at a time.
+_decoders: dict[int, cbor2.CBORDecoder] = {}
+_EMPTY = io.BytesIO(b"")
+
+
+def _new_decoder(depth_max: int) -> cbor2.CBORDecoder:
+    return cbor2.CBORDecoder(
+        _EMPTY,
+        tag_hook=_refuse_tag,
+        semantic_decoders=_SEMANTIC_OVERRIDES,
+        max_depth=depth_max,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+    )
 
 
 _ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}

@@ -102,3 +102,19 @@ def test_prescan_counts_items_exactly(value: Any) -> None:
     if items > 1:
         with pytest.raises(CodecError, match="items"):
             _prescan(data, CodecLimits(items_max=items - 1))
+
+
+def test_decoding_after_errors_is_unaffected() -> None:
+    # the decoder objects are reused: a failed decode must leave nothing behind
+    limits = CodecLimits(depth_max=4)
+    good = dumps_plain([[1, {"a": [2]}], "x"])
+    for bad in (
+        b"\x81" * 10 + b"\x00",
+        b"\x82\x01",
+        b"\xd8\x1c\x81\x00",
+        b"\x9f\x01\xff",
+        good + b"\x00",
+    ):
+        with pytest.raises(CodecError):
+            loads_plain(bad, limits)
+        assert loads_plain(good, limits) == [[1, {"a": [2]}], "x"]
