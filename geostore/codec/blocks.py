@@ -66,7 +66,13 @@ def open_block(
 
 
 def encode_events(events: Sequence[object]) -> bytes:
-    """Seal a batch of plain event values (dicts, lists, str, int, ...) as one CBOR array."""
+    """Seal a batch of plain event values as one CBOR array.
+
+    Plain means what :func:`~geostore.codec.cbor.loads_plain` gives back: None, bool, int,
+    float, str, bytes, lists (tuples become lists) and maps. cbor2 would also encode datetimes,
+    sets or decimals, as semantic tags that every decoder here refuses: callers pass values
+    that came from a JSON or CBOR body, which are plain already.
+    """
     return seal_block(dumps_plain(list(events)), len(events))
 
 

@@ -1,5 +1,6 @@
 """Plain CBOR decoding is total and bounded: the item pre-scan for long inputs agrees with
-cbor2's own depth limit, refuses oversized declarations at once, and only CodecError escapes."""
+cbor2's own depth limit, refuses oversized declarations at once, no semantic tag but the
+bignums is decoded, and only CodecError escapes."""
 
 from __future__ import annotations
 
@@ -118,3 +119,17 @@ def test_decoding_after_errors_is_unaffected() -> None:
         with pytest.raises(CodecError):
             loads_plain(bad, limits)
         assert loads_plain(good, limits) == [[1, {"a": [2]}], "x"]
+
+
+def test_no_semantic_tag_gets_through_but_bignums() -> None:
+    # Guards a cbor2 upgrade that starts decoding a new tag into some rich object.
+    tags = [*range(0, 1200), 1004, 1040, 43000, 55799, 2**32 - 1, 2**63, 2**64 - 1]
+    shapes: list[object] = [0, b"\x01" * 16, "1970-01-01T00:00:00Z", [1, 2], {}]
+    for tag in tags:
+        for shape in shapes:
+            data = cbor2.dumps(cbor2.CBORTag(tag, shape))
+            if tag in (2, 3) and isinstance(shape, bytes):
+                assert type(loads_plain(data, CodecLimits())) is int
+                continue
+            with pytest.raises(CodecError):
+                loads_plain(data, CodecLimits())
