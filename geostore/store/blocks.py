@@ -212,6 +212,15 @@ class AttrSummary:
         self.count += len(vals)
         self.sum += sum(vals)
 
+    def merge(self, other: AttrSummary) -> None:
+        if not other.count:
+            return
+        assert other.min is not None and other.max is not None
+        self.min = other.min if self.min is None or other.min < self.min else self.min
+        self.max = other.max if self.max is None or other.max > self.max else self.max
+        self.count += other.count
+        self.sum += other.sum
+
     def to_wire(self) -> list[Any]:
         return [self.count, self.min, self.max, self.sum]
 
@@ -263,6 +272,32 @@ class BlockMeta:
             crc,
             {k: AttrSummary.from_wire(v) for k, v in sorted(attrs.items())},
         )
+
+
+@dataclass(slots=True)
+class Segment:
+    """The upper level of the sparse index: the merged summary of ``fanout`` sealed blocks.
+
+    A query skips a whole segment whose ``[min_ts, max_ts]`` misses its range, and an
+    aggregate takes a segment lying inside its range (and window) as one summary, so the
+    work of a query grows with ``blocks / fanout`` plus the blocks at its boundaries, in the
+    spirit of the lightweight indexes of ChronicleDB's TAB+ tree. Derived from the block
+    entries: never stored, rebuilt on restore.
+    """
+
+    first_block: int
+    blocks: int = 0
+    min_ts: int = INT64_MAX
+    max_ts: int = INT64_MIN
+    attrs: dict[str, AttrSummary] = field(default_factory=dict)
+
+    def add(self, meta: BlockMeta) -> None:
+        assert meta.block_no == self.first_block + self.blocks
+        self.blocks += 1
+        self.min_ts = min(self.min_ts, meta.min_ts)
+        self.max_ts = max(self.max_ts, meta.max_ts)
+        for name, summary in meta.attrs.items():
+            self.attrs.setdefault(name, AttrSummary()).merge(summary)
 
 
 # --- the open block and sealed blocks ------------------------------------------------------

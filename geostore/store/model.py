@@ -105,9 +105,10 @@ class StoreLimits:
 class StoreTuning:
     """Parameters of the replicated state itself: every replica of a group uses the same.
 
-    The producer parameters decide which appends count as duplicates; the block sizing
-    decides the block layout, hence the rolling hash and the ``stats`` of queries (answers
-    themselves do not depend on it). A snapshot records them and a restore refuses others.
+    The producer parameters decide which appends count as duplicates; the block sizing and
+    the index fanout decide the block layout and the order in which summaries add up, hence
+    the rolling hash, the ``stats`` of queries and the last bits of float sums. A snapshot
+    records them and a restore refuses others.
     """
 
     block_events_max: int = 1_024
@@ -117,7 +118,9 @@ class StoreTuning:
     #: A producer idle for more than this many log entries is forgotten.
     producer_idle_entries: int = 10_000_000
     #: Producers remembered per store; beyond it the least recently used is forgotten.
-    producers_max: int = 100_000
+    producers_max: int = 10_000
+    #: Sealed blocks per segment of the upper index level.
+    index_fanout: int = 64
 
     def __post_init__(self) -> None:
         assert self.block_events_max >= 1
@@ -125,6 +128,7 @@ class StoreTuning:
         assert self.producer_window >= 1
         assert self.producer_idle_entries >= 1
         assert self.producers_max >= 1
+        assert self.index_fanout >= 1
 
 
 class AttrType(enum.StrEnum):

@@ -52,6 +52,7 @@ from .blocks import (
     BlockStore,
     Columns,
     OpenBlock,
+    Segment,
     block_from_open_bytes,
     decode_batch,
     decode_block,
@@ -139,6 +140,7 @@ class _Partition:
         "open_hash",
         "partition",
         "sealed",
+        "segments",
         "stream",
     )
 
@@ -161,7 +163,16 @@ class _Partition:
         self.open_hash: tuple[int, bytes] | None = None  # (next_seq, hash) cache
         self.sealed: list[BlockMeta] = []
         self.first_seqs: list[int] = []
+        self.segments: list[Segment] = []
         self.open = OpenBlock(0, 0, indexed)
+
+    def add_sealed(self, meta: BlockMeta, fanout: int) -> None:
+        assert meta.block_no == len(self.sealed)
+        self.sealed.append(meta)
+        self.first_seqs.append(meta.first_seq)
+        if not self.segments or self.segments[-1].blocks >= fanout:
+            self.segments.append(Segment(meta.block_no))
+        self.segments[-1].add(meta)
 
     def metas_from(self, seq: int) -> Iterator[BlockMeta]:
         """Index entries of the blocks holding ``seq`` and after, the open block last."""
@@ -172,10 +183,25 @@ class _Partition:
         if self.open.meta.count:
             yield self.open.meta
 
-    def all_metas(self) -> Iterator[BlockMeta]:
-        yield from self.sealed
-        if self.open.meta.count:
-            yield self.open.meta
+    def overlapping(self, seq: int, lo_ts: int, hi_ts: int) -> Iterator[BlockMeta]:
+        """Like :meth:`metas_from`, only blocks meeting ``[lo_ts, hi_ts)``; skips segments."""
+        k = max(bisect.bisect_right(self.first_seqs, seq) - 1, 0)
+        sealed, segments = self.sealed, self.segments
+        s = 0
+        while k < len(sealed):
+            while segments[s].first_block + segments[s].blocks <= k:
+                s += 1
+            seg = segments[s]
+            if seg.max_ts < lo_ts or seg.min_ts >= hi_ts:
+                k = seg.first_block + seg.blocks
+                continue
+            meta = sealed[k]
+            k += 1
+            if meta.end_seq > seq and meta.max_ts >= lo_ts and meta.min_ts < hi_ts:
+                yield meta
+        meta = self.open.meta
+        if meta.count and meta.max_ts >= lo_ts and meta.min_ts < hi_ts:
+            yield meta
 
 
 @dataclass(slots=True)
@@ -596,8 +622,7 @@ class EventStore:
         ob.meta.crc = zlib.crc32(data)
         p.log_hash = _chain(p.log_hash, data)
         self.blocks.put(p.stream, p.partition, ob.meta.block_no, data)
-        p.sealed.append(ob.meta)
-        p.first_seqs.append(ob.meta.first_seq)
+        p.add_sealed(ob.meta, self.tuning.index_fanout)
         p.open = OpenBlock(ob.meta.block_no + 1, ob.meta.end_seq, p.indexed)
 
     # --- reads -------------------------------------------------------------------------
@@ -699,9 +724,7 @@ class EventStore:
         blocks = decoded = 0
         next_seq = max(start, p.next_seq)
         if lo_ts < hi_ts and start < p.next_seq:
-            for meta in p.metas_from(start):
-                if meta.max_ts < lo_ts or meta.min_ts >= hi_ts:
-                    continue
+            for meta in p.overlapping(start, lo_ts, hi_ts):
                 if blocks >= self.limits.read_blocks_max:
                     next_seq = max(start, meta.first_seq)
                     break
@@ -790,17 +813,37 @@ class EventStore:
         blocks = decoded = summaries = 0
         if lo_ts < hi_ts:
             work: list[tuple[_Partition, BlockMeta]] = []
+
+            def summarized(node: BlockMeta | Segment) -> bool:
+                """Answer ``node`` from its summary if it lies inside the range and a window."""
+                if not indexed or node.min_ts < lo_ts or node.max_ts >= hi_ts:
+                    return False
+                k = (node.min_ts - lo_ts) // w if w else 0
+                if w and k != (node.max_ts - lo_ts) // w:
+                    return False
+                sm = node.attrs[field]
+                total.merge(sm.count, sm.min, sm.max, sm.sum)
+                if w:
+                    wins[k].merge(sm.count, sm.min, sm.max, sm.sum)
+                return True
+
             for p in parts:
-                for meta in p.all_metas():
-                    if meta.max_ts < lo_ts or meta.min_ts >= hi_ts:
+                for seg in p.segments:
+                    if seg.max_ts < lo_ts or seg.min_ts >= hi_ts:
                         continue
-                    inside = lo_ts <= meta.min_ts and meta.max_ts < hi_ts
-                    one_window = not w or (meta.min_ts - lo_ts) // w == (meta.max_ts - lo_ts) // w
-                    if indexed and inside and one_window:
-                        s = meta.attrs[field]
-                        total.merge(s.count, s.min, s.max, s.sum)
-                        if w:
-                            wins[(meta.min_ts - lo_ts) // w].merge(s.count, s.min, s.max, s.sum)
+                    if summarized(seg):
+                        summaries += 1
+                        continue
+                    for meta in p.sealed[seg.first_block : seg.first_block + seg.blocks]:
+                        if meta.max_ts < lo_ts or meta.min_ts >= hi_ts:
+                            continue
+                        if summarized(meta):
+                            summaries += 1
+                        else:
+                            work.append((p, meta))
+                meta = p.open.meta
+                if meta.count and meta.max_ts >= lo_ts and meta.min_ts < hi_ts:
+                    if summarized(meta):
                         summaries += 1
                     else:
                         work.append((p, meta))
@@ -991,8 +1034,7 @@ class EventStore:
                         p.sealed[-1].end_seq if p.sealed else 0
                     ):
                         raise CodecError("snapshot block index is not contiguous")
-                    p.sealed.append(m)
-                    p.first_seqs.append(m.first_seq)
+                    p.add_sealed(m, t.index_fanout)
             elif kind == "block":
                 _, stream, part, block_no, data = rec
                 p = partitions[(StreamName(stream), PartitionId(part))]
@@ -1042,6 +1084,7 @@ def _tuning_wire(t: StoreTuning) -> list[int]:
     return [
         t.block_events_max,
         t.block_bytes_max,
+        t.index_fanout,
         t.producer_window,
         t.producers_max,
         t.producer_idle_entries,
