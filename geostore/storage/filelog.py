@@ -488,16 +488,30 @@ class FileLogStore:
         return seg
 
     def _rollback(self, start: int, start_segments: int, start_size: int) -> None:
-        """Undo a failed batch: files back to the last complete record, memory to match."""
+        """Undo a failed batch: files back to the last complete record, memory to match.
+
+        Durably where it matters: a roll inside the batch fsynced part of it, and a segment
+        created by it must not reappear after a power loss (it would leave a gap).
+        """
         try:
+            removed = False
             while len(self._segments) > start_segments:
                 seg = self._segments.pop()
                 self._firsts.pop()
                 self._fs.close(seg.fd)
                 self._fs.unlink(seg.path)
                 self._watermarks.pop(seg.name, None)
+                removed = True
+            if removed:
+                fsync_dir_or_fail(self._fs, self._dir)
             seg = self._segments[-1]
             self._fs.ftruncate(seg.fd, start_size)
+            if self._watermarks.get(seg.name, 0) > start_size:
+                fsync_or_fail(self._fs, seg.fd, seg.path)
+                self._watermarks[seg.name] = start_size
+        except FsyncFailedError as exc:
+            self._failed = exc
+            raise
         except OSError as exc:
             raise self._fail(f"could not roll back a failed append: {exc}") from exc
         seg.size = start_size
@@ -513,7 +527,12 @@ class FileLogStore:
         del self._run_terms[keep:]
 
     def _cut_from(self, from_index: int) -> None:
-        """Drop records ``>= from_index`` from files and memory, durably."""
+        """Drop records ``>= from_index`` from files and memory, durably.
+
+        Whole segments go first, newest first, and the directory is fsynced before the
+        remaining segment is cut: whatever part of this survives a crash is a prefix of the
+        old log without a gap, never stale records behind new ones.
+        """
         removed = False
         while len(self._segments) > 1 and self._segments[-1].first_index >= from_index:
             seg = self._segments.pop()
@@ -522,12 +541,12 @@ class FileLogStore:
             self._fs.unlink(seg.path)
             self._watermarks.pop(seg.name, None)
             removed = True
+        if removed:
+            fsync_dir_or_fail(self._fs, self._dir)
         seg = self._segments[-1]
         offset = self._offset_of(seg, from_index) if from_index <= seg.last_index else seg.size
         self._fs.ftruncate(seg.fd, offset)
         fsync_or_fail(self._fs, seg.fd, seg.path)
-        if removed:
-            fsync_dir_or_fail(self._fs, self._dir)
         seg.size = offset
         seg.last_index = min(seg.last_index, from_index - 1)
         seg.cut_points(from_index)
@@ -540,8 +559,10 @@ class FileLogStore:
         """Drop what ``snapshot`` covers (all of the log if it does not continue it)."""
         removed: list[str] = []
         if held is None or held != snapshot.term:
+            # newest first, and durably before the new segment exists: a crash leaves a
+            # prefix of the old log, which reopening drops again (it still does not match)
             new_first = snapshot.index + 1
-            for seg in self._segments:
+            for seg in reversed(self._segments):
                 self._fs.close(seg.fd)
                 self._fs.unlink(seg.path)
                 self._watermarks.pop(seg.name, None)
@@ -550,6 +571,8 @@ class FileLogStore:
             self._firsts.clear()
             self._run_starts.clear()
             self._run_terms.clear()
+            if removed:
+                fsync_dir_or_fail(self._fs, self._dir)
             self._create_segment(new_first)
             self._last = snapshot.index
             self._durable = snapshot.index

@@ -343,3 +343,61 @@ def test_manifest_version_mismatch_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(FormatVersionError, match="format version 99"):
         FileLogStore(tmp_path)
+
+
+def test_enospc_across_a_segment_roll_leaves_nothing_behind(tmp_path: Path) -> None:
+    fs = FaultyFileSystem()
+    log = FileLogStore(tmp_path, fs=fs, segment_bytes_max=300)
+    log.append(entries(1, 5))
+    log.sync()
+    segments = log.segment_names()
+    fs.space_left_bytes = 400  # the batch rolls a segment, then the disk fills
+    with pytest.raises(DiskFullError):
+        log.append(entries(5, 60))
+    assert log.segment_names() == segments and log.last_index() == 4
+    marks = log.durable_watermarks()
+    log.close()
+    for name, size in marks.items():  # and a power loss right after
+        os.truncate(tmp_path / "log" / name, size)
+    assert sorted(p.name for p in (tmp_path / "log").glob("*.seg")) == sorted(segments)
+    log = FileLogStore(tmp_path, segment_bytes_max=300)
+    assert read_all(log) == entries(1, 5) and not log.recovery.cut
+    log.close()
+
+
+def _segment_files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (path / "log").glob("*.seg")}
+
+
+def test_reopen_finishes_an_interrupted_compaction(tmp_path: Path) -> None:
+    log = FileLogStore(tmp_path, segment_bytes_max=300)
+    log.append(entries(1, 60))
+    log.sync()
+    before = _segment_files(tmp_path)
+    log.compact_prefix(SnapshotMeta(LogIndex(40), Term(1)))
+    log.close()
+    for name, data in before.items():  # the crash came before the segments were deleted
+        (tmp_path / "log" / name).write_bytes(data)
+    log = FileLogStore(tmp_path, segment_bytes_max=300)
+    assert log.recovery.removed_segments
+    assert log.first_index() == 41 and read_all(log) == entries(41, 60)
+    log.close()
+
+
+def test_reopen_finishes_an_interrupted_drop_of_a_stale_log(tmp_path: Path) -> None:
+    log = FileLogStore(tmp_path, segment_bytes_max=300)
+    log.append(entries(1, 60))
+    log.sync()
+    before = _segment_files(tmp_path)
+    log.compact_prefix(SnapshotMeta(LogIndex(40), Term(9)))  # does not match: all dropped
+    log.close()
+    for p in (tmp_path / "log").glob("*.seg"):
+        p.unlink()
+    oldest = sorted(before)[:2]  # a crash left the oldest segments undeleted
+    for name in oldest:
+        (tmp_path / "log" / name).write_bytes(before[name])
+    log = FileLogStore(tmp_path, segment_bytes_max=300)
+    assert (log.first_index(), log.last_index()) == (41, 40)
+    assert log.term_at(LogIndex(40)) == 9
+    log.append(entries(41, 45, term=9))
+    log.close()
