@@ -96,8 +96,11 @@ class Cluster:
         self.boot_conf = ConfState(
             voters=frozenset(voters if voters is not None else ids), learners=frozenset(learners)
         )
-        #: ghost state for checkers: committed entry per index as first seen
+        #: ghost state for checkers: applied entry per index as first seen
         self.committed: dict[int, tuple[int, bytes]] = {}
+        #: ghost: the term at each index some node ever called committed
+        self.commit_terms: dict[int, int] = {}
+        self._commit_checked: dict[NodeId, int] = {}
         self.leaders: dict[int, NodeId] = {}
         self.restarts: dict[NodeId, int] = {}
         #: Readies taken but not yet handled (to script races between ready and advance)
@@ -113,6 +116,7 @@ class Cluster:
         return node
 
     def _start(self, node: Node, conf: ConfState) -> None:
+        self._commit_checked.pop(node.id, None)
         k = self.restarts.get(node.id, 0)
         rng = random.Random(f"{self.seed}/{node.id}/{k}")
         node.core = RaftCore(
@@ -146,6 +150,10 @@ class Cluster:
         node = self.nodes[n]
         assert node.core is None
         self.restarts[n] = self.restarts.get(n, 0) + 1
+        if node.snap_meta.index > node.store.snapshot_meta().index:
+            # the snapshot is durable but the compaction it asked for was not: redo it, so the
+            # log's snapshot is the one the snapshot source serves
+            node.store.compact_prefix(node.snap_meta)
         self._start(node, self.boot_conf)
 
     def wipe(self, n: NodeId) -> None:
@@ -351,12 +359,32 @@ class Cluster:
             if core is None:
                 continue
             st = core.status()
-            if st.role is Role.LEADER:
-                other = self.leaders.setdefault(st.term, node.id)
-                if other != node.id:
-                    raise SafetyViolation(f"two leaders in term {st.term}: {other}, {node.id}")
+            if st.role is Role.LEADER and st.term not in self.leaders:
+                self.leaders[st.term] = node.id
+                # leader completeness: a new leader holds every entry ever committed
+                for idx, t in self.commit_terms.items():
+                    if idx >= st.first_index and core.term_at(LogIndex(idx)) != t:
+                        raise SafetyViolation(
+                            f"leader completeness: leader {node.id} of term {st.term} lacks "
+                            f"committed {idx}/{t}"
+                        )
+            elif st.role is Role.LEADER and self.leaders[st.term] != node.id:
+                other = self.leaders[st.term]
+                raise SafetyViolation(f"two leaders in term {st.term}: {other}, {node.id}")
             if not (st.applied <= st.commit <= st.last_index):
                 raise SafetyViolation(f"index sanity on {node.id}: {st}")
+            lo = max(self._commit_checked.get(node.id, 0), st.first_index - 1)
+            for idx in range(lo + 1, st.commit + 1):
+                t = core.term_at(LogIndex(idx))
+                if t is None:
+                    continue
+                seen = self.commit_terms.setdefault(idx, t)
+                if seen != t:
+                    raise SafetyViolation(
+                        f"committed-prefix agreement: {node.id} has {idx}/{t} committed, "
+                        f"another node had {idx}/{seen} committed"
+                    )
+            self._commit_checked[node.id] = max(lo, st.commit)
         for node in self.nodes.values():
             hist = node.hs_history
             for a, b in itertools.pairwise(hist):
