@@ -18,7 +18,7 @@ from geostore.errors import CodecError, GeostoreError
 from geostore.ids import Epoch, PartitionId, RegionId, StreamName
 
 from . import _cbor
-from .model import ProducerRef, Schema, StoreLimits
+from .model import APPLY_LIMITS, ProducerRef, Schema
 
 COMMAND_FORMAT = 1
 
@@ -117,7 +117,7 @@ def decode_command(data: bytes) -> Command:
             _, _, name, parts, key_field, schema, homes = raw
             _need(type(name) is str and type(parts) is int and type(homes) is list, "header")
             _need(key_field is None or type(key_field) is str, "key_field")
-            sch = Schema.from_json(schema, StoreLimits()) if schema is not None else None
+            sch = Schema.from_json(schema, APPLY_LIMITS) if schema is not None else None
             hs = tuple((PartitionId(int(p)), RegionId(str(r))) for p, r in homes)
             return CreateStream(StreamName(name), parts, key_field, sch, hs)
         if kind == "home" and n == 6:

@@ -101,6 +101,13 @@ class StoreLimits:
         )
 
 
+#: What apply itself accepts, independent of any node's configured limits: configured limits
+#: are enforced before proposing, and apply must give the same verdict on every replica.
+APPLY_LIMITS = StoreLimits(
+    partitions_max=1 << 16, stream_name_bytes_max=1 << 10, schema_attributes_max=1 << 16
+)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreTuning:
     """Parameters of the replicated state itself: every replica of a group uses the same.

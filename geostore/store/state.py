@@ -61,6 +61,7 @@ from .blocks import (
 from .commands import AppendBatch, Command, CreateStream, SetHome, decode_command
 from .dedup import ProducerTable
 from .model import (
+    APPLY_LIMITS,
     FIRST_EPOCH,
     INT64_MAX,
     INT64_MIN,
@@ -529,7 +530,7 @@ class EventStore:
             return Rejected(err)
 
     def _apply_create(self, cmd: CreateStream) -> StreamInfo:
-        lim = self.limits
+        lim = APPLY_LIMITS  # never this node's configured limits: replicas must agree
         check_stream_name(cmd.name, lim)
         if not 1 <= cmd.partitions <= lim.partitions_max:
             raise too_large(f"{cmd.partitions} partitions, at most {lim.partitions_max}")
@@ -1015,7 +1016,7 @@ class EventStore:
                 raise CodecError("snapshot does not start with its header")
             if kind == "stream":
                 _, name, nparts, key_field, schema = rec
-                sch = Schema.from_json(schema) if schema is not None else None
+                sch = Schema.from_json(schema, APPLY_LIMITS) if schema is not None else None
                 streams[StreamName(name)] = StreamDef(StreamName(name), nparts, key_field, sch)
             elif kind == "partition":
                 _, stream, part, home, epoch, next_seq, log_hash, open_no, open_bytes = rec

@@ -516,3 +516,17 @@ def test_limits_come_from_the_node_configuration() -> None:
     expect(ErrorCode.TOO_LARGE, h.store.validate_append, "s", [{"body": 1}] * 4, now_us=0)
     expect(ErrorCode.TOO_LARGE, h.store.read_time_range, "s", 0, 0, 11)
     assert h.store.read_time_range("s", 0, 0, 10).events == ()
+
+
+def test_apply_does_not_depend_on_the_replicas_configured_limits() -> None:
+    roomy = Harness(limits=StoreLimits(partitions_max=2048, schema_attributes_max=400))
+    strict = Harness(limits=StoreLimits(partitions_max=4, schema_attributes_max=2))
+    attrs = [{"name": f"a{i}", "type": "int"} for i in range(300)]
+    cmd = roomy.store.validate_create(
+        {"name": "wide", "partitions": 1500, "schema": {"attributes": attrs}}
+    )
+    expect(ErrorCode.TOO_LARGE, strict.store.validate_create, {"name": "x", "partitions": 1500})
+    for h in (roomy, strict):
+        res = h.apply(cmd)
+        assert isinstance(res, StreamInfo) and res.created
+    assert roomy.fingerprint() == strict.fingerprint()
