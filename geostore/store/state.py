@@ -17,13 +17,21 @@ change, so a request valid at validation time stays valid at apply time; apply r
 what can move (an epoch, a producer window) and the shape of the bytes.
 
 *State.* A catalog of streams; per partition: home and epoch, the next seq (dense from 0),
-a rolling BLAKE2b hash of the applied events, the sparse index of sealed blocks and the
-open block (see blocks.py); and the producer table (dedup.py). Sealed blocks go through the
-:class:`~geostore.store.blocks.BlockStore` port; nothing else touches files.
+a rolling BLAKE2b hash chained over the sealed blocks' bytes (the open block folded in when
+asked), the two-level sparse index (block entries, and segments of ``index_fanout`` blocks)
+and the open block (see blocks.py); and the producer table (dedup.py). Sealed blocks go
+through the :class:`~geostore.store.blocks.BlockStore` port; nothing else touches files.
+Memory per partition: one index entry per block (about 1,024 events), one per segment, and
+the open block (at most ``block_events_max`` events / ``block_bytes_max`` body bytes).
 
 *Queries* are pure reads of that state: by seq range, by time range (paged by ``next_seq``,
-with a bound on blocks decoded per call), aggregates that merge block summaries and decode
-only the blocks that straddle a range or window boundary, and ``stats`` saying so.
+with a bound on blocks decoded per call), aggregates that merge segment and block summaries
+and decode only the blocks that straddle a range or window boundary, and ``stats`` saying so
+(``blocks_read``, ``events_decoded``, ``summaries_used``).
+
+*Snapshots* stream the catalog, index entries, open blocks and producer table, and either
+the sealed blocks' bytes (self-contained: for a node that catches up) or only references
+to them (a local restart over the same BlockStore). Segments are derived, not stored.
 
 *Live tail.* ``subscribe(stream, partition, callback)`` registers a callback called
 synchronously after each applied append of that partition with its last seq; the runtime
