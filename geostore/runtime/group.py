@@ -115,14 +115,7 @@ class GroupSpec:
 
 
 def store_limits(config: Config) -> StoreLimits:
-    lim = config.limits
-    read_max = lim.read_limit_max
-    return StoreLimits(
-        events_per_request_max=lim.events_per_request_max,
-        event_bytes_max=lim.event_bytes_max,
-        read_limit_max=read_max,
-        read_limit_default=min(1_000, read_max),
-    )
+    return StoreLimits.from_settings(config.limits)
 
 
 class GroupRuntime:

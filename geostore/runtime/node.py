@@ -171,17 +171,23 @@ class NodeRuntime:
             "off (UNSAFE)" if self.data_group.unsafe_no_fsync else "on",
         )
 
-    async def run(self) -> None:
+    async def run(self, *, handle_signals: bool = True) -> None:
         """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), shut down."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        await self.start()
-        async with asyncio.TaskGroup() as tg:
-            ticker = tg.create_task(self._tick_loop(), name=f"ticks-{self.node_id}")
-            await self.stop_event.wait()
-            await self.shutdown(ticker)
+        try:
+            await self.start()
+            async with asyncio.TaskGroup() as tg:
+                ticker = tg.create_task(self._tick_loop(), name=f"ticks-{self.node_id}")
+                await self.stop_event.wait()
+                await self.shutdown(ticker)
+        finally:
+            for sig in signals:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
 
     def request_stop(self) -> None:
         if not self.stop_event.is_set():
