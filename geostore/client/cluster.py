@@ -1,0 +1,91 @@
+"""Where a client finds its nodes: ``cluster.json`` (what ``geostore cluster up`` writes).
+
+Shape relied upon (DESIGN contract): ``{"regions": {REGION: {"nodes": [{"id", "api", ...}]}}}``.
+A node's ``api`` is its direct address, for clients in its own region.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geostore.errors import ApiError, ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    id: str
+    region: str
+    api: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMap:
+    """Every node's API address, by region, as one ``cluster.json`` lists them."""
+
+    path: str
+    regions: dict[str, tuple[NodeAddress, ...]]
+    mode: str | None = None
+
+    def urls(self, region: str) -> list[str]:
+        if region not in self.regions:
+            raise ApiError(
+                ErrorCode.WRONG_REGION,
+                f"{self.path} has no region {region!r}; regions: {', '.join(sorted(self.regions))}",
+            )
+        return [n.api for n in self.regions[region]]
+
+    def default_region(self) -> str:
+        """The only region, when there is one; else the caller must name one."""
+        if len(self.regions) == 1:
+            return next(iter(self.regions))
+        raise ApiError(
+            ErrorCode.WRONG_REGION,
+            f"{self.path} has regions {', '.join(sorted(self.regions))}: name one with --region",
+        )
+
+
+def cluster_file(path: str | Path) -> Path:
+    """``path`` itself, or ``path/cluster.json`` when it is a directory."""
+    p = Path(path)
+    return p / "cluster.json" if p.is_dir() else p
+
+
+def load_cluster(path: str | Path) -> ClusterMap:
+    """Read ``cluster.json`` (or the one in directory ``path``). Raises ApiError(config)."""
+    file = cluster_file(path)
+    try:
+        doc: Any = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ApiError(
+            ErrorCode.CONFIG,
+            f"no cluster file at {file}: start one with 'geostore cluster up --dir DIR'",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ApiError(ErrorCode.CONFIG, f"cannot read {file}: {exc}") from None
+    return parse_cluster(doc, str(file))
+
+
+def parse_cluster(doc: Any, where: str = "cluster.json") -> ClusterMap:
+    regions_raw = doc.get("regions") if isinstance(doc, dict) else None
+    if not isinstance(regions_raw, dict) or not regions_raw:
+        raise ApiError(ErrorCode.CONFIG, f"{where}: 'regions' must be a non-empty object")
+    regions: dict[str, tuple[NodeAddress, ...]] = {}
+    for name, spec in regions_raw.items():
+        nodes_raw = spec.get("nodes") if isinstance(spec, dict) else None
+        if not isinstance(nodes_raw, list) or not nodes_raw:
+            raise ApiError(ErrorCode.CONFIG, f"{where}: region {name!r} lists no nodes")
+        nodes = []
+        for i, n in enumerate(nodes_raw):
+            api = n.get("api") if isinstance(n, dict) else None
+            if not isinstance(api, str) or not api.startswith(("http://", "https://")):
+                raise ApiError(
+                    ErrorCode.CONFIG, f"{where}: regions.{name}.nodes[{i}].api must be a URL"
+                )
+            node_id = n.get("id", f"{name}-{i}")
+            nodes.append(NodeAddress(str(node_id), str(name), api.rstrip("/")))
+        regions[str(name)] = tuple(nodes)
+    mode = doc.get("mode")
+    return ClusterMap(where, regions, mode if isinstance(mode, str) else None)
