@@ -278,7 +278,8 @@ class Proxy:
             return
         loop = asyncio.get_running_loop()
         try:
-            host, port = split_hostport(self.listen)
+            # An empty listen address is Go's ":0"; this server keeps it on loopback.
+            host, port = split_hostport(self.listen or "127.0.0.1:0")
             bind_host = host or "0.0.0.0"
             try:
                 ipaddress.ip_address(bind_host)
