@@ -11,6 +11,7 @@
 
 from typing import TYPE_CHECKING
 
+from geostore.raft.types import LogReader
 from geostore.storage.diskformat import FORMAT_VERSION
 from geostore.storage.filelog import SEGMENT_BYTES_MAX_DEFAULT, FileLogStore, RecoveryReport
 from geostore.storage.files import (
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # the implementations satisfy the ports (checked by mypy, nev
         f: MemorySnapshotStore,
         g: FileSnapshotWriter,
         h: MemorySnapshotWriter,
+        i: GroupCommitLog,
     ) -> tuple[
         LogStore,
         LogStore,
@@ -73,5 +75,6 @@ if TYPE_CHECKING:  # the implementations satisfy the ports (checked by mypy, nev
         SnapshotStore,
         SnapshotWriter,
         SnapshotWriter,
+        LogReader,
     ]:
-        return (a, b, c, d, e, f, g, h)
+        return (a, b, c, d, e, f, g, h, i)

@@ -114,6 +114,21 @@ class RecoveryReport:
     def cut(self) -> bool:
         return self.truncated_segment is not None
 
+    def summary(self) -> str:
+        """One line for the operator's log."""
+        line = (
+            f"log recovered: {self.segments} segment(s), entries {self.first_index}.."
+            f"{self.last_index}"
+        )
+        if self.cut:
+            line += (
+                f"; cut a torn tail of {self.truncated_bytes} bytes from {self.truncated_segment}"
+                f" at offset {self.truncated_at_offset} ({self.reason})"
+            )
+        if self.removed_segments:
+            line += f"; removed {len(self.removed_segments)} segment(s) a compaction had covered"
+        return line
+
 
 @dataclass(frozen=True, slots=True)
 class SyncTicket:

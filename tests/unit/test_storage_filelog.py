@@ -190,6 +190,7 @@ def test_cut_at_every_byte_of_the_last_records(tmp_path: Path) -> None:
         assert read_all(log) == entries(1, complete + 1)
         assert log.recovery.cut == (cut not in ends)
         if log.recovery.cut:
+            assert "cut a torn tail" in log.recovery.summary()
             assert log.recovery.truncated_at_offset == ends[complete - 1]
             assert log.recovery.truncated_bytes == cut - ends[complete - 1]
         # the cut tail is gone for good: appends continue right after the prefix
