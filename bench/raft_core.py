@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.results import Metric, Result, emit  # noqa: E402
-from geostore.ids import GroupId, LogIndex, NodeId  # noqa: E402
-from geostore.raft.core import RaftConfig, RaftCore, Role  # noqa: E402
-from geostore.raft.messages import Message  # noqa: E402
-from geostore.raft.types import ConfState, HardState  # noqa: E402
-from geostore.storage.memory import MemoryHardStateStore, MemoryLogStore  # noqa: E402
+from bench.results import Metric, Result, emit
+from geostore.ids import GroupId, NodeId
+from geostore.raft.core import RaftConfig, RaftCore, Role
+from geostore.raft.messages import Message
+from geostore.raft.types import ConfState, HardState
+from geostore.storage.memory import MemoryHardStateStore, MemoryLogStore
 
 TARGET_PER_S = 100_000
 
@@ -82,7 +82,6 @@ def run(entries: int, outstanding: int, batch: int, payload: bytes) -> dict[str,
 
     datas = [payload] * batch
     proposed = committed = 0
-    msgs_before = 0
     t0 = time.perf_counter()
     while committed < entries:
         while proposed - committed < outstanding and proposed < entries:
@@ -94,10 +93,8 @@ def run(entries: int, outstanding: int, batch: int, payload: bytes) -> dict[str,
             proposed += batch
         committed += pump()
     elapsed = time.perf_counter() - t0
-    del msgs_before
     st = leader.status()
     assert all(cores[n].status().commit >= st.commit - 10 * outstanding for n in ids)
-    _ = LogIndex
     return {"entries_per_s": committed / elapsed, "seconds": elapsed, "committed": committed}
 
 

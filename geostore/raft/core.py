@@ -84,10 +84,10 @@ import random
 from collections import deque
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import cast
+from typing import Any
 
 from geostore.ids import INDEX_ZERO, GroupId, LogIndex, NodeId, Term
-from geostore.raft.log import RaftLog
+from geostore.raft.log import RaftLog, make_entry
 from geostore.raft.messages import (
     AppendEntries,
     AppendResponse,
@@ -165,8 +165,8 @@ class RaftConfig:
     max_inflight_msgs: int = 64
     #: proposals are refused (OVERLOADED) while this many entries are uncommitted
     max_uncommitted_entries: int = 1 << 16
-    #: bound on the bytes of Ready.committed (the rest comes in later Readies)
-    max_apply_bytes_per_ready: int = 16 << 20
+    #: bound on the entries in Ready.committed (the rest comes in later Readies)
+    max_apply_entries_per_ready: int = 4096
     pre_vote: bool = True
     check_quorum: bool = True
     snapshot_chunk_bytes: int = 256 << 10
@@ -363,6 +363,7 @@ class RaftCore:
         self._compact_to: SnapshotMeta | None = None
         self._ready_out = False
         self._bcast = False
+        self._unsafe_commit = config.unsafe_commit_without_quorum
         self._reset_election_timer()
 
     # ------------------------------------------------------------------ host inputs
@@ -428,7 +429,22 @@ class RaftCore:
 
     def propose(self, data: bytes) -> Proposed | Rejected:
         """Append one NORMAL entry (leader only). Acknowledge the client after apply."""
-        return self.propose_batch((data,))
+        lg = self._log
+        unstable = lg.unstable
+        index = lg.offset + len(unstable)
+        if (
+            self.role is not Role.LEADER
+            or self._transferee is not None
+            or index - lg.commit > self.cfg.max_uncommitted_entries
+            or self._unsafe_commit
+        ):
+            return self.propose_batch((data,))  # the general path (and its rejections)
+        # hot path: one entry, no per-call allocation beyond the entry and the answer
+        t = self.term
+        unstable.append(make_entry(t, index, _NORMAL, data))
+        lg.unstable_bytes += len(data)
+        self._bcast = True
+        return _make_proposed(index, t)
 
     def propose_batch(self, datas: tuple[bytes, ...] | list[bytes]) -> Proposed | Rejected:
         """Append several NORMAL entries in one go; ``Proposed`` spans index..last_index."""
@@ -440,12 +456,7 @@ class RaftCore:
         first = lg.last_index() + 1
         n = len(datas)
         t = Term(self.term)
-        if n == 1:
-            entries = [Entry(t, LogIndex(first), _NORMAL, datas[0])]
-        else:
-            entries = list(
-                map(Entry, [t] * n, _index_range(first, first + n), [_NORMAL] * n, datas)
-            )
+        entries = list(map(make_entry, [t] * n, range(first, first + n), [_NORMAL] * n, datas))
         self._append_as_leader(entries)
         return Proposed(LogIndex(first), t, LogIndex(first + n - 1))
 
@@ -565,7 +576,8 @@ class RaftCore:
         lg = self._log
         committed: tuple[Entry, ...] = ()
         if lg.commit > lg.applied and (self._incoming is None):
-            got = lg.slice(lg.applied + 1, lg.commit + 1, self.cfg.max_apply_bytes_per_ready)
+            hi = min(lg.commit, lg.applied + self.cfg.max_apply_entries_per_ready)
+            got = lg.slice(lg.applied + 1, hi + 1, None)
             committed = tuple(got)
             lg.applied = got[-1].index
             if _CONFIG in map(_kind_of, got):
@@ -1045,10 +1057,8 @@ class RaftCore:
         lg = self._log
         lg.append_leader(entries)
         self._bcast = True
-        if self.cfg.unsafe_commit_without_quorum:
-            lg.commit = lg.last_index()
-        elif len(self.conf.voters) == 1 and self.id in self.conf.voters:
-            pass  # single voter: commits once its own write is persisted (advance)
+        if self._unsafe_commit:
+            lg.commit = lg.last_index()  # NEGATIVE CONTROL: no quorum, not even our own fsync
 
     def _flush_appends(self) -> None:
         me = self.id
@@ -1348,8 +1358,19 @@ class RaftCore:
         self._msgs.append(msg)
 
 
-def _index_range(lo: int, hi: int) -> list[LogIndex]:
-    return cast("list[LogIndex]", range(lo, hi))
+_slot: dict[str, Any] = dict(vars(Proposed))
+_set_p_index = _slot["index"].__set__
+_set_p_term = _slot["term"].__set__
+_set_p_last = _slot["last_index"].__set__
+
+
+def _make_proposed(index: int, term: int) -> Proposed:
+    """``Proposed(index, term, index)`` built through the slot descriptors (hot path)."""
+    p: Proposed = object.__new__(Proposed)
+    _set_p_index(p, index)
+    _set_p_term(p, term)
+    _set_p_last(p, index)
+    return p
 
 
 _STEP_TYPES = frozenset(
