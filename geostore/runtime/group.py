@@ -47,11 +47,11 @@ from geostore.node.raft_host import (
 from geostore.raft.core import RaftConfig
 from geostore.raft.messages import Message
 from geostore.raft.records import Rejected, RejectReason, Role, Status
-from geostore.raft.types import Entry, LogReader, SnapshotMeta
+from geostore.raft.types import Entry, HardState, LogReader, SnapshotMeta
 from geostore.runtime.blocks import FileBlockStore
 from geostore.runtime.machine import RuntimeHost, StoreMachine
 from geostore.runtime.metrics import NodeMetrics
-from geostore.storage import FileLogStore, open_storage
+from geostore.storage import FileLogStore, HardStateStore, open_storage
 from geostore.store import EventStore, StoreLimits
 
 log = logging.getLogger("geostore.runtime")
@@ -102,6 +102,39 @@ class TimedLog:
 
 
 _: type[LogReader] = TimedLog  # TimedLog reads like the log it wraps
+
+
+class LazyCommitHardState:
+    """The hard-state file, written durably only when the term or the vote changes.
+
+    The commit index is recoverable (a restarted node learns it again from the leader, and
+    never applies past what it holds), so a Ready that only moves ``commit`` need not cost
+    an atomic write with two fsyncs: the newest value is kept here and written with the next
+    term/vote change, or by :meth:`flush` at shutdown. Term and vote are never deferred, so a
+    node still never votes twice in a term.
+    """
+
+    def __init__(self, inner: HardStateStore) -> None:
+        self.inner = inner
+        self._durable = inner.load()
+        self._latest = self._durable
+        self.deferred = 0
+
+    def load(self) -> HardState:
+        return self._latest
+
+    def save(self, hs: HardState) -> None:
+        self._latest = hs
+        if hs.term == self._durable.term and hs.vote == self._durable.vote:
+            self.deferred += 1
+            return
+        self.inner.save(hs)
+        self._durable = hs
+
+    def flush(self) -> None:
+        if self._latest != self._durable:
+            self.inner.save(self._latest)
+            self._durable = self._latest
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,18 +199,19 @@ class GroupRuntime:
         if recovery.cut:
             log.warning("group %s: log recovery cut a torn tail: %s", spec.group_id, recovery)
         self.log = TimedLog(self.storage.log, metrics, spec.group_id)
+        self.hard_state = LazyCommitHardState(self.storage.hard_state)
         self.blocks = FileBlockStore(
             os.path.join(spec.data_dir, "blocks"), fsync=not self.unsafe_no_fsync
         )
         self.store = EventStore(self.blocks, limits=store_limits(config))
         self.machine = StoreMachine(self.store)
-        if bootstrap_storage(self.log, self.storage.hard_state, spec.voters):
+        if bootstrap_storage(self.log, self.hard_state, spec.voters):
             log.info("group %s: bootstrapped with voters %s", spec.group_id, list(spec.voters))
         self.host = RuntimeHost(
             raft_config,
             host_config,
             self.log,
-            self.storage.hard_state,
+            self.hard_state,
             self.storage.snapshots,
             sender,
             self.machine,
@@ -328,6 +362,7 @@ class GroupRuntime:
         if self.failed is None and not self.unsafe_no_fsync:
             self.storage.log.sync()
             self.blocks.flush()
+            self.hard_state.flush()
 
     def close(self) -> None:
         for _, fut in self._proposals:
