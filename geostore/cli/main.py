@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "cluster": "start, inspect and stop a local cluster (cluster up|status|down)",
     "node": "run one node; node add|remove|replace for membership",
     "leader": "leadership operations (leader transfer)",
+    "stream": "create and describe streams (stream create)",
     "append": "append events to a stream",
     "read": "read events by seq or time range",
     "tail": "follow a stream live",
