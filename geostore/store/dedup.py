@@ -13,8 +13,9 @@ producer, the highest seq applied and the results of the seqs in the window
 
 Bounds are deterministic, driven by log indexes and never by a clock: a producer idle for
 more than ``idle_entries`` log entries is forgotten, and beyond ``producers_max`` the least
-recently used producer is forgotten. The table lives in the replicated state and in
-snapshots, so every replica gives the same verdicts, and so does a restored one.
+recently used producer is forgotten, as it is while the outcomes remembered over all
+producers exceed ``outcomes_max`` (the memory bound). The table lives in the replicated
+state and in snapshots, so every replica gives the same verdicts, and so does a restored one.
 """
 
 from __future__ import annotations
@@ -40,11 +41,17 @@ class ProducerState:
 
 
 class ProducerTable:
-    def __init__(self, window: int, producers_max: int, idle_entries: int) -> None:
+    def __init__(
+        self, window: int, producers_max: int, idle_entries: int, outcomes_max: int = 1 << 62
+    ) -> None:
         assert window >= 1 and producers_max >= 1 and idle_entries >= 1
+        assert outcomes_max >= window
         self.window = window
         self.producers_max = producers_max
         self.idle_entries = idle_entries
+        self.outcomes_max = outcomes_max
+        #: Outcomes remembered over all producers (kept equal to the sum of their windows).
+        self.outcomes = 0
         #: Least recently used first (log indexes only grow, so this is also by last_index).
         self._producers: OrderedDict[ProducerKey, ProducerState] = OrderedDict()
 
@@ -85,6 +92,7 @@ class ProducerTable:
             st = ProducerState(max_seq=seq, last_index=index)
             self._producers[key] = st
         assert seq not in st.results
+        before = len(st.results)
         st.results[seq] = outcome
         st.max_seq = max(st.max_seq, seq)
         st.last_index = index
@@ -102,8 +110,13 @@ class ProducerTable:
             for s in [s for s in res if s <= floor]:
                 del res[s]
         assert len(res) <= self.window
-        while len(self._producers) > self.producers_max:
-            self._producers.popitem(last=False)
+        self.outcomes += len(res) - before
+        while len(self._producers) > self.producers_max or self.outcomes > self.outcomes_max:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        _, st = self._producers.popitem(last=False)
+        self.outcomes -= len(st.results)
 
     def expire(self, index: LogIndex) -> None:
         """Forget producers idle for more than ``idle_entries`` entries (oldest first)."""
@@ -113,7 +126,7 @@ class ProducerTable:
             key = next(iter(prods))
             if prods[key].last_index >= horizon:
                 break
-            del prods[key]
+            self._forget_oldest()
 
     # --- snapshots ---
 
@@ -134,6 +147,7 @@ class ProducerTable:
         for stream, part, pid, max_seq, last_index, results in raw:
             st = ProducerState(max_seq, last_index, {s: (a, b, e) for s, a, b, e in results})
             self._producers[(StreamName(stream), PartitionId(part), pid)] = st
+            self.outcomes += len(st.results)
 
     def producers(self) -> list[tuple[ProducerKey, ProducerState]]:
         return list(self._producers.items())

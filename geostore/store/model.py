@@ -126,6 +126,9 @@ class StoreTuning:
     producer_idle_entries: int = 10_000_000
     #: Producers remembered per store; beyond it the least recently used is forgotten.
     producers_max: int = 10_000
+    #: Remembered outcomes over all producers (about 200 bytes each); beyond it whole least
+    #: recently used producers are forgotten. Bounds memory when many producers fill windows.
+    producer_outcomes_max: int = 1_000_000
     #: Sealed blocks per segment of the upper index level.
     index_fanout: int = 64
 
@@ -135,6 +138,7 @@ class StoreTuning:
         assert self.producer_window >= 1
         assert self.producer_idle_entries >= 1
         assert self.producers_max >= 1
+        assert self.producer_outcomes_max >= self.producer_window
         assert self.index_fanout >= 1
 
 

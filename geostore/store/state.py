@@ -264,7 +264,9 @@ class EventStore:
 
     def _new_producer_table(self) -> ProducerTable:
         t = self.tuning
-        return ProducerTable(t.producer_window, t.producers_max, t.producer_idle_entries)
+        return ProducerTable(
+            t.producer_window, t.producers_max, t.producer_idle_entries, t.producer_outcomes_max
+        )
 
     # --- catalog ---------------------------------------------------------------------
 
@@ -1097,6 +1099,7 @@ def _tuning_wire(t: StoreTuning) -> list[int]:
         t.producer_window,
         t.producers_max,
         t.producer_idle_entries,
+        t.producer_outcomes_max,
     ]
 
 

@@ -176,3 +176,20 @@ def test_producer_table_keeps_at_most_window_seqs_and_never_admits_a_repeat(
         (_, st_) = t.producers()[0]
         assert len(st_.results) <= window
         assert set(st_.results) <= applied and st_.max_seq == max(applied)
+
+
+def test_remembered_outcomes_are_bounded_over_all_producers() -> None:
+    n = Node(StoreTuning(producer_window=4, producer_outcomes_max=10))
+    for seq in range(6):
+        n.send("a", seq, [seq])  # a keeps 4 outcomes
+    for seq in range(4):
+        n.send("b", seq, [seq])  # 8
+    n.send("c", 0, [0])  # 9
+    n.send("c", 1, [1])  # 10: still fits
+    assert n.store.producer_count() == 3
+    n.send("c", 2, [2])  # 11: a, the least recently used, is forgotten
+    assert n.store.producer_count() == 2 and n.store._producers.outcomes == 7
+    (r,) = n.send("b", 3, [3])
+    assert isinstance(r, AppendResult) and r.duplicate
+    (r,) = n.send("a", 5, [5])
+    assert isinstance(r, AppendResult) and not r.duplicate
