@@ -14,8 +14,15 @@ ends[], bodies]``. The tail block of each partition is *open*: it lives in memor
 port once, when it is sealed. Sealed blocks are immutable, so block ``n`` of a partition has
 the same bytes on every replica with the same block sizing. Only a :class:`BlockMeta` per
 block stays in memory: first seq, count, min/max ts, a crc32 of the bytes, and per indexed
-attribute count/min/max/sum. Out-of-order event times are covered because a block's
-``[min_ts, max_ts]`` spans every event in it; queries filter the events of blocks they read.
+attribute count/min/max/sum; above them, a :class:`Segment` per ``index_fanout`` sealed
+blocks merges their summaries (a two-level sparse index). Out-of-order event times are
+covered because a block's ``[min_ts, max_ts]`` spans every event in it; queries filter the
+events of the blocks they read.
+
+The block layout depends only on the sequence of events and the block sizing: event ``e``
+joins the open block while it has fewer than ``block_events_max`` events and ``e`` fits in
+``block_bytes_max`` body bytes (an event larger than that gets a block of its own); the
+block is sealed when full. How events were batched does not matter.
 """
 
 from __future__ import annotations
