@@ -166,9 +166,18 @@ def atomic_write(fs: FileSystem, directory: str, name: str, data: bytes) -> None
     fsync_dir_or_fail(fs, directory)
 
 
+def make_dir_durable(fs: FileSystem, path: str) -> None:
+    """Create ``path`` (and parents) if missing, fsyncing the parent so the new directory's
+    entry survives a power loss (a directory entry is durable only once its parent is)."""
+    if fs.exists(path):
+        return
+    fs.makedirs(path)
+    fsync_dir_or_fail(fs, os.path.dirname(os.path.abspath(path)))
+
+
 def ensure_manifest(fs: FileSystem, directory: str) -> None:
     """Create the data dir's manifest, or refuse a dir of another format version."""
-    fs.makedirs(directory)
+    make_dir_durable(fs, directory)
     path = os.path.join(directory, MANIFEST_NAME)
     if not fs.exists(path):
         atomic_write(

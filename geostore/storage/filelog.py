@@ -56,6 +56,7 @@ from geostore.storage.diskformat import (
     ensure_manifest,
     fsync_dir_or_fail,
     fsync_or_fail,
+    make_dir_durable,
     parse_segment_name,
     read_file,
     segment_name,
@@ -686,7 +687,7 @@ class FileLogStore:
     def _open(self) -> RecoveryReport:
         fs = self._fs
         ensure_manifest(fs, self._data_dir)
-        fs.makedirs(self._dir)
+        make_dir_durable(fs, self._dir)
         names = fs.listdir(self._dir)
         for name in names:
             if name.endswith(".tmp"):

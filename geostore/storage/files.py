@@ -27,6 +27,7 @@ from geostore.storage.diskformat import (
     ensure_manifest,
     fsync_dir_or_fail,
     fsync_or_fail,
+    make_dir_durable,
     read_file,
 )
 from geostore.storage.filelog import (
@@ -168,7 +169,7 @@ class FileSnapshotStore:
         self.fs = fs if fs is not None else FileSystem()
         ensure_manifest(self.fs, os.fspath(data_dir))
         self.dir = os.path.join(os.fspath(data_dir), SNAPSHOT_DIR)
-        self.fs.makedirs(self.dir)
+        make_dir_durable(self.fs, self.dir)
         self.failed: FsyncFailedError | None = None
         self._latest: _Committed | None = None
         self._next_seq = 1
