@@ -12,7 +12,7 @@ from typing import Any, NewType
 
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geostore.codec import (
@@ -197,6 +197,7 @@ def reencode(msg: object, **replace: Any) -> bytes:
 # --- round trips and canonical bytes ------------------------------------------------------------
 
 
+@settings(max_examples=60)  # large generated values: bounded runtime
 @given(everything)
 def test_every_field_type_round_trips(msg: Everything) -> None:
     decoded = decode_message(encode_message(msg))
@@ -218,6 +219,7 @@ def test_sample_round_trips_with_exact_classes() -> None:
     assert type(decoded.f) is float
 
 
+@settings(max_examples=60)  # large generated values: bounded runtime
 @given(everything)
 def test_equal_values_give_equal_bytes(msg: Everything) -> None:
     # The same value built with other insertion orders (dicts, sets) must encode identically.
@@ -402,6 +404,7 @@ def test_arbitrary_bytes_give_a_message_or_a_codec_error(data: bytes) -> None:
         decode_message(data)
 
 
+@settings(max_examples=60)  # large generated values: bounded runtime
 @given(everything, st.data())
 def test_mutated_messages_give_a_message_or_a_codec_error(msg: Everything, data: Any) -> None:
     encoded = bytearray(encode_message(msg))

@@ -9,7 +9,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geostore.codec import CodecError, CodecLimits, dumps_canonical, dumps_plain, loads_plain
@@ -95,6 +95,7 @@ values = st.recursive(
 )
 
 
+@settings(max_examples=60)  # large generated values: bounded runtime
 @given(values)
 def test_prescan_counts_items_exactly(value: Any) -> None:
     data = dumps_plain(value)

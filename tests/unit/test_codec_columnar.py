@@ -42,6 +42,7 @@ rows_strategy = st.lists(
 )
 
 
+@settings(max_examples=60)  # large generated values: bounded runtime
 @given(rows_strategy)
 def test_rows_round_trip_exactly(rows: list[dict[str, Any]]) -> None:
     decoded = decode_columnar(encode_columnar(rows))
