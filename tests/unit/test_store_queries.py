@@ -335,3 +335,23 @@ def test_aggregate_over_a_million_events_reads_at_most_two_blocks_per_window() -
     page = store.read_time_range("s", 0, 500_000_000, 500_010_000)
     assert [e.seq for e in page.events] == list(range(500_000, 500_010))
     assert page.stats.blocks_read == 1
+
+
+@settings(max_examples=40)
+@given(
+    batches=batches_strategy,
+    tuning=tuning_strategy,
+    from_seq=st.integers(0, 70),
+    limit=st.integers(1, 30),
+)
+def test_seq_range_reads_match_the_model(
+    batches: list[list[dict[str, Any]]], tuning: StoreTuning, from_seq: int, limit: int
+) -> None:
+    store, model = build(batches, 2, tuning)
+    for p in (0, 1):
+        want = [e for e in model[p] if e[0] >= from_seq][:limit]
+        page = store.read("s", p, from_seq, limit)
+        assert [(e.seq, e.ts, e.body) for e in page.events] == want
+        assert all(e.epoch == 1 and e.key is None for e in page.events)
+        assert page.next_seq == (want[-1][0] + 1 if want else from_seq)
+        assert page.stats.blocks_read <= len(page.events)  # every block read gives events
