@@ -53,9 +53,15 @@ pre-votes and leader leases below). Rules kept, each with its reason:
   the log prefix. A follower whose next entry was compacted receives the snapshot in chunks
   of ``snapshot_chunk_bytes``, one chunk in flight, read through the host's
   :class:`SnapshotSource`; the follower hands each chunk to the host in
-  ``Ready.snapshot_chunks`` (never keeping the bytes itself), resumes from the offset it
-  expects, and installs on the last chunk (``Ready.snapshot``). A snapshot not newer than the
-  follower's commit is ignored; one that the log already contains only fast-forwards commit.
+  ``Ready.snapshot_chunks`` (never keeping the bytes itself) and installs on the last chunk
+  (``Ready.snapshot``). Resumable: the follower remembers (snapshot, next offset) and answers
+  any chunk that is not the next one, including a restart at offset 0 of the same snapshot,
+  with the offset it expects; the leader continues from whatever offset the follower names,
+  and resends the outstanding chunk when heartbeat answers show no progress (a lost chunk).
+  A snapshot not newer than the follower's commit is ignored; one that the log already
+  contains only fast-forwards commit. The host must keep the log's snapshot (its
+  ``snapshot_meta``) the one the source serves, e.g. by redoing an interrupted compaction
+  at start-up.
 * Membership: one server at a time (Diss. 4.1). Choice: a configuration takes effect when its
   entry is *applied* (handed out in ``Ready.committed``), as in etcd's ConfChange v1, not
   when appended. This is safe for single-server changes because any majority of the old
@@ -988,8 +994,8 @@ class RaftCore:
             self._send_append_ok(m.src, meta.index)
             return
         recv = self._recv
-        if m.offset == 0:
-            recv = (meta, 0)
+        if m.offset == 0 and (recv is None or recv[0] != meta or recv[1] == 0):
+            recv = (meta, 0)  # a new transfer (a partial one of the same snapshot resumes)
         elif recv is None or recv[0] != meta or recv[1] != m.offset:
             expected = recv[1] if recv is not None and recv[0] == meta else 0
             self._send(
@@ -1091,8 +1097,15 @@ class RaftCore:
                 nxt, min(last + 1, nxt + self.cfg.max_entries_per_msg), self.cfg.max_bytes_per_msg
             )
         else:
-            if state is _REPLICATE and pr.sent_commit >= min(commit, pr.match):
-                return False  # nothing new for it
+            if state is _REPLICATE:
+                if pr.sent_commit >= min(commit, pr.match):
+                    return False  # nothing new for it
+                # only the commit index to tell: anchor the message at what the follower is
+                # known to hold, so it cannot race (and be rejected) ahead of entries in flight
+                anchor = lg.term_at(pr.match)
+                if anchor is None:
+                    return False  # compacted; the next heartbeat carries the commit
+                prev, prev_term = pr.match, anchor
             ents = []
         self._msgs.append(
             AppendEntries(
@@ -1240,7 +1253,9 @@ class RaftCore:
             pr.become_probe()
             self._bcast = True
             return
-        if m.next_offset > pr.snap_offset or (m.next_offset == 0 and pr.snap_offset > 0):
+        if m.next_offset != pr.snap_offset and m.next_offset >= 0:
+            # the follower says where it is (ahead after an ack, behind after a loss or a
+            # restart): continue from there; an answer we already acted on changes nothing
             pr.snap_offset = m.next_offset
             self._send_snapshot_chunk(m.src, pr)
 
