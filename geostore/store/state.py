@@ -508,6 +508,15 @@ class EventStore:
             tuple(batches), tuple(positions), rr_counter if prod is not None else rr
         )
 
+    def route_event(self, stream: str, event: Any, rr_counter: int = 0) -> PartitionId:
+        """The partition ``event`` goes to (a keyless one: ``rr_counter`` mod partitions).
+
+        The same rules as :meth:`validate_append` (which the node uses for real requests),
+        including the key taken from the stream's ``key_field``; raises the same errors.
+        """
+        prep = self.validate_append(stream, [event], now_us=0, rr_counter=rr_counter)
+        return prep.batches[0].partition
+
     # --- apply -------------------------------------------------------------------------
 
     def advance(self, index: LogIndex) -> None:

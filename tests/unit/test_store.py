@@ -230,6 +230,12 @@ def test_routing_by_key_field_explicit_key_and_round_robin() -> None:
     assert placed[repr({"x": 1})] == (0, None) and placed[repr({"x": 2})] == (1, None)
     assert placed["3"] == (2, None)
     assert h.rr == 2
+    route_event = h.store.route_event
+    assert route_event("s", {"body": {"origin": "JFK"}}) == zlib.crc32(b"JFK") % 4
+    assert route_event("s", {"body": {}, "key": "123456789"}) == 0xCBF43926 % 4
+    assert [route_event("s", {"body": {}}, rr) for rr in (5, 6)] == [1, 2]
+    assert route_event("s", {"body": {"origin": "JFK"}, "partition": 3}) == 3
+    expect(ErrorCode.UNKNOWN_PARTITION, route_event, "s", {"body": 1, "partition": 4})
 
 
 def test_producer_requests_route_keyless_events_the_same_on_retry() -> None:
