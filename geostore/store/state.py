@@ -340,6 +340,8 @@ class EventStore:
             raise malformed("key_field must be a non-empty string", field="key_field")
         raw_schema = request.get("schema")
         schema = Schema.from_json(raw_schema, lim) if raw_schema is not None else None
+        if schema is not None and not schema.attributes:
+            schema = None  # an empty schema constrains nothing: the same definition as none
         raw_homes = request.get("homes") or {}
         if not isinstance(raw_homes, Mapping):
             raise malformed("homes must be an object {partition: region}", field="homes")

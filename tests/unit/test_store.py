@@ -137,6 +137,8 @@ def test_create_is_idempotent_for_the_same_definition_and_conflicts_otherwise() 
     same = dict(SCHEMA, attributes=list(reversed(SCHEMA["attributes"])))
     h.create(name="s", partitions=2, schema=same)
     expect(ErrorCode.CONFLICT, h.store.validate_create, {"name": "s", "partitions": 3})
+    h.create(name="plain", schema={"attributes": []})
+    assert not h.create(name="plain").created and h.store.stream("plain").schema is None
     res = h.apply(CreateStream(StreamName("s"), 3))
     assert isinstance(res, Rejected) and res.error.code is ErrorCode.CONFLICT
     assert h.store.stream("s").partitions == 2
