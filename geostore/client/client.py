@@ -76,11 +76,14 @@ class GeostoreClient:
         backoff_s: float = 0.05,
         connections_max: int = 256,
         session: aiohttp.ClientSession | None = None,
+        node_ids: Sequence[str] | None = None,
     ) -> None:
         assert urls, "a client needs at least one node URL"
+        assert node_ids is None or len(node_ids) == len(urls)
         assert content_type in _MIME, content_type
         assert timeout_s > 0 and attempts_max >= 1
         self.urls = [u.rstrip("/") for u in urls]
+        self.node_ids = list(node_ids) if node_ids is not None else None
         self.region = region
         self.content_type: ContentType = content_type
         self.timeout_s = timeout_s
@@ -109,7 +112,9 @@ class GeostoreClient:
         ``region`` may be omitted when the cluster has only one."""
         cluster = load_cluster(dir_or_file)
         region = region or cluster.default_region()
-        return cls(cluster.urls(region), region, **kwargs)
+        urls = cluster.urls(region)
+        ids = [n.id for n in cluster.regions[region]]
+        return cls(urls, region, node_ids=ids, **kwargs)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -146,6 +151,28 @@ class GeostoreClient:
         seq = self._producer_seq
         self._producer_seq += 1
         return Producer(self.producer_id, seq)
+
+    async def find_leader(self, *, timeout_s: float | None = None) -> str | None:
+        """Ask a node who leads the region's data group and send to that node from now on,
+        saving the forwarding hop a follower adds to every write. Returns the leader's URL
+        (None when unknown or when node ids are not known). Only a hint: when the leader
+        changes, the client fails over as usual."""
+        if self.node_ids is None:
+            return None
+        status = await self.status(timeout_s=timeout_s)
+        groups = status.get("groups") if isinstance(status, dict) else None
+        if not isinstance(groups, dict):
+            return None
+        for group in groups.values():
+            if not isinstance(group, dict):
+                continue
+            if self.region is not None and group.get("region") not in (None, self.region):
+                continue
+            leader = group.get("leader")
+            if isinstance(leader, str) and leader in self.node_ids:
+                self._current = self.node_ids.index(leader)
+                return self.urls[self._current]
+        return None
 
     # --- the API -----------------------------------------------------------------------
 

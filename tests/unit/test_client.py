@@ -49,6 +49,7 @@ class ContractFixture:
         self.hang = False
         self.tail_drop_after = 0
         self.partial_fail_once: int | None = None
+        self.status_body: dict[str, Any] = {"node": "n1", "region": "r1"}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -203,7 +204,7 @@ class ContractFixture:
         _, failed = await self._record(request)
         if failed is not None:
             return failed
-        return self._answer(request, 200, {"node": "n1", "region": "r1"})
+        return self._answer(request, 200, self.status_body)
 
 
 async def _serve(fake: ContractFixture) -> tuple[web.AppRunner, str]:
@@ -521,3 +522,17 @@ async def test_client_session_is_shared_and_not_closed(node: tuple[ContractFixtu
         async with GeostoreClient([url], session=session) as c:
             await c.status()
         assert not session.closed
+
+
+async def test_find_leader_moves_to_the_leaders_url(node: tuple[ContractFixture, str]) -> None:
+    fake, url = node
+    runner2, url2 = await _serve(ContractFixture())
+    try:
+        c = GeostoreClient([url, url2], "r1", node_ids=["n1", "n2"])
+        async with c:
+            fake.status_body = {"groups": {"data-r1": {"region": "r1", "leader": "n2"}}}
+            assert await c.find_leader() == url2
+            await c.read("s", 0)
+        assert not [r for r in fake.requests if r[1].endswith("/events")]
+    finally:
+        await runner2.cleanup()

@@ -1,0 +1,535 @@
+"""The load generator: a separate async process driving a cluster with appends.
+
+Theory of operation:
+
+- A *phase* is one measured run: closed loop (``concurrency`` workers, each with one request
+  outstanding, as real clients behave) or open loop (requests *scheduled* at a fixed offered
+  rate, whatever the answers do, to find the knee), each request carrying ``batch`` events.
+- Every phase starts with a warm-up that is not measured. Latency is recorded in an HDR
+  histogram (microseconds). In the open loop a request's latency runs from its *intended*
+  send time, so a server that falls behind shows its queueing delay instead of hiding it
+  (no coordinated omission); at most ``outstanding_max`` requests are in flight and a send
+  that had to wait for a slot counts as ``late``.
+- Throughput counts requests *completed* inside the measured window (after the warm-up, up
+  to its end) divided by the window's length.
+- Time comes from a :class:`Clock`. The real one is the event loop's; tests use
+  :class:`VirtualClock`, which jumps to the next timer whenever every task is blocked, so
+  the scheduling can be checked exactly (an open loop at R/s for D s issues R*D requests).
+- Targets: ``geostore`` (the async client over one aiohttp session, idempotent producer) or
+  ``http-list`` (a plain ``POST {url}/append`` with ``{"events": [...]}``, which the
+  PySyncObj comparison nodes of bench/region.py serve).
+- CPU: given ``--cpu-pids``, the process samples those processes' user+system CPU time
+  (from /proc) at the window's edges and reports CPU microseconds per acknowledged event
+  per process, its own included.
+
+Usage::
+
+    python -m bench.loadgen --cluster DIR --region r1 --stream bench \\
+        --phase closed:16:1 --phase open:2000:1 --phase closed:4:100 --duration 10 --warmup 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hdrh.histogram import HdrHistogram
+
+from bench.results import Metric, Result, emit, percentiles
+
+#: A closed-loop worker whose request failed waits this long before the next one.
+FAILURE_PAUSE_S = 0.01
+#: Latencies from 1 us to 10 minutes, 3 significant digits.
+_HIST_MAX_US = 600_000_000
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(1, _HIST_MAX_US, 3)
+
+
+# --- clocks ------------------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep_until(self, when: float) -> None: ...
+
+
+class LoopClock:
+    """The event loop's monotonic clock."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep_until(self, when: float) -> None:
+        delay = when - self.now()
+        await asyncio.sleep(delay if delay > 0 else 0)
+
+
+class VirtualClock:
+    """Virtual time for tests: :meth:`run` lets every runnable task run, then advances time
+    to the earliest pending ``sleep_until`` and wakes it; nothing ever waits for real."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._ids = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep_until(self, when: float) -> None:
+        if when <= self._now:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (when, next(self._ids), fut))
+        await fut
+
+    async def sleep(self, delay: float) -> None:
+        await self.sleep_until(self._now + delay)
+
+    async def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        task = asyncio.ensure_future(coro)
+        while not task.done():
+            for _ in range(50):  # let everything runnable run to its next wait
+                await asyncio.sleep(0)
+                if task.done():
+                    break
+            if task.done():
+                break
+            if not self._timers:
+                raise RuntimeError("every task waits on something other than the clock")
+            when, _, fut = heapq.heappop(self._timers)
+            self._now = max(self._now, when)
+            if not fut.cancelled():
+                fut.set_result(None)
+        return task.result()
+
+
+# --- phases ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """``closed:CONCURRENCY:BATCH`` or ``open:RATE_PER_S:BATCH``."""
+
+    mode: str
+    level: float  # concurrency (closed) or offered requests/s (open)
+    batch: int = 1
+
+    @staticmethod
+    def parse(text: str) -> Phase:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or parts[0] not in ("closed", "open"):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: use closed:CONCURRENCY[:BATCH] or open:RATE[:BATCH]"
+            )
+        try:
+            level = float(parts[1])
+            batch = int(parts[2]) if len(parts) == 3 else 1
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: numbers expected") from None
+        if level <= 0 or batch < 1 or (parts[0] == "closed" and level != int(level)):
+            raise argparse.ArgumentTypeError(f"{text!r}: level > 0 (whole for closed), batch >= 1")
+        return Phase(parts[0], level, batch)
+
+    @property
+    def name(self) -> str:
+        level = f"{int(self.level)}" if self.level == int(self.level) else f"{self.level:g}"
+        what = "c" if self.mode == "closed" else "rate"
+        return f"{self.mode}-{what}{level}-b{self.batch}"
+
+
+@dataclass(slots=True)
+class PhaseStats:
+    """What one phase measured (inside its window; the warm-up is excluded)."""
+
+    phase: Phase
+    window_s: float
+    requests_ok: int = 0
+    events_ok: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    late: int = 0
+    histogram: HdrHistogram = field(default_factory=new_histogram)
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests_ok / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events_ok / self.window_s if self.window_s > 0 else 0.0
+
+    def latency_ms(self) -> dict[str, float]:
+        if self.histogram.get_total_count() == 0:
+            return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
+        return {k: v / 1000 for k, v in percentiles(self.histogram).items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase.name,
+            "mode": self.phase.mode,
+            "level": self.phase.level,
+            "batch": self.phase.batch,
+            "window_s": self.window_s,
+            "requests_ok": self.requests_ok,
+            "events_ok": self.events_ok,
+            "requests_per_s": self.requests_per_s,
+            "events_per_s": self.events_per_s,
+            "latency_ms": self.latency_ms(),
+            "failed": dict(self.failed),
+            "late": self.late,
+            "cpu_us_per_event": dict(self.cpu_us_per_event),
+        }
+
+
+#: One request: sends ``batch`` events, returns how many were acknowledged.
+Operation = Callable[[int], Awaitable[int]]
+
+
+class _Window:
+    """Records completions inside ``(start, end]`` and latencies of requests begun in it."""
+
+    def __init__(self, stats: PhaseStats, start: float, end: float) -> None:
+        self.stats, self.start, self.end = stats, start, end
+
+    def done(self, began: float, finished: float, events: int) -> None:
+        if self.start < finished <= self.end:
+            self.stats.requests_ok += 1
+            self.stats.events_ok += events
+        if began >= self.start and finished <= self.end:
+            latency_us = max(1, min(_HIST_MAX_US, round((finished - began) * 1e6)))
+            self.stats.histogram.record_value(latency_us)
+
+    def failed(self, finished: float, code: str) -> None:
+        if self.start < finished <= self.end:
+            self.stats.failed[code] = self.stats.failed.get(code, 0) + 1
+
+
+def _code(exc: BaseException) -> str:
+    return str(getattr(exc, "code", None) or type(exc).__name__)
+
+
+async def closed_loop(
+    op: Operation, phase: Phase, duration_s: float, warmup_s: float, clock: Clock
+) -> PhaseStats:
+    """``phase.level`` workers, each sending its next request when the last one answered."""
+    stats = PhaseStats(phase, duration_s)
+    t0 = clock.now()
+    window = _Window(stats, t0 + warmup_s, t0 + warmup_s + duration_s)
+
+    async def worker() -> None:
+        while clock.now() < window.end:
+            began = clock.now()
+            try:
+                events = await op(phase.batch)
+            except Exception as exc:  # a failed request is counted, the load goes on
+                window.failed(clock.now(), _code(exc))
+                await clock.sleep_until(clock.now() + FAILURE_PAUSE_S)  # no hot loop
+                continue
+            window.done(began, clock.now(), events)
+
+    await asyncio.gather(*(worker() for _ in range(int(phase.level))))
+    return stats
+
+
+async def open_loop(
+    op: Operation,
+    phase: Phase,
+    duration_s: float,
+    warmup_s: float,
+    clock: Clock,
+    outstanding_max: int = 1024,
+) -> PhaseStats:
+    """Requests at ``phase.level``/s on a fixed schedule; latency from the intended time."""
+    stats = PhaseStats(phase, duration_s)
+    t0 = clock.now()
+    window = _Window(stats, t0 + warmup_s, t0 + warmup_s + duration_s)
+    interval = 1.0 / phase.level
+    slots = asyncio.Semaphore(outstanding_max)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(intended: float) -> None:
+        try:
+            events = await op(phase.batch)
+        except Exception as exc:
+            window.failed(clock.now(), _code(exc))
+        else:
+            window.done(intended, clock.now(), events)
+        finally:
+            slots.release()
+
+    for i in itertools.count():
+        # multiplying (not accumulating) keeps the schedule exact over long runs
+        intended = t0 + i * interval
+        if intended >= window.end:
+            break
+        await clock.sleep_until(intended)
+        if slots.locked():
+            stats.late += 1 if intended >= window.start else 0
+        await slots.acquire()
+        task = asyncio.ensure_future(one(intended))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+    return stats
+
+
+async def run_phase(
+    op: Operation,
+    phase: Phase,
+    duration_s: float,
+    warmup_s: float,
+    clock: Clock,
+    outstanding_max: int = 1024,
+) -> PhaseStats:
+    if phase.mode == "closed":
+        return await closed_loop(op, phase, duration_s, warmup_s, clock)
+    return await open_loop(op, phase, duration_s, warmup_s, clock, outstanding_max)
+
+
+# --- CPU sampling ------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        raw = f.read().decode()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler:
+    """CPU time of named processes at the window's edges (samples taken by a timer task)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start: dict[str, float] = {}
+        self.end: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                out[name] = cpu_seconds(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    async def around(self, clock: Clock, start: float, end: float) -> None:
+        await clock.sleep_until(start)
+        self.start = self._sample()
+        await clock.sleep_until(end)
+        self.end = self._sample()
+
+    def per_event_us(self, events: int) -> dict[str, float]:
+        if events <= 0:
+            return {}
+        return {
+            name: (self.end[name] - self.start[name]) * 1e6 / events
+            for name in self.pids
+            if name in self.start and name in self.end
+        }
+
+
+# --- targets -----------------------------------------------------------------------------
+
+
+def _event_source(workload: str, seed: int) -> Iterator[dict[str, Any]]:
+    from bench.workloads import endless
+
+    return endless(workload, seed)
+
+
+async def geostore_target(
+    args: argparse.Namespace, events: Iterator[dict[str, Any]]
+) -> tuple[Operation, Callable[[], Awaitable[None]]]:
+    """Appends through GeostoreClient (idempotent producer, one aiohttp session)."""
+    from geostore.client import GeostoreClient
+
+    if args.cluster:
+        client = GeostoreClient.from_cluster(
+            args.cluster, args.region, timeout_s=args.timeout, content_type=args.content_type
+        )
+    else:
+        client = GeostoreClient(
+            args.url, args.region, timeout_s=args.timeout, content_type=args.content_type
+        )
+    if args.create:
+        await client.create_stream(args.stream, args.partitions)
+    if args.to_leader:
+        leader = await client.find_leader()
+        print(f"loadgen: sending to the leader at {leader}", file=sys.stderr)
+
+    async def op(batch: int) -> int:
+        chunk = list(itertools.islice(events, batch))
+        result = await client.append(args.stream, chunk)
+        if result.errors:
+            raise result.errors[0].error
+        return result.count
+
+    return op, client.close
+
+
+async def http_list_target(
+    args: argparse.Namespace, events: Iterator[dict[str, Any]]
+) -> tuple[Operation, Callable[[], Awaitable[None]]]:
+    """``POST {url}/append`` ``{"events": [...]}`` round-robin over ``--url``s (PySyncObj)."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
+    urls = itertools.cycle(args.url)
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+
+    async def op(batch: int) -> int:
+        chunk = list(itertools.islice(events, batch))
+        async with session.post(
+            next(urls) + "/append", json={"events": chunk}, timeout=timeout
+        ) as resp:
+            body = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"http {resp.status}: {body}")
+            return int(body["count"])
+
+    return op, session.close
+
+
+async def run(args: argparse.Namespace) -> list[PhaseStats]:
+    events = _event_source(args.workload, args.seed)
+    maker = geostore_target if args.target == "geostore" else http_list_target
+    op, close = await maker(args, events)
+    clock = LoopClock()
+    pids = {f"pid{p}": p for p in args.cpu_pids}
+    names = dict(zip(pids, args.cpu_names or [], strict=False))
+    pids = {names.get(k, k): v for k, v in pids.items()}
+    pids["loadgen"] = os.getpid()
+    out: list[PhaseStats] = []
+    try:
+        for phase in args.phase:
+            sampler = CpuSampler(pids)
+            start = clock.now() + args.warmup
+            sampling = asyncio.ensure_future(sampler.around(clock, start, start + args.duration))
+            stats = await run_phase(
+                op, phase, args.duration, args.warmup, clock, args.outstanding_max
+            )
+            await sampling
+            stats.cpu_us_per_event = sampler.per_event_us(stats.events_ok)
+            out.append(stats)
+            print(_line(stats), file=sys.stderr, flush=True)
+    finally:
+        await close()
+    return out
+
+
+def _line(s: PhaseStats) -> str:
+    lat = s.latency_ms()
+    fails = sum(s.failed.values())
+    return (
+        f"{s.phase.name}: {s.requests_per_s:,.0f} req/s, {s.events_per_s:,.0f} events/s, "
+        f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms"
+        + (f", {fails} failed {s.failed}" if fails else "")
+        + (f", {s.late} late" if s.late else "")
+    )
+
+
+def to_result(name: str, config: dict[str, Any], phases: Sequence[PhaseStats]) -> Result:
+    metrics: list[Metric] = []
+    for s in phases:
+        lat = s.latency_ms()
+        p = s.phase.name
+        metrics += [
+            Metric(f"{p}.requests_per_s", s.requests_per_s, "1/s"),
+            Metric(f"{p}.events_per_s", s.events_per_s, "1/s"),
+            Metric(f"{p}.p50", lat["p50"], "ms", better="lower"),
+            Metric(f"{p}.p99", lat["p99"], "ms", better="lower"),
+            Metric(f"{p}.failed", sum(s.failed.values()), "requests", better="lower"),
+        ]
+        metrics += [
+            Metric(f"{p}.cpu_us_per_event.{proc}", v, "us", better="lower")
+            for proc, v in sorted(s.cpu_us_per_event.items())
+        ]
+    return Result(name, {**config, "phases": [s.to_dict() for s in phases]}, metrics)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n")[0])
+    p.add_argument("--target", choices=("geostore", "http-list"), default="geostore")
+    p.add_argument("--cluster", default=None, help="cluster dir (geostore target)")
+    p.add_argument("--url", action="append", default=[], help="node URL (repeatable)")
+    p.add_argument("--region", default=None)
+    p.add_argument("--stream", default="bench")
+    p.add_argument("--create", action="store_true", help="create the stream first")
+    p.add_argument("--partitions", type=int, default=1)
+    p.add_argument(
+        "--to-leader", action="store_true", help="send to the region's leader (no forwarding)"
+    )
+    p.add_argument("--content-type", choices=("json", "cbor"), default="json")
+    p.add_argument("--workload", choices=("synthetic", "flights"), default="synthetic")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--phase", type=Phase.parse, action="append", required=True)
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per phase")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline per request (s)")
+    p.add_argument("--outstanding-max", type=int, default=1024, help="open-loop in-flight cap")
+    p.add_argument("--cpu-pids", type=int, nargs="*", default=[], help="processes to sample")
+    p.add_argument("--cpu-names", nargs="*", default=[], help="names for --cpu-pids")
+    p.add_argument("--name", default="loadgen", help="result name")
+    p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--quiet", action="store_true", help="only the JSON line on stdout")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.target == "http-list" and not args.url:
+        print("loadgen: --target http-list needs --url", file=sys.stderr)
+        return 2
+    if args.target == "geostore" and not (args.cluster or args.url):
+        print("loadgen: give --cluster DIR or --url", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    started = time.time()
+    phases = asyncio.run(run(args))
+    config = {
+        "target": args.target,
+        "workload": args.workload,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "content_type": args.content_type,
+        "stream": args.stream,
+        "wall_s": round(time.time() - started, 2),
+    }
+    result = to_result(args.name, config, phases)
+    if args.quiet:
+        doc = result.to_dict()
+        print(json.dumps(doc, sort_keys=True))
+        if args.json_out:
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            args.json_out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    else:
+        emit(result, json_out=args.json_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

