@@ -402,3 +402,25 @@ def test_reopen_finishes_an_interrupted_drop_of_a_stale_log(tmp_path: Path) -> N
     assert log.term_at(LogIndex(40)) == 9
     log.append(entries(41, 45, term=9))
     log.close()
+
+
+def test_far_from_the_tail_damage_is_found_and_garbage_is_cut(tmp_path: Path) -> None:
+    log = FileLogStore(tmp_path, segment_bytes_max=4 << 20)
+    log.append([mk(i, size=100) for i in range(1, 4001)])
+    log.sync()
+    (name,) = log.segment_names()
+    log.close()
+    seg = tmp_path / "log" / name
+    good = seg.read_bytes()
+    with seg.open("ab") as f:  # a torn flush of 300 KiB: no record in it is intact
+        f.write(os.urandom(300 * 1024))
+    log = FileLogStore(tmp_path, segment_bytes_max=4 << 20)
+    assert log.last_index() == 4000 and log.recovery.truncated_bytes == 300 * 1024
+    log.close()
+    assert seg.read_bytes() == good
+    damaged = bytearray(good)
+    length_field = SEGMENT_HEADER_BYTES + 99 * (RECORD_HEADER_BYTES + 100) + 4
+    damaged[length_field + 2] ^= 0x40  # record 100 now claims to run past the end
+    seg.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptLogError, match="intact records after it"):
+        FileLogStore(tmp_path, segment_bytes_max=4 << 20)
