@@ -13,9 +13,9 @@ import random
 import pytest
 
 from geostore.ids import GroupId, LogIndex, NodeId
-from geostore.raft.core import Proposed, RaftConfig, Role
+from geostore.raft.core import ConfChange, ConfChangeOp, Proposed, RaftConfig, Role
 from geostore.raft.types import SnapshotMeta
-from tests.scenarios.harness import Cluster, SafetyViolation, encode_sm, nid
+from tests.scenarios.harness import Cluster, Node, SafetyViolation, encode_sm, nid
 
 GROUP = GroupId("g")
 
@@ -51,7 +51,36 @@ def _compact(c: Cluster, n: NodeId) -> None:
     node.c.snapshot_taken(meta)
 
 
-def _chaos(c: Cluster, rng: random.Random, steps: int, acked: list[tuple[int, int]]) -> None:
+def _known_commit(c: Cluster) -> int:
+    live = [n.c.status().commit for n in c.nodes.values() if n.core is not None]
+    return max([*live, *c.commit_terms.keys(), 0])
+
+
+def _membership(c: Cluster, rng: random.Random, leader: NodeId) -> None:
+    core = c.nodes[leader].c
+    conf = core.status().conf
+    x = rng.choice(sorted(c.nodes))
+    if x in conf.learners:
+        change = ConfChange(ConfChangeOp.PROMOTE, x)
+    elif x in conf.voters:
+        if len(conf.voters) <= 2:
+            return
+        change = ConfChange(ConfChangeOp.REMOVE, x)
+    else:
+        op = ConfChangeOp.ADD_LEARNER if rng.random() < 0.7 else ConfChangeOp.ADD_VOTER
+        change = ConfChange(op, x)
+    core.propose_conf_change(change)
+
+
+def _chaos(
+    c: Cluster,
+    rng: random.Random,
+    steps: int,
+    acked: list[tuple[int, int]],
+    reads: dict[bytes, int],
+    *,
+    membership: bool,
+) -> None:
     ids = sorted(c.nodes)
     for step in range(steps):
         r = rng.random()
@@ -92,11 +121,27 @@ def _chaos(c: Cluster, rng: random.Random, steps: int, acked: list[tuple[int, in
                 c.restart(rng.choice(down))
             elif len(live) > 1:
                 c.crash(rng.choice(live))
-        else:
+        elif r < 0.97:
             _compact(c, rng.choice(live))
+        elif r < 0.985:
+            leaders = [n for n in live if c.nodes[n].c.role is Role.LEADER]
+            if leaders:
+                who = rng.choice(leaders)  # possibly a stale one
+                ctx = f"r{step}".encode()
+                reads[ctx] = _known_commit(c)
+                c.nodes[who].c.read_index(ctx)
+        elif r < 0.993:
+            leader = c.leader()
+            if leader is not None:
+                c.nodes[leader].c.transfer_leadership(rng.choice(ids))
+        elif membership:
+            leader = c.leader()
+            if leader is not None:
+                _membership(c, rng, leader)
 
 
-def _heal_and_settle(c: Cluster) -> None:
+def _heal_and_settle(c: Cluster) -> list[Node]:
+    """Heal, restart everyone, and show liveness; returns the final members."""
     c.heal()
     for n in sorted(c.nodes):
         if c.nodes[n].core is None:
@@ -113,20 +158,32 @@ def _heal_and_settle(c: Cluster) -> None:
     assert leader is not None, "no leader within 200 ticks of healing"
     res = c.nodes[leader].c.propose(b"final")
     assert isinstance(res, Proposed)
+    conf = c.nodes[leader].c.status().conf
+    members = [c.nodes[n] for n in sorted(conf.voters | conf.learners)]
     for _ in range(100):
         c.tick_all(1)
-        if all(node.applied_index() >= res.index for node in c.nodes.values()):
+        if all(node.applied_index() >= res.index for node in members):
             break
-    for node in c.nodes.values():
+    for node in members:
         assert node.applied_index() >= res.index, (node.id, node.c.status())
+    return members
 
 
 def _run(seed: int, nodes: int, steps: int, **unsafe: object) -> Cluster:
     rng = random.Random(seed)
-    c = Cluster([nid(i) for i in range(1, nodes + 1)], seed=seed, config=_config(**unsafe))
+    membership = seed % 3 == 0
+    ids = [nid(i) for i in range(1, nodes + 1)]
+    voters = ids[:-1] if membership else ids  # the last node starts as a learner
+    learners = ids[-1:] if membership else []
+    c = Cluster(ids, seed=seed, config=_config(**unsafe), voters=voters, learners=learners)
     acked: list[tuple[int, int]] = []
-    _chaos(c, rng, steps, acked)
-    _heal_and_settle(c)
+    reads: dict[bytes, int] = {}
+    _chaos(c, rng, steps, acked, reads, membership=membership)
+    members = _heal_and_settle(c)
+    # ReadIndex: a confirmed read's index covers everything committed when it was asked
+    for node in c.nodes.values():
+        for ctx, idx in node.read_states:
+            assert idx >= reads[ctx], (node.id, ctx, idx, reads[ctx])
     # every proposal whose (index, term) got applied anywhere is the entry at that index
     for idx, term in acked:
         seen = c.committed.get(idx)
@@ -137,7 +194,7 @@ def _run(seed: int, nodes: int, steps: int, **unsafe: object) -> Cluster:
                     idx - node.snap_meta.index <= len(node.applied)
                     and node.applied[idx - node.snap_meta.index - 1].term == term
                 )
-                for node in c.nodes.values()
+                for node in members
             )
     return c
 
