@@ -261,6 +261,10 @@ class GroupRuntime:
             "first_index": st.first_index,
             "last_index": st.last_index,
             "durable_index": self.storage.log.durable_index(),
+            # segment file -> bytes covered by an fsync: a crash may cut each file back to
+            # this, and nothing acknowledged lies beyond it (the fault tests truncate to it)
+            "durable_watermarks": self.storage.log.durable_watermarks(),
+            "log_dir": self.storage.log.segment_dir,
             "voters": sorted(st.conf.voters),
             "learners": sorted(st.conf.learners),
             "fsync": not self.unsafe_no_fsync,

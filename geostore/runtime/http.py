@@ -83,14 +83,12 @@ async def read_body(request: web.Request, body_bytes_max: int) -> tuple[bytes, A
             return data, loads_plain(data, CodecLimits(frame_bytes_max=body_bytes_max))
         except CodecError as exc:
             raise ApiError(ErrorCode.MALFORMED, f"malformed CBOR body: {exc.message}") from None
-    if ctype not in (JSON, "application/octet-stream", "text/plain", ""):
-        raise ApiError(
-            ErrorCode.MALFORMED, f"unsupported Content-Type {ctype!r}; use {JSON} or {CBOR}"
-        )
+    # anything but CBOR is read as JSON (curl sends form-urlencoded by default)
     try:
         return data, json.loads(data)
     except (ValueError, RecursionError) as exc:
-        raise ApiError(ErrorCode.MALFORMED, f"malformed JSON body: {exc}") from None
+        hint = "" if ctype == JSON else f" (Content-Type {ctype!r}: send {JSON} or {CBOR})"
+        raise ApiError(ErrorCode.MALFORMED, f"malformed JSON body: {exc}{hint}") from None
 
 
 def int_param(

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from geostore.codec import CodecLimits
 from geostore.config import Config, Topology
-from geostore.errors import ConfigError
+from geostore.errors import ConfigError, GeostoreError
 from geostore.ids import GroupId, NodeId, RegionId
 from geostore.runtime.group import GroupRuntime, GroupSpec
 from geostore.runtime.metrics import NodeMetrics
@@ -94,6 +94,7 @@ class NodeRuntime:
         self.groups: dict[GroupId, GroupRuntime] = {}
         self.stop_event = asyncio.Event()
         self.tail_subscribers = 0
+        self._background: set[asyncio.Task[None]] = set()
         self.metrics.tail_subscribers.set_source(lambda: float(self.tail_subscribers))
         # who we talk to: the other nodes of our region (the data group's voters)
         region_nodes = topology.region(self.region).node_ids()
@@ -198,14 +199,41 @@ class NodeRuntime:
         period_s = self.tick_ms / 1000
         loop = asyncio.get_running_loop()
         next_at = loop.time() + period_s
+        seeded_term = -1
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             for group in self.groups.values():
                 group.tick()
+            group = self.data_group
+            if group.is_leader and group.host.core.term != seeded_term and self.topology.streams:
+                seeded_term = group.host.core.term
+                task = asyncio.create_task(self._create_topology_streams(group))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             now = loop.time()
             next_at += period_s
             if next_at < now:  # held up: do not replay the missed ticks in a burst
                 next_at = now + period_s
+
+    async def _create_topology_streams(self, group: GroupRuntime) -> None:
+        """A new leader creates the streams the topology declares (idempotent)."""
+        from geostore.store import encode_command
+
+        for spec in self.topology.streams:
+            request: dict[str, Any] = {"name": spec.name, "partitions": spec.partitions}
+            if spec.key_field is not None:
+                request["key_field"] = spec.key_field
+            if spec.homes:
+                request["homes"] = {str(p): r for p, r in spec.homes.items()}
+            try:
+                cmd = group.store.validate_create(request)
+                (result,) = await asyncio.wait_for(
+                    asyncio.gather(*group.propose([encode_command(cmd)])), 10.0
+                )
+            except (GeostoreError, TimeoutError) as exc:
+                log.warning("creating topology stream %s failed: %s", spec.name, exc)
+                return
+            log.info("topology stream %s: %s", spec.name, type(result).__name__)
 
     async def shutdown(self, ticker: asyncio.Task[None] | None = None) -> None:
         """Graceful stop: refuse, hand over leadership, drain, flush, close."""
@@ -214,6 +242,8 @@ class NodeRuntime:
         for group in self.groups.values():
             await self._hand_over(group)
         await self.api.drain(timeout_s=2.0)
+        for task in list(self._background):
+            task.cancel()
         if ticker is not None:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
