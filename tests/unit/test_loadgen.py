@@ -151,3 +151,24 @@ def test_synthetic_workload_is_deterministic_and_batched() -> None:
     assert [e["ts"] for e in a] == sorted(e["ts"] for e in a)
     first = next(batches(synthetic(), 100))
     assert len(first) == 100 and first[0]["key"] == first[0]["body"]["sensor"]
+
+
+def test_region_report_targets_and_ratio() -> None:
+    from bench.region import comparison_table, to_result
+
+    def doc(rate: float, p50: float) -> dict[str, object]:
+        phase = {
+            "phase": "closed-c64-b1", "batch": 1, "requests_per_s": rate, "events_per_s": rate,
+            "latency_ms": {"p50": p50, "p99": 2 * p50}, "failed": {},
+            "cpu_us_per_event": {"n1": 1.0, "n2": 2.0, "n3": 3.0, "loadgen": 4.0},
+        }  # fmt: skip
+        return {"config": {"phases": [phase]}}
+
+    docs = {"geostore": doc(3_200, 20.0), "pysyncobj": doc(800, 5.0)}
+    metrics = {m.name: m for m in to_result(docs, {}).metrics}  # type: ignore[arg-type]
+    assert metrics["geostore.closed-c64-b1.appends_per_s"].met is True
+    assert metrics["geostore.closed-c64-b1.p50"].met is True
+    assert metrics["pysyncobj.closed-c64-b1.appends_per_s"].target is None
+    assert metrics["ratio_geostore_to_pysyncobj.closed-c64-b1"].value == 4.0
+    text = comparison_table({"geostore": docs["geostore"], "pysyncobj": None})  # type: ignore[dict-item]
+    assert "1 2 3 | 4" in text and "NOT RUN" in text and "fsync before ack" in text
