@@ -82,6 +82,11 @@ class InvariantChecker:
     def ok(self) -> bool:
         return not self.violations
 
+    def commit_of(self, node: NodeId) -> int:
+        """The commit index last reported for ``node`` in its current lifetime."""
+        life = self.lives.get(node)
+        return 0 if life is None else life.commit
+
     def _life(self, node: NodeId) -> _Life:
         life = self.lives.get(node)
         if life is None:

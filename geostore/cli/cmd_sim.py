@@ -1,0 +1,104 @@
+"""``geostore sim``: seeded deterministic simulation runs with invariant checkers.
+
+Runs seeds in parallel processes, prints each failure with its fault mix and a one-line
+replay command, shows progress, seeds/s and the aggregated coverage counters, and closes
+with ``N passed, M failed`` (exit 1 when any failed). Never imports asyncio or aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HELP = "seeded deterministic simulation runs with invariant checkers"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from geostore.sim.simulation import UNSAFE_SWITCHES
+
+    parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
+    parser.add_argument("--start", type=int, default=None, help="first seed (default: 0)")
+    parser.add_argument(
+        "--ci",
+        action="store_true",
+        help="the CI set: start derived from the git commit, plus tests/sim_regressions.txt",
+    )
+    parser.add_argument(
+        "--nodes",
+        choices=("3", "5", "auto"),
+        default="auto",
+        help="group size (auto: alternates 3 and 5 with the seed)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("safety", "liveness", "both", "auto"),
+        default="auto",
+        help="safety: faults to the end; liveness: faults then heal (auto: alternates)",
+    )
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPUs)")
+    parser.add_argument(
+        "--unsafe", choices=UNSAFE_SWITCHES, default=None, help="negative control: break safety"
+    )
+    parser.add_argument("--verbose", action="store_true", help="print every seed's fault plan")
+
+
+def run(args: argparse.Namespace) -> int:
+    from geostore.sim import coverage
+    from geostore.sim.runner import (
+        ci_specs,
+        default_jobs,
+        replay_command,
+        run_many,
+        specs_for,
+    )
+    from geostore.sim.simulation import SeedOutcome
+
+    nodes = None if args.nodes == "auto" else int(args.nodes)
+    if args.ci:
+        specs = ci_specs(args.seeds, Path.cwd())
+    else:
+        specs = specs_for(args.start or 0, args.seeds, nodes, args.mode, args.unsafe)
+    jobs = args.jobs or default_jobs()
+    total = len(specs)
+    done = 0
+    failed: list[SeedOutcome] = []
+    began = time.monotonic()
+    tty = sys.stderr.isatty()
+
+    def report(outcome: SeedOutcome) -> None:
+        nonlocal done
+        done += 1
+        if not outcome.passed:
+            failed.append(outcome)
+            spec = outcome.spec
+            print(f"FAIL seed {spec.seed} ({spec.nodes} nodes, {spec.mode})", flush=True)
+            for line in outcome.violations[:10]:
+                print(f"  {line}")
+            for line in outcome.plan.splitlines():
+                print(f"  {line}")
+            print(f"  replay: {replay_command(spec)}", flush=True)
+        elif args.verbose:
+            print(f"ok seed {outcome.spec.seed}: {outcome.plan.splitlines()[0]}")
+        if tty and (done % 10 == 0 or done == total):
+            rate = done / max(time.monotonic() - began, 1e-9)
+            print(f"\r{done}/{total} runs, {rate:.1f} seeds/s", end="", file=sys.stderr)
+
+    outcomes = run_many(specs, jobs, report)
+    elapsed = time.monotonic() - began
+    if tty:
+        print(file=sys.stderr)
+    totals = coverage.aggregate(o.coverage for o in outcomes)
+    print(coverage.format_table(totals, len(outcomes)))
+    zero = coverage.missing(totals)
+    if zero and len(outcomes) >= 100:
+        print(f"coverage: never reached: {', '.join(zero)}")
+    cpu = sum(o.cpu_s for o in outcomes)
+    print(
+        f"{len(outcomes)} runs in {elapsed:.1f} s with {jobs} jobs: "
+        f"{len(outcomes) / max(elapsed, 1e-9):.1f} seeds/s, {cpu / max(len(outcomes), 1):.3f} "
+        "CPU s per seed"
+    )
+    print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
