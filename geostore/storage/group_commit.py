@@ -108,6 +108,9 @@ class GroupCommitLog:
         self._inflight_bytes = 0
         self._inflight_records = 0
         self._next_index = int(log.last_index()) + 1
+        last_term = log.term_at(log.last_index())
+        #: term of the last record queued (terms never go down along the log)
+        self._tail_term = int(last_term) if last_term is not None else 0
         self._failed: StorageError | None = None
         self._closing = False
         self._writer_done = False
@@ -130,6 +133,7 @@ class GroupCommitLog:
         fut: Future[LogIndex] = Future()
         with self._lock:
             self._wait_for_space(n, nbytes)
+            self._check_term(int(term))
             first = self._next_index
             self._next_index = first + n
             self._enqueue(_Op(first, first + n - 1, nbytes, fut, int(term), int(kind), records))
@@ -147,6 +151,7 @@ class GroupCommitLog:
             first = int(entries[0].index)
             assert first <= self._next_index, (first, self._next_index)
             self._next_index = first + n
+            self._tail_term = int(entries[-1].term)
             self._enqueue(_Op(first, first + n - 1, nbytes, fut, entries=entries))
         return fut
 
@@ -161,6 +166,7 @@ class GroupCommitLog:
         waiter.acquire()
         with self._lock:
             self._wait_for_space(n, nbytes)
+            self._check_term(int(term))
             first = self._next_index
             self._next_index = first + n
             op = _Op(first, first + n - 1, nbytes, None, int(term), int(kind), records)
@@ -180,6 +186,14 @@ class GroupCommitLog:
             ):
                 return
             self._space.wait()
+
+    def _check_term(self, term: int) -> None:
+        """Refuse a term below the log's tail here, before it could fail the whole log."""
+        if term < self._tail_term:
+            raise StorageError(
+                f"append with term {term} below the log's last term {self._tail_term}"
+            )
+        self._tail_term = term
 
     def _raise_if_unusable(self) -> None:
         if self._failed is not None:

@@ -289,3 +289,13 @@ def test_readers_and_compaction_run_beside_writers(tmp_path: Path) -> None:
         b"%d" % i for i in range(101, 301)
     ]
     log.close()
+
+
+def test_a_term_going_backwards_is_refused_without_failing_the_log(tmp_path: Path) -> None:
+    glog = GroupCommitLog(FileLogStore(tmp_path))
+    assert glog.append_durable([b"a"], Term(3)) == 1
+    with pytest.raises(StorageError, match="below the log's last term"):
+        glog.submit([b"b"], Term(2))
+    assert glog.failed is None
+    assert glog.append_durable([b"c"], Term(3)) == 2
+    glog.close()
