@@ -24,7 +24,9 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -547,10 +549,9 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
+@functools.lru_cache(maxsize=1024)
 def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
+    return urllib.parse.quote(name, safe="")
 
 
 def _tail_params(partition: int, from_seq: int | None) -> dict[str, int]:
