@@ -7,6 +7,8 @@
   atomic hard-state file and snapshot files; :func:`open_storage` opens a whole data dir.
 - :mod:`.group_commit`: many appenders, one write and one fsync per flush.
 - :mod:`.syscalls`: every OS call behind an injectable object (fault tests).
+- :mod:`.faults`: power loss (cut segments to their fsync watermarks) and bit flips applied
+  to a stopped node's data dir.
 """
 
 from typing import TYPE_CHECKING

@@ -15,6 +15,7 @@ from geostore.ids import LogIndex, Term
 from geostore.raft.types import Entry, EntryKind, SnapshotMeta
 from geostore.storage import FaultyFileSystem, FileLogStore
 from geostore.storage.diskformat import RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES
+from geostore.storage.faults import flip_bit, lose_unsynced_writes
 
 
 def mk(index: int, term: int = 1, size: int | None = None) -> Entry:
@@ -228,13 +229,12 @@ def test_zeroed_tail_is_cut(tmp_path: Path) -> None:
 def test_bit_flip_in_the_middle_is_corruption(tmp_path: Path, which: int) -> None:
     ends = _write_sample(tmp_path)
     seg = tmp_path / "log" / "00000000000000000001.seg"
-    data = bytearray(seg.read_bytes())
-    data[ends[which] + RECORD_HEADER_BYTES // 2] ^= 0x10
-    seg.write_bytes(bytes(data))
+    flip_bit(seg, (ends[which] + RECORD_HEADER_BYTES // 2) * 8 + 4)
+    data = seg.read_bytes()
     with pytest.raises(CorruptLogError, match="intact records after it"):
         FileLogStore(tmp_path)
     # nothing was dropped: the file is untouched
-    assert seg.read_bytes() == bytes(data)
+    assert seg.read_bytes() == data
 
 
 def test_bit_flip_in_an_earlier_segment_is_corruption(tmp_path: Path) -> None:
@@ -327,8 +327,7 @@ def test_durable_watermarks_model_power_loss(tmp_path: Path) -> None:
     marks = log.durable_watermarks()
     assert set(marks) == set(log.segment_names())
     log.close()
-    for name, size in marks.items():
-        os.truncate(tmp_path / "log" / name, size)
+    assert lose_unsynced_writes(tmp_path / "log", marks) == marks
     log = FileLogStore(tmp_path, segment_bytes_max=400)
     assert log.last_index() >= 29 and read_all(log) == entries(1, log.last_index() + 1)
     log.close()

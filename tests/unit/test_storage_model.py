@@ -5,7 +5,6 @@ always a prefix of what was written that contains everything synced."""
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from geostore.ids import LogIndex, Term
 from geostore.raft.types import Entry, EntryKind, SnapshotMeta
 from geostore.storage import FileLogStore, MemoryLogStore
+from geostore.storage.faults import lose_unsynced_writes
 
 SEGMENT_BYTES_MAX = 320
 
@@ -97,15 +97,7 @@ class FileLogMatchesModel(RuleBasedStateMachine):
     def power_loss(self, torn: bool, seed: int) -> None:
         marks = self.log.durable_watermarks()
         self.log.close()
-        rng = random.Random(seed)
-        seg_dir = self.dir / "log"
-        for name in os.listdir(seg_dir):
-            if not name.endswith(".seg"):
-                continue
-            size = os.path.getsize(seg_dir / name)
-            mark = marks.get(name, 0)
-            keep = rng.randint(mark, size) if torn else mark
-            os.truncate(seg_dir / name, keep)
+        lose_unsynced_writes(self.dir / "log", marks, random.Random(seed) if torn else None)
         self.log = FileLogStore(self.dir, segment_bytes_max=SEGMENT_BYTES_MAX)
         # what survived: everything the model calls durable, plus a prefix of the rest
         durable, last = self.model.durable_index(), self.model.last_index()
