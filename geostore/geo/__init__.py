@@ -1,1 +1,93 @@
-"""geostore.geo."""
+"""geostore.geo: the sans-IO geo-replication core (shipper, receiver, batch format, apply rule).
+
+A home region's leader hosts a :class:`Shipper` that sends committed batches of its home
+partitions to every other region; each other region's leader hosts a :class:`Receiver` that
+validates them and proposes them into its own Raft log, and the region's state machine applies
+them with :func:`apply_geo_batch`, which moves the data and the watermark together. Wire tags
+200-219 are reserved for the messages of :mod:`geostore.geo.messages`.
+"""
+
+from .apply import ApplyVerdict, GeoApplyResult, apply_geo_batch
+from .batch import BatchError, batch_crc, check_crc, encode_entries, make_batch, open_batch
+from .messages import (
+    CODEC_NONE,
+    CODEC_ZSTD,
+    GEO_TAG_FIRST,
+    GEO_TAG_LAST,
+    SEQ_NONE,
+    WATERMARK_ZERO,
+    GeoAck,
+    GeoApply,
+    GeoBatch,
+    GeoDictionary,
+    GeoEntry,
+    GeoEnvelope,
+    GeoHeartbeat,
+    GeoItem,
+    GeoNack,
+    GeoPosition,
+    NackReason,
+    Watermark,
+)
+from .receiver import (
+    LearnDictionary,
+    ProposeBatch,
+    Receiver,
+    ReceiverEffect,
+    ReceiverStats,
+    SendEnvelope,
+)
+from .shipper import (
+    CommittedLog,
+    CursorState,
+    GeoLogError,
+    Lag,
+    Shipper,
+    ShipperStats,
+    retransmit_timeout_ms,
+    window_for_link,
+)
+
+__all__ = [
+    "CODEC_NONE",
+    "CODEC_ZSTD",
+    "GEO_TAG_FIRST",
+    "GEO_TAG_LAST",
+    "SEQ_NONE",
+    "WATERMARK_ZERO",
+    "ApplyVerdict",
+    "BatchError",
+    "CommittedLog",
+    "CursorState",
+    "GeoAck",
+    "GeoApply",
+    "GeoApplyResult",
+    "GeoBatch",
+    "GeoDictionary",
+    "GeoEntry",
+    "GeoEnvelope",
+    "GeoHeartbeat",
+    "GeoItem",
+    "GeoLogError",
+    "GeoNack",
+    "GeoPosition",
+    "Lag",
+    "LearnDictionary",
+    "NackReason",
+    "ProposeBatch",
+    "Receiver",
+    "ReceiverEffect",
+    "ReceiverStats",
+    "SendEnvelope",
+    "Shipper",
+    "ShipperStats",
+    "Watermark",
+    "apply_geo_batch",
+    "batch_crc",
+    "check_crc",
+    "encode_entries",
+    "make_batch",
+    "open_batch",
+    "retransmit_timeout_ms",
+    "window_for_link",
+]

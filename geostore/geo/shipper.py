@@ -1,0 +1,475 @@
+"""The shipper: sends a home region's committed events to every other region (sans-IO).
+
+Theory of operation:
+
+- Hosted by the home region's Raft leader; it holds no durable state. Per (partition,
+  destination) a cursor remembers ``acked`` (the receiver's durable watermark, as the receiver
+  last reported it), ``next_seq`` (the next seq to send) and the batches in flight.
+- A new shipper (after a leader change on either side) does not know where a destination
+  stands: its cursors start PROBING and send heartbeats until the receiver answers with its
+  durable watermark (a heartbeat reply, an ack or a nack), then ship from ``watermark + 1``.
+- Only committed data is shipped: the host reports the commit point with
+  :meth:`Shipper.on_committed`, and batches are read through the :class:`CommittedLog` port
+  never past it (G2).
+- Batches hold whole source entries, bounded by ``batch_events_max``/``batch_bytes_max``, and
+  wait up to ``linger_ms`` to fill. Up to ``window`` batches are in flight per cursor; when the
+  oldest is unanswered for a retransmission timeout, the window is sent again (go-back-N).
+- Acks advance ``acked`` by the receiver's watermark only, never by the acked batch's range:
+  an ack for a duplicate the watermark does not cover proves nothing (Pulsar #26113). A NACK
+  GAP or CORRUPT for a batch in flight rewinds to ``watermark + 1``; nothing ever moves the
+  cursor past what the receiver says it holds durably, so a gap is never skipped (Pulsar
+  #20128/#23697). NACK UNKNOWN_DICTIONARY queues the dictionary, then resends. NACK FENCED
+  with a newer epoch stops the cursor: another region is home now.
+- Output: :meth:`Shipper.tick` returns at most one :class:`GeoEnvelope` per destination, with
+  the batches of every partition, dictionaries and a heartbeat when the link was idle for
+  ``heartbeat_ms`` (so lag is known to be zero when there is nothing to send).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from geostore.codec import CompressionDictionary
+from geostore.config import GeoSettings
+from geostore.errors import GeostoreError
+from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
+
+from .batch import make_batch
+from .messages import (
+    CODEC_NONE,
+    CODEC_ZSTD,
+    SEQ_NONE,
+    GeoAck,
+    GeoBatch,
+    GeoDictionary,
+    GeoEntry,
+    GeoEnvelope,
+    GeoHeartbeat,
+    GeoItem,
+    GeoNack,
+    GeoPosition,
+    NackReason,
+    Watermark,
+)
+
+PartitionKey = tuple[StreamName, PartitionId]
+
+#: Bound on the per-mark ack latency samples kept for the host to drain.
+LATENCY_SAMPLES_MAX = 10_000
+
+
+class GeoLogError(GeostoreError):
+    """The committed log could not give the entries a cursor needs (compacted or misaligned)."""
+
+
+class CommittedLog(Protocol):
+    """The home region's committed entries, as the shipper reads them (a port)."""
+
+    def read_committed(
+        self,
+        stream: StreamName,
+        partition: PartitionId,
+        from_seq: Seq,
+        through_seq: Seq,
+        events_max: int,
+        bytes_max: int,
+    ) -> Sequence[GeoEntry]:
+        """Whole entries from the one starting exactly at ``from_seq``, none past
+        ``through_seq``; at least one, then more while under ``events_max`` events and
+        ``bytes_max`` bytes of events."""
+        ...
+
+
+_SEQ_FIRST = Seq(0)
+
+
+class CursorState(enum.StrEnum):
+    PROBING = "probing"  # waiting to learn the destination's durable watermark
+    SHIPPING = "shipping"
+    FENCED = "fenced"  # a newer epoch exists: this region is no longer home
+
+
+def window_for_link(
+    rtt_ms: float, bandwidth_kbps: int | None, batch_bytes: int, floor: int = 2, cap: int = 64
+) -> int:
+    """Batches in flight that fill a link: its bandwidth-delay product over the batch size.
+
+    ``bandwidth_kbps`` is in KB/s (the topology's unit); None means unknown, giving ``floor``.
+    One more than the product, so the pipe stays full while an ack is on its way.
+    """
+    assert batch_bytes > 0 and floor >= 1 and cap >= floor
+    if bandwidth_kbps is None:
+        return floor
+    bdp_bytes = bandwidth_kbps * 1024.0 * rtt_ms / 1000.0
+    return max(floor, min(cap, math.ceil(bdp_bytes / batch_bytes) + 1))
+
+
+def retransmit_timeout_ms(rtt_ms: float) -> int:
+    """How long a batch may stay unanswered before the window is sent again."""
+    return max(50, int(2 * rtt_ms) + 50)
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far one destination is behind the home for one partition."""
+
+    state: CursorState
+    events: int  # committed at home, not yet durably applied there (as last reported)
+    ms: int  # age of the oldest such event's commit; 0 when caught up
+    inflight_batches: int
+    acked: Seq
+    commit: Seq
+
+
+@dataclass(slots=True)
+class ShipperStats:
+    batches_sent: int = 0
+    events_sent: int = 0
+    bytes_raw: int = 0  # CBOR entries before compression
+    bytes_payload: int = 0  # batch payloads after compression
+    retransmits: int = 0
+    rewinds: int = 0
+    gaps_nacked: int = 0
+    corrupt_nacked: int = 0
+    dictionary_nacks: int = 0
+    dictionaries_sent: int = 0
+    fenced: int = 0
+    heartbeats_sent: int = 0
+    stale_answers: int = 0  # answers about batches no longer in flight, or beyond the commit
+    envelopes_sent: int = 0
+
+
+@dataclass(slots=True)
+class _Inflight:
+    batch: GeoBatch
+    sent_ms: int
+
+
+@dataclass(slots=True)
+class _Cursor:
+    dst: RegionId
+    state: CursorState = CursorState.PROBING
+    acked: Seq = SEQ_NONE
+    next_seq: Seq = _SEQ_FIRST
+    inflight: deque[_Inflight] = field(default_factory=deque)
+    last_probe_ms: int | None = None
+    last_ack_latency_ms: int = 0
+
+
+@dataclass(slots=True)
+class _Partition:
+    stream: StreamName
+    partition: PartitionId
+    epoch: Epoch
+    commit: Seq
+    #: (last seq, commit time) of each commit report, oldest first; pruned below every ack
+    marks: deque[tuple[Seq, int]] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class _Link:
+    rto_ms: int
+    window: int
+    last_sent_ms: int | None = None
+    dictionaries: list[CompressionDictionary] = field(default_factory=list)
+    last_dictionary_ms: int | None = None
+
+
+class Shipper:
+    """Ships committed batches of the home partitions to the other regions (no IO, no clock)."""
+
+    def __init__(
+        self,
+        region: RegionId,
+        destinations: Mapping[RegionId, float],
+        settings: GeoSettings,
+        log: CommittedLog,
+        *,
+        windows: Mapping[RegionId, int] | None = None,
+        dictionaries: Mapping[StreamName, CompressionDictionary] | None = None,
+        compression: bool = True,
+    ) -> None:
+        """``destinations`` maps each destination region to its RTT in ms (for timeouts);
+        ``windows`` overrides ``settings.inflight_batches_max`` per destination (see
+        :func:`window_for_link`); ``dictionaries`` are used when ``settings.use_dictionary``."""
+        assert region not in destinations, "a region does not ship to itself"
+        self.region = region
+        self.settings = settings
+        self._log = log
+        self._dsts = tuple(sorted(destinations))
+        self._links = {
+            d: _Link(
+                retransmit_timeout_ms(destinations[d]),
+                (windows or {}).get(d, settings.inflight_batches_max),
+            )
+            for d in self._dsts
+        }
+        self._dictionaries = dict(dictionaries or {}) if settings.use_dictionary else {}
+        self._codec = CODEC_ZSTD if compression else CODEC_NONE
+        self._parts: dict[PartitionKey, _Partition] = {}
+        self._cursors: dict[tuple[PartitionKey, RegionId], _Cursor] = {}
+        self.stats = ShipperStats()
+        self._latencies: deque[tuple[PartitionKey, RegionId, int, int]] = deque(
+            maxlen=LATENCY_SAMPLES_MAX
+        )
+
+    # --- inputs ---------------------------------------------------------------------------------
+
+    def on_committed(
+        self, stream: StreamName, partition: PartitionId, epoch: Epoch, last_seq: Seq, now_ms: int
+    ) -> None:
+        """The home region committed (and applied) the partition through ``last_seq``."""
+        key = (stream, partition)
+        part = self._parts.get(key)
+        if part is None:
+            part = _Partition(stream, partition, epoch, SEQ_NONE)
+            self._parts[key] = part
+            for d in self._dsts:
+                self._cursors[(key, d)] = _Cursor(d)
+        assert epoch >= part.epoch, "a partition's epoch never goes back"
+        assert last_seq >= part.commit, "the commit point never goes back"
+        part.epoch = epoch
+        if last_seq > part.commit:
+            part.commit = last_seq
+            part.marks.append((last_seq, now_ms))
+
+    def on_envelope(self, env: GeoEnvelope, now_ms: int) -> None:
+        """Acks, nacks and heartbeat replies from ``env.src_region`` (other items ignored)."""
+        src = env.src_region
+        for item in env.items:
+            if type(item) is GeoAck:
+                self.on_ack(item, src, now_ms)
+            elif type(item) is GeoNack:
+                self.on_nack(item, src, now_ms)
+            elif type(item) is GeoHeartbeat and item.reply:
+                for pos in item.positions:
+                    cur = self._cursors.get(((pos.stream, pos.partition), src))
+                    if cur is not None:
+                        self._learn(
+                            cur, (pos.stream, pos.partition), Watermark(pos.epoch, pos.seq), now_ms
+                        )
+
+    def on_ack(self, ack: GeoAck, src: RegionId, now_ms: int) -> None:
+        key = (ack.stream, ack.partition)
+        cur = self._cursors.get((key, src))
+        if cur is not None:
+            self._learn(cur, key, ack.watermark, now_ms)
+
+    def on_nack(self, nack: GeoNack, src: RegionId, now_ms: int) -> None:
+        key = (nack.stream, nack.partition)
+        cur = self._cursors.get((key, src))
+        if cur is None:
+            return
+        part = self._parts[key]
+        if nack.reason is NackReason.FENCED:
+            if nack.known_epoch > part.epoch and cur.state is not CursorState.FENCED:
+                cur.state = CursorState.FENCED
+                cur.inflight.clear()
+                self.stats.fenced += 1
+            else:
+                self.stats.stale_answers += 1
+            return
+        self._learn(cur, key, nack.watermark, now_ms)
+        if cur.state is not CursorState.SHIPPING:
+            return
+        in_flight = any(
+            f.batch.src_start == nack.src_start
+            and f.batch.src_end == nack.src_end
+            and f.batch.epoch == nack.epoch
+            for f in cur.inflight
+        )
+        if nack.reason is NackReason.GAP:
+            self.stats.gaps_nacked += 1
+        elif nack.reason is NackReason.CORRUPT:
+            self.stats.corrupt_nacked += 1
+        elif nack.reason is NackReason.UNKNOWN_DICTIONARY:
+            self.stats.dictionary_nacks += 1
+            self._queue_dictionary(src, key[0], nack.dict_id, now_ms)
+        if not in_flight:
+            self.stats.stale_answers += 1  # about a batch already rewound over: nothing to do
+            return
+        # Resend from what the receiver holds durably; never skip ahead of it.
+        cur.inflight.clear()
+        cur.next_seq = Seq(cur.acked + 1)
+        self.stats.rewinds += 1
+
+    def tick(self, now_ms: int) -> list[GeoEnvelope]:
+        """Build what is due: new batches, retransmissions, dictionaries, heartbeats."""
+        out: list[GeoEnvelope] = []
+        s = self.settings
+        for dst in self._dsts:
+            link = self._links[dst]
+            items: list[GeoItem] = [GeoDictionary(d.dict_id, d.data) for d in link.dictionaries]
+            if link.dictionaries:
+                self.stats.dictionaries_sent += len(link.dictionaries)
+                link.dictionaries.clear()
+            probe = False
+            for key, part in self._parts.items():
+                cur = self._cursors[(key, dst)]
+                if cur.state is CursorState.PROBING:
+                    if cur.last_probe_ms is None or now_ms - cur.last_probe_ms >= link.rto_ms:
+                        cur.last_probe_ms = now_ms
+                        probe = True
+                    continue
+                if cur.state is CursorState.FENCED:
+                    continue
+                if cur.inflight and now_ms - cur.inflight[0].sent_ms >= link.rto_ms:
+                    for f in cur.inflight:  # go-back-N: the receiver keeps no out-of-order batch
+                        f.sent_ms = now_ms
+                        items.append(f.batch)
+                    self.stats.retransmits += len(cur.inflight)
+                while len(cur.inflight) < link.window and cur.next_seq <= part.commit:
+                    pending = part.commit - cur.next_seq + 1
+                    if (
+                        pending < s.batch_events_max
+                        and s.linger_ms > 0
+                        and now_ms - self._commit_time(part, cur.next_seq) < s.linger_ms
+                    ):
+                        break
+                    batch = self._build(part, cur.next_seq)
+                    cur.inflight.append(_Inflight(batch, now_ms))
+                    cur.next_seq = Seq(batch.src_end + 1)
+                    items.append(batch)
+            idle = link.last_sent_ms is None or now_ms - link.last_sent_ms >= s.heartbeat_ms
+            if probe or (idle and not items and self._parts):
+                items.append(self._heartbeat())
+                self.stats.heartbeats_sent += 1
+            if items:
+                link.last_sent_ms = now_ms
+                self.stats.envelopes_sent += 1
+                out.append(GeoEnvelope(self.region, dst, tuple(items)))
+        return out
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def lag(self, stream: StreamName, partition: PartitionId, dst: RegionId, now_ms: int) -> Lag:
+        """Lag of ``dst`` for a partition: events and ms (home commit time to ack time)."""
+        key = (stream, partition)
+        part = self._parts[key]
+        cur = self._cursors[(key, dst)]
+        behind = part.commit - cur.acked
+        ms = 0 if behind <= 0 else now_ms - self._commit_time(part, Seq(cur.acked + 1))
+        return Lag(cur.state, max(0, behind), max(0, ms), len(cur.inflight), cur.acked, part.commit)
+
+    def partitions(self) -> list[PartitionKey]:
+        return list(self._parts)
+
+    def destinations(self) -> tuple[RegionId, ...]:
+        return self._dsts
+
+    def drain_latencies(self) -> list[tuple[PartitionKey, RegionId, int, int]]:
+        """(partition, destination, events, ms from home commit to ack) since the last call."""
+        out = list(self._latencies)
+        self._latencies.clear()
+        return out
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _learn(self, cur: _Cursor, key: PartitionKey, wm: Watermark, now_ms: int) -> None:
+        """Take in a durable watermark the receiver reported (acks, nacks, heartbeat replies)."""
+        part = self._parts[key]
+        if cur.state is CursorState.FENCED:
+            return
+        if wm.epoch > part.epoch:
+            # The destination holds data of a newer epoch: some other region is home now.
+            cur.state = CursorState.FENCED
+            cur.inflight.clear()
+            self.stats.fenced += 1
+            return
+        if wm.seq > part.commit:
+            self.stats.stale_answers += 1  # more than we know committed: not ours to trust
+            return
+        if cur.state is CursorState.PROBING:
+            cur.state = CursorState.SHIPPING
+            cur.acked = wm.seq
+            cur.next_seq = Seq(wm.seq + 1)
+            return
+        if wm.seq <= cur.acked:
+            return
+        self._record_latency(part, key, cur, wm.seq, now_ms)
+        cur.acked = wm.seq
+        while cur.inflight and cur.inflight[0].batch.src_end <= wm.seq:
+            cur.inflight.popleft()
+        if cur.inflight and cur.inflight[0].batch.src_start <= wm.seq:
+            cur.inflight.clear()  # cut differently by an earlier shipper: resend from the mark
+        if cur.next_seq <= wm.seq:
+            cur.inflight.clear()
+            cur.next_seq = Seq(wm.seq + 1)
+        self._prune(part, key)
+
+    def _record_latency(
+        self, part: _Partition, key: PartitionKey, cur: _Cursor, seq: Seq, now_ms: int
+    ) -> None:
+        prev = cur.acked
+        for last, t in part.marks:
+            if last <= prev:
+                continue
+            hi = min(last, seq)
+            self._latencies.append((key, cur.dst, hi - prev, now_ms - t))
+            cur.last_ack_latency_ms = now_ms - t
+            prev = hi
+            if last >= seq:
+                break
+
+    def _prune(self, part: _Partition, key: PartitionKey) -> None:
+        low = min(self._cursors[(key, d)].acked for d in self._dsts)
+        while len(part.marks) > 1 and part.marks[0][0] <= low:
+            part.marks.popleft()
+
+    def _commit_time(self, part: _Partition, seq: Seq) -> int:
+        for last, t in part.marks:
+            if last >= seq:
+                return t
+        return part.marks[-1][1] if part.marks else 0
+
+    def _queue_dictionary(
+        self, dst: RegionId, stream: StreamName, dict_id: int, now_ms: int
+    ) -> None:
+        d = self._dictionaries.get(stream)
+        if d is None or d.dict_id != dict_id:
+            return  # not a dictionary of ours: the receiver must get it elsewhere
+        link = self._links[dst]
+        if link.last_dictionary_ms is not None and now_ms - link.last_dictionary_ms < link.rto_ms:
+            return
+        if d not in link.dictionaries:
+            link.dictionaries.append(d)
+            link.last_dictionary_ms = now_ms
+
+    def _build(self, part: _Partition, start: Seq) -> GeoBatch:
+        s = self.settings
+        entries = self._log.read_committed(
+            part.stream, part.partition, start, part.commit, s.batch_events_max, s.batch_bytes_max
+        )
+        if not entries or entries[0].seq != start:
+            raise GeoLogError(
+                f"{part.stream}/{part.partition}: no committed entry starts at {start}"
+            )
+        if entries[-1].last_seq > part.commit:
+            raise GeoLogError(f"{part.stream}/{part.partition}: log read past the commit point")
+        d = self._dictionaries.get(part.stream) if self._codec == CODEC_ZSTD else None
+        batch = make_batch(
+            part.stream,
+            part.partition,
+            part.epoch,
+            entries,
+            codec=self._codec,
+            level=s.zstd_level,
+            dictionary=d,
+        )
+        self.stats.batches_sent += 1
+        self.stats.events_sent += batch.record_count
+        self.stats.bytes_raw += sum(len(e.events) for e in entries)
+        self.stats.bytes_payload += len(batch.payload)
+        return batch
+
+    def _heartbeat(self) -> GeoHeartbeat:
+        return GeoHeartbeat(
+            tuple(
+                GeoPosition(p.stream, p.partition, p.epoch, p.commit) for p in self._parts.values()
+            )
+        )
