@@ -16,10 +16,14 @@ Theory of operation:
   sticky: every later write raises FsyncFailedError and the node must stop. Other write
   errors are sticky too (the file state is unknown).
 - **Recovery.** Every segment is scanned and every checksum verified. In the last segment, a
-  bad record that is the file's tail (it runs past the end, or no intact record follows it
-  within ``TORN_TAIL_WINDOW_BYTES``) is a torn write: it is cut and reported in a
-  :class:`RecoveryReport`. A bad record anywhere else, a gap between segments, or an intact
-  record after a bad one is CorruptLogError: never dropped silently.
+  bad record (cut short, running past the end, or failing its checksum) that lies within
+  ``TORN_TAIL_WINDOW_BYTES`` of the end with no intact record after it is a torn write: it
+  is cut and reported in a :class:`RecoveryReport`. A bad record anywhere else, an intact
+  record after a bad one, a record out of index order, or a gap between segments is
+  CorruptLogError: never dropped silently. (Conservative on purpose: unsynced pages that
+  reached the disk out of order can look like corruption, and the node then refuses to start
+  rather than guess.) The directory state left by an interrupted truncation or compaction is
+  finished, using ``log.meta``.
 - **Memory.** Only a sparse index (one (index, offset) point per ``SPARSE_SPACING_BYTES``) per
   segment and the list of term changes are held, so ``term_at`` never reads the disk and
   ``entries`` reads at most one spacing of records it does not return.
