@@ -11,7 +11,7 @@ destination's buffer passes its high-water mark, reading from the source pauses 
 drains, so memory stays bounded and nothing is reordered or dropped.
 
 *With toxics*: arriving bytes become :class:`Chunk` objects stamped with their arrival time
-and queue in the first stage's bounded :class:`Channel`. Each toxic is a :class:`Stage` with
+and queue in the first stage's :class:`Channel` (bounded in chunks and bytes). Each toxic is a :class:`Stage` with
 its own task; stage ``i`` hands chunks to stage ``i+1``'s channel, the last stage to the
 destination. A full channel makes the stage before it wait; a full first channel pauses
 reading from the source socket (backpressure all the way to the sender).
@@ -54,12 +54,16 @@ from typing import Protocol
 
 from netem.toxics import ToxicSpec
 
-__all__ = ["CHANNEL_CHUNKS_MAX", "Chunk", "Kind", "Pipe", "Sink"]
+__all__ = ["CHANNEL_BYTES_MAX", "CHANNEL_CHUNKS_MAX", "Chunk", "Kind", "Pipe", "Sink"]
 
 log = logging.getLogger("netem")
 
-#: Chunks a stage channel holds before its producer waits (a read is at most 256 KiB).
-CHANNEL_CHUNKS_MAX = 32
+#: A stage channel is full at this many chunks or bytes; its producer then waits (reading
+#: from the socket pauses for the first stage). A latency stage holds rate x delay of data
+#: (1,000 messages/s for 50 ms is 50 chunks), so the bound must leave room for the
+#: bandwidth-delay product of a WAN link: Toxiproxy buffers 1,024 chunks per latency toxic.
+CHANNEL_CHUNKS_MAX = 1024
+CHANNEL_BYTES_MAX = 4 << 20
 _now = time.monotonic
 
 
@@ -84,10 +88,11 @@ class Chunk:
 class Channel:
     """A FIFO of chunks between two stages: one consumer, one producer, soft bound."""
 
-    __slots__ = ("_getter", "_items", "_on_pop", "_space")
+    __slots__ = ("_getter", "_items", "_on_pop", "_space", "nbytes")
 
     def __init__(self, on_pop: Callable[[], None]) -> None:
         self._items: deque[Chunk] = deque()
+        self.nbytes = 0
         self._getter: asyncio.Future[None] | None = None
         self._space: asyncio.Future[None] | None = None
         self._on_pop = on_pop
@@ -95,29 +100,41 @@ class Channel:
     def __len__(self) -> int:
         return len(self._items)
 
+    def full(self) -> bool:
+        return len(self._items) >= CHANNEL_CHUNKS_MAX or self.nbytes >= CHANNEL_BYTES_MAX
+
+    def below_half(self) -> bool:
+        return len(self._items) < CHANNEL_CHUNKS_MAX // 2 and self.nbytes < CHANNEL_BYTES_MAX // 2
+
     def push(self, chunk: Chunk) -> None:
         self._items.append(chunk)
+        self.nbytes += len(chunk.data)
         _wake(self._getter)
 
     def extend(self, chunks: Iterable[Chunk]) -> None:
-        self._items.extend(chunks)
+        for chunk in chunks:
+            self._items.append(chunk)
+            self.nbytes += len(chunk.data)
         if self._items:
             _wake(self._getter)
 
     def push_front(self, chunks: list[Chunk]) -> None:
         self._items.extendleft(reversed(chunks))
+        self.nbytes += sum(len(c.data) for c in chunks)
         if self._items:
             _wake(self._getter)
 
     def take_all(self) -> list[Chunk]:
         items = list(self._items)
         self._items.clear()
+        self.nbytes = 0
         _wake(self._space)
         return items
 
     def pop(self) -> Chunk:
         chunk = self._items.popleft()
-        if len(self._items) < CHANNEL_CHUNKS_MAX:
+        self.nbytes -= len(chunk.data)
+        if not self.full():
             _wake(self._space)
         self._on_pop()
         return chunk
@@ -133,7 +150,7 @@ class Channel:
                     self._getter = None
 
     async def wait_space(self) -> None:
-        while len(self._items) >= CHANNEL_CHUNKS_MAX:
+        while self.full():
             fut = asyncio.get_running_loop().create_future()
             self._space = fut
             try:
@@ -427,7 +444,7 @@ class Pipe:
             return
         head = self.stages[0].input
         head.push(Chunk(data, _now()))
-        if len(head) >= CHANNEL_CHUNKS_MAX and not self._backlog_paused:
+        if head.full() and not self._backlog_paused:
             self._backlog_paused = True
             self.source.pause(PAUSE_BACKLOG)
 
@@ -440,9 +457,7 @@ class Pipe:
             self.stages[0].input.push(Chunk(b"", _now(), Kind.EOF))
 
     def on_pop(self) -> None:
-        if self._backlog_paused and (
-            not self.stages or len(self.stages[0].input) < CHANNEL_CHUNKS_MAX // 2
-        ):
+        if self._backlog_paused and (not self.stages or self.stages[0].input.below_half()):
             self._backlog_paused = False
             self.source.resume(PAUSE_BACKLOG)
 

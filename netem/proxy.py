@@ -343,8 +343,11 @@ class Proxy:
         if upstream is None:
             client.close(abort=False, reset=False)
             return
-        if client.transport.is_closing():
+        if client.transport.is_closing() or upstream.transport is None:
             upstream.close(abort=True, reset=False)
+            return
+        if upstream.transport.is_closing():  # the upstream hung up before we got here
+            client.close(abort=False, reset=False)
             return
         self.connections_total += 1
         conn = Connection(self, client, upstream)
