@@ -55,6 +55,8 @@ Consistency = Literal["local", "regional", "strong"]
 _MIME = {"json": "application/json", "cbor": "application/cbor"}
 #: Answers come from our own servers; the limits only stop a runaway answer.
 _ANSWER_LIMITS = CodecLimits(items_max=20_000_000, depth_max=64)
+#: Longest server-sent line the tail accepts (an event of the largest allowed size, as JSON).
+_TAIL_LINE_BYTES_MAX = 8 * 1024 * 1024
 #: Longest single sleep between attempts (Retry-After is honoured up to this).
 _BACKOFF_MAX_S = 1.0
 
@@ -367,6 +369,7 @@ class GeostoreClient:
                     params=_tail_params(partition, next_seq),
                     headers={"Accept": "text/event-stream"},
                     timeout=timeout,
+                    read_bufsize=_TAIL_LINE_BYTES_MAX,  # one SSE line carries a whole event
                 ) as resp:
                     if resp.status >= 400:
                         raise await self._error(resp, node)

@@ -536,3 +536,13 @@ async def test_find_leader_moves_to_the_leaders_url(node: tuple[ContractFixture,
         assert not [r for r in fake.requests if r[1].endswith("/events")]
     finally:
         await runner2.cleanup()
+
+
+async def test_tail_carries_large_events(node: tuple[ContractFixture, str]) -> None:
+    _, url = node
+    big = "x" * 300_000  # one SSE line far beyond aiohttp's default 64 KiB line buffer
+    async with GeostoreClient([url]) as c:
+        await c.append("s", [{"body": big}])
+        async for ev in c.tail("s", 0, from_seq=0, reconnect=False):
+            assert ev.body == big
+            break
