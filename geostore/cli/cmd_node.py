@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    async def main() -> None:
+    async def main() -> int:
         spec = topology.node(args.node)
         node = NodeRuntime(
             topology,
@@ -72,11 +72,10 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         await node.run()
+        return node.exit_code
 
     try:
         import uvloop
-
-        uvloop.run(main())
     except ImportError:
-        asyncio.run(main())
-    return 0
+        return asyncio.run(main())
+    return uvloop.run(main())

@@ -27,12 +27,12 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from geostore.config import Config, Topology, raft_timing
-from geostore.errors import ApiError, ErrorCode, GeostoreError, StorageError
+from geostore.errors import ApiError, ErrorCode, GeostoreError
 from geostore.ids import GroupId, LogIndex, NodeId, RegionId, Term
 from geostore.node.ports import MessageSender
 from geostore.node.raft_host import (
@@ -219,6 +219,8 @@ class GroupRuntime:
         )
         self.rr_counter = 0
         self.failed: GeostoreError | None = None
+        #: called once when the group stops for good (the node then shuts down, exit 1)
+        self.on_fatal: Callable[[GroupRuntime, GeostoreError], None] | None = None
         self._inbox: list[Message] = []
         self._proposals: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._scheduled = False
@@ -292,8 +294,8 @@ class GroupRuntime:
             return
         try:
             self.host.tick()
-        except StorageError as exc:
-            self._fail(exc)
+        except Exception as exc:  # any failure of the host is fatal, see _fail
+            self._fail(_as_error(exc))
             return
         self._after_input()
 
@@ -324,9 +326,10 @@ class GroupRuntime:
 
         try:
             rejected = self.host.read(done)
-        except StorageError as exc:
-            self._fail(exc)
-            raise
+        except Exception as exc:
+            err = _as_error(exc)
+            self._fail(err)
+            raise err from exc
         if rejected is not None:
             raise _rejected_error(rejected)
         self._after_input()
@@ -357,6 +360,8 @@ class GroupRuntime:
         return self.leader
 
     def transfer_leadership(self, to: NodeId) -> bool:
+        if self.failed is not None:
+            return False
         result = self.host.transfer_leadership(to)
         self._after_input()
         return result is None
@@ -400,11 +405,12 @@ class GroupRuntime:
                 self.host.step_many(msgs)
             if proposals:
                 self._propose(proposals)
-        except StorageError as exc:
+        except Exception as exc:
+            err = _as_error(exc)
             for _, fut in proposals:
                 if not fut.done():
-                    fut.set_exception(exc)
-            self._fail(exc)
+                    fut.set_exception(err)
+            self._fail(err)
             return
         self._after_input()
 
@@ -451,13 +457,23 @@ class GroupRuntime:
                 self._applied_waiters = waiting
 
     def _fail(self, exc: GeostoreError) -> None:
+        """Stop the group for good: after a failed fsync (or a bug) the host's state and
+        the disk may disagree, so only a restart, which recovers from disk, is safe."""
         if self.failed is None:
             self.failed = exc
-            log.critical("group %s stopped: storage failed: %s", self.group_id, exc.message)
+            log.critical("group %s stopped: %s", self.group_id, exc.message, exc_info=exc)
+            if self.on_fatal is not None:
+                self.on_fatal(self, exc)
         for _, fut in self._applied_waiters:
             if not fut.done():
                 fut.set_exception(exc)
         self._applied_waiters.clear()
+
+
+def _as_error(exc: BaseException) -> GeostoreError:
+    if isinstance(exc, GeostoreError):
+        return exc
+    return ApiError(ErrorCode.INTERNAL, f"the Raft host failed: {exc!r}")
 
 
 def _resolver(fut: asyncio.Future[Any]) -> Any:

@@ -124,6 +124,9 @@ class NodeRuntime:
             rng=random.Random(self.rng.random()),
         )
         self.groups[gid] = self.data_group
+        self.data_group.on_fatal = self._group_failed
+        #: the process exit status: 1 after a group failed
+        self.exit_code = 0
         self.tick_ms = self.data_group.tick_ms
         self.session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=lim.body_bytes_max + 1)
@@ -189,6 +192,11 @@ class NodeRuntime:
             for sig in signals:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+
+    def _group_failed(self, group: GroupRuntime, exc: GeostoreError) -> None:
+        log.critical("node %s stops: group %s failed", self.node_id, group.group_id)
+        self.exit_code = 1
+        self.request_stop()
 
     def request_stop(self) -> None:
         if not self.stop_event.is_set():
@@ -264,7 +272,7 @@ class NodeRuntime:
 
     async def _hand_over(self, group: GroupRuntime) -> None:
         """If leading, transfer leadership to the most caught-up voter and wait (bounded)."""
-        if not group.is_leader:
+        if not group.is_leader or group.failed is not None:
             return
         st = group.status()
         candidates = sorted(
@@ -279,9 +287,7 @@ class NodeRuntime:
             return
         deadline = asyncio.get_running_loop().time() + max(1.0, 2 * group.election_ms / 1000)
         while group.is_leader and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(self.tick_ms / 1000)
-            for g in self.groups.values():
-                g.tick()
+            await asyncio.sleep(self.tick_ms / 1000)  # the tick task still runs
         log.info(
             "group %s: leadership %s to %s",
             group.group_id,

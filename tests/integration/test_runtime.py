@@ -349,3 +349,25 @@ async def test_unsafe_no_fsync_is_visible(tmp_path: Path) -> None:
         assert status["groups"]["data-r1"]["fsync"] is False
     finally:
         await running.stop()
+
+
+async def test_fsync_failure_stops_the_node(tmp_path: Path) -> None:
+    """After a failed fsync the disk and memory may disagree: the node answers the append
+    with storage_error, stops, and exits with status 1 (a restart recovers from disk)."""
+    from geostore.errors import FsyncFailedError
+
+    running = await start(tmp_path / "n1", free_port())
+    try:
+        await call(running.url + "/v1/streams", "POST", {"name": "f"})
+
+        def broken_sync() -> None:
+            raise FsyncFailedError("injected fsync failure")
+
+        running.node.data_group.storage.log.sync = broken_sync  # type: ignore[method-assign]
+        s, b = await call(running.url + "/v1/streams/f/events", "POST", {"events": [{"body": 1}]})
+        assert_error(s, b, 500, "storage_error")
+        await asyncio.wait_for(running.task, 30)
+        assert running.node.exit_code == 1
+    finally:
+        if not running.task.done():
+            await running.stop()
