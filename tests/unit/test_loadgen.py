@@ -172,3 +172,38 @@ def test_region_report_targets_and_ratio() -> None:
     assert metrics["ratio_geostore_to_pysyncobj.closed-c64-b1"].value == 4.0
     text = comparison_table({"geostore": docs["geostore"], "pysyncobj": None})  # type: ignore[dict-item]
     assert "1 2 3 | 4" in text and "NOT RUN" in text and "fsync before ack" in text
+
+
+def test_flight_times_are_scheduled_departures_in_utc() -> None:
+    import pandas as pd
+
+    from bench.workloads import scheduled_departure_us
+
+    df = pd.DataFrame(
+        {
+            "year": [2013, 2013, 2013],
+            "month": [1, 7, 11],
+            "day": [1, 1, 3],
+            "hour": [5, 5, 1],
+            "minute": [15, 15, 30],
+            # the 3 Nov 01:30 local time happens twice; time_hour says which (EST, 06:00Z)
+            "time_hour": ["2013-01-01T10:00:00Z", "2013-07-01T09:00:00Z", "2013-11-03T06:00:00Z"],
+        }
+    )
+    us = scheduled_departure_us(df)
+    to_us = lambda text: int(pd.Timestamp(text).value // 1000)  # noqa: E731
+    assert us == [
+        to_us("2013-01-01T10:15:00Z"),  # EST: UTC-5
+        to_us("2013-07-01T09:15:00Z"),  # EDT: UTC-4
+        to_us("2013-11-03T06:30:00Z"),
+    ]
+
+
+def test_flights_workload_reads_the_real_rows() -> None:
+    from bench.workloads import flights
+
+    first, second = itertools.islice(flights(limit=2), 2)
+    assert first["key"] == "EWR" and first["body"]["carrier"] == "UA"
+    assert first["ts"] == 1_357_035_300_000_000  # 2013-01-01 05:15 New York
+    assert second["body"]["origin"] == second["key"]
+    assert all(type(v) in (int, str, type(None)) for v in first["body"].values())
