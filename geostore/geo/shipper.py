@@ -395,9 +395,9 @@ class Shipper:
         cur.acked = wm.seq
         while cur.inflight and cur.inflight[0].batch.src_end <= wm.seq:
             cur.inflight.popleft()
-        if cur.inflight and cur.inflight[0].batch.src_start <= wm.seq:
-            cur.inflight.clear()  # cut differently by an earlier shipper: resend from the mark
-        if cur.next_seq <= wm.seq:
+        # The window always covers acked+1 .. next_seq-1 without a hole; a batch the mark cuts
+        # through (an earlier shipper cut the range differently) is sent again from the mark.
+        if not cur.inflight or cur.inflight[0].batch.src_start != wm.seq + 1:
             cur.inflight.clear()
             cur.next_seq = Seq(wm.seq + 1)
         self._prune(part, key)
