@@ -90,6 +90,10 @@ class Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.pipe_in is None:
             self._early.append(data)
+            # uvloop starts reading after connection_made even if it paused there: pause
+            # again, so a client waiting for its upstream buffers one read, not everything.
+            if self._pause_mask and self.transport is not None:
+                self.transport.pause_reading()
         else:
             self.pipe_in.feed(data)
 

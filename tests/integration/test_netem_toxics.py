@@ -228,3 +228,68 @@ def test_changing_toxics_under_load_loses_and_reorders_nothing(
         sender.join(30)
         receiver.join(30)
     assert result and result[0] == payload
+
+
+@pytest.mark.parametrize("toxic", [None, "latency"])
+def test_buffers_are_bounded_when_the_upstream_stops_reading(
+    netem: NetemProcess, toxic: str | None
+) -> None:
+    """A sender facing an upstream that never reads stalls after the kernel's socket buffers
+    and the proxy's bounded queues fill, instead of the proxy buffering everything."""
+    stalled_upstream = socket.socket()
+    stalled_upstream.bind(("127.0.0.1", 0))
+    stalled_upstream.listen()
+    name = f"t{next(_names)}"
+    listen = create_proxy(netem, name, f"127.0.0.1:{stalled_upstream.getsockname()[1]}")["listen"]
+    if toxic is not None:
+        add_toxic(netem, name, type=toxic, stream="upstream", attributes={"latency": 1})
+    block = os.urandom(256 * 1024)
+    sent = 0
+    with connect(listen) as sock:
+        peer, _ = stalled_upstream.accept()
+        sock.setblocking(False)
+        idle_since = time.monotonic()
+        while sent < (256 << 20) and time.monotonic() - idle_since < 0.5:
+            try:
+                sent += sock.send(block)
+                idle_since = time.monotonic()
+            except BlockingIOError:
+                time.sleep(0.01)
+        peer.close()
+    stalled_upstream.close()
+    # kernel buffers (a few MiB per socket on loopback) + 4 MiB per toxic queue, not 256 MiB
+    assert sent < (64 << 20), sent
+
+
+def test_a_client_waiting_for_its_upstream_is_not_read_unbounded(netem: NetemProcess) -> None:
+    """While the upstream dial hangs (its accept queue is full, so SYNs are dropped), the
+    proxy must not keep reading the client into memory."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue; later connects hang in SYN_SENT
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(full.getsockname())
+        fillers.append(filler)
+    name = f"t{next(_names)}"
+    listen = create_proxy(netem, name, f"127.0.0.1:{full.getsockname()[1]}")["listen"]
+    block = os.urandom(256 * 1024)
+    sent = 0
+    try:
+        with connect(listen) as sock:
+            sock.setblocking(False)
+            idle_since = time.monotonic()
+            while sent < (256 << 20) and time.monotonic() - idle_since < 0.5:
+                try:
+                    sent += sock.send(block)
+                    idle_since = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.01)
+    finally:
+        for filler in fillers:
+            filler.close()
+        full.close()
+    assert sent < (64 << 20), sent
