@@ -1,0 +1,394 @@
+"""The shipper's transitions: probing, batching bounds, window, acks by watermark only, rewinds, fencing, lag.
+
+A list-backed committed log stands in for the home store. Each test drives one input
+(commit report, ack, nack, heartbeat reply, tick) and checks the envelopes that come out:
+only committed data, never past what the receiver holds durably (Pulsar #26113 and the
+skip-forward family), resends from ``watermark + 1``, dictionaries on request, heartbeats
+on idle links, lag in events and ms. A last test runs shipper and receiver together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from geostore.codec import train_dictionary
+from geostore.config import GeoSettings
+from geostore.geo import (
+    WATERMARK_ZERO,
+    CursorState,
+    GeoAck,
+    GeoBatch,
+    GeoDictionary,
+    GeoEntry,
+    GeoEnvelope,
+    GeoHeartbeat,
+    GeoLogError,
+    GeoNack,
+    GeoPosition,
+    NackReason,
+    ProposeBatch,
+    Receiver,
+    SendEnvelope,
+    Shipper,
+    Watermark,
+    apply_geo_batch,
+    open_batch,
+    retransmit_timeout_ms,
+    window_for_link,
+)
+from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
+
+S = StreamName("s")
+P = PartitionId(0)
+E = Epoch(2)
+HOME = RegionId("home")
+EU = RegionId("eu")
+AP = RegionId("ap")
+
+
+class ListLog:
+    """Committed entries per partition, one event each unless told otherwise."""
+
+    def __init__(self) -> None:
+        self.parts: dict[PartitionId, list[GeoEntry]] = {}
+        self.reads: list[tuple[int, int]] = []
+
+    def commit(self, p: PartitionId, n: int, per_entry: int = 1) -> Seq:
+        es = self.parts.setdefault(p, [])
+        for _ in range(n):
+            seq = es[-1].last_seq + 1 if es else 0
+            es.append(GeoEntry(Seq(seq), per_entry, f"p{p}e{seq}".encode() * 3))
+        return es[-1].last_seq
+
+    def read_committed(
+        self,
+        stream: StreamName,
+        partition: PartitionId,
+        from_seq: Seq,
+        through_seq: Seq,
+        events_max: int,
+        bytes_max: int,
+    ) -> Sequence[GeoEntry]:
+        self.reads.append((from_seq, through_seq))
+        out: list[GeoEntry] = []
+        events = size = 0
+        for e in self.parts.get(partition, []):
+            if e.seq < from_seq:
+                continue
+            if e.last_seq > through_seq or (
+                out and (events + e.record_count > events_max or size >= bytes_max)
+            ):
+                break
+            out.append(e)
+            events += e.record_count
+            size += len(e.events)
+        return out
+
+
+def settings(**kw: object) -> GeoSettings:
+    base: dict[str, object] = {
+        "batch_events_max": 4,
+        "linger_ms": 0,
+        "inflight_batches_max": 2,
+        "heartbeat_ms": 100,
+    }
+    base.update(kw)
+    return GeoSettings(**base)  # type: ignore[arg-type]
+
+
+def shipper(log: ListLog, dsts: Sequence[RegionId] = (EU,), **kw: object) -> Shipper:
+    return Shipper(HOME, {d: 70.0 for d in dsts}, settings(**kw), log)
+
+
+def batches(envs: list[GeoEnvelope], dst: RegionId = EU) -> list[GeoBatch]:
+    return [i for e in envs if e.dst_region == dst for i in e.items if isinstance(i, GeoBatch)]
+
+
+def ranges(envs: list[GeoEnvelope], dst: RegionId = EU) -> list[tuple[int, int]]:
+    return [(b.src_start, b.src_end) for b in batches(envs, dst)]
+
+
+def reply(*items: object, src: RegionId = EU) -> GeoEnvelope:
+    return GeoEnvelope(src, HOME, tuple(items))  # type: ignore[arg-type]
+
+
+def wm(seq: int) -> Watermark:
+    return Watermark(E, Seq(seq))
+
+
+def started(log: ListLog, committed: int, learned: int = -1, **kw: object) -> Shipper:
+    """A shipper that has learned the destination's watermark ``learned``."""
+    sh = shipper(log, **kw)
+    last = log.commit(P, committed) if committed else Seq(-1)
+    sh.on_committed(S, P, E, last, 0)
+    sh.on_envelope(reply(GeoHeartbeat((GeoPosition(S, P, E, Seq(learned)),), reply=True)), 0)
+    return sh
+
+
+RTO = retransmit_timeout_ms(70.0)
+
+
+def test_new_shipper_probes_until_it_learns_the_durable_watermark() -> None:
+    log = ListLog()
+    sh = shipper(log)
+    sh.on_committed(S, P, E, log.commit(P, 10), 0)
+    out = sh.tick(0)
+    assert ranges(out) == []
+    hbs = [i for e in out for i in e.items if isinstance(i, GeoHeartbeat)]
+    assert hbs == [GeoHeartbeat((GeoPosition(S, P, E, Seq(9)),))]
+    assert sh.tick(1) == []  # probes are paced by the retransmission timeout
+    assert len(sh.tick(RTO)) == 1
+    assert sh.lag(S, P, EU, RTO).state is CursorState.PROBING
+    # the receiver holds 0..5 durably: resume at 6, not at 0 and not at 10
+    sh.on_envelope(reply(GeoHeartbeat((GeoPosition(S, P, E, Seq(5)),), reply=True)), RTO + 1)
+    assert ranges(sh.tick(RTO + 2)) == [(6, 9)]
+
+
+def test_first_nack_or_ack_also_teaches_the_watermark() -> None:
+    log = ListLog()
+    sh = shipper(log)
+    sh.on_committed(S, P, E, log.commit(P, 10), 0)
+    sh.tick(0)
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(0), Seq(3), NackReason.GAP, wm(2), E)), 1)
+    assert ranges(sh.tick(2)) == [(3, 6), (7, 9)]
+
+
+def test_only_committed_data_is_read_and_batches_respect_the_bounds() -> None:
+    log = ListLog()
+    sh = started(log, 3)
+    log.commit(P, 20)  # in the log but not reported committed yet
+    out = sh.tick(1)
+    assert ranges(out) == [(0, 2)]
+    assert all(through <= 2 for _, through in log.reads)
+    sh.on_committed(S, P, E, Seq(22), 2)
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(2), wm(2))), 3)
+    out = sh.tick(3)
+    assert ranges(out) == [(3, 6), (7, 10)]  # 4 events per batch, window of 2
+
+
+def test_byte_bound_and_whole_entries() -> None:
+    log = ListLog()
+    sh = started(log, 0, batch_events_max=100, batch_bytes_max=10)
+    sh.on_committed(S, P, E, log.commit(P, 3, per_entry=5), 1)
+    out = sh.tick(1)
+    assert ranges(out) == [(0, 4), (5, 9)]  # an entry is never split; one over the byte bound
+
+
+def test_linger_waits_for_a_fuller_batch() -> None:
+    log = ListLog()
+    sh = started(log, 0, linger_ms=20, batch_events_max=4)
+    sh.on_committed(S, P, E, log.commit(P, 2), 100)
+    assert ranges(sh.tick(110)) == []
+    sh.on_committed(S, P, E, log.commit(P, 1), 115)
+    assert ranges(sh.tick(119)) == []
+    assert ranges(sh.tick(120)) == [(0, 2)]  # the oldest waited linger_ms
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(2), wm(2))), 121)
+    sh.on_committed(S, P, E, log.commit(P, 4), 122)
+    assert ranges(sh.tick(122)) == [(3, 6)]  # a full batch goes at once
+
+
+def test_ack_advances_by_the_watermark_only() -> None:
+    log = ListLog()
+    sh = started(log, 9)
+    assert ranges(sh.tick(1)) == [(0, 3), (4, 7)]
+    # "duplicate" ack whose watermark does not cover the batch: not delivered (Pulsar #26113)
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(3), wm(-1))), 2)
+    assert sh.lag(S, P, EU, 2).inflight_batches == 2 and sh.lag(S, P, EU, 2).acked == -1
+    assert ranges(sh.tick(3)) == []  # window still full
+    assert ranges(sh.tick(1 + RTO)) == [(0, 3), (4, 7)]  # resent on timeout
+    assert sh.stats.retransmits == 2
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(3), wm(3))), 200)
+    lag = sh.lag(S, P, EU, 200)
+    assert (lag.acked, lag.inflight_batches, lag.events) == (3, 1, 5)
+    assert ranges(sh.tick(200)) == [(8, 8)]
+
+
+def test_ack_that_covers_more_than_sent_moves_past_it_safely() -> None:
+    log = ListLog()
+    sh = started(log, 12)
+    sh.tick(1)
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(3), wm(9))), 2)  # e.g. an earlier leader
+    assert ranges(sh.tick(3)) == [(10, 11)]
+
+
+def test_gap_nack_rewinds_to_the_watermark_never_forward() -> None:
+    log = ListLog()
+    sh = started(log, 12, inflight_batches_max=3)
+    assert ranges(sh.tick(1)) == [(0, 3), (4, 7), (8, 11)]
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(4), Seq(7), NackReason.GAP, wm(-1), E)), 2)
+    assert ranges(sh.tick(2)) == [(0, 3), (4, 7), (8, 11)]
+    assert sh.stats.rewinds == 1
+    # a stale nack, for a batch no longer in flight as such, changes nothing
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(5), Seq(6), NackReason.GAP, wm(-1), E)), 3)
+    assert ranges(sh.tick(3)) == [] and sh.stats.rewinds == 1
+
+
+def test_corrupt_nack_resends() -> None:
+    log = ListLog()
+    sh = started(log, 4)
+    first = batches(sh.tick(1))
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(0), Seq(3), NackReason.CORRUPT, wm(-1), E)), 2)
+    again = batches(sh.tick(2))
+    assert again == first and open_batch(again[0])
+
+
+def test_unknown_dictionary_nack_sends_the_dictionary_then_the_batch() -> None:
+    samples = [f"origin=JFK dep={i} carrier=B6{i % 5}".encode() * 3 for i in range(300)]
+    d = train_dictionary(samples, 1024)
+    log = ListLog()
+    sh = Shipper(HOME, {EU: 70.0}, settings(use_dictionary=True), log, dictionaries={S: d})
+    sh.on_committed(S, P, E, log.commit(P, 2), 0)
+    sh.on_envelope(reply(GeoHeartbeat((GeoPosition(S, P, E, Seq(-1)),), reply=True)), 0)
+    b = batches(sh.tick(1))[0]
+    sh.on_envelope(
+        reply(
+            GeoNack(
+                S, P, E, b.src_start, b.src_end, NackReason.UNKNOWN_DICTIONARY, wm(-1), E, d.dict_id
+            )
+        ),
+        2,
+    )
+    out = sh.tick(2)
+    items = [i for e in out for i in e.items]
+    assert items[0] == GeoDictionary(d.dict_id, d.data)
+    assert [i for i in items if isinstance(i, GeoBatch)] == [b]
+    # an unknown id (not ours) is not answered with a dictionary
+    sh.on_envelope(
+        reply(
+            GeoNack(
+                S, P, E, b.src_start, b.src_end, NackReason.UNKNOWN_DICTIONARY, wm(-1), E, 12345
+            )
+        ),
+        3,
+    )
+    assert not any(isinstance(i, GeoDictionary) for e in sh.tick(3) for i in e.items)
+
+
+def test_fenced_by_a_newer_epoch_stops_the_cursor() -> None:
+    log = ListLog()
+    sh = started(log, 4)
+    sh.tick(1)
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(0), Seq(3), NackReason.FENCED, wm(-1), Epoch(3))), 2)
+    assert sh.lag(S, P, EU, 2).state is CursorState.FENCED
+    sh.on_committed(S, P, E, log.commit(P, 8), 3)
+    assert ranges(sh.tick(3 + RTO)) == []
+    # a FENCED nack that names no newer epoch is stale and ignored
+    sh2 = started(ListLog(), 4)
+    sh2.tick(1)
+    sh2.on_envelope(reply(GeoNack(S, P, E, Seq(0), Seq(3), NackReason.FENCED, wm(-1), E)), 2)
+    assert sh2.lag(S, P, EU, 2).state is CursorState.SHIPPING
+
+
+def test_a_watermark_beyond_the_commit_point_is_not_trusted() -> None:
+    log = ListLog()
+    sh = started(log, 4)
+    sh.tick(1)
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(3), wm(50))), 2)
+    assert sh.lag(S, P, EU, 2).acked == -1 and sh.stats.stale_answers == 1
+
+
+def test_heartbeat_on_idle_link_and_lag_in_events_and_ms() -> None:
+    log = ListLog()
+    sh = started(log, 0)
+    assert len(sh.tick(0)) == 1  # first contact: nothing sent yet, heartbeat
+    assert sh.tick(50) == []
+    hb = sh.tick(100)
+    assert len(hb) == 1 and isinstance(hb[0].items[0], GeoHeartbeat)
+    sh.on_committed(S, P, E, log.commit(P, 3), 1000)
+    sh.tick(1000)
+    lag = sh.lag(S, P, EU, 1070)
+    assert (lag.events, lag.ms, lag.commit) == (3, 70, 2)
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(2), wm(2))), 1075)
+    assert sh.lag(S, P, EU, 1080).events == 0 and sh.lag(S, P, EU, 1080).ms == 0
+    assert sh.drain_latencies() == [((S, P), EU, 3, 75)]
+    assert sh.drain_latencies() == []
+
+
+def test_partitions_share_one_envelope_per_destination() -> None:
+    log = ListLog()
+    sh = shipper(log, dsts=(EU, AP))
+    for p in (PartitionId(0), PartitionId(1)):
+        sh.on_committed(S, p, E, log.commit(p, 2), 0)
+    sh.tick(0)
+    for src in (EU, AP):
+        sh.on_envelope(
+            reply(
+                GeoHeartbeat(
+                    (
+                        GeoPosition(S, PartitionId(0), E, Seq(-1)),
+                        GeoPosition(S, PartitionId(1), E, Seq(0)),
+                    ),
+                    reply=True,
+                ),
+                src=src,
+            ),
+            1,
+        )
+    out = sh.tick(2)
+    assert sorted(e.dst_region for e in out) == [AP, EU]
+    for e in out:
+        assert [
+            (b.partition, b.src_start, b.src_end) for b in e.items if isinstance(b, GeoBatch)
+        ] == [
+            (0, 0, 1),
+            (1, 1, 1),
+        ]
+
+
+def test_misaligned_log_is_a_typed_error() -> None:
+    log = ListLog()
+    sh = started(log, 0)
+    log.commit(P, 2, per_entry=3)
+    sh.on_committed(S, P, E, Seq(5), 1)
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(0), wm(1))), 2)  # mid-entry: no entry at 2
+    with pytest.raises(GeoLogError):
+        sh.tick(3)
+
+
+def test_window_from_the_bandwidth_delay_product() -> None:
+    # us-east-1 <-> ap-southeast-1: 218.9 ms, 4776 KB/s: about 1 MiB in flight
+    assert window_for_link(218.9, 4776, 64 * 1024) == 18
+    assert window_for_link(69.6, 16556, 1 << 20) == 3
+    assert window_for_link(1.0, 100, 1 << 20) == 2  # floor
+    assert window_for_link(500.0, 10**6, 1024) == 64  # cap
+    assert window_for_link(100.0, None, 1024) == 2
+
+
+def test_shipper_and_receiver_converge_through_rewinds_and_losses() -> None:
+    """Both cores with a host loop that drops every third envelope and applies at once."""
+    log = ListLog()
+    sh = shipper(log, inflight_batches_max=3)
+    rcv = Receiver(EU, {(S, P): WATERMARK_ZERO})
+    store: list[GeoEntry] = []
+    water = WATERMARK_ZERO
+    sent = 0
+    now = 0
+    for step in range(400):
+        now = step * 10
+        if step < 200 and step % 2 == 0:
+            sh.on_committed(S, P, E, log.commit(P, 1, per_entry=1 + step % 3), now)
+        for env in sh.tick(now):
+            sent += 1
+            if sent % 3 == 0:
+                continue
+            for eff in rcv.on_envelope(env, now):
+                answers: list[GeoEnvelope] = []
+                if isinstance(eff, SendEnvelope):
+                    answers.append(eff.envelope)
+                elif isinstance(eff, ProposeBatch):
+                    res = apply_geo_batch(water, eff.cmd)
+                    if res.applied:
+                        store.extend(eff.cmd.entries)
+                    water = res.watermark
+                    answers += [
+                        e.envelope
+                        for e in rcv.on_applied(eff.cmd, res, now)
+                        if isinstance(e, SendEnvelope)
+                    ]
+                for a in answers:
+                    sh.on_envelope(a, now)
+    assert store == log.parts[P]
+    assert sh.lag(S, P, EU, now).events == 0
+    assert sh.stats.retransmits > 0
