@@ -164,6 +164,7 @@ class PhaseStats:
     late: int = 0
     histogram: HdrHistogram = field(default_factory=new_histogram)
     cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+    rss_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def requests_per_s(self) -> float:
@@ -193,6 +194,7 @@ class PhaseStats:
             "failed": dict(self.failed),
             "late": self.late,
             "cpu_us_per_event": dict(self.cpu_us_per_event),
+            "rss_bytes": dict(self.rss_bytes),
         }
 
 
@@ -314,13 +316,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (VmRSS from /proc), bytes."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmRSS for {pid}")
+
+
 class CpuSampler:
-    """CPU time of named processes at the window's edges (samples taken by a timer task)."""
+    """CPU time and RSS of named processes at the window's edges (taken by a timer task)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.start: dict[str, float] = {}
         self.end: dict[str, float] = {}
+        self.rss_start: dict[str, int] = {}
+        self.rss_end: dict[str, int] = {}
+
+    def _rss(self) -> dict[str, int]:
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                out[name] = rss_bytes(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
 
     def _sample(self) -> dict[str, float]:
         out = {}
@@ -333,9 +355,17 @@ class CpuSampler:
 
     async def around(self, clock: Clock, start: float, end: float) -> None:
         await clock.sleep_until(start)
-        self.start = self._sample()
+        self.start, self.rss_start = self._sample(), self._rss()
         await clock.sleep_until(end)
-        self.end = self._sample()
+        self.end, self.rss_end = self._sample(), self._rss()
+
+    def rss(self) -> dict[str, dict[str, int]]:
+        """Per process: RSS at the window's start and end, bytes."""
+        return {
+            name: {"start": self.rss_start[name], "end": self.rss_end[name]}
+            for name in self.pids
+            if name in self.rss_start and name in self.rss_end
+        }
 
     def per_event_us(self, events: int) -> dict[str, float]:
         if events <= 0:
@@ -433,6 +463,7 @@ async def run(args: argparse.Namespace) -> list[PhaseStats]:
             )
             await sampling
             stats.cpu_us_per_event = sampler.per_event_us(stats.events_ok)
+            stats.rss_bytes = sampler.rss()
             out.append(stats)
             print(_line(stats), file=sys.stderr, flush=True)
     finally:

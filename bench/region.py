@@ -11,7 +11,8 @@ What it runs, on this machine, in one go:
    behind a small aiohttp endpoint ``POST /append {"events": [...]}`` that answers once
    PySyncObj reports the command applied (committed by a majority). The same load
    generator sends the same events to its leader. PySyncObj writes its journal to a
-   memory-mapped file and never fsyncs: acknowledged entries live only in page cache.
+   memory-mapped file and never fsyncs: acknowledged entries live only in page cache. Its
+   list keeps every event in memory (so its RSS grows with the data; geostore's should not).
 
 Phases (closed loop): single-event appends at concurrency 1, 16 and 64, then batches of
 100 and 1,000 small synthetic events (8 and 4 outstanding, so a batch is always being
@@ -20,6 +21,8 @@ requests/s, events/s, p50/p99 latency, and CPU microseconds per acknowledged eve
 every node process and the load generator (from /proc, over the measured window).
 
 ``--quick`` runs each phase for 2 s after a 0.5 s warm-up (about a minute in all).
+``--soak-minutes 10`` replaces the phases by one constant open-loop load and reports each
+node's RSS growth between minute 2 and the end (the target: under 10%).
 """
 
 from __future__ import annotations
@@ -289,9 +292,20 @@ def comparison_table(docs: dict[str, dict[str, Any] | None]) -> str:
     return "\n".join(lines)
 
 
-def to_result(docs: dict[str, dict[str, Any] | None], config: dict[str, Any]) -> Result:
+def to_result(
+    docs: dict[str, dict[str, Any] | None], config: dict[str, Any], *, soak: bool = False
+) -> Result:
     g, s = _phases(docs.get("geostore")), _phases(docs.get("pysyncobj"))
     metrics: list[Metric] = []
+    for system, phases in (("geostore", g), ("pysyncobj", s)):
+        for name, p in phases.items():
+            for proc, rss in sorted(p.get("rss_bytes", {}).items()):
+                if proc in NODES and rss["start"] > 0:
+                    growth = (rss["end"] - rss["start"]) * 100 / rss["start"]
+                    metrics.append(Metric(
+                        f"{system}.{name}.rss_growth_pct.{proc}", growth, "%",
+                        target=10.0 if soak and system == "geostore" else None, better="lower",
+                    ))  # fmt: skip
 
     def phase_metrics(system: str, phases: dict[str, dict[str, Any]]) -> None:
         for name, p in phases.items():
@@ -356,12 +370,26 @@ def main(argv: list[str] | None = None) -> int:
         help="PySyncObj's appendEntriesUseBatch (its default; entries then wait for the 100 ms "
         "append period, so single-event latency is about 100 ms). Off here by default",
     )
+    p.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=None,
+        help="instead of the phases: a constant open-loop load for this long; RSS of each node "
+        "at minute 2 (or 20%% in) and at the end (target: under 10%% growth)",
+    )
+    p.add_argument("--soak-rate", type=float, default=200.0, help="soak: requests/s")
+    p.add_argument("--soak-batch", type=int, default=10, help="soak: events per request")
     p.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--json-out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 2.0, 0.5
+    if args.soak_minutes is not None:
+        total_s = args.soak_minutes * 60
+        args.warmup = min(120.0, total_s * 0.2)
+        args.duration = total_s - args.warmup
+        args.phases = [f"open:{args.soak_rate:g}:{args.soak_batch}"]
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench-region-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -394,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(comparison_table(docs))
     print()
-    emit(to_result(docs, config), json_out=args.json_out)
+    if args.soak_minutes is not None:
+        config["soak_minutes"] = args.soak_minutes
+    emit(to_result(docs, config, soak=args.soak_minutes is not None), json_out=args.json_out)
     return 1 if errors else 0
 
 

@@ -20,6 +20,7 @@ from bench.loadgen import (
     closed_loop,
     cpu_seconds,
     open_loop,
+    rss_bytes,
     to_result,
 )
 from bench.workloads import batches, synthetic
@@ -142,6 +143,7 @@ def test_cpu_sampling_of_this_process() -> None:
     assert cpu_seconds(os.getpid()) > before
     sampler = CpuSampler({"me": os.getpid()})
     sampler.start, sampler.end = {"me": 1.0}, {"me": 1.5}
+    assert rss_bytes(os.getpid()) > 1_000_000
     assert sampler.per_event_us(1000) == {"me": 500.0}
 
 
