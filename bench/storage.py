@@ -103,12 +103,14 @@ def run_shape(
     for t in threads:
         t.start()
     syncs0 = log.syncs
+    cpu0 = time.process_time()
     t_start = time.perf_counter()
     stop_at[0] = t_start + seconds
     start_gate.wait()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t_start
+    cpu_s = time.process_time() - cpu0
     syncs = log.syncs - syncs0
     durable = glog.durable_index()
     glog.close()
@@ -122,6 +124,9 @@ def run_shape(
         "records_per_fsync": total / max(1, syncs),
         "durable_p50_ms": lat["p50"],
         "durable_p99_ms": lat["p99"],
+        # CPU of this process per durable record: what the figures cost independent of how
+        # busy the machine is (the throughput figures are not)
+        "cpu_us_per_record": cpu_s / max(1, total) * 1e6,
     }
 
 
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {parent} is on tmpfs: fsync costs nothing there", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix=".storage-bench-", dir=parent))
     metrics: list[Metric] = []
+    load_before = os.getloadavg()[0]
     try:
         fs_lat = fsync_latency_ms(work, 100 if args.quick else 500)
         metrics.append(Metric("fsync_4k_p50", fs_lat["p50"], "ms", better="lower"))
@@ -166,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                     Metric(f"{prefix}_records_per_fsync", r["records_per_fsync"], "1"),
                     Metric(f"{prefix}_durable_p50", r["durable_p50_ms"], "ms", better="lower"),
                     Metric(f"{prefix}_durable_p99", r["durable_p99_ms"], "ms", better="lower"),
+                    Metric(
+                        f"{prefix}_cpu_per_record", r["cpu_us_per_record"], "us", better="lower"
+                    ),
                 ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -177,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "record_bytes": [100, 1024],
         "dir": str(parent),
         "fs_type": fs_type(parent),
+        # other processes compete for the 2 cores and the disk: say how busy it was
+        "loadavg_1m_before": round(load_before, 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
     emit(Result("storage", config, metrics), json_out=args.json_out)
     return 0
