@@ -20,6 +20,8 @@ invariant breaks:
 - R1/R2 committed-prefix agreement: an index, once committed anywhere, holds one entry.
 - R4 durable before ack: when a client is acked, a quorum of voters holds the entry durably.
 - R7 index sanity: applied <= commit <= last index, commit never decreases in a lifetime.
+- P10 ReadIndex safety: a linearizable read is served at an index at least as high as every
+  index committed anywhere before the read was invoked, and only once applied that far.
 
 The checker's inputs are plain values, so unit tests feed it synthetic event sequences to
 show each check fires (tests/unit/test_checker_online.py).
@@ -71,6 +73,8 @@ class InvariantChecker:
     announced_term: dict[NodeId, int] = field(default_factory=dict)
     lives: dict[NodeId, _Life] = field(default_factory=dict)
     max_violations: int = 20
+    #: the highest index any node has reported committed
+    max_committed: int = 0
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -234,6 +238,21 @@ class InvariantChecker:
                         "R1", f"{node} committed {got} at {index}, elsewhere committed {want}"
                     )
             life.commit = commit
+            if commit > self.max_committed:
+                self.max_committed = commit
+
+    def on_read(
+        self, node: NodeId, read_index: int, applied: int, committed_at_invoke: int
+    ) -> None:
+        """``node`` serves a linearizable read confirmed at ``read_index`` (P10)."""
+        if read_index < committed_at_invoke:
+            self.fail(
+                "P10",
+                f"{node} served a read at index {read_index}, but {committed_at_invoke} was "
+                "committed before the read was invoked (stale read)",
+            )
+        if applied < read_index:
+            self.fail("P10", f"{node} served a read at {read_index} having applied {applied}")
 
     def on_apply(self, node: NodeId, index: LogIndex, key: EntryKey) -> None:
         prior = self.applied.get(index)

@@ -110,6 +110,7 @@ GEO_PATHS: tuple[str, ...] = (
     "propose_resets",
     "proposals_lost",
     "envelopes_undecodable",
+    "fault_crash_point_hit",
 )
 
 GEO_REQUIRED: tuple[str, ...] = tuple(f"fault_{k}" for k in GEO_FAULTS) + GEO_PATHS

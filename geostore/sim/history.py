@@ -45,6 +45,7 @@ class Op:
     offset: int | None = None  #: the offset of an ok append
     end: int | None = None  #: last offset covered by an ok read (applied index when served)
     observed: tuple[tuple[int, str], ...] = ()  #: (offset, value) pairs an ok read returned
+    committed_at_invoke: int = 0  #: ghost: the highest index committed anywhere at invoke
 
 
 @dataclass(frozen=True, slots=True)

@@ -669,6 +669,8 @@ class Simulation:
     def _heal(self, _: object) -> None:
         """Liveness mode: end every fault at once."""
         self.trace("heal")
+        if self._leader() is not None:
+            self.leader_after_heal_ms = self.now_ms  # a leader survived: L1 holds from here
         self.network.heal()
         for nid in self.all_ids:
             node = self.nodes[nid]
@@ -764,6 +766,7 @@ class Simulation:
         else:
             start = max(0, self.max_acked_offset - rng.randint(0, 30))
             op = Op(client.cid, OpKind.READ, self.now_ms, start=start)
+            op.committed_at_invoke = self.checker.max_committed
         self.history.append(op)
         client.op = op
         client.attempt = 0
@@ -824,12 +827,16 @@ class Simulation:
             else:
                 client.leader_guess = target
         else:
+            committed_at_invoke = op.committed_at_invoke
 
             def on_read(outcome: ReadOutcome) -> None:
                 if client.op is not op or client.attempt != attempt:
                     return
                 if isinstance(outcome, ReadReady):
                     machine = node.machine
+                    self.checker.on_read(
+                        target, outcome.index, machine.applied_index, committed_at_invoke
+                    )
                     op.end = machine.applied_index
                     op.observed = machine.read(op.start)
                     self._complete(client, Outcome.OK)
@@ -988,10 +995,9 @@ class Simulation:
         if self.liveness and not self.checker.violations:
             assert self.heal_ms is not None
             limit_leader = self.heal_ms + 3 * self.election_ms
-            if self.leader_after_heal_ms is None and self._leader() is None:
+            if self.leader_after_heal_ms is None:
                 out.append(f"L1: no leader after heal at {self.heal_ms} ms")
-            elif self.leader_after_heal_ms is not None and self.leader_after_heal_ms > limit_leader:
-                # a leader that survived the heal counts from the heal itself
+            elif self.leader_after_heal_ms > limit_leader:
                 out.append(
                     f"L1: first leader {self.leader_after_heal_ms - self.heal_ms} ms after heal, "
                     f"limit {3 * self.election_ms} ms"

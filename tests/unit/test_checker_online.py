@@ -192,3 +192,19 @@ def test_violations_are_bounded() -> None:
     for i in range(10):
         ck.on_apply(A, LogIndex(1), key(i))
     assert len(ck.violations) == 3
+
+
+def test_p10_stale_read_index() -> None:
+    ck = InvariantChecker()
+    ck.on_commit(A, 5, 0, 5, Term(1), False, log_of({i: key(1) for i in range(1, 6)}), 1)
+    assert ck.max_committed == 5
+    ck.on_read(B, 5, 5, committed_at_invoke=5)
+    assert ck.ok, ck.violations
+    ck.on_read(B, 4, 4, committed_at_invoke=5)
+    assert "P10" in codes(ck)
+
+
+def test_p10_read_served_before_apply() -> None:
+    ck = InvariantChecker()
+    ck.on_read(A, 7, 6, committed_at_invoke=0)
+    assert "P10" in codes(ck)
