@@ -727,6 +727,11 @@ class FileLogStore:
             # what we read back counts as durable only once an fsync covers it
             fsync_or_fail(fs, last.fd, last.path)
             fsync_dir_or_fail(fs, self._dir)
+        except OSError as exc:
+            self.close()
+            if exc.errno in _DISK_FULL_ERRNOS:
+                raise DiskFullError(f"disk full while opening the log: {exc}") from exc
+            raise StorageError(f"opening the log in {self._dir} failed: {exc}") from exc
         except BaseException:
             self.close()
             raise
