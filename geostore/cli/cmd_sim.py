@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--unsafe", choices=UNSAFE_SWITCHES, default=None, help="negative control: break safety"
     )
+    parser.add_argument(
+        "--topology",
+        default=None,
+        help="topology file: spread the group over its regions and use its RTT matrix",
+    )
     parser.add_argument("--verbose", action="store_true", help="print every seed's fault plan")
 
 
@@ -59,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
     if args.ci:
         specs = ci_specs(args.seeds, Path.cwd())
     else:
-        specs = specs_for(args.start or 0, args.seeds, nodes, args.mode, args.unsafe)
+        topology = None
+        if args.topology is not None:
+            from geostore.config.topology import load_topology
+
+            load_topology(args.topology)  # a bad file fails here, once, with a clear error
+            topology = str(Path(args.topology).resolve())
+        specs = specs_for(args.start or 0, args.seeds, nodes, args.mode, args.unsafe, topology)
     jobs = args.jobs or default_jobs()
     total = len(specs)
     done = 0

@@ -10,7 +10,7 @@ invariant breaks:
 - P1 election safety: one leader per term.
 - P2 leader append-only: a leader never truncates its own log in its term.
 - P3 log matching: an (index, term) pair names one entry everywhere.
-- P4 leader completeness: a new leader holds every entry committed so far.
+- P4 leader completeness: a new leader of term T holds every entry committed in a term < T.
 - P5 state-machine safety: no two nodes apply different entries at an index.
 - P6 term/vote durability: after a restart a node's term is at least any term it announced,
   and it still holds the vote it granted in that term.
@@ -67,6 +67,9 @@ class InvariantChecker:
     leaders: dict[int, NodeId] = field(default_factory=dict)  #: term -> leader
     entries: dict[tuple[int, int], EntryKey] = field(default_factory=dict)  #: (index, term) ->
     committed: dict[int, EntryKey] = field(default_factory=dict)  #: index -> committed entry
+    #: index -> the term of the node that first reported it committed (the committing
+    #: leader's term: followers learn a commit only from it)
+    committed_term: dict[int, int] = field(default_factory=dict)
     applied: dict[int, EntryKey] = field(default_factory=dict)  #: index -> applied entry
     #: (voter, term) -> the candidate it granted its vote to
     votes: dict[tuple[NodeId, int], NodeId] = field(default_factory=dict)
@@ -146,8 +149,8 @@ class InvariantChecker:
         else:
             self.fail("P8", f"{node} leads term {term} but is not a voter of {voter_list}")
         for index in sorted(self.committed):
-            if index < first_index:
-                continue
+            if index < first_index or self.committed_term[index] >= term:
+                continue  # compacted into its snapshot, or committed in this term or later
             want = self.committed[index]
             got = held(index)
             if got != want:
@@ -233,6 +236,7 @@ class InvariantChecker:
                 want = self.committed.get(index)
                 if want is None:
                     self.committed[index] = got
+                    self.committed_term[index] = term
                 elif want != got:
                     self.fail(
                         "R1", f"{node} committed {got} at {index}, elsewhere committed {want}"

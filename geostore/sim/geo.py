@@ -348,6 +348,7 @@ class GeoSimulation:
         self.net = SimNetwork(rng("net"), rtt, jitter_ms_mean=max(0.5, jitter / 2))
         self.rtt = {k: v for k, v in rtt.items()}
         self.extra_delay: dict[tuple[RegionId, RegionId], float] = {}
+        self._fifo_us: dict[tuple[RegionId, RegionId], int] = {}
         self.rates: dict[str, list[float]] = {"loss": [], "duplicate": [], "reorder": []}
         self.corrupt_p: list[float] = []
 
@@ -624,6 +625,7 @@ class GeoSimulation:
             and self.rng_corrupt.random() < max(self.corrupt_p)
         ):
             data = self._corrupt(env, data)
+        reordered_before = self.net.stats.reordered
         delays = self.net.fate(NodeId(src), NodeId(dst))
         if not delays:
             self.trace(f"drop {src}->{dst}")
@@ -631,8 +633,14 @@ class GeoSimulation:
         kbps = self.bandwidth[(src, dst)]
         serial_ms = len(data) / (kbps * 1.024)
         extra = self.extra_delay.get((src, dst), 0.0) + serial_ms
-        for d in delays:
-            self.at(d + extra, self._deliver, (dst, data))
+        for i, d in enumerate(delays):
+            at_us = self.now_us + int((d + extra) * US_PER_MS)
+            if i == 0 and self.net.stats.reordered == reordered_before:
+                # One connection per link is FIFO: only a reorder fault (or a duplicate, the
+                # later copies) lets an envelope overtake an earlier one.
+                at_us = max(at_us, self._fifo_us.get((src, dst), 0) + 1)
+                self._fifo_us[(src, dst)] = at_us
+            self.at((at_us - self.now_us) / US_PER_MS, self._deliver, (dst, data))
         self.trace(f"send {src}->{dst} {len(data)}B x{len(delays)}")
 
     def _corrupt(self, env: GeoEnvelope, data: bytes) -> bytes:

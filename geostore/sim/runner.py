@@ -25,25 +25,36 @@ FALLBACK_START = 1_000_000
 REGRESSIONS = Path("tests") / "sim_regressions.txt"
 
 
-def auto_spec(seed: int, nodes: int | None, mode: str | None, unsafe: str | None) -> SeedSpec:
+def auto_spec(
+    seed: int,
+    nodes: int | None,
+    mode: str | None,
+    unsafe: str | None,
+    topology: str | None = None,
+) -> SeedSpec:
     """The spec of ``seed``; node count and mode alternate with the seed unless given."""
     n = nodes if nodes is not None else (3 if seed % 2 == 0 else 5)
     m = mode if mode is not None else MODES[(seed // 2) % 2]
-    return SeedSpec(seed=seed, nodes=n, mode=m, unsafe=unsafe)
+    return SeedSpec(seed=seed, nodes=n, mode=m, unsafe=unsafe, topology=topology)
 
 
 def specs_for(
-    start: int, count: int, nodes: int | None, mode: str, unsafe: str | None = None
+    start: int,
+    count: int,
+    nodes: int | None,
+    mode: str,
+    unsafe: str | None = None,
+    topology: str | None = None,
 ) -> list[SeedSpec]:
     """Specs for seeds ``start .. start+count-1``; mode "both" runs each seed in each mode."""
     out: list[SeedSpec] = []
     for seed in range(start, start + count):
         if mode == "both":
-            out.extend(auto_spec(seed, nodes, m, unsafe) for m in MODES)
+            out.extend(auto_spec(seed, nodes, m, unsafe, topology) for m in MODES)
         elif mode == "auto":
-            out.append(auto_spec(seed, nodes, None, unsafe))
+            out.append(auto_spec(seed, nodes, None, unsafe, topology))
         else:
-            out.append(auto_spec(seed, nodes, mode, unsafe))
+            out.append(auto_spec(seed, nodes, mode, unsafe, topology))
     return out
 
 
@@ -98,6 +109,8 @@ def replay_command(spec: SeedSpec) -> str:
     cmd = f"geostore sim --seeds 1 --start {spec.seed} --nodes {spec.nodes} --mode {spec.mode}"
     if spec.unsafe:
         cmd += f" --unsafe {spec.unsafe}"
+    if spec.topology:
+        cmd += f" --topology {spec.topology}"
     return cmd
 
 

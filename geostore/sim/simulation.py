@@ -28,6 +28,7 @@ Theory of operation:
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import heapq
 import random
@@ -37,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from geostore.config.topology import Topology, load_topology
 from geostore.ids import GroupId, LogIndex, NodeId, Term
 from geostore.node.ports import HostObserver
 from geostore.node.raft_host import (
@@ -92,6 +94,7 @@ class SeedSpec:
     nodes: int = 3
     mode: str = "safety"
     unsafe: str | None = None
+    topology: str | None = None  #: a topology file whose RTT matrix the network uses
 
 
 @dataclass(slots=True)
@@ -282,7 +285,11 @@ class Simulation:
         spares = [NodeId(f"n{spec.nodes + 1}")]
         self.voters0 = voters
         self.all_ids = voters + spares
-        self.network = SimNetwork(rng("network"), draw_rtt_matrix(rng("topology"), self.all_ids))
+        if spec.topology is None:
+            rtt = draw_rtt_matrix(rng("topology"), self.all_ids)
+        else:
+            rtt = topology_rtt_matrix(_topology(spec.topology), rng("topology"), self.all_ids)
+        self.network = SimNetwork(rng("network"), rtt)
         max_rtt = max(self.network.rtt_ms.values())
         self.election_ticks = 10 + int(3 * max_rtt / TICK_MS)
         self.heartbeat_ticks = 2
@@ -1036,6 +1043,27 @@ class Simulation:
             elif node.machine.values != final:
                 problems.append(f"R5: {nid} state differs from leader {leader.node_id}")
         return final, problems
+
+
+@functools.cache
+def _topology(path: str) -> Topology:
+    return load_topology(path)
+
+
+def topology_rtt_matrix(
+    topo: Topology, rng: random.Random, nodes: list[NodeId]
+) -> dict[tuple[NodeId, NodeId], float]:
+    """Spread ``nodes`` over the topology's regions (round robin, seed-shuffled) and take each
+    pair's RTT from its matrix: the group then spans regions like the metadata group."""
+    regions = list(topo.region_names())
+    rng.shuffle(regions)
+    region_of = {n: regions[i % len(regions)] for i, n in enumerate(nodes)}
+    return {
+        (a, b): max(0.05, topo.rtt_ms(region_of[a], region_of[b]))
+        for a in nodes
+        for b in nodes
+        if a != b
+    }
 
 
 def run_seed(spec: SeedSpec) -> SeedOutcome:

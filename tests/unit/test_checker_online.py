@@ -208,3 +208,13 @@ def test_p10_read_served_before_apply() -> None:
     ck = InvariantChecker()
     ck.on_read(A, 7, 6, committed_at_invoke=0)
     assert "P10" in codes(ck)
+
+
+def test_p4_allows_a_lower_term_leader_after_a_higher_term_commit() -> None:
+    ck = InvariantChecker()
+    ck.on_vote_granted(B, Term(5), A)
+    ck.on_leader(A, Term(5), VOTERS, log_of({}), 1)
+    ck.on_commit(A, 1, 0, 1, Term(5), True, log_of({1: key(5)}), 1)
+    ck.on_vote_granted(C, Term(4), B)  # a stale election in an older term: legal
+    ck.on_leader(B, Term(4), VOTERS, log_of({}), 1)
+    assert ck.ok, ck.violations

@@ -87,3 +87,23 @@ def test_sim_never_imports_asyncio() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "BAD []" in out.stdout, out.stdout
+
+
+def test_topology_drives_the_rtt_matrix(capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from geostore.config.topology import load_topology
+    from geostore.sim.simulation import SeedSpec, Simulation
+
+    path = Path(__file__).resolve().parents[2] / "regions" / "three-continents.toml"
+    topo = load_topology(path)
+    sim = Simulation(SeedSpec(seed=1, nodes=3, mode="safety", topology=str(path)))
+    regions = topo.region_names()
+    rtts = {topo.rtt_ms(a, b) for a in regions for b in regions}
+    assert set(sim.network.rtt_ms.values()) <= rtts
+    voters = [n for n in sim.voters0]
+    assert min(sim.network.rtt_ms[(a, b)] for a in voters for b in voters if a != b) > 10.0
+    assert sim.election_ms > 3 * max(sim.network.rtt_ms.values())
+    status = main(["sim", "--seeds", "1", "--start", "2", "--jobs", "1", "--topology", str(path)])
+    out = capsys.readouterr().out
+    assert status == 0 and out.rstrip().endswith("1 passed, 0 failed")
