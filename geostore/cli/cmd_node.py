@@ -8,6 +8,16 @@ until SIGTERM or SIGINT, then shuts down gracefully (exit status 0).
 
 ``--unsafe-no-fsync`` acknowledges appends without fsync: it exists ONLY so a fault test can
 show that the checks catch lost acknowledged writes. Never use it otherwise.
+
+Membership of a cluster started with ``geostore cluster up`` (one change at a time):
+
+- ``node add --cluster DIR --region R --id NEW``: start a node under a fresh identity with
+  ``--join`` (empty storage, no bootstrap), tell every node of the region its address, add
+  it as a learner, wait until it caught up (by log or by snapshot), promote it to voter.
+- ``node remove --cluster DIR --node ID``: remove it from the group, then stop its process.
+- ``node replace --cluster DIR --node OLD [--new-id NEW]``: add NEW, then remove OLD. The
+  way to bring back a node whose disk was wiped: it must never rejoin under its old id
+  (it may have voted or acknowledged entries it no longer has).
 """
 
 from __future__ import annotations
@@ -19,9 +29,25 @@ HELP = "run one node (geostore node --topology FILE --node ID --dir DIR)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--topology", required=True, help="topology TOML file (see regions/)")
-    parser.add_argument("--node", required=True, help="this node's id in the topology")
-    parser.add_argument("--dir", required=True, help="this node's data directory")
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("add", "remove", "replace"),
+        help="membership operation on a cluster (omit to run a node)",
+    )
+    parser.add_argument("--topology", help="topology TOML file (see regions/)")
+    parser.add_argument("--node", help="this node's id (add: the new id; remove/replace: old)")
+    parser.add_argument("--dir", help="this node's data directory")
+    parser.add_argument("--cluster", help="add/remove/replace: the folder of cluster up")
+    parser.add_argument("--region", help="add: the region to join")
+    parser.add_argument("--id", dest="new_id", help="add: the new node id")
+    parser.add_argument("--new-id", dest="replacement", help="replace: id of the new node")
+    parser.add_argument("--timeout", type=float, default=120.0, help="membership: deadline")
+    parser.add_argument(
+        "--join",
+        action="store_true",
+        help="start with empty storage as a new member (added with node add), no bootstrap",
+    )
     parser.add_argument("--config", default=None, help="config TOML file")
     parser.add_argument("--override", default=None, help="per-node config override TOML file")
     parser.add_argument("--port", type=int, default=None, help="port (default: the topology's)")
@@ -36,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action is not None:
+        return _membership(args)
+    for flag in ("topology", "node", "dir"):
+        if getattr(args, flag) is None:
+            print(f"geostore node: --{flag} is required to run a node", file=sys.stderr)
+            return 2
     import asyncio
     import os
 
@@ -70,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             mode=args.mode,
             unsafe_no_fsync=args.unsafe_no_fsync,
             seed=args.seed,
+            join=args.join,
         )
         await node.run()
         return node.exit_code
@@ -79,3 +112,174 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         return asyncio.run(main())
     return uvloop.run(main())
+
+
+# --- membership ------------------------------------------------------------------------------
+
+
+def _post(url: str, body: dict[str, str], timeout_s: float = 30.0) -> tuple[int, dict[str, object]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _retry_post(
+    urls: list[str], path: str, body: dict[str, str], deadline: float, what: str
+) -> dict[str, object]:
+    """POST to the first node that answers 200 (others forward to the leader); retry 503s."""
+    import time
+
+    from geostore.errors import ApiError, ErrorCode
+
+    last: object = None
+    while time.monotonic() < deadline:
+        for url in urls:
+            try:
+                status, answer = _post(url + path, body)
+            except OSError as exc:
+                last = exc
+                continue
+            if status == 200:
+                return answer
+            last = answer
+            if status not in (503, 504):
+                raise ApiError(ErrorCode.UNAVAILABLE, f"{what} refused: {answer}")
+        time.sleep(0.5)
+    raise ApiError(ErrorCode.WAIT_TIMEOUT, f"{what}: no success before the deadline ({last})")
+
+
+def _membership(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    import time
+
+    from geostore.cli.cmd_cluster import (
+        _alive,
+        _free_port,
+        _get_json,
+        _load_cluster,
+        _write_cluster,
+    )
+    from geostore.config import NodeSpec, RegionSpec, Topology, load_topology
+    from geostore.errors import ApiError, ErrorCode
+    from geostore.ids import NodeId
+
+    if args.cluster is None:
+        print(f"geostore node {args.action}: --cluster DIR is required", file=sys.stderr)
+        return 2
+    folder = os.path.abspath(args.cluster)
+    cluster = _load_cluster(folder)
+    deadline = time.monotonic() + args.timeout
+    resolved_path = cluster["topology_resolved"]
+    topology = load_topology(resolved_path)
+
+    def live_apis(region: str, *, without: str | None = None) -> list[str]:
+        nodes = cluster["regions"][region]["nodes"]
+        return [n["api"] for n in nodes if n["id"] != without and _alive(n["pid"])]
+
+    def add(region: str, new_id: str) -> None:
+        if any(n.id == new_id for n in topology.nodes()):
+            raise ApiError(
+                ErrorCode.CONFLICT, f"node id {new_id!r} is taken (ids are never reused)"
+            )
+        port = _free_port()
+        regions = []
+        for r in topology.regions:
+            nodes = r.nodes
+            if r.name == region:
+                nodes = (*nodes, NodeSpec(NodeId(new_id), r.name, "127.0.0.1", port))
+            regions.append(RegionSpec(r.name, nodes, r.intra_rtt_ms))
+        grown = Topology(
+            topology.name, topology.path, tuple(regions), topology.links, topology.streams
+        )
+        with open(resolved_path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(grown.to_toml())
+        os.replace(resolved_path + ".tmp", resolved_path)
+        node_dir = os.path.join(folder, "nodes", new_id)
+        os.makedirs(node_dir, exist_ok=True)
+        cmd = [sys.executable, "-m", "geostore", "node", "--topology", resolved_path,
+               "--node", new_id, "--dir", node_dir, "--join"]  # fmt: skip
+        if cluster.get("config"):
+            cmd += ["--config", cluster["config"]]
+        with open(os.path.join(node_dir, "process.log"), "ab") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        api = f"http://127.0.0.1:{port}"
+        cluster["regions"][region]["nodes"].append(
+            {"id": new_id, "api": api, "pid": proc.pid, "dir": node_dir, "proxies": {}}
+        )
+        _write_cluster(folder, cluster)
+        print(f"started {new_id} (pid {proc.pid}) at {api}")
+        members = live_apis(region, without=new_id)
+        for url in members:
+            _retry_post([url], "/v1/admin/peers", {"node": new_id, "url": api}, deadline,
+                        f"telling {url} about {new_id}")  # fmt: skip
+        _retry_post(members, "/v1/admin/members", {"op": "add_learner", "node": new_id},
+                    deadline, f"adding {new_id} as a learner")  # fmt: skip
+        print(f"{new_id} is a learner; waiting until it has caught up")
+        _retry_post(members, "/v1/admin/members", {"op": "promote", "node": new_id},
+                    deadline, f"promoting {new_id}")  # fmt: skip
+        print(f"{new_id} is a voter")
+
+    def remove(region: str, node_id: str) -> None:
+        others = live_apis(region, without=node_id)
+        answer = _retry_post(others, "/v1/admin/members", {"op": "remove", "node": node_id},
+                             deadline, f"removing {node_id}")  # fmt: skip
+        print(f"{node_id} removed; voters now {answer.get('voters')}")
+        entry = next(n for n in cluster["regions"][region]["nodes"] if n["id"] == node_id)
+        if _alive(entry["pid"]):
+            import signal
+
+            os.kill(entry["pid"], signal.SIGTERM)
+            while _alive(entry["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        cluster["regions"][region]["nodes"].remove(entry)
+        cluster.setdefault("removed", []).append(node_id)
+        _write_cluster(folder, cluster)
+
+    def region_of(node_id: str) -> str:
+        for region, info in cluster["regions"].items():
+            if any(n["id"] == node_id for n in info["nodes"]):
+                return str(region)
+        raise ApiError(ErrorCode.MALFORMED, f"{node_id!r} is not a node of {folder}")
+
+    if args.action == "add":
+        if not args.region or not args.new_id:
+            print("geostore node add: --region and --id are required", file=sys.stderr)
+            return 2
+        add(args.region, args.new_id)
+    elif args.action == "remove":
+        if not args.node:
+            print("geostore node remove: --node is required", file=sys.stderr)
+            return 2
+        remove(region_of(args.node), args.node)
+    else:
+        if not args.node:
+            print("geostore node replace: --node is required", file=sys.stderr)
+            return 2
+        region = region_of(args.node)
+        taken = {n.id for n in topology.nodes()}
+        new_id = args.replacement or next(
+            f"{args.node}-r{k}" for k in range(1, 1000) if f"{args.node}-r{k}" not in taken
+        )
+        add(region, new_id)
+        topology = load_topology(resolved_path)
+        remove(region, args.node)
+    for region, info in cluster["regions"].items():
+        for n in info["nodes"]:
+            st = _get_json(n["api"] + "/v1/status") if _alive(n["pid"]) else None
+            g: dict[str, object] = next(iter((st or {}).get("groups", {}).values()), {})
+            print(f"  {region} {n['id']}: {g.get('role', 'down')} voters={g.get('voters')}")
+    return 0

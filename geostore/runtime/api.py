@@ -35,6 +35,8 @@ from aiohttp import web
 
 from geostore import __version__
 from geostore.errors import HTTP_STATUS, ApiError, ErrorCode, GeostoreError
+from geostore.ids import NodeId
+from geostore.raft.records import ConfChange, ConfChangeOp
 from geostore.runtime.group import GroupRuntime
 from geostore.runtime.http import (
     CBOR,
@@ -160,6 +162,16 @@ ROUTES: tuple[Route, ...] = (
         "GET", "/v1/debug/partitions", "debug_partitions",
         "Per partition: epoch, last applied seq, rolling hash of the applied log",
         ok_schema="Partitions", errors=(), tags=("operations",),
+    ),
+    Route(
+        "POST", "/v1/admin/peers", "add_peer",
+        "Tell this node the address of a node that joins its region",
+        body="PeerRequest", ok_schema="Object", errors=(400,), tags=("operations",),
+    ),
+    Route(
+        "POST", "/v1/admin/members", "change_members",
+        "Membership change of the region's group (one at a time; forwarded to the leader)",
+        body="MembersRequest", ok_schema="Object", errors=(400, 503, 504), tags=("operations",),
     ),
     Route(
         "POST", "/v1/admin/leader/transfer", "leader_transfer",
@@ -367,6 +379,43 @@ class Api:
         metrics.append_latency.observe(time.perf_counter() - t0)
         return respond(request, 200, {"results": results, "token": make_token(stream, token_parts)})
 
+    async def add_peer(self, request: web.Request) -> web.StreamResponse:
+        _, body = await read_body(request, self.limits.body_bytes_max)
+        node, url = (body.get("node"), body.get("url")) if isinstance(body, dict) else (0, 0)
+        if not isinstance(node, str) or not node or not isinstance(url, str):
+            raise ApiError(ErrorCode.MALFORMED, 'body must be {"node": ID, "url": URL}')
+        if not url.startswith(("http://", "https://")):
+            raise ApiError(ErrorCode.MALFORMED, f"url must be http(s)://host:port, not {url!r}")
+        self.node.add_peer(NodeId(node), url.rstrip("/"))
+        return respond(request, 200, {"node": node, "url": url})
+
+    async def change_members(self, request: web.Request) -> web.StreamResponse:
+        raw, body = await read_body(request, self.limits.body_bytes_max)
+        ops = {
+            "add_learner": ConfChangeOp.ADD_LEARNER,
+            "add_voter": ConfChangeOp.ADD_VOTER,
+            "promote": ConfChangeOp.PROMOTE,
+            "remove": ConfChangeOp.REMOVE,
+        }
+        op, node = (body.get("op"), body.get("node")) if isinstance(body, dict) else (0, 0)
+        if op not in ops or not isinstance(node, str) or not node:
+            raise ApiError(
+                ErrorCode.MALFORMED, f'body must be {{"op": one of {sorted(ops)}, "node": ID}}'
+            )
+        group = self.node.data_group
+        forwarded = await self._leader_or_forward(request, group, raw)
+        if forwarded is not None:
+            return forwarded
+        if ops[op] is not ConfChangeOp.REMOVE and NodeId(node) not in self.node.peer_urls:
+            raise ApiError(
+                ErrorCode.MALFORMED, f"no address known for {node}: POST /v1/admin/peers first"
+            )
+        await self._await_all([group.propose_conf_change(ConfChange(ops[op], NodeId(node)))])
+        conf = group.status().conf
+        return respond(
+            request, 200, {"voters": sorted(conf.voters), "learners": sorted(conf.learners)}
+        )
+
     async def leader_transfer(self, request: web.Request) -> web.StreamResponse:
         _, body = await read_body(request, self.limits.body_bytes_max)
         if not isinstance(body, dict) or not isinstance(body.get("to"), str):
@@ -374,8 +423,6 @@ class Api:
         group = self.node.data_group
         if not group.is_leader:
             raise ApiError(ErrorCode.NOT_LEADER, "this node does not lead", leader=group.leader)
-        from geostore.ids import NodeId
-
         if not group.transfer_leadership(NodeId(body["to"])):
             raise ApiError(ErrorCode.UNAVAILABLE, "the transfer was refused", retry_after_s=1)
         return respond(request, 202, {"transferring_to": body["to"]})
@@ -677,6 +724,19 @@ _SCHEMAS: dict[str, Any] = {
     "Status": _OBJ,
     "Health": _OBJ,
     "Partitions": _OBJ,
+    "PeerRequest": {
+        "type": "object",
+        "required": ["node", "url"],
+        "properties": {"node": {"type": "string"}, "url": {"type": "string"}},
+    },
+    "MembersRequest": {
+        "type": "object",
+        "required": ["op", "node"],
+        "properties": {
+            "op": {"type": "string", "enum": ["add_learner", "add_voter", "promote", "remove"]},
+            "node": {"type": "string"},
+        },
+    },
     "TransferRequest": {
         "type": "object",
         "required": ["to"],

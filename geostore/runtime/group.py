@@ -46,7 +46,7 @@ from geostore.node.raft_host import (
 )
 from geostore.raft.core import RaftConfig
 from geostore.raft.messages import Message
-from geostore.raft.records import Rejected, RejectReason, Role, Status
+from geostore.raft.records import ConfChange, Rejected, RejectReason, Role, Status
 from geostore.raft.types import Entry, HardState, LogReader, SnapshotMeta
 from geostore.runtime.blocks import FileBlockStore
 from geostore.runtime.machine import RuntimeHost, StoreMachine
@@ -145,6 +145,9 @@ class GroupSpec:
     region: RegionId
     voters: tuple[NodeId, ...]
     data_dir: str
+    #: a founding member writes the initial configuration into empty storage; a node that
+    #: joins later (``geostore node add``) starts empty and learns it from the leader
+    bootstrap: bool = True
 
 
 def store_limits(config: Config) -> StoreLimits:
@@ -205,7 +208,7 @@ class GroupRuntime:
         )
         self.store = EventStore(self.blocks, limits=store_limits(config))
         self.machine = StoreMachine(self.store)
-        if bootstrap_storage(self.log, self.hard_state, spec.voters):
+        if spec.bootstrap and bootstrap_storage(self.log, self.hard_state, spec.voters):
             log.info("group %s: bootstrapped with voters %s", spec.group_id, list(spec.voters))
         self.host = RuntimeHost(
             raft_config,
@@ -310,6 +313,21 @@ class GroupRuntime:
             futures.append(fut)
         self._schedule()
         return futures
+
+    def propose_conf_change(self, change: ConfChange) -> asyncio.Future[Any]:
+        """Propose one membership change; the future resolves when it is applied."""
+        self._check_usable()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            result = self.host.propose_conf_change(change, _resolver(fut))
+        except Exception as exc:  # any failure of the host is fatal, see _fail
+            err = _as_error(exc)
+            self._fail(err)
+            raise err from exc
+        if isinstance(result, Rejected):
+            raise _rejected_error(result)
+        self._after_input()
+        return fut
 
     def read_barrier(self) -> asyncio.Future[LogIndex]:
         """A future that resolves once a linearizable read may be served (ReadIndex)."""

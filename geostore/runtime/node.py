@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -42,6 +43,9 @@ from geostore.transport.peer import PeerTransport
 from geostore.transport.settings import TransportSettings
 
 log = logging.getLogger("geostore.runtime")
+
+#: Addresses of nodes added after the topology was written (node id -> base URL).
+PEER_BOOK = "peers.json"
 
 #: Mode names of DESIGN.md section 9.
 MODES = ("multi-leader", "single-leader")
@@ -73,6 +77,7 @@ class NodeRuntime:
         mode: str = "multi-leader",
         unsafe_no_fsync: bool = False,
         seed: int | None = None,
+        join: bool = False,
     ) -> None:
         self.topology = topology
         self.node_id = node_id
@@ -98,8 +103,10 @@ class NodeRuntime:
         self.metrics.tail_subscribers.set_source(lambda: float(self.tail_subscribers))
         # who we talk to: the other nodes of our region (the data group's voters)
         region_nodes = topology.region(self.region).node_ids()
-        peers = {n: node_url(topology, n) for n in region_nodes if n != node_id}
-        self.peer_urls = {n: node_url(topology, n) for n in region_nodes}
+        self._peer_book = os.path.join(data_dir, PEER_BOOK)
+        self.peer_urls: dict[NodeId, str] = {n: node_url(topology, n) for n in region_nodes}
+        self.peer_urls.update(self._load_peer_book())
+        peers = {n: u for n, u in self.peer_urls.items() if n != node_id}
         lim = config.limits
         settings = TransportSettings(frame_bytes_max=max(lim.frame_bytes_max, 2 << 20))
         self.transport = PeerTransport(
@@ -114,7 +121,13 @@ class NodeRuntime:
         )
         gid = data_group_id(self.region)
         self.data_group = GroupRuntime(
-            GroupSpec(gid, self.region, tuple(region_nodes), os.path.join(data_dir, "groups", gid)),
+            GroupSpec(
+                gid,
+                self.region,
+                tuple(region_nodes),
+                os.path.join(data_dir, "groups", gid),
+                bootstrap=not join,
+            ),
             node_id,
             topology,
             config,
@@ -144,6 +157,31 @@ class NodeRuntime:
         if group is None:
             return  # a group we do not host (yet): Raft retries
         group.receive(msg)  # type: ignore[arg-type]
+
+    def _load_peer_book(self) -> dict[NodeId, str]:
+        try:
+            with open(self._peer_book, encoding="utf-8") as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(self._peer_book, "peers", f"unreadable: {exc}") from None
+        return {NodeId(str(k)): str(v) for k, v in raw.items()}
+
+    def add_peer(self, node: NodeId, url: str) -> None:
+        """Learn (durably) the address of a node that joined after the topology was written."""
+        self.peer_urls[node] = url
+        extra = self._load_peer_book()
+        extra[node] = url
+        os.makedirs(self.data_dir, exist_ok=True)
+        tmp = self._peer_book + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(extra, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._peer_book)
+        self.transport.update_peers({n: u for n, u in self.peer_urls.items() if n != self.node_id})
+        log.info("node %s: peer %s is at %s", self.node_id, node, url)
 
     def group_for_stream(self, stream: str) -> GroupRuntime:
         """The group that stores ``stream`` (one data group per region for now)."""
