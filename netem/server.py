@@ -14,7 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -23,7 +28,7 @@ from aiohttp import web
 from netem.api import Netem, make_app
 from netem.proxy import format_hostport
 
-__all__ = ["DEFAULT_PORT", "run", "serve"]
+__all__ = ["DEFAULT_PORT", "run", "serve", "spawn"]
 
 #: Toxiproxy's port.
 DEFAULT_PORT = 8474
@@ -87,3 +92,42 @@ def run(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, quiet: bool = Fals
         print(f"netem: cannot serve on {format_hostport(host, port)}: {exc}", flush=True)
         return 1
     return 0
+
+
+def spawn(
+    host: str = "127.0.0.1", port: int = 0, *, timeout_s: float = 30.0
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m netem`` as a child process; returns it and its API URL once it
+    serves (port 0: any free port). Stop it with ``terminate()`` (SIGTERM: clean shutdown).
+
+    RuntimeError when it exits or stays silent for ``timeout_s``.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netem", "--host", host, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    found: list[str] = []
+    ready = threading.Event()
+
+    def read(stream: Any) -> None:
+        # Keep draining after the ready line so the child never blocks on a full pipe.
+        for line in stream:
+            match = re.search(r"http://\S+", line)
+            if match and not found:
+                found.append(match.group(0))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, args=(proc.stdout,), daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not ready.wait(0.05):
+        if time.monotonic() > deadline:
+            break
+    if not found:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"netem did not start (exit status {proc.poll()})")
+    return proc, found[0]

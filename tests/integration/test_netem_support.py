@@ -8,7 +8,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from http.client import HTTPConnection
 from typing import Any
 
 import pytest
+
+from netem.server import spawn
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -32,29 +33,12 @@ class NetemProcess:
         return f"http://{self.host}:{self.port}"
 
 
-def start_netem(*extra: str) -> NetemProcess:
-    """``python -m netem --port 0`` in a subprocess; waits for its "API http://..." line."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netem", "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"http://([\d.]+):(\d+)", line)
-        if match:
-            # Drain the rest of the output so the child never blocks on a full pipe.
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return NetemProcess(proc, match.group(1), int(match.group(2)))
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError(f"netem did not start: {line!r}")
+def start_netem() -> NetemProcess:
+    """``python -m netem --port 0`` in a subprocess (netem.server.spawn), once it serves."""
+    proc, url = spawn(timeout_s=STARTUP_TIMEOUT_S)
+    match = re.fullmatch(r"http://([\d.]+):(\d+)", url)
+    assert match, url
+    return NetemProcess(proc, match.group(1), int(match.group(2)))
 
 
 def stop_netem(server: NetemProcess) -> int:
