@@ -346,6 +346,8 @@ class RaftCore:
                     self._adopt_conf_entry(e)
             lo += len(chunk)
         self._prev_hs = HardState(Term(self.term), self.vote, LogIndex(lg.commit))
+        #: the hard state handed out in the outstanding Ready (before any negative control)
+        self._hs_out: HardState | None = None
         self.role = Role.FOLLOWER
         self.leader: NodeId | None = None
         self._election_elapsed = 0
@@ -600,11 +602,13 @@ class RaftCore:
         self._bcast = False
         self._read_round_due = False
         hs: HardState | None = None
-        vote = None if self.cfg.unsafe_forget_vote else self.vote
         prev = self._prev_hs
-        term_changed = self.term != prev.term or vote != prev.vote
+        term_changed = self.term != prev.term or self.vote != prev.vote
         if term_changed or lg.commit != prev.commit:
-            hs = HardState(Term(self.term), vote, LogIndex(lg.commit))
+            hs = HardState(Term(self.term), self.vote, LogIndex(lg.commit))
+            self._hs_out = hs
+            if self.cfg.unsafe_forget_vote:
+                hs = HardState(hs.term, None, hs.commit)  # NEGATIVE CONTROL
         entries = lg.take_unhanded()
         chunks = tuple(self._snapshot_chunks)
         self._snapshot_chunks = []
@@ -633,7 +637,9 @@ class RaftCore:
         self._ready_out = False
         lg = self._log
         if ready.hard_state is not None:
-            self._prev_hs = ready.hard_state
+            assert self._hs_out is not None
+            self._prev_hs = self._hs_out
+            self._hs_out = None
         if ready.snapshot is not None and lg.snap == ready.snapshot.meta:
             lg.snap = None  # storage holds the snapshot now
         if ready.entries:

@@ -99,6 +99,7 @@ _UNSAFE = {
     "commit-without-quorum": "unsafe_commit_without_quorum",
     "ignore-figure8": "unsafe_ignore_figure8",
     "count-learner-votes": "unsafe_count_learner_votes",
+    "forget-vote": "unsafe_forget_vote",
 }
 
 

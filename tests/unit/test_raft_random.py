@@ -301,3 +301,31 @@ def test_negative_control_ignoring_figure8_is_caught_in_the_figure8_history() ->
     interp = Interpreter()
     for step in parse(FIGURE8.replace(" unsafe ignore-figure8", "")).steps:
         interp.run(step.command)
+
+
+FORGET_VOTE = """
+> nodes 3 prevote off checkquorum off unsafe forget-vote
+> campaign 1
+> deliver 1->2
+> process 2
+> crash 2
+> restart 2
+> drop 1->3
+> campaign 3
+> deliver 3->2
+> deliver 2->3
+> deliver 2->1
+> stabilize
+"""
+
+
+def test_negative_control_forgetting_the_vote_is_caught() -> None:
+    from tests.scenarios.runner import Interpreter, parse
+
+    interp = Interpreter()
+    with pytest.raises(SafetyViolation, match="two leaders in term 1"):
+        for step in parse(FORGET_VOTE).steps:
+            interp.run(step.command)
+    interp = Interpreter()
+    for step in parse(FORGET_VOTE.replace(" unsafe forget-vote", "")).steps:
+        interp.run(step.command)
