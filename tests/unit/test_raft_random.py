@@ -156,8 +156,14 @@ def _heal_and_settle(c: Cluster) -> list[Node]:
             break
     leader = c.leader()
     assert leader is not None, "no leader within 200 ticks of healing"
-    res = c.nodes[leader].c.propose(b"final")
-    assert isinstance(res, Proposed)
+    for _ in range(100):  # a leadership transfer may be under way: it ends or aborts
+        leader = c.leader()
+        assert leader is not None
+        res = c.nodes[leader].c.propose(b"final")
+        if isinstance(res, Proposed):
+            break
+        c.tick_all(1)
+    assert isinstance(res, Proposed), res
     conf = c.nodes[leader].c.status().conf
     members = [c.nodes[n] for n in sorted(conf.voters | conf.learners)]
     for _ in range(100):
