@@ -12,7 +12,8 @@ proxies keep serving.
 Bodies are written compactly with Toxiproxy's key order (proxy: name, listen, upstream,
 enabled, toxics; toxic: attributes, name, type, stream, toxicity); ``GET /proxies`` maps
 names in sorted order, as Go's encoder does. ``GET /metrics`` (Prometheus text) is an
-extension: bytes written per proxy and direction, connections accepted and open.
+extension: bytes read and written per proxy and direction (Toxiproxy's metric names),
+connections joined and open.
 """
 
 from __future__ import annotations
@@ -181,20 +182,21 @@ class Netem:
             await proxy.stop()
 
     def metrics_text(self) -> str:
-        lines = [
-            "# HELP toxiproxy_proxy_sent_bytes_total Bytes written by a proxy, per direction.",
-            "# TYPE toxiproxy_proxy_sent_bytes_total counter",
-        ]
-        for name in sorted(self.proxies):
-            p = self.proxies[name]
-            for direction, value in (
-                ("upstream", p.bytes_upstream),
-                ("downstream", p.bytes_downstream),
-            ):
-                labels = _labels(
-                    direction=direction, proxy=name, listener=p.listen, upstream=p.upstream
-                )
-                lines.append(f"toxiproxy_proxy_sent_bytes_total{{{labels}}} {value}")
+        lines: list[str] = []
+        for metric, what in (("received", "read from"), ("sent", "written to")):
+            lines += [
+                f"# HELP toxiproxy_proxy_{metric}_bytes_total Bytes {what} a proxy's sockets, "
+                "per direction.",
+                f"# TYPE toxiproxy_proxy_{metric}_bytes_total counter",
+            ]
+            for name in sorted(self.proxies):
+                p = self.proxies[name]
+                for direction in STREAMS:
+                    value = getattr(p.counters[direction], metric)
+                    labels = _labels(
+                        direction=direction, proxy=name, listener=p.listen, upstream=p.upstream
+                    )
+                    lines.append(f"toxiproxy_proxy_{metric}_bytes_total{{{labels}}} {value}")
         lines += [
             "# HELP netem_proxy_connections_total Client connections joined to their upstream.",
             "# TYPE netem_proxy_connections_total counter",

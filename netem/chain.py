@@ -54,7 +54,7 @@ from typing import Protocol
 
 from netem.toxics import ToxicSpec
 
-__all__ = ["CHANNEL_BYTES_MAX", "CHANNEL_CHUNKS_MAX", "Chunk", "Kind", "Pipe", "Sink"]
+__all__ = ["CHANNEL_BYTES_MAX", "CHANNEL_CHUNKS_MAX", "Chunk", "Counters", "Kind", "Pipe", "Sink"]
 
 log = logging.getLogger("netem")
 
@@ -170,6 +170,16 @@ async def _sleep_until(deadline: float) -> None:
     timers may round to the millisecond, so re-read the clock and sleep the rest)."""
     while (rest := deadline - _now()) > 0:
         await asyncio.sleep(rest)
+
+
+class Counters:
+    """Bytes read from the source and written to the destination (one proxy, one direction)."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
 
 
 class Sink(Protocol):
@@ -421,7 +431,7 @@ class Pipe:
         sink: Sink,
         rng: random.Random,
         on_end: Callable[[Kind], None],
-        on_bytes: Callable[[int], None],
+        counters: Counters,
     ) -> None:
         self.direction = direction
         self.source = source
@@ -430,7 +440,7 @@ class Pipe:
         self.stages: list[Stage] = []
         self.eof_delivered = False
         self._on_end = on_end
-        self._on_bytes = on_bytes
+        self.counters = counters
         self._backlog_paused = False
         self._closed = False
 
@@ -439,6 +449,7 @@ class Pipe:
     def feed(self, data: bytes) -> None:
         if self._closed:
             return
+        self.counters.received += len(data)
         if not self.stages:
             self._write(data)
             return
@@ -465,7 +476,7 @@ class Pipe:
 
     def _write(self, data: bytes) -> None:
         self.sink.write(data)
-        self._on_bytes(len(data))
+        self.counters.sent += len(data)
 
     def deliver(self, chunk: Chunk) -> None:
         """Write a chunk that left the chain (synchronous: order is fixed here)."""

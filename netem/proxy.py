@@ -30,7 +30,7 @@ import socket
 import struct
 from typing import Any, cast
 
-from netem.chain import PAUSE_BACKLOG, Kind, Pipe
+from netem.chain import PAUSE_BACKLOG, Counters, Kind, Pipe
 from netem.toxics import STREAMS, ApiProblem, ToxicSpec
 
 __all__ = ["Connection", "Proxy", "format_hostport", "split_hostport"]
@@ -197,9 +197,11 @@ class Connection:
         self.closed = False
         rng = proxy.rng
         self.pipes = {
-            "upstream": Pipe("upstream", client, upstream, rng, self._on_end, proxy.count_upstream),
+            "upstream": Pipe(
+                "upstream", client, upstream, rng, self._on_end, proxy.counters["upstream"]
+            ),
             "downstream": Pipe(
-                "downstream", upstream, client, rng, self._on_end, proxy.count_downstream
+                "downstream", upstream, client, rng, self._on_end, proxy.counters["downstream"]
             ),
         }
         client.conn = self
@@ -246,8 +248,7 @@ class Proxy:
         self._waiting: set[Side] = set()  # accepted clients whose upstream is being dialled
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.bytes_upstream = 0  # client -> upstream, written
-        self.bytes_downstream = 0  # upstream -> client, written
+        self.counters = {s: Counters() for s in STREAMS}  # bytes, kept across connections
         self.connections_total = 0
 
     # -- JSON --------------------------------------------------------------------------
@@ -265,14 +266,6 @@ class Proxy:
         if with_toxics:
             body["toxics"] = [t.to_json() for t in self.toxic_list()]
         return body
-
-    # -- counters ----------------------------------------------------------------------
-
-    def count_upstream(self, n: int) -> None:
-        self.bytes_upstream += n
-
-    def count_downstream(self, n: int) -> None:
-        self.bytes_downstream += n
 
     # -- listener ----------------------------------------------------------------------
 

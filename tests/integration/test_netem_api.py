@@ -396,12 +396,15 @@ def test_metrics_count_bytes_and_connections(clean: NetemProcess, echo: EchoServ
         text = http(clean, "GET", "/metrics").raw.decode()
     assert 'netem_proxy_connections_active{proxy="metered"} 1' in text
     assert 'netem_proxy_connections_total{proxy="metered"} 1' in text
-    line = next(
-        ln
-        for ln in text.splitlines()
-        if ln.startswith("toxiproxy_proxy_sent_bytes_total") and 'direction="upstream"' in ln
-    )
-    assert line.endswith(" 1000")
+    for metric in ("received", "sent"):
+        for direction in ("upstream", "downstream"):
+            line = next(
+                ln
+                for ln in text.splitlines()
+                if ln.startswith(f"toxiproxy_proxy_{metric}_bytes_total")
+                and f'direction="{direction}"' in ln
+            )
+            assert line.endswith(" 1000"), line
 
 
 def test_serve_stops_cleanly_on_sigterm(echo: EchoServer) -> None:

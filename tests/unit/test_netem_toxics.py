@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netem.chain import Pipe, slice_sizes
+from netem.chain import Counters, Pipe, slice_sizes
 from netem.toxics import ApiProblem, ToxicSpec, decode_body, parse_toxic, update_toxic
 
 
@@ -137,7 +137,8 @@ async def test_rebuilding_the_chain_keeps_every_byte_in_order(seed: int) -> None
     ]
     sink = _Sink()
     ended: list[object] = []
-    pipe = Pipe("downstream", _Source(), sink, rng, ended.append, lambda n: None)
+    counters = Counters()
+    pipe = Pipe("downstream", _Source(), sink, rng, ended.append, counters)
     sent = bytearray()
     for _ in range(300):
         data = rng.randbytes(rng.randint(1, 300))
@@ -159,5 +160,6 @@ async def test_rebuilding_the_chain_keeps_every_byte_in_order(seed: int) -> None
     else:
         pipe.apply([])  # release whatever is still delayed
     assert bytes(sink.data) == bytes(sent)
+    assert counters.received == counters.sent == len(sent)
     assert sink.eof
     pipe.close()
