@@ -11,9 +11,15 @@ once every region's data group has a leader (or exits 1 after ``--timeout``).
 pid and whether it answers. ``down --dir DIR`` sends SIGTERM to every node (graceful: they
 hand over leadership, flush and close), waits up to ``--timeout``, then SIGKILLs the rest.
 
-``cluster.json``: ``{"mode", "topology", "topology_resolved", "netem", "regions": {R:
-{"nodes": [{"id", "api", "pid", "dir", "proxies"}]}}, "started_at"}``. ``netem`` is null
-and ``proxies`` empty until the WAN emulator is wired in (the nodes then talk directly).
+With more than one region and without ``--no-netem``, ``up`` also starts the WAN emulator
+(``geostore netem serve``) as its own process and creates one proxy per directed
+inter-region link and destination node, with the topology's latency, jitter and bandwidth.
+
+``cluster.json``: ``{"mode", "topology", "topology_resolved", "config", "netem",
+"netem_pid", "regions": {R: {"nodes": [{"id", "api", "pid", "dir", "proxies"}]}},
+"leaders", "started_at", "ready_at"}``. ``netem`` is the emulator's API URL or null;
+a node's ``proxies`` map each other region to the address through which that region
+reaches the node. Nodes of one region always talk directly (``api``).
 """
 
 from __future__ import annotations
@@ -171,14 +177,13 @@ def _up(args: argparse.Namespace) -> int:
     resolved_path = os.path.join(folder, "topology.resolved.toml")
     with open(resolved_path, "w", encoding="utf-8") as f:
         f.write(resolved.to_toml())
-    netem_note = "--no-netem" if args.no_netem else "no WAN emulator wired in yet"
     cluster: dict[str, Any] = {
         "mode": args.mode,
         "topology": os.path.abspath(args.topology),
         "topology_resolved": resolved_path,
         "config": os.path.abspath(args.config) if args.config else None,
         "netem": None,
-        "netem_note": netem_note,
+        "netem_pid": None,
         "started_at": time.time(),
         "regions": {},
     }
@@ -224,6 +229,11 @@ def _up(args: argparse.Namespace) -> int:
             )
         cluster["regions"][r.name] = {"nodes": entries}
     _write_cluster(folder, cluster)
+    if not args.no_netem and len(resolved.regions) > 1:
+        try:
+            _start_netem(folder, resolved, cluster)
+        finally:  # so that 'cluster down' also stops a half-started emulator
+            _write_cluster(folder, cluster)
     if not args.json:
         print(f"started {len(_nodes(cluster))} nodes; waiting for a leader in every region")
     leaders = _wait_leaders(cluster, args.timeout, quiet=args.json)
@@ -241,8 +251,39 @@ def _up(args: argparse.Namespace) -> int:
         print(json.dumps(cluster, indent=2))
     else:
         print(_status_table(cluster))
+        if cluster["netem"]:
+            links = sum(len(n["proxies"]) for _, n in _nodes(cluster))
+            print(f"netem: {cluster['netem']} with {links} link proxies (see cluster.json)")
         print(f"cluster.json: {os.path.join(folder, CLUSTER_FILE)}")
     return 0
+
+
+def _start_netem(folder: str, topology: Any, cluster: dict[str, Any]) -> None:
+    """Start the WAN emulator as its own process and give every inter-region link its proxy.
+
+    A node's ``proxies`` map each other region to the address through which that region
+    reaches the node (``http://host:port``), with the link's latency, jitter and bandwidth.
+    """
+    from netem.links import apply_links, plan_links, wait_ready
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(os.path.join(folder, "netem.log"), "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geostore", "netem", "serve", "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    cluster["netem_pid"] = proc.pid
+    wait_ready(url, timeout_s=30.0)
+    applied = apply_links(plan_links(topology), url)
+    by_node = {n["id"]: n for _, n in _nodes(cluster)}
+    for link in applied:
+        host, port_ = link.address
+        by_node[link.plan.dst_node]["proxies"][link.plan.src_region] = f"http://{host}:{port_}"
+    cluster["netem"] = url
 
 
 def _wait_leaders(
@@ -322,6 +363,10 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(_status_rows(cluster), indent=2))
     else:
         print(_status_table(cluster))
+        if cluster.get("netem"):
+            pid = cluster.get("netem_pid")
+            state = "running" if pid and _alive(pid) else "down"
+            print(f"netem: {cluster['netem']} ({state}, pid {pid})")
     return 0
 
 
@@ -331,6 +376,8 @@ def _status(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     cluster = _load_cluster(args.dir)
     pids = {n["id"]: n["pid"] for _, n in _nodes(cluster) if n.get("pid")}
+    if cluster.get("netem_pid"):
+        pids["netem"] = cluster["netem_pid"]
     live = {nid: pid for nid, pid in pids.items() if _alive(pid)}
     for pid in live.values():
         with contextlib.suppress(ProcessLookupError):
@@ -353,7 +400,7 @@ def _down(args: argparse.Namespace) -> int:
     cluster["stopped_at"] = time.time()
     _write_cluster(args.dir, cluster)
     graceful = len(live) - len(killed)
-    print(f"stopped {len(live)} nodes ({graceful} gracefully, {len(killed)} killed)")
+    print(f"stopped {len(live)} processes ({graceful} gracefully, {len(killed)} killed)")
     if killed:
         print(f"killed after {args.timeout:g} s: {', '.join(killed)}")
     return 0

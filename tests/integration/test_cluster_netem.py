@@ -1,0 +1,95 @@
+"""Proves that ``cluster up`` on a multi-region topology starts the WAN emulator as its own
+process, records per node the proxy address through which each other region reaches it,
+that a request through such a proxy reaches the node (paying the link's latency), and that
+``cluster down`` stops the emulator with the nodes; ``--no-netem`` leaves it out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+TOPOLOGY = """
+name = "two"
+[[regions]]
+name = "a"
+intra_rtt_ms = 0.0
+nodes = ["a1"]
+[[regions]]
+name = "b"
+intra_rtt_ms = 0.0
+nodes = ["b1"]
+[[links]]
+a = "a"
+b = "b"
+rtt_ms_p50 = 60.0
+"""
+
+
+def geostore(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
+                          text=True, timeout=150, check=False)  # fmt: skip
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_up_starts_netem_and_records_proxies(tmp_path: Path) -> None:
+    (tmp_path / "topo.toml").write_text(TOPOLOGY)
+    folder = tmp_path / "c"
+    out = geostore("cluster", "up", "--topology", str(tmp_path / "topo.toml"), "--dir",
+                   str(folder), "--timeout", "120")  # fmt: skip
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        cluster = json.loads((folder / "cluster.json").read_text())
+        assert cluster["netem"].startswith("http://127.0.0.1:")
+        assert alive(cluster["netem_pid"])
+        a1 = cluster["regions"]["a"]["nodes"][0]
+        b1 = cluster["regions"]["b"]["nodes"][0]
+        assert set(a1["proxies"]) == {"b"} and set(b1["proxies"]) == {"a"}
+        direct = get(a1["api"] + "/v1/health")
+        t0 = time.monotonic()
+        via = get(a1["proxies"]["b"] + "/v1/health")
+        assert via == direct == {"status": "ok", "node": "a1"}
+        assert time.monotonic() - t0 >= 0.06, "the proxy adds the link's round trip"
+    finally:
+        down = geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
+        assert down.returncode == 0, down.stderr
+    cluster = json.loads((folder / "cluster.json").read_text())
+    deadline = time.monotonic() + 30
+    while alive(cluster["netem_pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(cluster["netem_pid"])
+
+
+def test_no_netem_leaves_it_out(tmp_path: Path) -> None:
+    (tmp_path / "topo.toml").write_text(TOPOLOGY)
+    folder = tmp_path / "c"
+    out = geostore("cluster", "up", "--topology", str(tmp_path / "topo.toml"), "--dir",
+                   str(folder), "--no-netem", "--timeout", "120")  # fmt: skip
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        cluster = json.loads((folder / "cluster.json").read_text())
+        assert cluster["netem"] is None and cluster["netem_pid"] is None
+        assert all(n["proxies"] == {} for r in cluster["regions"].values() for n in r["nodes"])
+    finally:
+        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
