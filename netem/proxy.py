@@ -92,7 +92,7 @@ class Side(asyncio.Protocol):
             self._early.append(data)
             # uvloop starts reading after connection_made even if it paused there: pause
             # again, so a client waiting for its upstream buffers one read, not everything.
-            if self._pause_mask and self.transport is not None:
+            if self._pause_mask and self.transport is not None and not self.transport.is_closing():
                 self.transport.pause_reading()
         else:
             self.pipe_in.feed(data)
@@ -134,8 +134,9 @@ class Side(asyncio.Protocol):
                 pipe.feed(data)
 
     def pause(self, reason: int) -> None:
-        if self._pause_mask == 0 and self.transport is not None:
-            self.transport.pause_reading()
+        transport = self.transport
+        if self._pause_mask == 0 and transport is not None and not transport.is_closing():
+            transport.pause_reading()
         self._pause_mask |= reason
 
     def resume(self, reason: int) -> None:
