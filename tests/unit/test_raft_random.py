@@ -205,7 +205,7 @@ def _run(seed: int, nodes: int, steps: int, **unsafe: object) -> Cluster:
     return c
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(100))
 def test_random_faults_stay_safe_and_recover(seed: int) -> None:
     c = _run(seed, 3 if seed % 2 else 5, 1500)
     leader = c.leader()

@@ -58,3 +58,18 @@ def test_failed_expectation_raises_even_when_rewriting(
     f.write_text("> nodes 3\n> expect 1 role == leader\n")
     with pytest.raises(ScenarioError, match="got 'follower'"):
         run_file(f)
+
+
+def test_rewrite_flag_replaces_the_expected_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "x.txt"
+    f.write_text("# keep me\n> nodes 3\n> status 1\nstale line\n\n# and me\n> heal\n")
+    monkeypatch.setenv("GEOSTORE_REWRITE", "1")
+    ok, _ = run_file(f)
+    assert ok
+    text = f.read_text()
+    assert "stale line" not in text and "1 follower t0" in text
+    assert text.startswith("# keep me\n") and "\n# and me\n> heal\n" in text
+    monkeypatch.delenv("GEOSTORE_REWRITE")
+    assert run_file(f)[0]
