@@ -89,7 +89,7 @@ def run(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, quiet: bool = Fals
     try:
         _run_loop(serve(host, port, on_ready=ready))
     except OSError as exc:
-        print(f"netem: cannot serve on {format_hostport(host, port)}: {exc}", flush=True)
+        print(f"netem: cannot serve on {format_hostport(host, port)}: {exc}", file=sys.stderr)
         return 1
     return 0
 
