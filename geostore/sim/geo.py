@@ -95,6 +95,7 @@ GEO_FAULTS: tuple[str, ...] = (
     "crash",
     "crash_point",
     "stale_epoch",
+    "proposal_loss",
 )
 
 #: Rare paths the CI seed set must take (C4), besides one of each fault.
@@ -251,6 +252,7 @@ class _Region:
     shipper: Shipper | None = None
     receiver: Receiver | None = None
     crash_point_armed: bool = False
+    last_commit_us: int = 0  # the log commits in order: no proposal overtakes another
     next_producer_seq: int = 0
 
     def read_committed(
@@ -351,6 +353,7 @@ class GeoSimulation:
         self._fifo_us: dict[tuple[RegionId, RegionId], int] = {}
         self.rates: dict[str, list[float]] = {"loss": [], "duplicate": [], "reorder": []}
         self.corrupt_p: list[float] = []
+        self.proposal_loss_p: list[float] = []  # the region's log drops a proposal, leader lives
 
         self.now_us = 0
         self._heap: list[tuple[int, int, Callable[[Any], None], object]] = []
@@ -407,7 +410,7 @@ class GeoSimulation:
                 faults.append(_Fault(start, duration, kind, ends))
             elif kind in ("crash", "crash_point"):
                 faults.append(_Fault(start, r.randint(50, 800), kind, (r.choice(names),)))
-            elif kind in ("loss", "duplicate", "reorder", "corrupt"):
+            elif kind in ("loss", "duplicate", "reorder", "corrupt", "proposal_loss"):
                 faults.append(_Fault(start, duration, kind, (), r.uniform(0.05, 0.4)))
             else:
                 faults.append(_Fault(start, 0, kind, (r.choice(names),)))
@@ -436,6 +439,9 @@ class GeoSimulation:
         elif f.kind == "corrupt":
             self.corrupt_p.append(f.rate)
             self.at(f.duration_ms, self._fault_end, (f, []))
+        elif f.kind == "proposal_loss":
+            self.proposal_loss_p.append(f.rate)
+            self.at(f.duration_ms, self._fault_end, (f, []))
         elif f.kind == "crash":
             self._crash(self.regions[f.regions[0]], f.duration_ms)
         elif f.kind == "crash_point":
@@ -459,6 +465,8 @@ class GeoSimulation:
             self._set_rates()
         elif f.kind == "corrupt" and f.rate in self.corrupt_p:
             self.corrupt_p.remove(f.rate)
+        elif f.kind == "proposal_loss" and f.rate in self.proposal_loss_p:
+            self.proposal_loss_p.remove(f.rate)
 
     def _set_rates(self) -> None:
         self.net.loss_p = max(self.rates["loss"], default=0.0)
@@ -560,15 +568,21 @@ class GeoSimulation:
             events = _sim_events(r, p, region.next_producer_seq * 10, count)
             producer = (f"c{p}", region.next_producer_seq) if r.random() < 0.7 else (None, None)
             self.at(
-                self._commit_delay(),
+                self._commit_delay(region),
                 self._home_commit,
                 (region, p, count, events, producer, region.incarnation),
             )
         self.at(r.expovariate(1.0 / self.settings.append_interval_ms_mean), self._client, p)
 
-    def _commit_delay(self) -> float:
+    def _commit_delay(self, region: _Region) -> float:
+        """Delay until a proposal made now commits: a region's log commits in proposal order."""
         lo, hi = self.commit_ms
-        return self.rng_region.uniform(lo, hi)
+        at_us = max(
+            self.now_us + int(self.rng_region.uniform(lo, hi) * US_PER_MS),
+            region.last_commit_us + 1,
+        )
+        region.last_commit_us = at_us
+        return (at_us - self.now_us) / US_PER_MS
 
     def _survives(self, region: _Region, incarnation: int) -> bool:
         """A proposal whose leader crashed may still commit (it reached a majority) or not."""
@@ -721,8 +735,17 @@ class GeoSimulation:
             elif type(eff) is ProposeBatch:
                 self._check_proposed(region, eff.cmd)
                 self.trace(f"propose {region.name} p{eff.cmd.partition} {eff.cmd.src_start}")
+                if self.proposal_loss_p and self.rng_region.random() < max(self.proposal_loss_p):
+                    # Lost without a leader change (a refused or overwritten entry): the host
+                    # reports it half of the time; otherwise the receiver finds out by itself.
+                    self.coverage["proposals_dropped"] += 1
+                    if self.rng_region.random() < 0.5 and region.receiver is not None:
+                        region.receiver.on_propose_failed(eff.cmd.stream, eff.cmd.partition)
+                    continue
                 self.at(
-                    self._commit_delay(), self._geo_commit, (region, eff.cmd, region.incarnation)
+                    self._commit_delay(region),
+                    self._geo_commit,
+                    (region, eff.cmd, region.incarnation),
                 )
             elif type(eff) is LearnDictionary:
                 self.coverage["dictionary_fetches"] += 1
@@ -821,6 +844,7 @@ class GeoSimulation:
         for rates in self.rates.values():
             rates.clear()
         self.corrupt_p.clear()
+        self.proposal_loss_p.clear()
         for region in self.regions.values():
             region.crash_point_armed = False
 
