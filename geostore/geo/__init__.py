@@ -5,6 +5,22 @@ partitions to every other region; each other region's leader hosts a :class:`Rec
 validates them and proposes them into its own Raft log, and the region's state machine applies
 them with :func:`apply_geo_batch`, which moves the data and the watermark together. Wire tags
 200-219 are reserved for the messages of :mod:`geostore.geo.messages`.
+
+Host contract (what the runtime does around the pure cores):
+
+- Home leader: build a ``Shipper`` on becoming leader (it keeps no durable state), call
+  ``on_committed(stream, partition, epoch, last_seq, now_ms)`` for every home partition at
+  start and after each apply, serve ``CommittedLog.read_committed`` from the store, call
+  ``tick(now_ms)`` every few ms and after each input, send each returned ``GeoEnvelope`` to
+  its ``dst_region``, and pass every envelope from another region to ``on_envelope``.
+- Receiving leader: build a ``Receiver`` from the durable watermarks of the state machine,
+  pass envelopes to ``on_envelope``; for ``ProposeBatch`` propose ``encode_message(cmd)`` (a
+  :class:`GeoApply`) into the region's Raft log; for ``SendEnvelope`` send it; call
+  ``tick(now_ms)`` periodically and ``on_propose_failed`` when a proposal is refused.
+- Every replica, when a ``GeoApply`` entry applies: ``result = apply_geo_batch(wm, cmd)``;
+  if ``result.applied``, store ``cmd.entries`` (with their producer ids and seqs) and
+  ``result.watermark`` in the same applied step; then, on the leader, hand
+  ``on_applied(cmd, result, now_ms)`` to the receiver and send the envelopes it returns.
 """
 
 from .apply import ApplyVerdict, GeoApplyResult, apply_geo_batch

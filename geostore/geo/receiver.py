@@ -276,15 +276,15 @@ class Receiver:
         self,
         stream: StreamName,
         partition: PartitionId,
-        rng: _Pending | GeoBatch,
+        about: _Pending | GeoBatch,
         reason: NackReason,
         p: _Part,
         dict_id: int = 0,
     ) -> GeoNack:
-        if isinstance(rng, GeoBatch):
-            epoch, start, end = rng.epoch, rng.src_start, rng.src_end
+        if isinstance(about, GeoBatch):
+            epoch, start, end = about.epoch, about.src_start, about.src_end
         else:
-            epoch, start, end = rng.epoch, rng.start, rng.end
+            epoch, start, end = about.epoch, about.start, about.end
         known = max(p.known_epoch, p.durable.epoch)
         return GeoNack(stream, partition, epoch, start, end, reason, p.durable, known, dict_id)
 
