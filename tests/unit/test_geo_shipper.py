@@ -392,3 +392,15 @@ def test_shipper_and_receiver_converge_through_rewinds_and_losses() -> None:
     assert store == log.parts[P]
     assert sh.lag(S, P, EU, now).events == 0
     assert sh.stats.retransmits > 0
+
+
+def test_watermark_cutting_through_a_batch_in_flight_resends_from_the_mark() -> None:
+    """Regression: the window was cleared without moving next_seq back, leaving a hole."""
+    log = ListLog()
+    sh = started(log, 10)
+    assert ranges(sh.tick(1)) == [(0, 3), (4, 7)]
+    # an earlier leader's batches were cut differently: the receiver holds 0..5 durably
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(5), wm(5))), 2)
+    lag = sh.lag(S, P, EU, 2)
+    assert (lag.acked, lag.inflight_batches) == (5, 0)
+    assert ranges(sh.tick(3)) == [(6, 9)]
