@@ -465,8 +465,13 @@ class Api:
 
         def reached() -> bool:
             for p, _epoch, seq in parts:
-                if group.store.partition_info(stream, p).last_seq < seq:
-                    return False
+                try:
+                    if group.store.partition_info(stream, p).last_seq < seq:
+                        return False
+                except ApiError as err:
+                    if err.code is ErrorCode.UNKNOWN_STREAM:
+                        return False  # its creation is not applied here yet
+                    raise
             return True
 
         while not reached():
@@ -508,7 +513,6 @@ class Api:
         from_seq = int_param(request, "from_seq", 0, minimum=0)
         limit = self._limit(request)
         rng = self._ts_range(request, required=False)
-        group.store.stream(stream)  # 404 before any wait
         forwarded = await self._consistent(request, group)
         if forwarded is not None:
             return forwarded
@@ -530,7 +534,6 @@ class Api:
         partition = int_param(request, "partition")
         window_us = int_param(request, "window_us", minimum=1)
         scan_limit = int_param(request, "scan_limit", minimum=1)
-        group.store.stream(stream)
         forwarded = await self._consistent(request, group)
         if forwarded is not None:
             return forwarded

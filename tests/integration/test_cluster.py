@@ -155,6 +155,9 @@ def test_forwarded_writes_and_reads(cluster: dict[str, Any]) -> None:
     status, info = call(f + "/v1/streams", "POST",
                         {"name": "flights", "key_field": "origin", "schema": SCHEMA})  # fmt: skip
     assert status == 201, info
+    for n in nodes_of(cluster):  # acknowledged, so every regional read sees it at once
+        status, page = call(n["api"] + "/v1/streams/flights/events")
+        assert status == 200 and page["events"] == [], (n["id"], page)
     events = [{"ts": 1_000_000 * i, "body": {"origin": "JFK", "delay": i}} for i in range(50)]
     status, res = call(f + "/v1/streams/flights/events", "POST", {"events": events})
     assert status == 200, res

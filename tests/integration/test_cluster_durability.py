@@ -35,7 +35,7 @@ tick_ms = 20
 heartbeat_ticks = 5
 election_ticks = 50
 """
-APPENDS = 40
+APPENDS = 25
 
 
 def geostore(*args: str) -> subprocess.CompletedProcess[str]:

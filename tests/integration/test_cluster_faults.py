@@ -169,11 +169,11 @@ def test_history_under_kill_stop_and_restart_is_linearizable(tmp_path: Path) -> 
         ]
         for t in threads:
             t.start()
-        time.sleep(2)
+        time.sleep(1.5)
         leader = wait_for("a leader", lambda: next(
             (n for n in nodes if role_of(n["api"]) == "leader"), None))  # fmt: skip
         os.kill(leader["pid"], signal.SIGKILL)
-        time.sleep(3)
+        time.sleep(2.5)
         # restart it from its data dir, exactly as cluster up started it
         cmd = [sys.executable, "-m", "geostore", "node", "--topology",
                cluster["topology_resolved"], "--node", leader["id"], "--dir", leader["dir"],
@@ -183,7 +183,7 @@ def test_history_under_kill_stop_and_restart_is_linearizable(tmp_path: Path) -> 
                                     start_new_session=True)  # fmt: skip
         leader["pid"] = proc.pid
         (folder / "cluster.json").write_text(json.dumps(cluster))
-        time.sleep(2)
+        time.sleep(1.5)
         follower = wait_for("a follower", lambda: next(
             (n for n in nodes if n is not leader and role_of(n["api"]) == "follower"), None))  # fmt: skip
         os.kill(follower["pid"], signal.SIGSTOP)
@@ -191,7 +191,7 @@ def test_history_under_kill_stop_and_restart_is_linearizable(tmp_path: Path) -> 
         time.sleep(4)  # past the election timeout (1 to 2 s)
         os.kill(follower["pid"], signal.SIGCONT)
         stopped.clear()
-        time.sleep(3)
+        time.sleep(2)
         work.stop.set()
         for t in threads:
             t.join(timeout=RETRY_FOR_S + 30)

@@ -1,7 +1,7 @@
 """Proves that ``cluster up`` on a multi-region topology starts the WAN emulator as its own
 process, records per node the proxy address through which each other region reaches it,
 that a request through such a proxy reaches the node (paying the link's latency), and that
-``cluster down`` stops the emulator with the nodes; ``--no-netem`` leaves it out."""
+``cluster down`` stops the emulator with the nodes."""
 
 from __future__ import annotations
 
@@ -79,17 +79,3 @@ def test_up_starts_netem_and_records_proxies(tmp_path: Path) -> None:
     while alive(cluster["netem_pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(cluster["netem_pid"])
-
-
-def test_no_netem_leaves_it_out(tmp_path: Path) -> None:
-    (tmp_path / "topo.toml").write_text(TOPOLOGY)
-    folder = tmp_path / "c"
-    out = geostore("cluster", "up", "--topology", str(tmp_path / "topo.toml"), "--dir",
-                   str(folder), "--no-netem", "--timeout", "120")  # fmt: skip
-    try:
-        assert out.returncode == 0, out.stdout + out.stderr
-        cluster = json.loads((folder / "cluster.json").read_text())
-        assert cluster["netem"] is None and cluster["netem_pid"] is None
-        assert all(n["proxies"] == {} for r in cluster["regions"].values() for n in r["nodes"])
-    finally:
-        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
