@@ -74,6 +74,7 @@ class GeostoreClient:
         attempt_timeout_s: float | None = None,
         attempts_max: int = 8,
         producer_id: str | None = None,
+        producer_span: int = 256,
         idempotent: bool = True,
         read_your_writes: bool = False,
         token_wait_ms: int = 2_000,
@@ -93,7 +94,9 @@ class GeostoreClient:
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s or max(timeout_s / 2, min(timeout_s, 1.0))
         self.attempts_max = attempts_max
+        assert producer_span >= 1
         self.producer_id = producer_id or f"c-{uuid.uuid4().hex}"
+        self.producer_span = producer_span
         self.idempotent = idempotent
         self.read_your_writes = read_your_writes
         self.token_wait_ms = token_wait_ms
@@ -151,10 +154,17 @@ class GeostoreClient:
         return self._tokens.get(stream)
 
     def next_producer(self) -> Producer:
-        """A fresh ``(id, seq)`` pair of this client's idempotent producer."""
+        """A fresh ``(id, seq)`` pair of this client's idempotent producer.
+
+        The id changes every ``producer_span`` seqs (``ID.0``, ``ID.1``, ...). The server
+        remembers a window of recent seqs per producer id and refuses a seq that fell below
+        it; a retry comes late (after an attempt timeout) while later requests keep
+        advancing the seqs, so at a high request rate a single id would push its own retry
+        out of the window. Each id stops advancing after ``producer_span`` (below the
+        server's window), so its late retries are still recognised."""
         seq = self._producer_seq
         self._producer_seq += 1
-        return Producer(self.producer_id, seq)
+        return Producer(f"{self.producer_id}.{seq // self.producer_span}", seq)
 
     async def find_leader(self, *, timeout_s: float | None = None) -> str | None:
         """Ask a node who leads the region's data group and send to that node from now on,

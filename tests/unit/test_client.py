@@ -50,6 +50,14 @@ class ContractFixture:
         self.tail_drop_after = 0
         self.partial_fail_once: int | None = None
         self.status_body: dict[str, Any] = {"node": "n1", "region": "r1"}
+        #: like the server's dedup window: a seq this far below the id's latest is refused
+        self.window = 1 << 30
+        self.max_seq: dict[str, int] = {}
+        #: the first append hangs without being applied (its answer never comes)
+        self.stall_first_unapplied = False
+        #: set by a test: retries of seq 0 wait for it (so the later appends come first)
+        self.release_retry = asyncio.Event()
+        self.release_retry.set()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -115,11 +123,23 @@ class ContractFixture:
             return self._answer(
                 request, 404, {"error": {"code": "unknown_stream", "message": "no stream"}}
             )
+        prod = body.get("producer")
+        if self.stall_first_unapplied:
+            self.stall_first_unapplied = False
+            self.release_retry.clear()
+            await asyncio.sleep(1.0)
+            return self._answer(request, 200, {"results": [], "token": None})
+        if prod and prod["seq"] == 0:
+            await self.release_retry.wait()
+        if prod and (prod["id"], prod["seq"]) not in {(k[2], k[3]) for k in self.dedup}:
+            if prod["seq"] <= self.max_seq.get(prod["id"], -1) - self.window:
+                err = {"code": "conflict", "message": "older than the dedup window"}
+                return self._answer(request, 409, {"error": err})
+            self.max_seq[prod["id"]] = max(prod["seq"], self.max_seq.get(prod["id"], -1))
         by_part: dict[int, list[dict[str, Any]]] = {}
         for ev in body["events"]:
             by_part.setdefault(ev.get("partition", 0), []).append(ev)
         results: list[dict[str, Any]] = []
-        prod = body.get("producer")
         for part, evs in sorted(by_part.items()):
             if self.partial_fail_once == part:
                 self.partial_fail_once = None
@@ -237,13 +257,13 @@ async def test_append_json_request_shape_and_result(node: tuple[ContractFixture,
         res = await c.append("s", [{"body": {"x": 1}}, {"body": {"x": 2}, "partition": 1}])
     method, path, _, body, ctype, _ = fake.requests[0]
     assert (method, path, ctype) == ("POST", "/v1/streams/s/events", "application/json")
-    assert body["producer"] == {"id": "p1", "seq": 0}
+    assert body["producer"] == {"id": "p1.0", "seq": 0}
     assert body["events"][1] == {"body": {"x": 2}, "partition": 1}
     assert [(r.partition, r.first_seq, r.last_seq, r.epoch) for r in res.results] == [
         (0, 0, 0, 1),
         (1, 0, 0, 1),
     ]
-    assert res.token and res.producer == Producer("p1", 0) and res.count == 2
+    assert res.token and res.producer == Producer("p1.0", 0) and res.count == 2
 
 
 async def test_cbor_both_ways(node: tuple[ContractFixture, str]) -> None:
@@ -257,16 +277,16 @@ async def test_cbor_both_ways(node: tuple[ContractFixture, str]) -> None:
 
 async def test_producer_seq_increases_per_call(node: tuple[ContractFixture, str]) -> None:
     fake, url = node
-    async with GeostoreClient([url], producer_id="p") as c:
+    async with GeostoreClient([url], producer_id="p", producer_span=2) as c:
         for _ in range(3):
             await c.append("s", [{"body": 1}])
         await c.append("s", [{"body": 1}], producer=Producer("other", 7))
         await c.append("s", [{"body": 1}], producer=False)
     sent = [r[3].get("producer") for r in fake.requests]
     assert sent == [
-        {"id": "p", "seq": 0},
-        {"id": "p", "seq": 1},
-        {"id": "p", "seq": 2},
+        {"id": "p.0", "seq": 0},
+        {"id": "p.0", "seq": 1},
+        {"id": "p.1", "seq": 2},
         {"id": "other", "seq": 7},
         None,
     ]
@@ -334,7 +354,7 @@ async def test_503_is_retried_with_the_same_producer(node: tuple[ContractFixture
     async with GeostoreClient([url], producer_id="p") as c:
         res = await c.append("s", [{"body": 1}])
         assert c.retries == 1
-    assert [r[3]["producer"] for r in fake.requests] == [{"id": "p", "seq": 0}] * 2
+    assert [r[3]["producer"] for r in fake.requests] == [{"id": "p.0", "seq": 0}] * 2
     assert res.results[0].first_seq == 0
 
 
@@ -546,3 +566,28 @@ async def test_tail_carries_large_events(node: tuple[ContractFixture, str]) -> N
         async for ev in c.tail("s", 0, from_seq=0, reconnect=False):
             assert ev.body == big
             break
+
+
+@pytest.mark.parametrize("span", [4, 1000])
+async def test_late_retry_stays_inside_the_dedup_window(
+    node: tuple[ContractFixture, str], span: int
+) -> None:
+    """The first append's answer is lost and its retry comes after 20 later appends. With
+    one producer id (span 1000) that seq fell out of an 8-seq window and is refused; the
+    client's id rotation (span 4) keeps it recognisable, so the retry is applied."""
+    fake, url = node
+    fake.window, fake.stall_first_unapplied = 8, True
+    async with GeostoreClient([url], attempt_timeout_s=0.3, producer_span=span) as c:
+        first = asyncio.create_task(c.append("s", [{"body": "first"}]))
+        while not fake.requests:  # the first request is at the fixture, stalled
+            await asyncio.sleep(0.01)
+        for i in range(20):
+            await c.append("s", [{"body": i}])
+        fake.release_retry.set()
+        if span == 1000:
+            with pytest.raises(RequestFailed) as info:
+                await first
+            assert info.value.code is ErrorCode.CONFLICT
+        else:
+            assert (await first).count == 1
+            assert sum(e["body"] == "first" for e in fake.events[("s", 0)]) == 1
