@@ -33,7 +33,6 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.UNAVAILABLE: "is the cluster up? check 'geostore cluster status --dir DIR'",
     ErrorCode.WAIT_TIMEOUT: "retry, raise --timeout, or check 'geostore cluster status'",
     ErrorCode.WRONG_REGION: "pass one of the cluster's regions with --region",
-    ErrorCode.CONFIG: "start a cluster with 'geostore cluster up --dir DIR' or fix --cluster",
 }
 
 
