@@ -4,7 +4,7 @@
 experiment file (bench/experiments/*.toml) with its one-line description. ``run NAME
 [ARGS...]`` runs ``python -m bench.NAME ARGS...`` with this interpreter in a child process,
 its output streaming straight through, and exits with its status. ``report RESULTS...
-[--out DIR]`` renders the Markdown report and PNG plots (bench/report.py). ``check FILE...``
+[--out DIR] [--no-plots]`` renders the Markdown report and PNG plots (bench/report.py). ``check FILE...``
 validates experiment files.
 
 bench/ is not part of the installed package: it sits beside it in a source checkout. The
@@ -55,7 +55,7 @@ def benchmarks(root: Path) -> dict[str, str]:
         if path.name.startswith("_"):
             continue
         source = path.read_text(encoding="utf-8")
-        if "__name__ == \"__main__\"" not in source:
+        if '__name__ == "__main__"' not in source:
             continue  # a library module (results, floor, report...), not a benchmark
         try:
             doc = ast.get_docstring(ast.parse(source)) or ""
@@ -78,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report_p = sub.add_parser("report", help="render result JSON files as Markdown + PNG plots")
     report_p.add_argument("results", nargs="+", help="result JSON files")
     report_p.add_argument("--out", default="bench-report", help="output folder (bench-report)")
+    report_p.add_argument("--no-plots", action="store_true", help="tables only, no PNGs")
     check_p = sub.add_parser("check", help="validate experiment files")
     check_p.add_argument("files", nargs="+", help="experiment TOML files")
 
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     _importable(root)
     from bench.report import render_report, written_files
 
-    report = render_report(args.results, args.out)
+    report = render_report(args.results, args.out, plots=not args.no_plots)
     images = len(written_files(report)) - 1
     print(f"report: {report} ({images} plot{'' if images == 1 else 's'})")
     return 0

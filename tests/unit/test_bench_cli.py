@@ -41,7 +41,7 @@ def test_run_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     doc = json.loads(result.read_text())
     assert doc["name"] == "raft_core" and doc["metrics"]
     out_dir = tmp_path / "report"
-    assert main(["bench", "report", str(result), "--out", str(out_dir)]) == 0
+    assert main(["bench", "report", str(result), "--out", str(out_dir), "--no-plots"]) == 0
     assert f"report: {out_dir / 'report.md'}" in capsys.readouterr().out
     text = (out_dir / "report.md").read_text()
     assert "## raft_core" in text and "| entries_per_s_1_per_proposal |" in text
