@@ -214,3 +214,20 @@ def cdf_from_histogram(hist: Any, unit_per_ms: float = 1000.0) -> list[list[floa
         step = len(out) / CDF_POINTS
         out = [out[int(i * step)] for i in range(CDF_POINTS)] + [out[-1]]
     return out
+
+
+def region_from_phase(stats: Any) -> RegionResult:
+    """One region's entry from a ``bench.loadgen.PhaseStats`` (duck-typed): throughput, the
+    percentiles, the CDF and the encoded HDR histogram (microseconds) of its measured window."""
+    hist = stats.histogram
+    out: RegionResult = {
+        "throughput_events_per_s": float(stats.events_per_s),
+        "throughput_requests_per_s": float(stats.requests_per_s),
+        "requests_ok": int(stats.requests_ok),
+        "requests_failed": int(sum(stats.failed.values())),
+        "latency_ms": stats.latency_ms(),
+    }
+    if hist.get_total_count():
+        out["latency_cdf"] = cdf_from_histogram(hist)
+        out["latency_hdr"] = hist.encode().decode("ascii")
+    return out

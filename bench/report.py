@@ -200,7 +200,16 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return NOT_MEASURED if value is None else f"{value:.2f}x"
+    if value is None:
+        return NOT_MEASURED
+    return f"{value:.2g}x" if value < 0.1 else f"{value:.2f}x"
+
+
+def _vs_floor(measured: float | None, floor: float | None) -> str:
+    """The ratio cell of a table: 'not measured' only when a figure is missing."""
+    if measured is not None and floor is not None and floor <= 0:
+        return "n/a (floor 0)"
+    return _ratio(ratio(measured, floor))
 
 
 def _bytes(value: Any) -> str:
@@ -504,8 +513,8 @@ def _region_tables(runs: Sequence[Run], regions: Sequence[str]) -> list[str]:
                     _num(lat["p50"], 2),
                     _num(lat["p99"], 2),
                     _num(floor, 2),
-                    _ratio(ratio(lat["p50"], floor)),
-                    _ratio(ratio(lat["p99"], floor)),
+                    _vs_floor(lat["p50"], floor),
+                    _vs_floor(lat["p99"], floor),
                     _num(float(data["throughput_events_per_s"])),
                 ]
             )
@@ -570,8 +579,8 @@ def _link_tables(runs: Sequence[Run]) -> list[str]:
                     _num(p50, 2),
                     _num(p99, 2),
                     _num(floor, 2),
-                    _ratio(ratio(p50, floor)),
-                    _ratio(ratio(p99, floor)),
+                    _vs_floor(p50, floor),
+                    _vs_floor(p99, floor),
                 ]
             )
             raw, packed = link.get("wan_bytes_raw"), link.get("wan_bytes_compressed")

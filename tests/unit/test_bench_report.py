@@ -21,6 +21,7 @@ from bench.compare_schema import (
     cdf_from_histogram,
     cdf_from_samples,
     cpu_bound,
+    region_from_phase,
     validate_comparison,
 )
 from bench.floor import append_floor_ms, lag_floor_ms, quorum_rtt_ms, ratio
@@ -256,7 +257,9 @@ def test_report_renders_comparison(results_dir: tuple[Path, list[Path]]) -> None
         THREE, "single-leader", "eu-west-1", doc["fsync_ms"]["p50"], intra_rtt_ms=0.0
     )
     p50 = doc["regions"]["eu-west-1"]["latency_ms"]["p50"]
-    assert f"| {floor:,.2f} | {p50 / floor:.2f}x |" in text
+    r = p50 / floor  # printed with 2 decimals, or 2 significant digits below 0.1
+    shown = f"{r:.2g}x" if r < 0.1 else f"{r:.2f}x"
+    assert f"| {floor:,.2f} | {shown} |" in text
     assert "aggregate throughput multi-leader / single-leader" in text
     assert "machine at" in text  # the CPU line (CPU-bound or not, as measured)
 
@@ -344,3 +347,44 @@ def test_cdf_helpers() -> None:
     hcdf = cdf_from_histogram(hist)
     assert hcdf[-1][1] == 1.0 and hcdf[0][0] == pytest.approx(1.0, rel=1e-2)
     assert hcdf[1][1] == 0.75
+
+
+async def test_region_from_a_real_loadgen_phase(tmp_path: Path) -> None:
+    from bench.loadgen import LoopClock, Phase, closed_loop
+
+    fd = os.open(tmp_path / "probe.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    async def op(batch: int) -> int:  # a real durable write per request
+        os.write(fd, b"z" * 64 * batch)
+        os.fsync(fd)
+        return batch
+
+    try:
+        stats = await closed_loop(op, Phase("closed", 2, 1), 0.3, 0.05, LoopClock())
+    finally:
+        os.close(fd)
+    region = region_from_phase(stats)
+    assert region["requests_ok"] == stats.requests_ok > 0
+    assert region["throughput_events_per_s"] == stats.events_per_s
+    assert region["latency_cdf"][-1][1] == 1.0
+    from hdrh.histogram import HdrHistogram
+
+    decoded = HdrHistogram.decode(region["latency_hdr"])
+    assert decoded.get_total_count() == stats.histogram.get_total_count()
+    doc = {
+        "schema": SCHEMA,
+        "config": {
+            "topology": "three-continents",
+            "rtt_scale": 1.0,
+            "mode": "multi-leader",
+            "workload": "in-process-probe",
+            "duration_s": 0.3,
+        },
+        "environment": environment(),
+        "regions": {"us-east-1": json.loads(json.dumps(region))},
+    }
+    validate_comparison(doc, "phase")
+    p = tmp_path / "phase.json"
+    p.write_text(json.dumps(doc))
+    text = render_report([p], tmp_path / "out", plots=False).read_text()
+    assert "**us-east-1**" in text
