@@ -157,7 +157,8 @@ def _up(args: argparse.Namespace) -> int:
         return 2
     folder = os.path.abspath(args.dir)
     os.makedirs(folder, exist_ok=True)
-    if os.path.exists(os.path.join(folder, CLUSTER_FILE)):
+    fresh = not os.path.exists(os.path.join(folder, CLUSTER_FILE))
+    if not fresh:
         old = _load_cluster(folder)
         running = [n["id"] for _, n in _nodes(old) if n.get("pid") and _alive(n["pid"])]
         if running and not old.get("stopped"):
@@ -210,6 +211,8 @@ def _up(args: argparse.Namespace) -> int:
                 cmd += ["--config", os.path.abspath(args.config)]
             if args.unsafe_no_fsync:
                 cmd.append("--unsafe-no-fsync")
+            if fresh:  # only a cluster's first start may write initial configurations
+                cmd.append("--bootstrap")
             with open(os.path.join(node_dir, "process.log"), "ab") as out:
                 proc = subprocess.Popen(
                     cmd,

@@ -1,10 +1,16 @@
 """``geostore node``: run one node process (what ``cluster up`` starts on each node).
 
 ``geostore node --topology FILE --node ID --dir DIR [--config CFG] [--override CFG]
-[--port P]`` opens (or creates) the node's data dir, joins its region's Raft group with the
+[--port P] [--bootstrap | --join]`` opens (or creates) the node's data dir, joins its region's Raft group with the
 peers the topology names (every node of the region needs a host and port there; ``--port``
 only overrides this node's own), serves the HTTP API and peer links on one port, and runs
 until SIGTERM or SIGINT, then shuts down gracefully (exit status 0).
+
+Empty storage is accepted only with ``--bootstrap`` (a founding member of a new cluster;
+``cluster up`` passes it on a cluster's first start) or ``--join`` (a new identity that
+``node add`` adds). Otherwise the node refuses to start: a founding member whose disk was
+wiped may have voted or acknowledged entries it lost, and must come back under a new id
+(``node replace``), never under its old one.
 
 ``--unsafe-no-fsync`` acknowledges appends without fsync: it exists ONLY so a fault test can
 show that the checks catch lost acknowledged writes. Never use it otherwise.
@@ -43,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="new_id", help="add: the new node id")
     parser.add_argument("--new-id", dest="replacement", help="replace: id of the new node")
     parser.add_argument("--timeout", type=float, default=120.0, help="membership: deadline")
+    parser.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="empty storage founds a new cluster with the topology's region as voters",
+    )
     parser.add_argument(
         "--join",
         action="store_true",
@@ -102,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             mode=args.mode,
             unsafe_no_fsync=args.unsafe_no_fsync,
             seed=args.seed,
+            bootstrap=args.bootstrap,
             join=args.join,
         )
         await node.run()

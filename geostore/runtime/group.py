@@ -137,6 +137,12 @@ class LazyCommitHardState:
             self._durable = self._latest
 
 
+class WipedNodeError(GeostoreError):
+    """A node's storage is empty where it should not be (wiped disk, wrong data dir)."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 @dataclass(frozen=True, slots=True)
 class GroupSpec:
     """Which group, who votes in it, and where it keeps its files."""
@@ -145,9 +151,11 @@ class GroupSpec:
     region: RegionId
     voters: tuple[NodeId, ...]
     data_dir: str
-    #: a founding member writes the initial configuration into empty storage; a node that
-    #: joins later (``geostore node add``) starts empty and learns it from the leader
-    bootstrap: bool = True
+    #: empty storage is a new founding member: write the initial configuration
+    bootstrap: bool = False
+    #: empty storage is a new identity joining later (``geostore node add``): start empty
+    #: and learn the configuration from the leader
+    join: bool = False
 
 
 def store_limits(config: Config) -> StoreLimits:
@@ -208,6 +216,22 @@ class GroupRuntime:
         )
         self.store = EventStore(self.blocks, limits=store_limits(config))
         self.machine = StoreMachine(self.store)
+        empty = (
+            self.storage.log.last_index() == 0
+            and self.storage.hard_state.load() == HardState()
+            and self.storage.snapshots.latest() is None
+        )
+        if empty and not (spec.bootstrap or spec.join):
+            self.storage.close()
+            raise WipedNodeError(
+                f"group {spec.group_id}: the storage of {node_id} in {spec.data_dir} is empty, "
+                "but this node is neither founding a new cluster (--bootstrap) nor joining as "
+                "a new identity (--join). If its disk was wiped it must not come back under "
+                "its old id (it may have voted or acknowledged entries it no longer has): "
+                "use 'geostore node replace'.",
+                node=node_id,
+                group=spec.group_id,
+            )
         if spec.bootstrap and bootstrap_storage(self.log, self.hard_state, spec.voters):
             log.info("group %s: bootstrapped with voters %s", spec.group_id, list(spec.voters))
         self.host = RuntimeHost(

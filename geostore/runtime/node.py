@@ -77,6 +77,7 @@ class NodeRuntime:
         mode: str = "multi-leader",
         unsafe_no_fsync: bool = False,
         seed: int | None = None,
+        bootstrap: bool = False,
         join: bool = False,
     ) -> None:
         self.topology = topology
@@ -126,7 +127,8 @@ class NodeRuntime:
                 self.region,
                 tuple(region_nodes),
                 os.path.join(data_dir, "groups", gid),
-                bootstrap=not join,
+                bootstrap=bootstrap,
+                join=join,
             ),
             node_id,
             topology,

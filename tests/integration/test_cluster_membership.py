@@ -1,5 +1,5 @@
-"""Proves membership changes on a real region: ``geostore node replace`` starts a fresh
-identity that joins with empty storage, catches up by snapshot (the leader compacted its
+"""Proves membership changes on a real region: a node whose disk was wiped is refused under
+its old identity; ``geostore node replace`` starts a fresh identity that joins with empty storage, catches up by snapshot (the leader compacted its
 log), is promoted to voter, and the old node is removed and stopped; the region keeps every
 acknowledged event, takes new writes, and ``cluster down`` stops the new node too."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -84,6 +86,14 @@ def test_replace_brings_a_fresh_identity_that_catches_up_by_snapshot(tmp_path: P
         for i in range(40):
             status, res = call(api + "/v1/streams/m/events", {"events": [{"body": i}]})
             assert status == 200, res
+        # n3 loses its disk: it must not come back under its old id
+        os.kill(old["n3"]["pid"], signal.SIGKILL)
+        wait_for("n3 dead", lambda: None if alive(old["n3"]["pid"]) else True, 30)
+        shutil.rmtree(old["n3"]["dir"])
+        again = geostore("node", "--topology", cluster["topology_resolved"], "--node", "n3",
+                         "--dir", old["n3"]["dir"], "--config", str(tmp_path / "cfg.toml"))  # fmt: skip
+        assert again.returncode != 0
+        assert "must not come back under its old id" in again.stderr, again.stderr
         for n in ("n1", "n2"):  # every possible leader compacted: n4 can only start by snapshot
             _, st = call(old[n]["api"] + "/v1/status")
             assert st["groups"]["data-r1"]["first_index"] > 1, st["groups"]["data-r1"]

@@ -55,7 +55,13 @@ def make_node(data_dir: Path, port: int, *, unsafe_no_fsync: bool = False) -> No
         }
     )
     return NodeRuntime(
-        topo, NodeId("n1"), CONFIG, str(data_dir), unsafe_no_fsync=unsafe_no_fsync, seed=1
+        topo,
+        NodeId("n1"),
+        CONFIG,
+        str(data_dir),
+        unsafe_no_fsync=unsafe_no_fsync,
+        seed=1,
+        bootstrap=True,
     )
 
 

@@ -88,7 +88,9 @@ class Cluster:
         return f"http://127.0.0.1:{self.ports[n]}"
 
     def start(self, n: str) -> NodeRuntime:
-        node = NodeRuntime(self.topology, NodeId(n), CONFIG, str(self.root / n), seed=hash(n))
+        node = NodeRuntime(
+            self.topology, NodeId(n), CONFIG, str(self.root / n), seed=hash(n), bootstrap=True
+        )
         self.nodes[n] = (node, asyncio.create_task(node.run(handle_signals=False)))
         return node
 
