@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from geostore.geo import GeoApply, GeoEntry, GeoEnvelope, Watermark, make_batch
+from geostore.ids import Epoch, PartitionId, Seq
 from geostore.sim.geo import (
+    EPOCH,
     GEO_UNSAFE,
+    STREAM,
+    GeoSimulation,
     format_failure,
     missing_coverage,
     run_geo_range,
@@ -67,3 +72,28 @@ def test_same_seed_same_trace_in_process_and_in_workers() -> None:
     assert run_geo_seed(4243).trace_hash != a.trace_hash
     forked = run_geo_range(4242, 2, jobs=2)
     assert forked[0].seed == 4242 and forked[0].trace_hash == a.trace_hash
+
+
+def test_each_checker_fires_on_a_planted_violation() -> None:
+    """Mutation tests (C2): hand each ghost check the anomaly it exists for."""
+    sim = GeoSimulation(31337, "safety")
+    p = PartitionId(0)
+    home = sim.regions[sim.homes[p]]
+    other = next(r for n, r in sim.regions.items() if n != home.name)
+    for i in range(3):
+        home.parts[p].append(GeoEntry(Seq(i), 1, f"e{i}".encode()))
+    assert sim.violations == []
+    # G2: a batch past the home's commit point
+    beyond = make_batch(STREAM, p, EPOCH, [GeoEntry(Seq(3), 1, b"uncommitted")])
+    sim._check_shipped(home, GeoEnvelope(home.name, other.name, (beyond,)))
+    # G10: a proposed batch whose entries are not the home's
+    bad = GeoApply(STREAM, p, EPOCH, Seq(0), Seq(0), 0, (GeoEntry(Seq(0), 1, b"forged"),))
+    sim._check_proposed(other, bad)
+    # G1: a gap in a remote copy
+    gap = GeoApply(STREAM, p, EPOCH, Seq(2), Seq(2), 0, (home.parts[p].entries[2],))
+    sim._write_entries(other, gap)
+    # G4: a watermark ahead of the durable data, seen at the next leader start
+    other.parts[p].watermark = Watermark(Epoch(EPOCH), Seq(9))
+    sim._start_leader(other)
+    codes = sorted({v.split()[0] for v in sim.violations})
+    assert codes == ["G1", "G10", "G2", "G4"], sim.violations
