@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -162,8 +163,9 @@ def test_every_bit_flip_in_header_or_payload_is_detected() -> None:
         ("stream", StreamName("other")),
         ("dict_id", 9),
     ):
+        changed: dict[str, Any] = {field: value}
         with pytest.raises(BatchError):
-            open_batch(dataclasses.replace(b, **{field: value}))
+            open_batch(dataclasses.replace(b, **changed))
 
 
 def test_truncated_or_lying_batches_are_refused_even_with_a_valid_crc() -> None:

@@ -10,6 +10,7 @@ on idle links, lag in events and ms. A last test runs shipper and receiver toget
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -87,7 +88,7 @@ class ListLog:
         return out
 
 
-def settings(**kw: object) -> GeoSettings:
+def settings(**kw: Any) -> GeoSettings:
     base: dict[str, object] = {
         "batch_events_max": 4,
         "linger_ms": 0,
@@ -98,7 +99,7 @@ def settings(**kw: object) -> GeoSettings:
     return GeoSettings(**base)  # type: ignore[arg-type]
 
 
-def shipper(log: ListLog, dsts: Sequence[RegionId] = (EU,), **kw: object) -> Shipper:
+def shipper(log: ListLog, dsts: Sequence[RegionId] = (EU,), **kw: Any) -> Shipper:
     return Shipper(HOME, {d: 70.0 for d in dsts}, settings(**kw), log)
 
 
@@ -118,7 +119,7 @@ def wm(seq: int) -> Watermark:
     return Watermark(E, Seq(seq))
 
 
-def started(log: ListLog, committed: int, learned: int = -1, **kw: object) -> Shipper:
+def started(log: ListLog, committed: int, learned: int = -1, **kw: Any) -> Shipper:
     """A shipper that has learned the destination's watermark ``learned``."""
     sh = shipper(log, **kw)
     last = log.commit(P, committed) if committed else Seq(-1)
