@@ -82,6 +82,8 @@ from geostore.geo import (
 from geostore.ids import Epoch, NodeId, PartitionId, RegionId, Seq, StreamName
 from geostore.sim.network import SimNetwork
 
+#: safety: 4-9 faults in the window, convergence within ``safety_catchup_ms`` of the heal;
+#: liveness: 2-5 faults, convergence (G9) within the tighter ``catchup_ms``.
 GEO_MODES: tuple[str, ...] = ("safety", "liveness")
 GEO_UNSAFE: tuple[str, ...] = ("accept_noncontiguous", "watermark_not_durable")
 
@@ -348,7 +350,7 @@ class GeoSimulation:
                     self.bandwidth[(a, b)] = kbps
                     jitter = max(jitter, jit)
         self.net = SimNetwork(rng("net"), rtt, jitter_ms_mean=max(0.5, jitter / 2))
-        self.rtt = {k: v for k, v in rtt.items()}
+        self.rtt = dict(rtt)
         self.extra_delay: dict[tuple[RegionId, RegionId], float] = {}
         self._fifo_us: dict[tuple[RegionId, RegionId], int] = {}
         self.rates: dict[str, list[float]] = {"loss": [], "duplicate": [], "reorder": []}
