@@ -15,6 +15,7 @@ as far as the core may read storage; ``applied <= commit <= last_index``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from geostore.ids import LogIndex, Term
@@ -119,7 +120,7 @@ class RaftLog:
     def append_leader(self, entries: Sequence[Entry]) -> None:
         assert not entries or entries[0].index == self.last_index() + 1
         self.unstable.extend(entries)
-        self.unstable_bytes += sum(len(e.data) for e in entries)
+        self.unstable_bytes += sum(map(len, map(_data_of, entries)))
 
     def append_follower(self, entries: Sequence[Entry]) -> None:
         """Append ``entries``, replacing everything from ``entries[0].index`` on."""
@@ -172,6 +173,7 @@ class RaftLog:
 
 
 _UNKNOWN_BYTES = 1 << 62
+_data_of = attrgetter("data")
 
 _new = object.__new__
 _slot: dict[str, Any] = dict(vars(Entry))
