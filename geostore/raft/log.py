@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
 
-from geostore.ids import LogIndex, Term
+from geostore.ids import LogIndex
 from geostore.raft.types import Entry, EntryKind, LogReader, SnapshotMeta
 
 
@@ -203,11 +203,3 @@ def _trim_bytes(entries: list[Entry], max_bytes: int, *, allow_empty: bool) -> N
         if total > max_bytes and (k > 0 or allow_empty):
             del entries[k:]
             return
-
-
-def as_index(value: int) -> LogIndex:
-    return LogIndex(value)
-
-
-def as_term(value: int) -> Term:
-    return Term(value)

@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from geostore.ids import GroupId, LogIndex, NodeId, Term
+from geostore.ids import GroupId, LogIndex, NodeId
 from geostore.raft.core import RaftConfig, RaftCore, Ready, Role
 from geostore.raft.messages import (
     AppendEntries,
@@ -437,7 +437,3 @@ def _ent(e: Entry) -> str:
     if e.kind is EntryKind.CONFIG:
         return f"{e.index}/{e.term}:conf({e.data.decode(errors='replace')})"
     return f"{e.index}/{e.term}:{e.data.decode(errors='replace')}"
-
-
-def as_term(t: int) -> Term:
-    return Term(t)
