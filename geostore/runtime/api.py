@@ -23,6 +23,7 @@ so the document lists every route the node serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -237,7 +238,7 @@ class Api:
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) until no request is in flight."""
-        with _suppress_timeout():
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
 
     def wake_tails(self) -> None:
@@ -277,7 +278,9 @@ class Api:
         for name in ("Content-Type", "Accept"):
             if name in request.headers:
                 headers[name] = request.headers[name]
-        self.node.metrics.forwarded.inc(route=request.match_info.route.resource.canonical)  # type: ignore[union-attr]
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else request.path
+        self.node.metrics.forwarded.inc(route=route)
         try:
             async with session.request(
                 request.method,
@@ -481,7 +484,7 @@ class Api:
                     ErrorCode.WAIT_TIMEOUT,
                     f"this node has not applied the token's writes within {wait_ms} ms",
                 )
-            with _suppress_timeout():
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(group.wait_applied_change()), left)
 
     def _limit(self, request: web.Request) -> int | None:
@@ -633,14 +636,6 @@ class Api:
                 "partitions": [p.to_json() for p in group.store.partitions()],
             },
         )
-
-
-class _suppress_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: object, ev: object, tb: object) -> bool:
-        return et is TimeoutError
 
 
 # --- OpenAPI ---------------------------------------------------------------------------------
