@@ -171,7 +171,7 @@ async def test_messages_arrive_in_order_and_intact_between_three_nodes() -> None
         await n.stop()
 
 
-@wire_message(0xFFFF_0001)  # a tag far above the real ones, for this test only
+@wire_message(0xFFFD_0001)  # a tag far above the real ones (codec tests use 0xFFFF....)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Probe:
     group: GroupId
