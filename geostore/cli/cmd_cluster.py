@@ -166,15 +166,25 @@ def _up(args: argparse.Namespace) -> int:
                 ErrorCode.CONFLICT,
                 f"{folder} already runs nodes {running}; run 'geostore cluster down' first",
             )
+    base = topology
+    removed: list[str] = []
+    if not fresh:
+        # a restart keeps the membership that node add/remove/replace left; the resolved
+        # file's ports are stale, so nodes the original file gives no port get fresh ones
+        old_resolved = old.get("topology_resolved")
+        removed = list(old.get("removed", []))
+        if old_resolved and os.path.exists(old_resolved):
+            base = load_topology(old_resolved)
+    fixed_ports = {n.id: n.port for n in topology.nodes()}
     regions = []
-    for r in topology.regions:
+    for r in base.regions:
         nodes = tuple(
-            NodeSpec(n.id, n.region, n.host or "127.0.0.1", n.port or _free_port()) for n in r.nodes
+            NodeSpec(n.id, n.region, n.host or "127.0.0.1", fixed_ports.get(n.id) or _free_port())
+            for n in r.nodes
+            if n.id not in removed
         )
         regions.append(RegionSpec(r.name, nodes, r.intra_rtt_ms))
-    resolved = Topology(
-        topology.name, topology.path, tuple(regions), topology.links, topology.streams
-    )
+    resolved = Topology(base.name, topology.path, tuple(regions), base.links, base.streams)
     resolved_path = os.path.join(folder, "topology.resolved.toml")
     with open(resolved_path, "w", encoding="utf-8") as f:
         f.write(resolved.to_toml())
@@ -188,6 +198,8 @@ def _up(args: argparse.Namespace) -> int:
         "started_at": time.time(),
         "regions": {},
     }
+    if removed:
+        cluster["removed"] = removed
     for r in resolved.regions:
         entries = []
         for n in r.nodes:

@@ -105,8 +105,9 @@ class NodeRuntime:
         # who we talk to: the other nodes of our region (the data group's voters)
         region_nodes = topology.region(self.region).node_ids()
         self._peer_book = os.path.join(data_dir, PEER_BOOK)
-        self.peer_urls: dict[NodeId, str] = {n: node_url(topology, n) for n in region_nodes}
-        self.peer_urls.update(self._load_peer_book())
+        # the topology wins over the book: a restart may give listed nodes new ports
+        self.peer_urls: dict[NodeId, str] = self._load_peer_book()
+        self.peer_urls.update({n: node_url(topology, n) for n in region_nodes})
         peers = {n: u for n, u in self.peer_urls.items() if n != node_id}
         lim = config.limits
         settings = TransportSettings(frame_bytes_max=max(lim.frame_bytes_max, 2 << 20))

@@ -119,6 +119,17 @@ def test_replace_brings_a_fresh_identity_that_catches_up_by_snapshot(tmp_path: P
         status_code, res = call(nodes["n4"]["api"] + "/v1/streams/m/events",
                                 {"events": [{"body": "after"}]})  # fmt: skip
         assert status_code == 200 and res["results"][0]["first_seq"] == 40, res
+        # a restart of the whole cluster keeps the new membership (and new ports)
+        down = geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
+        assert down.returncode == 0, down.stderr
+        out = geostore("cluster", "up", "--topology", str(tmp_path / "topo.toml"), "--dir",
+                       str(folder), "--config", str(tmp_path / "cfg.toml"), "--timeout", "120")  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        cluster = json.loads((folder / "cluster.json").read_text())
+        nodes = {n["id"]: n for n in cluster["regions"]["r1"]["nodes"]}
+        assert sorted(nodes) == ["n1", "n2", "n4"]
+        s, page = call(nodes["n4"]["api"] + "/v1/streams/m/events")
+        assert s == 200 and len(page["events"]) == 41, page
     finally:
         down = geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
         assert down.returncode == 0, down.stderr
