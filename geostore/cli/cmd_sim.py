@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         run_many,
         specs_for,
     )
-    from geostore.sim.simulation import SeedOutcome
+    from geostore.sim.simulation import L1_TIMEOUTS_P99, SeedOutcome, l1_p99
 
     nodes = None if args.nodes == "auto" else int(args.nodes)
     if args.ci:
@@ -105,6 +105,17 @@ def run(args: argparse.Namespace) -> int:
     zero = coverage.missing(totals)
     if zero and len(outcomes) >= 100:
         print(f"coverage: never reached: {', '.join(zero)}")
+    p99 = l1_p99(outcomes)
+    l1_failed = False
+    if p99 is not None:
+        n_live = sum(1 for o in outcomes if o.l1_timeouts is not None)
+        print(
+            f"L1: heal to leader p99 {p99:.2f} election timeouts over {n_live} liveness runs "
+            f"(bound {L1_TIMEOUTS_P99:g})"
+        )
+        l1_failed = n_live >= 100 and p99 > L1_TIMEOUTS_P99
+        if l1_failed:
+            print("L1: FAILED: p99 above the bound")
     cpu = sum(o.cpu_s for o in outcomes)
     print(
         f"{len(outcomes)} runs in {elapsed:.1f} s with {jobs} jobs: "
@@ -112,4 +123,4 @@ def run(args: argparse.Namespace) -> int:
         "CPU s per seed"
     )
     print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
+    return 1 if failed or l1_failed else 0

@@ -78,6 +78,11 @@ class InvariantChecker:
     max_violations: int = 20
     #: the highest index any node has reported committed
     max_committed: int = 0
+    #: False: skip the checks of protocol *rules* (R4 durable-before-ack, P6 state across a
+    #: restart, P7 commit term, P8 election quorum) and keep only those of *outcomes*
+    #: (two leaders, diverging logs or applies, lost committed entries, stale reads), to
+    #: show that a planted bug also breaks what clients can see
+    rule_checks: bool = True
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -139,7 +144,9 @@ class InvariantChecker:
         self.leaders[term] = node
         self._life(node).leader_term = term
         voter_list = sorted(voters)
-        if node in voter_list:
+        if not self.rule_checks:
+            pass
+        elif node in voter_list:
             granted = [v for v in voter_list if v == node or self.votes.get((v, term)) == node]
             if len(voter_list) > 1 and 2 * len(granted) <= len(voter_list):
                 self.fail(
@@ -221,7 +228,7 @@ class InvariantChecker:
                 "R7", f"{node} has applied {applied}, commit {commit}, last index {last_index}"
             )
         if commit > life.commit:
-            if is_leader:
+            if is_leader and self.rule_checks:
                 got = held(commit)
                 if got is not None and got[0] != term:
                     self.fail(
@@ -288,6 +295,8 @@ class InvariantChecker:
         ``durable(voter, index, term)`` answers whether ``voter`` holds that entry in fsynced
         storage, or has durably compacted it into a snapshot.
         """
+        if not self.rule_checks:
+            return
         voter_list = sorted(voters)
         holders = [v for v in voter_list if durable(v, index, term)]
         if 2 * len(holders) <= len(voter_list):
@@ -300,6 +309,8 @@ class InvariantChecker:
     def on_restart(self, node: NodeId, term: Term, vote: NodeId | None) -> None:
         """``node`` restarted with this recovered hard state (P6)."""
         self.lives[node] = _Life()
+        if not self.rule_checks:
+            return
         announced = self.announced_term.get(node, 0)
         if term < announced:
             self.fail("P6", f"{node} restarted at term {term} after announcing term {announced}")

@@ -44,3 +44,15 @@ def test_trace_does_not_depend_on_hash_randomization() -> None:
         )
         hashes.add(out.stdout.strip())
     assert hashes == {run_seed(SPEC).trace_hash}
+
+
+def test_l1_p99_nearest_rank() -> None:
+    from dataclasses import replace
+
+    from geostore.sim.simulation import l1_p99
+
+    base = run_seed(SeedSpec(seed=3, nodes=3, mode="safety"))
+    assert base.l1_timeouts is None and l1_p99([base]) is None
+    runs = [replace(base, l1_timeouts=float(i)) for i in range(1, 201)]
+    assert l1_p99(runs) == 198.0  # ceil(0.99 * 200) = 198th smallest
+    assert l1_p99(runs[:1]) == 1.0

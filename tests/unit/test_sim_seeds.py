@@ -8,6 +8,7 @@ from pathlib import Path
 
 from geostore.sim import coverage
 from geostore.sim.runner import ci_specs, default_jobs, read_regressions, replay_command, run_many
+from geostore.sim.simulation import L1_TIMEOUTS_P99, l1_p99
 
 ROOT = Path(__file__).resolve().parents[2]
 CI_SEEDS = 300
@@ -29,6 +30,8 @@ def test_ci_seed_set_passes_and_covers_every_path() -> None:
     totals = coverage.aggregate(o.coverage for o in outcomes)
     assert coverage.missing(totals) == [], coverage.format_table(totals, len(outcomes))
     assert all(o.ops >= 200 for o in outcomes)
+    p99 = l1_p99(outcomes)
+    assert p99 is not None and p99 <= L1_TIMEOUTS_P99, f"L1 p99 {p99} election timeouts"
 
 
 def test_regression_list_is_well_formed_and_included() -> None:
