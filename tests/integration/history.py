@@ -37,10 +37,12 @@ compare with each other), floored, which can hide an order but never invent one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -53,7 +55,9 @@ from typing import Any, Literal
 
 import aiohttp
 
+from geostore.client import GeostoreClient, Producer, RequestFailed
 from geostore.config import make_topology
+from geostore.errors import ApiError, ErrorCode
 from geostore.sim.history import Anomaly, OpKind, Outcome, check_history
 from geostore.sim.history import Op as SimOp
 
@@ -348,6 +352,11 @@ def lost_acknowledged(
     return out
 
 
+#: a read must return everything it covers (the server's largest page)
+READ_LIMIT = 10_000
+#: below the server's producer dedup window (1024), so every resend is still recognised
+APPENDS_PER_SESSION_MAX = 900
+
 # --- the process harness: a real region started by ``geostore cluster up`` -----------------
 
 
@@ -391,7 +400,16 @@ class Region:
         for node_id in list(self.stopped):
             self.signal(node_id, signal.SIGCONT)
         self._save()
-        geostore("cluster", "down", "--dir", str(self.folder), "--timeout", "20")
+        # The restarted nodes are this process's children: reap them while 'cluster down'
+        # stops them, or it would wait for zombies until its timeout.
+        down = subprocess.Popen(
+            [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(self.folder),
+             "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        while down.poll() is None:
+            for proc in self.children.values():
+                proc.poll()
+            time.sleep(0.05)
         for proc in self.children.values():
             if proc.poll() is None:
                 proc.kill()
@@ -493,6 +511,143 @@ class Region:
 
         result: dict[str, dict[str, Any]] = await wait_for("a quiescent region", settled, timeout_s)
         return result
+
+
+class Workload:
+    """Client sessions (one op at a time each) recording into one history."""
+
+    def __init__(
+        self,
+        region: Region,
+        history: History,
+        run: str,
+        stream: str,
+        partitions: int,
+        *,
+        timeout_s: float = 15.0,
+    ) -> None:
+        #: how long one client call keeps retrying (over every node) before it gives up
+        self.timeout_s = timeout_s
+        self.stream = stream
+        self.partitions = partitions
+        self.region = region
+        self.history = history
+        self.run = run
+        self.stop = asyncio.Event()
+        #: highest offset acknowledged so far per partition (reads start at or below it)
+        self.acked_high = [-1] * partitions
+
+    def client(self, urls: list[str], **kw: object) -> GeostoreClient:
+        opts: dict[str, object] = {
+            "timeout_s": self.timeout_s,
+            "attempt_timeout_s": 3.0,
+            "attempts_max": 30,
+        }
+        opts.update(kw)
+        return GeostoreClient(urls, "r1", **opts)  # type: ignore[arg-type]
+
+    async def append(
+        self, client: GeostoreClient, process: str, partition: int, value: str,
+        producer: Producer, retry_of: int | None = None,
+    ) -> Op:  # fmt: skip
+        op = Op(process, "append", partition, time.monotonic(), value=value,
+                producer=(producer.id, producer.seq), retry_of=retry_of)  # fmt: skip
+        self.history.invoke(op)
+        try:
+            res = await client.append(
+                self.stream, [{"body": value, "partition": partition}], producer
+            )
+            if res.errors or len(res.results) != 1:
+                op.type, op.error = "info", str(res.errors)
+            else:
+                op.type, op.offset = "ok", res.results[0].first_seq
+                self.acked_high[partition] = max(self.acked_high[partition], op.offset)
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # the client retried within its deadline; an earlier attempt may have been stored
+            op.type, op.error = "info", f"{type(exc).__name__}: {exc}"
+        op.complete_s = time.monotonic()
+        return op
+
+    async def appender(self, k: int) -> None:
+        rng = random.Random(f"{self.run}-a{k}")
+        async with self.client(self.region.urls) as client:
+            for n in range(1, APPENDS_PER_SESSION_MAX + 1):
+                if self.stop.is_set():
+                    return
+                p = rng.randrange(self.partitions)
+                await self.append(client, f"a{k}", p, f"a{k}-{n}", Producer(f"{self.run}-a{k}", n))
+
+    async def reader(self, k: int, mode: str) -> None:
+        rng = random.Random(f"{self.run}-{mode}{k}")
+        urls = self.region.urls
+        node_ids = list(self.region.nodes)
+        async with contextlib.AsyncExitStack() as stack:
+            regional = await stack.enter_async_context(self.client(urls))
+            # one client per node, so a local read asks exactly that node, once
+            local = [
+                await stack.enter_async_context(self.client([u], attempts_max=1, timeout_s=3.0))
+                for u in urls
+            ]
+            while not self.stop.is_set():
+                p = rng.randrange(self.partitions)
+                high = self.acked_high[p]
+                start = rng.choice([0, max(0, high - rng.randrange(40))])
+                node = rng.randrange(len(urls))
+                op = Op(f"{mode[0]}{k}", "read", p, time.monotonic(), mode=mode,  # type: ignore[arg-type]
+                        start=start, node=node_ids[node] if mode == "local" else None)  # fmt: skip
+                self.history.invoke(op)
+                try:
+                    page = await (local[node] if mode == "local" else regional).read(
+                        self.stream,
+                        p,
+                        from_seq=start,
+                        limit=READ_LIMIT,
+                        consistency=mode,  # type: ignore[arg-type]
+                    )
+                    assert len(page.events) < READ_LIMIT, "a read must not be cut by its limit"
+                    op.type, op.end = "ok", page.next_seq - 1
+                    op.observed = tuple((e.seq, str(e.body)) for e in page.events)
+                except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    op.type, op.error = (
+                        "fail",
+                        f"{type(exc).__name__}: {exc}",
+                    )  # reads change nothing
+                op.complete_s = time.monotonic()
+                await asyncio.sleep(rng.uniform(0.01, 0.05))
+
+
+async def final_state(
+    region: Region, stream: str, partitions: int, *, missing_ok: bool = False
+) -> FinalState:
+    """Every partition read regionally through the leader and locally on every node, after
+    quiescence. ``missing_ok``: a stream that no longer exists reads as empty (a power loss
+    under ``--unsafe-no-fsync`` may lose the stream's creation too)."""
+    groups = await region.quiescent()
+    leader = next(n for n, g in groups.items() if g["role"] == "leader")
+
+    async def read_all(url: str, consistency: Literal["regional", "local"]) -> dict[int, Any]:
+        out: dict[int, Any] = {}
+        async with GeostoreClient([url], "r1", timeout_s=60.0) as c:
+            for p in range(partitions):
+                try:
+                    page = await c.read(stream, p, limit=READ_LIMIT, consistency=consistency)
+                except RequestFailed as exc:
+                    if not (missing_ok and exc.code is ErrorCode.UNKNOWN_STREAM):
+                        raise
+                    out[p] = []
+                    continue
+                assert len(page.events) < READ_LIMIT, "a final read must not be cut by its limit"
+                out[p] = [(e.seq, str(e.body)) for e in page.events]
+        return out
+
+    regional = {p: dict(pairs) for p, pairs in
+                (await read_all(region.nodes[leader]["api"], "regional")).items()}  # fmt: skip
+    local = {n: await read_all(region.nodes[n]["api"], "local") for n in region.nodes}
+    debug = {}
+    for node_id in region.nodes:
+        debug[node_id] = await region.get(node_id, "/v1/debug/partitions", 10)
+        assert debug[node_id] is not None, f"{node_id}: no /v1/debug/partitions"
+    return FinalState(regional, local, debug)
 
 
 def geostore(*args: str) -> subprocess.CompletedProcess[str]:

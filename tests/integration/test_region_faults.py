@@ -10,18 +10,23 @@ hand-made histories."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import signal
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from geostore.client import GeostoreClient, Producer
-from geostore.errors import ApiError
-from tests.integration.history import FinalState, History, Op, Region, check
+from tests.integration.history import (
+    FinalState,
+    History,
+    Op,
+    Region,
+    Workload,
+    check,
+    final_state,
+)
 
 STREAM = "h"
 PARTITIONS = 2
@@ -36,94 +41,7 @@ PAUSE_S = 4.0
 APPENDERS = 4
 REGIONAL_READERS = 2
 LOCAL_READERS = 1
-#: below the server's producer dedup window (1024), so every resend is still recognised
-APPENDS_PER_SESSION_MAX = 900
 RESENDS_OF_OK = 20
-READ_LIMIT = 10_000
-
-
-class Workload:
-    """Client sessions (one op at a time each) recording into one history."""
-
-    def __init__(self, region: Region, history: History, run: str) -> None:
-        self.region = region
-        self.history = history
-        self.run = run
-        self.stop = asyncio.Event()
-        #: highest offset acknowledged so far per partition (reads start at or below it)
-        self.acked_high = [-1] * PARTITIONS
-
-    def client(self, urls: list[str], **kw: object) -> GeostoreClient:
-        opts: dict[str, object] = {"timeout_s": 15.0, "attempt_timeout_s": 3.0, "attempts_max": 30}
-        opts.update(kw)
-        return GeostoreClient(urls, "r1", **opts)  # type: ignore[arg-type]
-
-    async def append(
-        self, client: GeostoreClient, process: str, partition: int, value: str,
-        producer: Producer, retry_of: int | None = None,
-    ) -> Op:  # fmt: skip
-        op = Op(process, "append", partition, time.monotonic(), value=value,
-                producer=(producer.id, producer.seq), retry_of=retry_of)  # fmt: skip
-        self.history.invoke(op)
-        try:
-            res = await client.append(STREAM, [{"body": value, "partition": partition}], producer)
-            if res.errors or len(res.results) != 1:
-                op.type, op.error = "info", str(res.errors)
-            else:
-                op.type, op.offset = "ok", res.results[0].first_seq
-                self.acked_high[partition] = max(self.acked_high[partition], op.offset)
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            # the client retried within its deadline; an earlier attempt may have been stored
-            op.type, op.error = "info", f"{type(exc).__name__}: {exc}"
-        op.complete_s = time.monotonic()
-        return op
-
-    async def appender(self, k: int) -> None:
-        rng = random.Random(f"{self.run}-a{k}")
-        async with self.client(self.region.urls) as client:
-            for n in range(1, APPENDS_PER_SESSION_MAX + 1):
-                if self.stop.is_set():
-                    return
-                p = rng.randrange(PARTITIONS)
-                await self.append(client, f"a{k}", p, f"a{k}-{n}", Producer(f"{self.run}-a{k}", n))
-
-    async def reader(self, k: int, mode: str) -> None:
-        rng = random.Random(f"{self.run}-{mode}{k}")
-        urls = self.region.urls
-        node_ids = list(self.region.nodes)
-        async with contextlib.AsyncExitStack() as stack:
-            regional = await stack.enter_async_context(self.client(urls))
-            # one client per node, so a local read asks exactly that node, once
-            local = [
-                await stack.enter_async_context(self.client([u], attempts_max=1, timeout_s=3.0))
-                for u in urls
-            ]
-            while not self.stop.is_set():
-                p = rng.randrange(PARTITIONS)
-                high = self.acked_high[p]
-                start = rng.choice([0, max(0, high - rng.randrange(40))])
-                node = rng.randrange(len(urls))
-                op = Op(f"{mode[0]}{k}", "read", p, time.monotonic(), mode=mode,  # type: ignore[arg-type]
-                        start=start, node=node_ids[node] if mode == "local" else None)  # fmt: skip
-                self.history.invoke(op)
-                try:
-                    page = await (local[node] if mode == "local" else regional).read(
-                        STREAM,
-                        p,
-                        from_seq=start,
-                        limit=READ_LIMIT,
-                        consistency=mode,  # type: ignore[arg-type]
-                    )
-                    assert len(page.events) < READ_LIMIT, "a read must not be cut by its limit"
-                    op.type, op.end = "ok", page.next_seq - 1
-                    op.observed = tuple((e.seq, str(e.body)) for e in page.events)
-                except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    op.type, op.error = (
-                        "fail",
-                        f"{type(exc).__name__}: {exc}",
-                    )  # reads change nothing
-                op.complete_s = time.monotonic()
-                await asyncio.sleep(rng.uniform(0.01, 0.05))
 
 
 async def faults(region: Region, history: History) -> None:
@@ -169,29 +87,6 @@ async def faults(region: Region, history: History) -> None:
     await asyncio.sleep(4)
 
 
-async def final_state(region: Region, client_kw: dict[str, object]) -> FinalState:
-    """Every partition read regionally through the leader and locally on every node."""
-    groups = await region.quiescent()
-    leader = next(n for n, g in groups.items() if g["role"] == "leader")
-    regional: dict[int, dict[int, str]] = {}
-    local: dict[str, dict[int, list[tuple[int, str]]]] = {n: {} for n in region.nodes}
-    async with GeostoreClient([region.nodes[leader]["api"]], "r1", **client_kw) as c:  # type: ignore[arg-type]
-        for p in range(PARTITIONS):
-            page = await c.read(STREAM, p, limit=READ_LIMIT, consistency="regional")
-            assert len(page.events) < READ_LIMIT
-            regional[p] = {e.seq: str(e.body) for e in page.events}
-    for node_id, n in region.nodes.items():
-        async with GeostoreClient([n["api"]], "r1", **client_kw) as c:  # type: ignore[arg-type]
-            for p in range(PARTITIONS):
-                page = await c.read(STREAM, p, limit=READ_LIMIT, consistency="local")
-                local[node_id][p] = [(e.seq, str(e.body)) for e in page.events]
-    debug = {}
-    for node_id in region.nodes:
-        debug[node_id] = await region.get(node_id, "/v1/debug/partitions", 10)
-        assert debug[node_id] is not None, f"{node_id}: no /v1/debug/partitions"
-    return FinalState(regional, local, debug)
-
-
 @pytest.mark.timeout(400)
 async def test_region_history_under_kill_pause_and_restart(tmp_path: Path) -> None:
     region = Region(tmp_path, CONFIG)
@@ -201,7 +96,7 @@ async def test_region_history_under_kill_pause_and_restart(tmp_path: Path) -> No
         async with GeostoreClient(region.urls, "r1", timeout_s=60) as c:
             await c.create_stream(STREAM, partitions=PARTITIONS)
         run = f"r{random.randrange(1 << 30)}"
-        work = Workload(region, history, run)
+        work = Workload(region, history, run, STREAM, PARTITIONS)
         history.t0_s = time.monotonic()
         sessions = [asyncio.create_task(work.appender(k)) for k in range(APPENDERS)]
         sessions += [
@@ -231,7 +126,7 @@ async def test_region_history_under_kill_pause_and_restart(tmp_path: Path) -> No
                                        Producer(*orig.producer), retry_of=i)  # fmt: skip
                 assert op.type == "ok", f"a resend after heal failed: {op.error}"
 
-        final = await final_state(region, {"timeout_s": 60.0})
+        final = await final_state(region, STREAM, PARTITIONS)
         print(history.summary())
         anomalies = check(history, final)
         for a in anomalies:
