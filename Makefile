@@ -32,8 +32,16 @@ test: lint typecheck unit
 sim: $(STAMP)
 	$(VENV)/bin/geostore sim --seeds 20000
 
+# The benchmarks (quick forms; each prints a table and one JSON line into results/).
 bench: $(STAMP)
-	$(PY) bench/storage.py
+	mkdir -p results
+	$(PY) -m bench.storage --quick --json-out results/storage.json
+	$(PY) -m bench.raft_core --json-out results/raft_core.json
+	$(PY) -m bench.codec --quick --json-out results/codec.json
+	$(PY) -m bench.netem --quick --json-out results/netem.json
+	$(PY) -m bench.geo_core --json-out results/geo_core.json
+	$(PY) -m bench.region --quick --json-out results/region.json
+	$(VENV)/bin/geostore bench report results/*.json --out results/report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
