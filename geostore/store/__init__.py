@@ -5,8 +5,18 @@ queries; files are reached only through the :class:`BlockStore` port.
 """
 
 from .blocks import BlockStore, MemoryBlockStore, encode_batch
-from .commands import AppendBatch, Command, CreateStream, SetHome, decode_command, encode_command
+from .commands import (
+    AppendBatch,
+    ApplyRemote,
+    Command,
+    CreateStream,
+    RemoteEntry,
+    SetHome,
+    decode_command,
+    encode_command,
+)
 from .model import (
+    WATERMARK_NONE,
     Aggregate,
     AggregateResult,
     AppendResult,
@@ -19,21 +29,27 @@ from .model import (
     ReadResult,
     ReadStats,
     Rejected,
+    RemoteResult,
+    RemoteVerdict,
     Schema,
     StoredEvent,
     StoreLimits,
     StoreTuning,
+    StoreWatermark,
     StreamDef,
     StreamInfo,
     WindowAggregate,
 )
+from .remote import decide_remote
 from .state import ApplyResult, EventStore, PreparedAppend, TailCallback, route
 
 __all__ = [
+    "WATERMARK_NONE",
     "Aggregate",
     "AggregateResult",
     "AppendBatch",
     "AppendResult",
+    "ApplyRemote",
     "ApplyResult",
     "AttrType",
     "Attribute",
@@ -50,15 +66,20 @@ __all__ = [
     "ReadResult",
     "ReadStats",
     "Rejected",
+    "RemoteEntry",
+    "RemoteResult",
+    "RemoteVerdict",
     "Schema",
     "SetHome",
     "StoreLimits",
     "StoreTuning",
+    "StoreWatermark",
     "StoredEvent",
     "StreamDef",
     "StreamInfo",
     "TailCallback",
     "WindowAggregate",
+    "decide_remote",
     "decode_command",
     "encode_batch",
     "encode_command",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geostore.errors import CodecError, GeostoreError
-from geostore.ids import Epoch, PartitionId, RegionId, StreamName
+from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 
 from . import _cbor
 from .model import APPLY_LIMITS, ProducerRef, Schema
@@ -64,7 +64,49 @@ class SetHome:
     epoch: Epoch
 
 
-Command = CreateStream | AppendBatch | SetHome
+@dataclass(frozen=True, slots=True)
+class RemoteEntry:
+    """One append batch of the home region, as shipped: the store twin of ``geo.GeoEntry``.
+
+    ``seq`` is the seq of its first event; ``events`` the batch encoding exactly as an
+    :class:`AppendBatch` carries it; the producer fields travel so the receiving store dedups
+    retries as the home did. ``epoch`` is the epoch the home wrote the events under (None:
+    the command's epoch, which is right unless the events predate a change of home).
+    """
+
+    seq: Seq
+    record_count: int
+    events: bytes
+    producer_id: str | None = None
+    producer_seq: int | None = None
+    epoch: Epoch | None = None
+
+    @property
+    def last_seq(self) -> Seq:
+        return Seq(self.seq + self.record_count - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyRemote:
+    """Apply a batch shipped from the partition's home region: the store twin of ``GeoApply``.
+
+    ``entries`` hold seqs ``src_start..src_end`` densely, in order; ``crc`` is the shipped
+    batch's checksum (kept for the receiver's re-acknowledgement and traces: the apply rule,
+    like geo's, decides from the watermark alone). The runtime maps ``GeoApply`` to this
+    field by field (``GeoEntry`` to :class:`RemoteEntry`) and the
+    :class:`~geostore.store.model.RemoteResult` back to a ``GeoApplyResult``.
+    """
+
+    stream: StreamName
+    partition: PartitionId
+    epoch: Epoch
+    src_start: Seq
+    src_end: Seq
+    crc: int
+    entries: tuple[RemoteEntry, ...]
+
+
+Command = CreateStream | AppendBatch | SetHome | ApplyRemote
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -86,6 +128,21 @@ def encode_command(cmd: Command) -> bytes:
             ]
         case SetHome():
             body = ["home", cmd.stream, cmd.partition, cmd.home, cmd.epoch]
+        case ApplyRemote():
+            entries = [
+                [e.seq, e.record_count, e.events, e.producer_id, e.producer_seq, e.epoch]
+                for e in cmd.entries
+            ]
+            body = [
+                "remote",
+                cmd.stream,
+                cmd.partition,
+                cmd.epoch,
+                cmd.src_start,
+                cmd.src_end,
+                cmd.crc,
+                entries,
+            ]
     return _cbor.dumps([COMMAND_FORMAT, *body])
 
 
@@ -120,6 +177,23 @@ def decode_command(data: bytes) -> Command:
             sch = Schema.from_json(schema, APPLY_LIMITS) if schema is not None else None
             hs = tuple((PartitionId(int(p)), RegionId(str(r))) for p, r in homes)
             return CreateStream(StreamName(name), parts, key_field, sch, hs)
+        if kind == "remote" and n == 9:
+            _, _, stream, part, epoch, start, end, crc, raw_entries = raw
+            _need(type(stream) is str and type(part) is int and type(epoch) is int, "header")
+            _need(type(start) is int and type(end) is int and type(crc) is int, "range")
+            _need(type(raw_entries) is list, "entries")
+            entries = []
+            for e in raw_entries:
+                _need(type(e) is list and len(e) == 6, "entry")
+                seq, count, events, pid, pseq, eepoch = e
+                _need(type(seq) is int and type(count) is int and type(events) is bytes, "entry")
+                _need(
+                    (pid is None and pseq is None) or (type(pid) is str and type(pseq) is int),
+                    "producer",
+                )
+                _need(eepoch is None or type(eepoch) is int, "entry epoch")
+                entries.append(RemoteEntry(seq, count, events, pid, pseq, eepoch))
+            return ApplyRemote(stream, part, epoch, start, end, crc, tuple(entries))
         if kind == "home" and n == 6:
             _, _, stream, part, home, epoch = raw
             _need(type(stream) is str and type(part) is int and type(epoch) is int, "header")

@@ -114,6 +114,19 @@ class ProducerTable:
         while len(self._producers) > self.producers_max or self.outcomes > self.outcomes_max:
             self._forget_oldest()
 
+    def record_shipped(self, key: ProducerKey, seq: int, outcome: Outcome, index: LogIndex) -> None:
+        """Remember a request the home region applied and shipped (its data applies anyway).
+
+        The home already decided it was new, so nothing is refused here: a seq this table
+        already remembers, or one below its window, only counts as use. This is what lets a
+        producer's retry be recognised in this region after the home moves here.
+        """
+        st = self._producers.get(key)
+        if st is not None and (seq in st.results or seq <= st.max_seq - self.window):
+            self.touch(key, index)
+            return
+        self.record(key, seq, outcome, index)
+
     def _forget_oldest(self) -> None:
         _, st = self._producers.popitem(last=False)
         self.outcomes -= len(st.results)

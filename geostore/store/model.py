@@ -78,6 +78,10 @@ class StoreLimits:
     key_bytes_max: int = 1_024
     producer_id_bytes_max: int = 256
     schema_attributes_max: int = 256
+    #: Append-batch boundaries (seq range, epoch, producer) remembered per partition, so
+    #: :meth:`~geostore.store.EventStore.committed_entries` ships one entry per original
+    #: batch with its producer. About 150 bytes each; older ranges ship without producers.
+    geo_batches_max: int = 16_384
 
     def __post_init__(self) -> None:
         assert self.events_per_request_max >= 1
@@ -88,6 +92,7 @@ class StoreLimits:
         assert self.scan_limit_max >= 1
         assert self.partitions_max >= 1
         assert self.query_range_us_max >= 1
+        assert self.geo_batches_max >= 1
 
     @staticmethod
     def from_settings(settings: LimitsSettings) -> StoreLimits:
@@ -564,6 +569,28 @@ class AggregateResult:
         return out
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class StoreWatermark:
+    """A partition's replication watermark: the last seq it applied and the epoch it came under.
+
+    One value for every partition, whatever its source: a local append moves it to
+    ``(partition epoch, last seq)``, an applied :class:`~geostore.store.commands.ApplyRemote`
+    to ``(batch epoch, src_end)``. So ``seq`` is always ``last_seq`` and the epoch and the
+    position change together (the Pulsar #25860 lesson); it is the store-side twin of
+    ``geostore.geo.Watermark`` (same fields, same order, -1 for "nothing applied").
+    """
+
+    epoch: Epoch
+    seq: Seq
+
+    def to_json(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "seq": self.seq}
+
+
+#: The watermark of a partition of which nothing was applied (seqs start at 0).
+WATERMARK_NONE = StoreWatermark(Epoch(0), Seq(-1))
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionInfo:
     """For ``/v1/debug/partitions``: identical on replicas that applied the same events."""
@@ -575,6 +602,8 @@ class PartitionInfo:
     last_seq: Seq  # -1 when empty
     log_hash: str  # hex of the rolling hash over (seq, epoch, ts, key, body bytes)
     blocks_sealed: int
+    #: What the partition has applied, local or shipped (see :class:`StoreWatermark`).
+    watermark: StoreWatermark = WATERMARK_NONE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -585,4 +614,28 @@ class PartitionInfo:
             "last_seq": self.last_seq,
             "hash": self.log_hash,
             "blocks": self.blocks_sealed,
+            "watermark": self.watermark.to_json(),
         }
+
+
+class RemoteVerdict(enum.StrEnum):
+    """What applying an ApplyRemote did; the values are those of ``geostore.geo.ApplyVerdict``."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # already covered by the watermark: nothing changes
+    GAP = "gap"  # does not start at watermark + 1: nothing changes
+    FENCED = "fenced"  # an older epoch than the partition knows: nothing changes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteResult:
+    """The answer to an applied ApplyRemote: the partition's watermark after it, and the verdict."""
+
+    stream: StreamName
+    partition: PartitionId
+    watermark: StoreWatermark
+    verdict: RemoteVerdict
+
+    @property
+    def applied(self) -> bool:
+        return self.verdict is RemoteVerdict.APPLIED

@@ -29,7 +29,18 @@ with a bound on blocks decoded per call), aggregates that merge segment and bloc
 and decode only the blocks that straddle a range or window boundary, and ``stats`` saying so
 (``blocks_read``, ``events_decoded``, ``summaries_used``).
 
-*Snapshots* stream the catalog, index entries, open blocks and producer table, and either
+*Geo.* Every partition has a watermark ``(epoch, last seq)`` that moves with every applied
+append, local or shipped (:class:`~geostore.store.model.StoreWatermark`). In a region that
+is not the partition's home, :class:`~geostore.store.commands.ApplyRemote` writes a shipped
+batch at exactly its seqs with the home's block sizing (same StoreTuning), so the blocks,
+and thus the rolling hash, come out byte-identical to the home's; it records the batch's
+producers (dedup state travels with shipped batches) and moves the watermark in the same
+apply (:mod:`geostore.store.remote` has the rule). ``committed_entries`` is the read side
+for the home's shipper: one entry per original append batch, from a bounded per-partition
+index of batch boundaries.
+
+*Snapshots* stream the catalog, index entries, open blocks, watermarks, the batch index and
+the producer table, and either
 the sealed blocks' bytes (self-contained: for a node that catches up) or only references
 to them (a local restart over the same BlockStore). Segments are derived, not stored.
 
@@ -43,6 +54,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import operator
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +68,7 @@ from geostore.ids import INDEX_ZERO, Epoch, LogIndex, PartitionId, RegionId, Seq
 
 from . import _cbor
 from .blocks import (
+    BATCH_FORMAT,
     BlockData,
     BlockMeta,
     BlockStore,
@@ -66,13 +80,22 @@ from .blocks import (
     decode_block,
     encode_batch,
 )
-from .commands import AppendBatch, Command, CreateStream, SetHome, decode_command
+from .commands import (
+    AppendBatch,
+    ApplyRemote,
+    Command,
+    CreateStream,
+    RemoteEntry,
+    SetHome,
+    decode_command,
+)
 from .dedup import ProducerTable
 from .model import (
     APPLY_LIMITS,
     FIRST_EPOCH,
     INT64_MAX,
     INT64_MIN,
+    WATERMARK_NONE,
     Aggregate,
     AggregateResult,
     AppendResult,
@@ -85,10 +108,13 @@ from .model import (
     ReadResult,
     ReadStats,
     Rejected,
+    RemoteResult,
+    RemoteVerdict,
     Schema,
     StoredEvent,
     StoreLimits,
     StoreTuning,
+    StoreWatermark,
     StreamDef,
     StreamInfo,
     WindowAggregate,
@@ -98,14 +124,18 @@ from .model import (
     malformed,
     too_large,
 )
+from .remote import decide_remote
 from .snapshot import FrameWriter, read_records
 
-ApplyResult = StreamInfo | AppendResult | HomeResult | Rejected
+ApplyResult = StreamInfo | AppendResult | HomeResult | RemoteResult | Rejected
 TailCallback = Callable[[StreamName, PartitionId, Seq], None]
 
 SNAPSHOT_FORMAT = 1
 _EMPTY_HASH = bytes(16)
 _EVENT_FIELDS = frozenset({"ts", "key", "partition", "body"})
+#: One append batch's boundaries: first seq, event count, epoch, producer id and seq.
+_Run = tuple[int, int, int, str | None, int | None]
+_RUN_FIRST = operator.itemgetter(0)
 
 
 def route(definition: StreamDef, partition: int | None, key: str | None, rr: int) -> PartitionId:
@@ -144,10 +174,12 @@ class _Partition:
         "home",
         "indexed",
         "log_hash",
+        "mark",
         "next_seq",
         "open",
         "open_hash",
         "partition",
+        "runs",
         "sealed",
         "segments",
         "stream",
@@ -174,6 +206,10 @@ class _Partition:
         self.first_seqs: list[int] = []
         self.segments: list[Segment] = []
         self.open = OpenBlock(0, 0, indexed)
+        #: What the partition applied: seq is always next_seq - 1 (see StoreWatermark).
+        self.mark = WATERMARK_NONE
+        #: The most recent append batches' boundaries, dense up to next_seq (for shipping).
+        self.runs: list[_Run] = []
 
     def add_sealed(self, meta: BlockMeta, fanout: int) -> None:
         assert meta.block_no == len(self.sealed)
@@ -309,7 +345,25 @@ class EventStore:
             Seq(p.next_seq - 1),
             _log_hash(p).hex(),
             len(p.sealed),
+            p.mark,
         )
+
+    def home_of(self, stream: str, partition: int) -> PartitionHome:
+        """The partition's home region and epoch as this store knows them (raises 404s).
+
+        The runtime refuses local client appends for a partition homed in another region
+        with it: the store cannot, as it does not know which region it is in.
+        """
+        p = self._partition(stream, partition)
+        return PartitionHome(p.partition, p.home, p.epoch)
+
+    def watermark(self, stream: str, partition: int) -> StoreWatermark:
+        """What the partition has applied, local or shipped: ``(epoch, last seq)``."""
+        return self._partition(stream, partition).mark
+
+    def watermarks(self) -> dict[tuple[StreamName, PartitionId], StoreWatermark]:
+        """Every partition's watermark (what a Receiver is built from after a leader change)."""
+        return {key: p.mark for key, p in sorted(self._partitions.items())}
 
     def partitions(self) -> list[PartitionInfo]:
         """Every partition, sorted by (stream, partition): for /v1/debug/partitions."""
@@ -547,6 +601,8 @@ class EventStore:
                     return self._apply_append(index, command)
                 case SetHome():
                     return self._apply_home(command)
+                case ApplyRemote():
+                    return self._apply_remote(index, command)
         except ApiError as err:
             return Rejected(err)
 
@@ -603,22 +659,82 @@ class EventStore:
                 f"epoch {cmd.epoch}); retry",
                 epoch=p.epoch,
             )
+        if p.mark.epoch > p.epoch:
+            # Batches of a newer home were applied here before this region learned of the
+            # move: a local write now would fork the log (G5).
+            raise ApiError(
+                ErrorCode.SUPERSEDED_EPOCH,
+                f"{p.stream}/{p.partition} holds data of epoch {p.mark.epoch} shipped from "
+                f"another region; epoch {p.epoch} is stale here",
+                epoch=p.mark.epoch,
+            )
         try:
             cols = decode_batch(cmd.events, cmd.record_count, p.indexed)
         except CodecError as exc:
             raise malformed(f"append to {p.stream}/{p.partition}: {exc.message}") from exc
         first = p.next_seq
-        self._fill_blocks(p, cols)
+        self._fill_blocks(p, cols, p.epoch)
         p.next_seq += len(cols)
+        p.mark = StoreWatermark(p.epoch, Seq(p.next_seq - 1))
         result = AppendResult(p.stream, p.partition, Seq(first), Seq(p.next_seq - 1), p.epoch)
         if pkey is not None:
             assert cmd.producer is not None
             self._producers.record(pkey, cmd.producer.seq, (first, p.next_seq - 1, p.epoch), index)
+            self._add_run(p, first, len(cols), p.epoch, cmd.producer.id, cmd.producer.seq)
+        else:
+            self._add_run(p, first, len(cols), p.epoch, None, None)
         for cb in list(self._subscribers.get((p.stream, p.partition), ())):
             cb(p.stream, p.partition, Seq(p.next_seq - 1))
         return result
 
-    def _fill_blocks(self, p: _Partition, cols: Columns) -> None:
+    def _add_run(
+        self, p: _Partition, first: int, count: int, epoch: int, pid: str | None, pseq: int | None
+    ) -> None:
+        runs = p.runs
+        assert not runs or runs[-1][0] + runs[-1][1] == first, "runs are dense"
+        # Producer ids repeat across batches: one string object per id, not one per batch.
+        runs.append((first, count, epoch, sys.intern(pid) if pid is not None else None, pseq))
+        cap = self.limits.geo_batches_max
+        if len(runs) > cap + (cap >> 3):  # trim in steps: amortised O(1) per batch
+            del runs[: len(runs) - cap]
+
+    def _apply_remote(self, index: LogIndex, cmd: ApplyRemote) -> RemoteResult:
+        """Apply a shipped batch: entries at exactly their seqs, dedup state and watermark
+        together, or nothing (see :mod:`geostore.store.remote`)."""
+        p = self._partition(cmd.stream, cmd.partition)
+        where = f"shipped batch {cmd.src_start}..{cmd.src_end} of {p.stream}/{p.partition}"
+        _check_remote_shape(cmd, where)
+        mark, verdict = decide_remote(p.mark, cmd.epoch, cmd.src_start, cmd.src_end, p.epoch)
+        if verdict is not RemoteVerdict.APPLIED:
+            return RemoteResult(p.stream, p.partition, p.mark, verdict)
+        assert p.next_seq == cmd.src_start, "the watermark is always the last applied seq"
+        # Decode every entry before storing any: a damaged batch is never partly applied (G10).
+        decoded: list[Columns] = []
+        for e in cmd.entries:
+            try:
+                decoded.append(decode_batch(e.events, e.record_count, p.indexed))
+            except CodecError as exc:
+                raise malformed(f"{where}: entry at {e.seq}: {exc.message}") from exc
+        for e, cols in zip(cmd.entries, decoded, strict=True):
+            epoch = Epoch(e.epoch if e.epoch is not None else cmd.epoch)
+            self._fill_blocks(p, cols, epoch)
+            p.next_seq += len(cols)
+            if e.producer_id is not None:
+                assert e.producer_seq is not None
+                self._producers.record_shipped(
+                    (p.stream, p.partition, e.producer_id),
+                    e.producer_seq,
+                    (e.seq, e.last_seq, epoch),
+                    index,
+                )
+            self._add_run(p, e.seq, e.record_count, epoch, e.producer_id, e.producer_seq)
+        assert p.next_seq == cmd.src_end + 1
+        p.mark = mark
+        for cb in list(self._subscribers.get((p.stream, p.partition), ())):
+            cb(p.stream, p.partition, Seq(p.next_seq - 1))
+        return RemoteResult(p.stream, p.partition, mark, verdict)
+
+    def _fill_blocks(self, p: _Partition, cols: Columns, epoch: Epoch) -> None:
         t = self.tuning
         n, ends = len(cols), cols.ends
         i = 0
@@ -633,7 +749,7 @@ class EventStore:
                     self._seal(p)
                     continue
                 j = i + 1  # an event over the block size gets a block of its own
-            ob.append(cols, i, j, p.epoch)
+            ob.append(cols, i, j, epoch)
             i = j
             if ob.meta.count >= t.block_events_max or ob.meta.body_bytes >= t.block_bytes_max:
                 self._seal(p)
@@ -721,6 +837,77 @@ class EventStore:
     def events_since(self, stream: str, partition: int, seq: Any, limit: Any = None) -> ReadResult:
         """Live tail: the committed events from ``seq`` on (what a woken subscriber reads)."""
         return self.read(stream, partition, seq, limit)
+
+    # --- shipping ------------------------------------------------------------------------
+
+    def committed_entries(
+        self,
+        stream: str,
+        partition: int,
+        from_seq: int,
+        through_seq: int,
+        events_max: int,
+        bytes_max: int,
+    ) -> list[RemoteEntry]:
+        """Applied append batches from the one starting at ``from_seq``, for shipping.
+
+        The read side of the geo Shipper's ``CommittedLog`` port (the runtime turns each
+        :class:`RemoteEntry` into a ``GeoEntry``, dropping ``epoch`` until geo carries it).
+        Only applied events are returned (``through_seq`` is clipped to the last applied seq;
+        the runtime applies committed entries only), none past ``through_seq``: at least one
+        entry, then more while under ``events_max`` events and ``bytes_max`` bytes of events.
+        Empty when nothing is applied at ``from_seq``.
+
+        Entries keep batch boundaries: one per original append batch (local or shipped),
+        with its producer, as remembered by the per-partition index of the last
+        ``StoreLimits.geo_batches_max`` batches. Older ranges (and the rare entry that must
+        start or end inside a batch) ship without producer, cut at block and epoch-run
+        boundaries and at ``events_max``: the data and the rolling hash come out the same,
+        only a retry of such an old batch in another region after a move of home is not
+        recognised. Events are cut from the blocks' columns and the batch encoding is
+        rebuilt around them: bodies are never decoded, and a whole batch comes out
+        byte-identical to the ``AppendBatch.events`` it was appended with.
+        """
+        p = self._partition(stream, partition)
+        assert events_max >= 1 and bytes_max >= 1
+        last = min(int(through_seq), p.next_seq - 1)
+        out: list[RemoteEntry] = []
+        seq = int(from_seq)
+        if seq < 0:
+            return out
+        cursor = _BlockCursor(self, p)
+        events = size = 0
+        while seq <= last:
+            hi, epoch, pid, pseq, cut = self._entry_bounds(p, cursor, seq, last, events_max)
+            n = hi - seq
+            if out and (cut or events + n > events_max or size >= bytes_max):
+                break
+            data = cursor.encode(seq, hi)
+            out.append(RemoteEntry(Seq(seq), n, data, pid, pseq, Epoch(epoch)))
+            events += n
+            size += len(data)
+            seq = hi
+        return out
+
+    def _entry_bounds(
+        self, p: _Partition, cursor: _BlockCursor, seq: int, last: int, events_max: int
+    ) -> tuple[int, int, str | None, int | None, bool]:
+        """End (exclusive), epoch, producer and whether it was cut, of the entry at ``seq``."""
+        runs = p.runs
+        if runs and seq >= runs[0][0]:
+            k = bisect.bisect_right(runs, seq, key=_RUN_FIRST) - 1
+            first, count, epoch, pid, pseq = runs[k]
+            hi = first + count
+            assert first <= seq < hi, "runs are dense up to next_seq"
+            cut = seq != first or hi > last + 1
+            if cut:  # part of a batch: its producer's outcome would name other seqs
+                pid = pseq = None
+            return min(hi, last + 1), epoch, pid, pseq, cut
+        limit = min(runs[0][0] if runs else p.next_seq, last + 1, seq + events_max)
+        bd = cursor.block_at(seq)
+        k = bisect.bisect_right(bd.epochs, seq, key=_RUN_FIRST) - 1
+        run_end = bd.epochs[k + 1][0] if k + 1 < len(bd.epochs) else bd.first_seq + len(bd.cols)
+        return min(limit, run_end), bd.epochs[k][1], None, None, False
 
     def read_time_range(
         self,
@@ -954,7 +1141,7 @@ class EventStore:
                     d.schema.to_json() if d.schema is not None else None,
                 ]
             )
-        parts: list[tuple[list[Any], list[BlockMeta]]] = []
+        parts: list[tuple[list[Any], list[BlockMeta], list[Any]]] = []
         for key in sorted(self._partitions):
             p = self._partitions[key]
             rec = [
@@ -968,7 +1155,7 @@ class EventStore:
                 p.open.meta.block_no,
                 p.open.encode(),
             ]
-            parts.append((rec, list(p.sealed)))
+            parts.append((rec, list(p.sealed), [p.mark.epoch, p.mark.seq, *p.runs]))
         producers = self._producers.to_wire()
         return self._snapshot_gen(chunk_bytes, head, parts, producers, include_blocks)
 
@@ -976,16 +1163,20 @@ class EventStore:
         self,
         chunk_bytes: int,
         head: list[list[Any]],
-        parts: list[tuple[list[Any], list[BlockMeta]]],
+        parts: list[tuple[list[Any], list[BlockMeta], list[Any]]],
         producers: list[Any],
         include_blocks: bool,
     ) -> Iterator[bytes]:
         out = FrameWriter(chunk_bytes)
         for rec in head:
             yield from out.add(rec)
-        for rec, metas in parts:
+        for rec, metas, runs in parts:
             yield from out.add(rec)
             stream, part = rec[1], rec[2]
+            # runs: the watermark's epoch and seq, then the batch index (captured together).
+            yield from out.add(["mark", stream, part, runs[0], runs[1]])
+            for k in range(2, len(runs), 1024):
+                yield from out.add(["runs", stream, part, [list(r) for r in runs[k : k + 1024]]])
             for k in range(0, len(metas), 256):
                 yield from out.add(
                     ["metas", stream, part, [m.to_wire() for m in metas[k : k + 256]]]
@@ -1019,6 +1210,7 @@ class EventStore:
         applied: LogIndex | None = None
         include_blocks = False
         received: set[tuple[StreamName, PartitionId, int]] = set()
+        marked: set[tuple[StreamName, PartitionId]] = set()
         t = self.tuning
         for rec in read_records(chunks):
             kind = rec[0]
@@ -1065,6 +1257,18 @@ class EventStore:
                     raise CodecError(f"snapshot block {stream}/{part}/{block_no} fails its crc")
                 self.blocks.put(p.stream, p.partition, block_no, data)
                 received.add((p.stream, p.partition, block_no))
+            elif kind == "mark":
+                _, stream, part, epoch, seq = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                p.mark = StoreWatermark(Epoch(epoch), Seq(seq))
+                marked.add((p.stream, p.partition))
+            elif kind == "runs":
+                _, stream, part, runs = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                for first, count, epoch, pid, pseq in runs:
+                    if p.runs and p.runs[-1][0] + p.runs[-1][1] != first:
+                        raise CodecError("snapshot batch index is not contiguous")
+                    p.runs.append((first, count, epoch, pid, pseq))
             elif kind == "producers":
                 producers.load_wire(rec[1])
             else:
@@ -1074,6 +1278,16 @@ class EventStore:
             last = p.sealed[-1].end_seq if p.sealed else 0
             if p.open.meta.first_seq != last or p.open.meta.end_seq != p.next_seq:
                 raise CodecError(f"snapshot partition {p.stream}/{p.partition} is inconsistent")
+            if (p.stream, p.partition) not in marked and p.next_seq:
+                # A snapshot from before watermarks: everything in it was written locally.
+                p.mark = StoreWatermark(p.epoch, Seq(p.next_seq - 1))
+            if p.mark.seq != p.next_seq - 1 or (
+                p.runs and p.runs[-1][0] + p.runs[-1][1] != p.next_seq
+            ):
+                raise CodecError(f"snapshot partition {p.stream}/{p.partition} is inconsistent")
+            cap = self.limits.geo_batches_max
+            if len(p.runs) > cap:
+                del p.runs[: len(p.runs) - cap]
             for m in p.sealed:
                 bkey = (p.stream, p.partition, m.block_no)
                 present = bkey in received if include_blocks else self.blocks.has(*bkey)
@@ -1146,6 +1360,72 @@ def _scan_values(
                     v = None
         out.append(v)
     return out
+
+
+class _BlockCursor:
+    """Cuts runs of events out of a partition's blocks (one decoded block kept at a time)."""
+
+    __slots__ = ("bd", "p", "store")
+
+    def __init__(self, store: EventStore, p: _Partition) -> None:
+        self.store = store
+        self.p = p
+        self.bd: BlockData | None = None
+
+    def block_at(self, seq: int) -> BlockData:
+        bd = self.bd
+        if bd is None or not bd.first_seq <= seq < bd.first_seq + len(bd.cols):
+            meta = next(self.p.metas_from(seq))
+            bd = self.bd = self.store._load(self.p, meta)
+            assert bd.first_seq <= seq < bd.first_seq + len(bd.cols)
+        return bd
+
+    def encode(self, lo: int, hi: int) -> bytes:
+        """The batch encoding (as :func:`encode_batch` makes it) of events ``lo..hi-1``."""
+        ts: list[int] = []
+        keys: list[str | None] = []
+        attrs: dict[str, list[Any]] = {name: [] for name in self.p.indexed}
+        ends: list[int] = []
+        bodies: list[bytes | bytearray] = []
+        size = 0
+        seq = lo
+        while seq < hi:
+            bd = self.block_at(seq)
+            c = bd.cols
+            i = seq - bd.first_seq
+            j = min(hi - bd.first_seq, len(c))
+            ts += c.ts[i:j]
+            keys += c.keys[i:j]
+            for name, col in attrs.items():
+                col += c.attrs[name][i:j]
+            start = c.ends[i - 1] if i else c.base
+            stop = c.ends[j - 1]
+            shift = size - start
+            ends += [e + shift for e in c.ends[i:j]]
+            bodies.append(c.bodies[start - c.base : stop - c.base])
+            size += stop - start
+            seq = bd.first_seq + j
+        return _cbor.dumps([BATCH_FORMAT, ts, keys, attrs, ends, b"".join(bodies)])
+
+
+def _check_remote_shape(cmd: ApplyRemote, where: str) -> None:
+    """Entries must hold ``src_start..src_end`` densely, in order, each of one epoch."""
+    if not 0 <= cmd.src_start <= cmd.src_end or not cmd.entries or cmd.epoch < 0:
+        raise malformed(f"{where}: empty or inverted range")
+    seq: int = cmd.src_start
+    prev_epoch = 0
+    for e in cmd.entries:
+        if e.seq != seq or e.record_count < 1:
+            raise malformed(f"{where}: entries are not dense (entry at {e.seq}, expected {seq})")
+        if (e.producer_id is None) != (e.producer_seq is None):
+            raise malformed(f"{where}: entry at {e.seq} has half a producer")
+        if e.epoch is not None:
+            if not prev_epoch <= e.epoch <= cmd.epoch:
+                raise malformed(f"{where}: entry epochs must grow up to the batch epoch")
+            prev_epoch = e.epoch
+        seq += e.record_count
+    if seq != cmd.src_end + 1:
+        raise malformed(f"{where}: entries end at {seq - 1}, not at src_end")
 
 
 def _chain(h: bytes, block: bytes) -> bytes:
