@@ -152,7 +152,10 @@ def _sim_ops(ops: Sequence[Op], partition: int) -> list[SimOp]:
     for i, op in enumerate(ops):
         if op.partition != partition or op.complete_s is None or op.type is None:
             continue
-        pid = names.setdefault(op.process, len(names))
+        # An op of unknown outcome leaves its session hung as far as ordering goes (the
+        # Jepsen convention): it counts as the only op of a process of its own.
+        process = op.process if op.type == "ok" else f"{op.process}#{i}"
+        pid = names.setdefault(process, len(names))
         if op.f == "append":
             if op.retry_of is not None:
                 continue  # a resend: folded into its original below, or checked by A10
@@ -568,9 +571,14 @@ class Workload:
         op.complete_s = time.monotonic()
         return op
 
-    async def appender(self, k: int) -> None:
+    async def appender(self, k: int, timeout_s: float | None = None) -> None:
+        """Session ``a{k}``: appends one at a time; with ``timeout_s`` (and one node per
+        attempt at most a third of it) an impatient one, whose appends often end unknown."""
         rng = random.Random(f"{self.run}-a{k}")
-        async with self.client(self.region.urls) as client:
+        kw: dict[str, object] = {}
+        if timeout_s is not None:
+            kw = {"timeout_s": timeout_s, "attempt_timeout_s": timeout_s / 3}
+        async with self.client(self.region.urls, **kw) as client:
             for n in range(1, APPENDS_PER_SESSION_MAX + 1):
                 if self.stop.is_set():
                     return

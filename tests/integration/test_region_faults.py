@@ -42,6 +42,8 @@ APPENDERS = 4
 REGIONAL_READERS = 2
 LOCAL_READERS = 1
 RESENDS_OF_OK = 20
+#: the deadline of the impatient session's appends (shorter than an election)
+IMPATIENT_TIMEOUT_S = 0.6
 
 
 async def faults(region: Region, history: History) -> None:
@@ -98,7 +100,9 @@ async def test_region_history_under_kill_pause_and_restart(tmp_path: Path) -> No
         run = f"r{random.randrange(1 << 30)}"
         work = Workload(region, history, run, STREAM, PARTITIONS)
         history.t0_s = time.monotonic()
-        sessions = [asyncio.create_task(work.appender(k)) for k in range(APPENDERS)]
+        sessions = [asyncio.create_task(work.appender(k)) for k in range(APPENDERS - 1)]
+        # one impatient session, so that appends of unknown outcome occur and are resent
+        sessions.append(asyncio.create_task(work.appender(APPENDERS - 1, IMPATIENT_TIMEOUT_S)))
         sessions += [
             asyncio.create_task(work.reader(k, "regional")) for k in range(REGIONAL_READERS)
         ]
@@ -139,6 +143,7 @@ async def test_region_history_under_kill_pause_and_restart(tmp_path: Path) -> No
                  for m in ("regional", "local")}  # fmt: skip
         assert appends_ok >= 50 and all(reads.values()), (appends_ok, reads)
         assert len(history.faults) == 8, history.faults
+        assert unknown, "the impatient session never saw an unknown outcome to resolve"
         assert all(len(final.regional[p]) > 0 for p in range(PARTITIONS))
     finally:
         region.down()
