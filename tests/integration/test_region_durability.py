@@ -4,17 +4,21 @@ load every node of a 3-process region reports its fsync watermarks (``/v1/status
 are SIGKILLed at once, each segment file is cut back to its watermark (what a power loss may
 leave: SIGKILL alone keeps the page cache), the region restarts from those files and every
 append acknowledged before the watermarks were taken must be in the final log, with the
-replicas identical. Under ``--unsafe-no-fsync`` the very same procedure must lose
+replicas identical; also when a random part of each unsynced tail survives (S2, a torn write).
+Under ``--unsafe-no-fsync`` the very same procedure must lose
 acknowledged appends, and the checker must say so."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from geostore.client import GeostoreClient
 from geostore.storage.faults import lose_unsynced_writes
@@ -42,8 +46,11 @@ APPENDERS = 3
 ACKED_MIN = 60
 
 
-async def power_loss(tmp_path: Path, unsafe: bool) -> tuple[History, Any, float]:
+async def power_loss(
+    tmp_path: Path, unsafe: bool, torn: bool = False
+) -> tuple[History, Any, float]:
     """Run the load, take every node's watermarks, kill and cut every node, restart.
+    ``torn``: keep a random part of each unsynced tail (S2, a torn write) instead of none.
 
     Returns the history, the final state after the restart and the moment the watermarks
     started to be taken (appends acknowledged before it must survive)."""
@@ -84,8 +91,16 @@ async def power_loss(tmp_path: Path, unsafe: bool) -> tuple[History, Any, float]
         for node_id in region.nodes:
             await region.wait_dead(node_id)
         for node_id, g in marks.items():
-            sizes = lose_unsynced_writes(g["log_dir"], g["durable_watermarks"])
-            history.fault(time.monotonic(), f"{node_id}: segments cut to {sizes}")
+            rng = random.Random(f"{run}-{node_id}") if torn else None
+            before = {
+                f: os.path.getsize(os.path.join(g["log_dir"], f)) for f in g["durable_watermarks"]
+            }
+            sizes = lose_unsynced_writes(g["log_dir"], g["durable_watermarks"], rng)
+            cuts = ", ".join(
+                f"{f}: {before.get(f, 0)} -> {kept} bytes (fsynced {g['durable_watermarks'].get(f, 0)})"
+                for f, kept in sizes.items()
+            )
+            history.fault(time.monotonic(), f"{node_id}: {cuts}")
         for node_id in region.nodes:
             region.restart(node_id)
         history.fault(time.monotonic(), "restart every node from its data dir")
@@ -100,8 +115,9 @@ def _acked(ops: list[Op]) -> int:
     return sum(op.f == "append" and op.type == "ok" for op in ops)
 
 
-async def test_acknowledged_appends_survive_a_power_loss(tmp_path: Path) -> None:
-    history, final, cut_s = await power_loss(tmp_path, unsafe=False)
+@pytest.mark.parametrize("torn", [False, True], ids=["cut-to-watermark", "torn-tail"])
+async def test_acknowledged_appends_survive_a_power_loss(tmp_path: Path, torn: bool) -> None:
+    history, final, cut_s = await power_loss(tmp_path, unsafe=False, torn=torn)
     lost = lost_acknowledged(history.ops, final.regional, cut_s)
     assert not lost, "\n".join(map(str, lost))
     # The rest of the history must hold too. An append acknowledged after the cut may be
