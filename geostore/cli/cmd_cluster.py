@@ -39,6 +39,8 @@ from typing import Any
 
 HELP = "start, inspect and stop a local cluster (cluster up|status|down)"
 CLUSTER_FILE = "cluster.json"
+#: Per destination node, per source region: the proxy address (``geostore node --wan``).
+WAN_FILE = "wan.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,6 +202,21 @@ def _up(args: argparse.Namespace) -> int:
     }
     if removed:
         cluster["removed"] = removed
+    # The WAN proxies' ports are chosen now, so each node starts knowing how its region
+    # reaches the others (wan.json); the emulator is started and given the plan below.
+    plan: list[Any] = []
+    wan_path = os.path.join(folder, WAN_FILE)
+    use_netem = not args.no_netem and len(resolved.regions) > 1
+    if use_netem:
+        from netem.links import plan_links
+
+        plan = plan_links(resolved, port_alloc=_free_port)
+    via: dict[str, dict[str, str]] = {}
+    for link in plan:
+        via.setdefault(link.dst_node, {})[link.src_region] = "http://" + link.listen
+    with open(wan_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"via": via}, f, indent=2)
+    os.replace(wan_path + ".tmp", wan_path)
     for r in resolved.regions:
         entries = []
         for n in r.nodes:
@@ -218,6 +235,8 @@ def _up(args: argparse.Namespace) -> int:
                 node_dir,
                 "--mode",
                 args.mode,
+                "--wan",
+                wan_path,
             ]
             if args.config:
                 cmd += ["--config", os.path.abspath(args.config)]
@@ -244,9 +263,9 @@ def _up(args: argparse.Namespace) -> int:
             )
         cluster["regions"][r.name] = {"nodes": entries}
     _write_cluster(folder, cluster)
-    if not args.no_netem and len(resolved.regions) > 1:
+    if use_netem:
         try:
-            _start_netem(folder, resolved, cluster)
+            _start_netem(folder, plan, cluster)
         finally:  # so that 'cluster down' also stops a half-started emulator
             _write_cluster(folder, cluster)
     if not args.json:
@@ -273,13 +292,13 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_netem(folder: str, topology: Any, cluster: dict[str, Any]) -> None:
+def _start_netem(folder: str, plan: list[Any], cluster: dict[str, Any]) -> None:
     """Start the WAN emulator as its own process and give every inter-region link its proxy.
 
     A node's ``proxies`` map each other region to the address through which that region
     reaches the node (``http://host:port``), with the link's latency, jitter and bandwidth.
     """
-    from netem.links import apply_links, plan_links, wait_ready
+    from netem.links import apply_links, wait_ready
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -293,7 +312,7 @@ def _start_netem(folder: str, topology: Any, cluster: dict[str, Any]) -> None:
         )
     cluster["netem_pid"] = proc.pid
     wait_ready(url, timeout_s=30.0)
-    applied = apply_links(plan_links(topology), url)
+    applied = apply_links(plan, url)
     by_node = {n["id"]: n for _, n in _nodes(cluster)}
     for link in applied:
         host, port_ = link.address
@@ -357,19 +376,48 @@ def _status_rows(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                         commit=g.get("commit"),
                         applied=g.get("applied"),
                     )
+                if row.get("role") == "leader":
+                    row["replication_lag"] = st.get("replication_lag", [])
+                    geo = st.get("geo") or {}
+                    row["geo_bytes"] = (
+                        (geo.get("shipper") or {}).get("bytes_raw"),
+                        (geo.get("shipper") or {}).get("bytes_compressed"),
+                    )
             except (OSError, ValueError):
                 pass
         rows.append(row)
     return rows
 
 
-def _status_table(cluster: dict[str, Any]) -> str:
+def _status_table(cluster: dict[str, Any], status_rows: list[dict[str, Any]] | None = None) -> str:
     cols = ["region", "node", "role", "leader", "term", "commit", "applied", "pid", "api"]
     rows = []
-    for r in _status_rows(cluster):
+    for r in status_rows if status_rows is not None else _status_rows(cluster):
         state = r.get("role") if r["serving"] else ("not answering" if r["alive"] else "down")
         rows.append([r["region"], r["node"], state, *(r.get(c) for c in cols[3:])])
     return _table(cols, rows)
+
+
+def _lag_table(rows: list[dict[str, Any]]) -> str | None:
+    """Per (partition, destination), from each home region's leader: the geo shipping lag."""
+    cols = ["home", "stream", "part", "to", "state", "lag_events", "lag_ms", "inflight", "acked"]
+    out = []
+    for r in rows:
+        for lag in r.get("replication_lag") or []:
+            out.append(
+                [
+                    r["region"],
+                    lag.get("stream"),
+                    lag.get("partition"),
+                    lag.get("destination"),
+                    lag.get("state"),
+                    lag.get("events"),
+                    lag.get("ms"),
+                    lag.get("inflight_batches"),
+                    lag.get("acked"),
+                ]
+            )
+    return _table(cols, out) if out else None
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -377,7 +425,17 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_status_rows(cluster), indent=2))
     else:
-        print(_status_table(cluster))
+        rows = _status_rows(cluster)
+        print(_status_table(cluster, rows))
+        lag = _lag_table(rows)
+        if lag is not None:
+            print("\nreplication (static placement: homes as created, epoch 1; no metadata")
+            print("group, home leases or failover yet)")
+            print(lag)
+            for r in rows:
+                raw, packed = r.get("geo_bytes") or (None, None)
+                if raw:
+                    print(f"  {r['region']} shipped {raw} bytes raw, {packed} compressed")
         if cluster.get("netem"):
             pid = cluster.get("netem_pid")
             state = "running" if pid and _alive(pid) else "down"

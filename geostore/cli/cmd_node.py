@@ -1,10 +1,12 @@
 """``geostore node``: run one node process (what ``cluster up`` starts on each node).
 
 ``geostore node --topology FILE --node ID --dir DIR [--config CFG] [--override CFG]
-[--port P] [--bootstrap | --join]`` opens (or creates) the node's data dir, joins its region's Raft group with the
+[--port P] [--bootstrap | --join] [--wan FILE]`` opens (or creates) the node's data dir, joins its region's Raft group with the
 peers the topology names (every node of the region needs a host and port there; ``--port``
 only overrides this node's own), serves the HTTP API and peer links on one port, and runs
-until SIGTERM or SIGINT, then shuts down gracefully (exit status 0).
+until SIGTERM or SIGINT, then shuts down gracefully (exit status 0). ``--wan`` names the
+``wan.json`` of ``cluster up``: the proxy addresses through which this node's region reaches
+each node of the other regions (geo shipping, forwarded writes and strong reads use them).
 
 Empty storage is accepted only with ``--bootstrap`` (a founding member of a new cluster;
 ``cluster up`` passes it on a cluster's first start) or ``--join`` (a new identity that
@@ -66,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="multi-leader", choices=("multi-leader", "single-leader"))
     parser.add_argument("--seed", type=int, default=None, help="seed of the node's randomness")
     parser.add_argument(
+        "--wan",
+        default=None,
+        help="wan.json of cluster up: the proxy through which this region reaches each node "
+        "of the other regions (default: their direct addresses)",
+    )
+    parser.add_argument(
         "--unsafe-no-fsync",
         action="store_true",
         help="UNSAFE negative control: acknowledge without fsync (fault tests only)",
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             bootstrap=args.bootstrap,
             join=args.join,
+            wan_routes=args.wan,
         )
         await node.run()
         return node.exit_code

@@ -7,11 +7,17 @@ Routing rules:
   request is forwarded at most once (a node that receives a forwarded request and does not
   lead answers 503 ``not_leader``; the client retries). No leader known within the wait:
   503 ``no_quorum``.
+- Between regions (static placement, see :mod:`.geo`): a region commits client appends
+  only for partitions it is home of; the leader splits an append by home region, appends
+  its own part and sends each other part to its home region (``route=reject``: 421
+  ``wrong_region`` with the home's address instead). Stream creation fans out to every
+  region before it is answered. Requests between regions carry ``X-Geostore-From-Region``
+  and are never sent on to a third region.
 - Reads default to ``consistency=regional``: linearizable in the region through the
-  leader's ReadIndex (forwarded to the leader like writes); ``strong`` is the same while the
-  region is the only one holding the stream; ``local`` reads this node's applied state.
+  leader's ReadIndex (forwarded to the leader like writes); ``strong`` of a partition homed
+  in another region is served by that region; ``local`` reads this node's applied state.
   ``after=TOKEN`` waits (up to ``wait_ms``, capped by config) until this node applied what
-  the token names, else 504 ``wait_timeout``.
+  the token names, else 504 ``wait_timeout`` with the copy's watermark.
 - An append is answered only after its entries are committed by a quorum and applied on the
   leader; a wait past ``append_timeout_s`` answers 504 with the outcome unknown (retry with
   the same producer id and seq: the retry is deduplicated).
@@ -27,6 +33,7 @@ import contextlib
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,8 +43,9 @@ from aiohttp import web
 
 from geostore import __version__
 from geostore.errors import HTTP_STATUS, ApiError, ErrorCode, GeostoreError
-from geostore.ids import NodeId
+from geostore.ids import NodeId, RegionId
 from geostore.raft.records import ConfChange, ConfChangeOp
+from geostore.runtime.geo import fill_homes
 from geostore.runtime.group import GroupRuntime
 from geostore.runtime.http import (
     CBOR,
@@ -58,6 +66,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("geostore.runtime.api")
 
 FORWARDED_HEADER = "X-Geostore-Forwarded"
+#: Marks a request one region sent another (a create fan-out, a routed append, a strong
+#: read): the receiving region serves it or refuses it, and never sends it on to a third.
+REGION_HEADER = "X-Geostore-From-Region"
 #: How long a write waits for commit and apply before answering 504 (outcome unknown).
 APPEND_TIMEOUT_S = 10.0
 #: How long a request waits for a leader to be known before answering 503.
@@ -108,8 +119,10 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST", "/v1/streams/{s}/events", "append", "Append events (acknowledged after commit)",
-        params=(_S,), body="AppendRequest", ok_schema="AppendResponse",
-        errors=(400, 404, 409, 413, 503, 504),
+        params=(_S, Param("route", "query", "string",
+                          "reject: 421 instead of forwarding to the home region")),
+        body="AppendRequest", ok_schema="AppendResponse",
+        errors=(400, 404, 409, 413, 421, 503, 504),
     ),
     Route(
         "GET", "/v1/streams/{s}/events", "read", "Read events by seq range or time range",
@@ -275,7 +288,7 @@ class Api:
         if url is None or session is None:
             raise ApiError(ErrorCode.UNAVAILABLE, f"leader {leader} has no known address")
         headers: dict[str, str] = {FORWARDED_HEADER: self.node.node_id}
-        for name in ("Content-Type", "Accept"):
+        for name in ("Content-Type", "Accept", REGION_HEADER):
             if name in request.headers:
                 headers[name] = request.headers[name]
         resource = request.match_info.route.resource
@@ -326,12 +339,95 @@ class Api:
         forwarded = await self._leader_or_forward(request, group, raw)
         if forwarded is not None:
             return forwarded
+        # static placement: every region gets the same homes (the metadata group's job later)
+        body = fill_homes(self.node.topology, body)
         cmd = group.store.validate_create(body)
         (result,) = await self._await_all(group.propose([encode_command(cmd)]))
         if isinstance(result, Rejected):
             raise result.error
         assert isinstance(result, StreamInfo), result
+        if REGION_HEADER not in request.headers:
+            await self._create_everywhere(body)
         return respond(request, 201 if result.created else 200, result.to_json())
+
+    async def _create_everywhere(self, body: Any) -> None:
+        """Create the stream in every other region too (idempotent, same definition).
+
+        Until the metadata group holds the catalogue, each region's data group keeps its own;
+        a creation fans out here before it is answered, so a stream exists everywhere.
+        """
+        data = json.dumps(body).encode()
+        failed: dict[str, str] = {}
+        for region in self.node.geo.others:
+            try:
+                status, answer, _ = await self._region_call(
+                    region, "POST", "/v1/streams", data, JSON
+                )
+            except ApiError as err:
+                failed[region] = err.message
+                continue
+            if status not in (200, 201):
+                failed[region] = f"{status}: {answer[:200].decode(errors='replace')}"
+        if failed:
+            raise ApiError(
+                ErrorCode.UNAVAILABLE,
+                f"created in {self.node.region} but not yet in {sorted(failed)}; retry "
+                "(creating the same stream again is idempotent)",
+                regions=failed,
+                retry_after_s=1,
+            )
+
+    async def _region_call(
+        self, region: str, method: str, path_qs: str, data: bytes | None, ctype: str | None
+    ) -> tuple[int, bytes, str]:
+        """One request to another region: its leader first (as last seen), then its other
+        nodes, through the WAN proxy; a node that does not lead forwards to its leader."""
+        geo = self.node.geo
+        session = self.node.session
+        nodes = list(geo.remote_nodes.get(RegionId(region), ()))
+        if not nodes or session is None:
+            raise ApiError(ErrorCode.UNAVAILABLE, f"region {region} is not reachable from here")
+        leader = geo.leader_seen(RegionId(region))
+        if leader in nodes:
+            nodes.remove(leader)
+            nodes.insert(0, leader)
+        headers: dict[str, str] = {REGION_HEADER: self.node.region}
+        if ctype is not None:
+            headers["Content-Type"] = ctype
+        last = "no node answered"
+        for node in nodes:
+            url = geo.remote_urls.get(node)
+            if url is None:
+                continue
+            try:
+                async with session.request(
+                    method,
+                    url + path_qs,
+                    data=data,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+                ) as resp:
+                    answer = await resp.read()
+                    if resp.status == 503 and node != nodes[-1]:
+                        last = f"{node}: 503"
+                        continue  # no leader known there, or shutting down: try another
+                    self.node.metrics.forwarded.inc(route=f"region:{region}")
+                    return resp.status, answer, resp.content_type
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                last = f"{node}: {type(exc).__name__}"
+        raise ApiError(
+            ErrorCode.UNAVAILABLE,
+            f"region {region} did not answer ({last})",
+            region=region,
+            retry_after_s=1,
+        )
+
+    def _home_urls(self, region: str) -> list[str]:
+        """Direct addresses of a region's nodes (what a client there would use)."""
+        from geostore.runtime.node import node_url
+
+        topo = self.node.topology
+        return [node_url(topo, n) for n in topo.region(region).node_ids()]
 
     async def append(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
@@ -355,6 +451,10 @@ class Api:
             producer=body.get("producer"),
             rr_counter=group.rr_counter,
         )
+        homes = self._homes(group, stream)
+        here = self.node.region
+        if any(homes.get(b.partition, here) != here for b in prepared.batches):
+            return await self._route_append(request, group, stream, body, homes, t0)
         group.rr_counter = prepared.rr_counter
         futures = group.propose([encode_command(b) for b in prepared.batches])
         first = await self._await_all(futures)
@@ -381,6 +481,152 @@ class Api:
         metrics.events_appended.inc(stored)
         metrics.append_latency.observe(time.perf_counter() - t0)
         return respond(request, 200, {"results": results, "token": make_token(stream, token_parts)})
+
+    def _homes(self, group: GroupRuntime, stream: str) -> dict[int, str]:
+        """Partition -> home region, for partitions with a home (none: homed everywhere)."""
+        info = group.store.stream_info(stream)
+        return {h.partition: h.home for h in info.homes if h.home is not None}
+
+    async def _route_append(
+        self,
+        request: web.Request,
+        group: GroupRuntime,
+        stream: str,
+        body: dict[str, Any],
+        homes: dict[int, str],
+        t0: float,
+    ) -> web.StreamResponse:
+        """An append that touches partitions homed elsewhere: refuse (421) or forward.
+
+        Each event gets its partition explicitly (the same routing rules), the events are
+        split by home region, this region's part is appended here and every other part is
+        sent to its home region; the answer merges the per-partition results and tokens.
+        A remote region never commits client appends for a partition it does not home.
+        """
+        here = self.node.region
+        events = body["events"]
+        producer = body.get("producer")
+        if isinstance(producer, dict) and isinstance(producer.get("seq"), int):
+            base = zlib.crc32(str(producer.get("id", "")).encode()) + producer["seq"]
+        else:
+            base = group.rr_counter
+            group.rr_counter += len(events)
+        by_region: dict[str, list[Any]] = {}
+        for i, ev in enumerate(events):
+            p = group.store.route_event(stream, ev, rr_counter=base + i)
+            by_region.setdefault(homes.get(p, here), []).append({**ev, "partition": p})
+        remote = sorted(r for r in by_region if r != here)
+        if request.query.get("route") == "reject" or REGION_HEADER in request.headers:
+            home = remote[0]
+            raise ApiError(
+                ErrorCode.WRONG_REGION,
+                f"{stream}: partitions homed in {remote} are not written in {here}; "
+                f"send them to their home region",
+                home=home,
+                homes={str(p): r for p, r in sorted(homes.items())},
+                address=self._home_urls(home)[0],
+                addresses=self._home_urls(home),
+            )
+        results: list[dict[str, Any]] = []
+        token_parts: list[tuple[int, int, int]] = []
+        errors: list[ApiError] = []
+        stored = 0
+        tasks = {
+            r: asyncio.ensure_future(
+                self._region_call(
+                    r,
+                    "POST",
+                    request.path,
+                    json.dumps(
+                        {"events": evs, **({"producer": producer} if producer else {})}
+                    ).encode(),
+                    JSON,
+                )
+            )
+            for r, evs in by_region.items()
+            if r != here
+        }
+        try:
+            if here in by_region:
+                res, parts, errs, n = await self._append_here(
+                    group, stream, by_region[here], producer
+                )
+                results += res
+                token_parts += parts
+                errors += errs
+                stored += n
+            for r, task in tasks.items():
+                partitions = sorted({ev["partition"] for ev in by_region[r]})
+                try:
+                    status, answer, _ = await task
+                    decoded = json.loads(answer)
+                except (ApiError, ValueError) as exc:
+                    err = (
+                        exc
+                        if isinstance(exc, ApiError)
+                        else ApiError(ErrorCode.UNAVAILABLE, f"region {r} answered garbage")
+                    )
+                    errors.append(err)
+                    results += [{"partition": p, **err.to_body()} for p in partitions]
+                    continue
+                if status != 200:
+                    err = ApiError(
+                        ErrorCode.UNAVAILABLE,
+                        f"home region {r} answered {status}: "
+                        f"{decoded.get('error', {}).get('message', '')}",
+                        region=r,
+                        retry_after_s=1,
+                    )
+                    errors.append(err)
+                    results += [
+                        {"partition": p, **decoded} if "error" in decoded else err.to_body()
+                        for p in partitions
+                    ]
+                    continue
+                results += decoded.get("results", [])
+                token = decoded.get("token")
+                if token:
+                    token_parts += parse_token(token)[1]
+        finally:
+            for task in tasks.values():
+                task.cancel()
+        if errors and not token_parts:
+            raise errors[0]
+        results.sort(key=lambda item: int(item.get("partition", -1)))
+        self.node.metrics.events_appended.inc(stored)
+        self.node.metrics.append_latency.observe(time.perf_counter() - t0)
+        return respond(
+            request, 200, {"results": results, "token": make_token(stream, sorted(token_parts))}
+        )
+
+    async def _append_here(
+        self, group: GroupRuntime, stream: str, events: list[Any], producer: Any
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, int, int]], list[ApiError], int]:
+        """Append events of this region's partitions: results, token parts, errors, count."""
+        prepared = group.store.validate_append(
+            stream, events, now_us=time.time_ns() // 1000, producer=producer
+        )
+        outcomes = await self._await_all(
+            group.propose([encode_command(b) for b in prepared.batches])
+        )
+        results: list[dict[str, Any]] = []
+        parts: list[tuple[int, int, int]] = []
+        errors: list[ApiError] = []
+        stored = 0
+        for batch, outcome in zip(prepared.batches, outcomes, strict=True):
+            if isinstance(outcome, Rejected):
+                errors.append(outcome.error)
+                results.append({"partition": batch.partition, **outcome.error.to_body()})
+                continue
+            assert isinstance(outcome, AppendResult), outcome
+            item = outcome.to_json()
+            if outcome.duplicate:
+                item["duplicate"] = True
+            else:
+                stored += outcome.last_seq - outcome.first_seq + 1
+            results.append(item)
+            parts.append((outcome.partition, outcome.epoch, outcome.last_seq))
+        return results, parts, errors, stored
 
     async def add_peer(self, request: web.Request) -> web.StreamResponse:
         _, body = await read_body(request, self.limits.body_bytes_max)
@@ -433,7 +679,7 @@ class Api:
     # -- reads ------------------------------------------------------------------------------
 
     async def _consistent(
-        self, request: web.Request, group: GroupRuntime
+        self, request: web.Request, group: GroupRuntime, partition: int | None = None
     ) -> web.StreamResponse | None:
         """Make the read consistent as asked; a response when it was forwarded instead."""
         consistency = request.query.get("consistency", "regional")
@@ -443,6 +689,20 @@ class Api:
                 f"consistency must be local, regional or strong, not {consistency!r}",
                 field="consistency",
             )
+        if consistency == "strong" and partition is not None:
+            home = self._homes(group, request.match_info["s"]).get(partition)
+            if home is not None and home != self.node.region:
+                # linearizable globally: the home region's leader serves it
+                if REGION_HEADER in request.headers:
+                    raise ApiError(
+                        ErrorCode.WRONG_REGION,
+                        f"partition {partition} is homed in {home}, not {self.node.region}",
+                        home=home,
+                    )
+                status, answer, ctype = await self._region_call(
+                    home, "GET", request.path_qs, None, None
+                )
+                return web.Response(status=status, body=answer, content_type=ctype)
         if consistency != "local":
             forwarded = await self._leader_or_forward(request, group, None)
             if forwarded is not None:
@@ -483,9 +743,22 @@ class Api:
                 raise ApiError(
                     ErrorCode.WAIT_TIMEOUT,
                     f"this node has not applied the token's writes within {wait_ms} ms",
+                    watermark=self._watermarks(group, stream, [p for p, _, _ in parts]),
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(group.wait_applied_change()), left)
+
+    @staticmethod
+    def _watermarks(group: GroupRuntime, stream: str, partitions: list[int]) -> dict[str, Any]:
+        """What this copy applied of each partition: ``{partition: {epoch, seq}}``."""
+        out: dict[str, Any] = {}
+        for p in sorted(set(partitions)):
+            try:
+                info = group.store.partition_info(stream, p)
+            except ApiError:
+                continue
+            out[str(p)] = {"epoch": info.epoch, "seq": info.last_seq}
+        return out
 
     def _limit(self, request: web.Request) -> int | None:
         limit = int_param(request, "limit", None, minimum=1)
@@ -516,7 +789,7 @@ class Api:
         from_seq = int_param(request, "from_seq", 0, minimum=0)
         limit = self._limit(request)
         rng = self._ts_range(request, required=False)
-        forwarded = await self._consistent(request, group)
+        forwarded = await self._consistent(request, group, partition or 0)
         if forwarded is not None:
             return forwarded
         store = group.store
@@ -747,6 +1020,7 @@ _REASONS = {
     404: "unknown stream or partition",
     409: "conflict",
     413: "over a limit",
+    421: "wrong region: the partition is homed in another region (route=reject)",
     503: "not available now (no leader, shutting down); see Retry-After",
     504: "a wait bound expired",
 }

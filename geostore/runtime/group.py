@@ -248,6 +248,8 @@ class GroupRuntime:
         self.failed: GeostoreError | None = None
         #: called once when the group stops for good (the node then shuts down, exit 1)
         self.on_fatal: Callable[[GroupRuntime, GeostoreError], None] | None = None
+        #: called after a flush or tick that moved the applied index (the geo host ships)
+        self.on_applied: Callable[[], None] | None = None
         self._inbox: list[Message] = []
         self._proposals: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._scheduled = False
@@ -487,6 +489,8 @@ class GroupRuntime:
         applied = self.host.applied
         if applied != self._last_applied:
             self._last_applied = applied
+            if self.on_applied is not None:
+                self.on_applied()
             if self._applied_waiters:
                 waiting = []
                 for index, fut in self._applied_waiters:

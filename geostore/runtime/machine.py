@@ -13,13 +13,13 @@ client proposals, and only then one drain, so one Ready (one fsync) covers them 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from geostore.node.raft_host import OnProposal, RaftHost, _Pending
 from geostore.raft.messages import Message
 from geostore.raft.records import Proposed, Rejected
 from geostore.raft.types import Entry, EntryKind, SnapshotMeta
-from geostore.store import EventStore
+from geostore.store import EventStore, RemoteResult
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20
 
@@ -29,10 +29,15 @@ class StoreMachine:
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
+        #: told about every applied shipped batch (the geo receiver acks from it)
+        self.on_remote_applied: Callable[[RemoteResult, bytes], None] | None = None
 
     def apply(self, entry: Entry) -> object:
         if entry.kind is EntryKind.NORMAL:
-            return self.store.apply_entry(entry.index, entry.data)
+            result = self.store.apply_entry(entry.index, entry.data)
+            if type(result) is RemoteResult and self.on_remote_applied is not None:
+                self.on_remote_applied(result, entry.data)
+            return result
         self.store.advance(entry.index)
         return None
 

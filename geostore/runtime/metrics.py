@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -202,3 +203,43 @@ class NodeMetrics:
         self.tail_subscribers = r.gauge(
             "geostore_tail_subscribers", "Live-tail subscribers connected to this node."
         )
+        self.geo_lag_events = r.gauge(
+            "geostore_geo_lag_events",
+            "Events committed at home not yet durable in the destination, by partition/dest.",
+        )
+        self.geo_lag_ms = r.gauge(
+            "geostore_geo_lag_ms", "Age of the oldest unreplicated event, ms, by partition/dest."
+        )
+        self.geo_inflight = r.gauge(
+            "geostore_geo_inflight_batches", "Shipped batches not yet acknowledged."
+        )
+        self.geo_bytes = r.gauge(
+            "geostore_geo_shipped_bytes",
+            "Bytes shipped by this leader's shipper, raw (CBOR) and compressed (zstd).",
+        )
+        self._geo_seen: set[tuple[str, int, str]] = set()
+
+    def watch_geo(self, geo: Any) -> None:
+        """Register the shipper's byte counters (the lag series appear as partitions do)."""
+        self._geo = geo
+        for kind in ("raw", "compressed"):
+            self.geo_bytes.set_source(_bind(geo.bytes_shipped, kind), form=kind)
+
+    def geo_partition(self, geo: Any, stream: str, partition: int, dst: str) -> None:
+        """Series for one (partition, destination), once (bounded by partitions x regions)."""
+        key = (stream, partition, dst)
+        if key in self._geo_seen:
+            return
+        self._geo_seen.add(key)
+        labels = {"stream": stream, "partition": str(partition), "destination": dst}
+        for gauge, what in (
+            (self.geo_lag_events, "events"),
+            (self.geo_lag_ms, "ms"),
+            (self.geo_inflight, "inflight"),
+        ):
+            gauge.set_source(_bind(geo.lag_of, stream, partition, dst, what), **labels)
+
+
+def _bind(fn: Callable[..., float], *args: Any) -> Callable[[], float]:
+    """A gauge source calling ``fn(*args)`` (a closure per series, no late binding)."""
+    return lambda: float(fn(*args))

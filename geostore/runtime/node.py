@@ -8,6 +8,9 @@ Theory of operation:
 - Groups live in a map ``GroupId -> GroupRuntime``; now that is the region's data group
   (``data-<region>``); the metadata group and the single-leader global group plug into the
   same map later, and inbound messages are routed by their ``group`` field.
+- :class:`~geostore.runtime.geo.GeoHost` hosts the geo cores on the data group's leader;
+  geo envelopes arrive on the same transport (the other regions' nodes are peers too,
+  reached through the WAN proxies) and are routed to it instead of a group.
 - The clock is one task that ticks every group every ``tick_ms`` of the monotonic clock.
   When the loop was held up (a long fsync) ticks are not replayed in a burst: a stalled
   node should look slow to its peers, not fire a volley of elections.
@@ -35,7 +38,9 @@ from aiohttp import web
 from geostore.codec import CodecLimits
 from geostore.config import Config, Topology
 from geostore.errors import ConfigError, GeostoreError
+from geostore.geo import GeoEnvelope
 from geostore.ids import GroupId, NodeId, RegionId
+from geostore.runtime.geo import GeoHost, fill_homes, load_wan_routes
 from geostore.runtime.group import GroupRuntime, GroupSpec
 from geostore.runtime.metrics import NodeMetrics
 from geostore.runtime.wire import PeerDecoder, encode_peer_message
@@ -79,6 +84,7 @@ class NodeRuntime:
         seed: int | None = None,
         bootstrap: bool = False,
         join: bool = False,
+        wan_routes: str | None = None,
     ) -> None:
         self.topology = topology
         self.node_id = node_id
@@ -111,6 +117,7 @@ class NodeRuntime:
         peers = {n: u for n, u in self.peer_urls.items() if n != node_id}
         lim = config.limits
         settings = TransportSettings(frame_bytes_max=max(lim.frame_bytes_max, 2 << 20))
+        routes = load_wan_routes(wan_routes)
         self.transport = PeerTransport(
             node_id,
             cluster_id=topology.name,
@@ -141,6 +148,11 @@ class NodeRuntime:
         )
         self.groups[gid] = self.data_group
         self.data_group.on_fatal = self._group_failed
+        # the leaders of the other regions are reached through the WAN proxies
+        self.geo = GeoHost(self, routes)
+        if self.geo.remote_urls:
+            self.transport.update_peers({**peers, **self.geo.remote_urls})
+        self.metrics.watch_geo(self.geo)
         #: the process exit status: 1 after a group failed
         self.exit_code = 0
         self.tick_ms = self.data_group.tick_ms
@@ -156,6 +168,9 @@ class NodeRuntime:
     # -- peer input ------------------------------------------------------------------------
 
     def _on_message(self, peer: NodeId, msg: object) -> None:
+        if type(msg) is GeoEnvelope:
+            self.geo.on_envelope(peer, msg)
+            return
         group = self.groups.get(getattr(msg, "group", GroupId("")))
         if group is None:
             return  # a group we do not host (yet): Raft retries
@@ -183,7 +198,8 @@ class NodeRuntime:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._peer_book)
-        self.transport.update_peers({n: u for n, u in self.peer_urls.items() if n != self.node_id})
+        peers = {n: u for n, u in self.peer_urls.items() if n != self.node_id}
+        self.transport.update_peers({**peers, **self.geo.remote_urls})
         log.info("node %s: peer %s is at %s", self.node_id, node, url)
 
     def group_for_stream(self, stream: str) -> GroupRuntime:
@@ -253,6 +269,7 @@ class NodeRuntime:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             for group in self.groups.values():
                 group.tick()
+            self.geo.tick()
             group = self.data_group
             if group.is_leader and group.host.core.term != seeded_term and self.topology.streams:
                 seeded_term = group.host.core.term
@@ -274,6 +291,8 @@ class NodeRuntime:
                 request["key_field"] = spec.key_field
             if spec.homes:
                 request["homes"] = {str(p): r for p, r in spec.homes.items()}
+            # every region creates them with the same homes (static placement)
+            request = fill_homes(self.topology, request)
             try:
                 cmd = group.store.validate_create(request)
                 (result,) = await asyncio.wait_for(
@@ -347,7 +366,8 @@ class NodeRuntime:
             "stopping": self.stopping,
             "groups": {gid: g.status_json() for gid, g in self.groups.items()},
             "partitions": [p.to_json() for p in self.data_group.store.partitions()],
-            "replication_lag": {},
+            "replication_lag": self.geo.lag_rows(),
+            "geo": self.geo.status_json(),
             "peers": self.transport.stats(),
             "config": {
                 "raft": _fields(c.raft),

@@ -1,0 +1,211 @@
+"""Geo replication between real node processes through the WAN emulator (two regions, 40 ms):
+a write committed at a partition's home is read in the other region with its token; local
+reads there are always prefixes of the home's log; after a burst every node of every region
+holds identical copies (rolling hashes); appends for a partition homed elsewhere are
+forwarded to its home (or refused with 421 and the home's address); a stream created in one
+region exists in the other with the same homes; strong reads go to the home region; and
+``cluster status`` shows the replication lag per partition and destination."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from geostore.runtime.http import make_token
+
+pytestmark = pytest.mark.timeout(150)
+
+TOPOLOGY = """
+name = "geo-test"
+[[regions]]
+name = "a"
+intra_rtt_ms = 0.0
+nodes = ["a1"]
+[[regions]]
+name = "b"
+intra_rtt_ms = 0.0
+nodes = ["b1", "b2"]
+[[links]]
+a = "a"
+b = "b"
+rtt_ms_p50 = 40.0
+[[streams]]
+name = "s"
+partitions = 2
+homes = { 0 = "a", 1 = "b" }
+"""
+
+#: Every wait in this file is bounded by a generous deadline (2 shared cores).
+DEADLINE_S = 30.0
+
+
+def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def ok(url: str, body: Any = None) -> Any:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        status, answer = call(url, body)
+        if status in (200, 201):
+            return answer
+        if status != 503 or time.monotonic() > deadline:
+            raise AssertionError(f"{url}: {status} {answer}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("geo")
+    (root / "two.toml").write_text(TOPOLOGY)
+    folder = root / "c"
+    up = geostore("cluster", "up", "--topology", str(root / "two.toml"), "--dir", str(folder),
+                  "--timeout", "90")  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        info: dict[str, Any] = json.loads((folder / "cluster.json").read_text())
+        info["folder"] = str(folder)
+        yield info
+    finally:
+        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
+
+
+def apis(cluster: dict[str, Any], region: str) -> list[str]:
+    return [n["api"] for n in cluster["regions"][region]["nodes"]]
+
+
+def events(url: str, partition: int, consistency: str = "local", **q: Any) -> list[Any]:
+    query = "&".join(f"{k}={v}" for k, v in q.items())
+    answer = ok(f"{url}/v1/streams/s/events?partition={partition}&limit=10000"
+                f"&consistency={consistency}&{query}")  # fmt: skip
+    return [(e["seq"], e["body"]) for e in answer["events"]]
+
+
+def copies(url: str) -> dict[tuple[str, int], tuple[int, str]]:
+    """Per partition on one node: (last seq, rolling hash)."""
+    parts = ok(f"{url}/v1/debug/partitions")["partitions"]
+    return {(p["stream"], p["partition"]): (p["last_seq"], p["hash"]) for p in parts}
+
+
+def test_token_read_in_the_other_region_returns_the_write(cluster: dict[str, Any]) -> None:
+    (a,) = apis(cluster, "a")
+    b = apis(cluster, "b")[1]
+    answer = ok(f"{a}/v1/streams/s/events", {"events": [{"partition": 0, "body": {"n": 1}}]})
+    (res,) = answer["results"]
+    got = events(b, 0, after=answer["token"], wait_ms=20_000)
+    assert (res["last_seq"], {"n": 1}) in got
+    # a token beyond what exists: the bound expires, with the copy's watermark
+    far = make_token("s", [(0, 1, 1_000_000)])
+    status, err = call(f"{b}/v1/streams/s/events?partition=0&consistency=local"
+                       f"&after={far}&wait_ms=50")  # fmt: skip
+    assert status == 504 and err["error"]["code"] == "wait_timeout"
+    assert err["error"]["watermark"]["0"]["seq"] >= res["last_seq"]
+
+
+def test_local_reads_are_prefixes_and_copies_converge(cluster: dict[str, Any]) -> None:
+    (a,) = apis(cluster, "a")
+    b1, b2 = apis(cluster, "b")
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def burst(url: str, partition: int) -> None:
+        for i in range(40):
+            batch = [{"partition": partition, "body": {"i": i, "j": j}} for j in range(5)]
+            status, answer = call(f"{url}/v1/streams/s/events", {"events": batch})
+            if status != 200:
+                errors.append(f"{status} {answer}")
+        stop.set()
+
+    writers = [threading.Thread(target=burst, args=(a, 0)),
+               threading.Thread(target=burst, args=(b1, 1))]  # fmt: skip
+    for w in writers:
+        w.start()
+    samples: list[tuple[int, list[Any]]] = []
+    while not stop.is_set():
+        samples.append((0, events(b2, 0)))
+        samples.append((1, events(a, 1)))
+        time.sleep(0.05)
+    for w in writers:
+        w.join(DEADLINE_S)
+    assert not errors, errors[:3]
+    home = {0: events(a, 0, "regional"), 1: events(b1, 1, "regional")}
+    assert len(samples) >= 2
+    for partition, seen in samples:
+        assert seen == home[partition][: len(seen)], f"partition {partition}: not a prefix"
+    # every node of every region converges to the same copy of every partition
+    nodes = [a, b1, b2]
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        views = [copies(n) for n in nodes]
+        if all(v == views[0] for v in views) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert all(v == views[0] for v in views), views
+    assert views[0][("s", 0)][0] == home[0][-1][0] and views[0][("s", 1)][0] == home[1][-1][0]
+
+
+def test_append_for_another_home_is_forwarded_or_refused(cluster: dict[str, Any]) -> None:
+    (a,) = apis(cluster, "a")
+    b1, b2 = apis(cluster, "b")
+    before = events(a, 0, "regional")
+    status, err = call(f"{b2}/v1/streams/s/events?route=reject",
+                       {"events": [{"partition": 0, "body": "nope"}]})  # fmt: skip
+    assert status == 421 and err["error"]["code"] == "wrong_region"
+    assert err["error"]["home"] == "a" and err["error"]["address"] == a
+    assert events(a, 0, "regional") == before, "a refused append is not stored"
+    # forwarded: committed at the home region, not in b's own log
+    answer = ok(f"{b2}/v1/streams/s/events", {"events": [{"partition": 0, "body": "fwd"}]})
+    (res,) = answer["results"]
+    assert (res["last_seq"], "fwd") in events(a, 0, "regional")
+    # a mixed append: each partition's part goes to its home; one token covers both
+    answer = ok(
+        f"{b1}/v1/streams/s/events",
+        {"events": [{"partition": 0, "body": "m0"}, {"partition": 1, "body": "m1"}]},
+    )
+    assert sorted(r["partition"] for r in answer["results"]) == [0, 1]
+    got = events(a, 1, after=answer["token"], wait_ms=20_000)
+    assert any(body == "m1" for _, body in got)
+    # strong reads in b of a partition homed in a are served by a
+    strong = events(b2, 0, "strong")
+    assert (res["last_seq"], "fwd") in strong
+
+
+def test_streams_exist_in_every_region_and_status_shows_lag(cluster: dict[str, Any]) -> None:
+    (a,) = apis(cluster, "a")
+    b1, _ = apis(cluster, "b")
+    created = ok(f"{b1}/v1/streams", {"name": "made-in-b", "partitions": 3})
+    homes = {h["partition"]: h["home"] for h in created["homes"]}
+    assert homes == {0: "a", 1: "b", 2: "a"}
+    status = ok(f"{a}/v1/status")
+    lag = [r for r in status["replication_lag"] if r["stream"] == "s" and r["partition"] == 0]
+    assert lag and lag[0]["destination"] == "b"
+    assert {"events", "ms", "inflight_batches"} <= set(lag[0])
+    assert status["geo"]["shipper"]["bytes_raw"] > 0
+    again = ok(f"{a}/v1/streams", {"name": "made-in-b", "partitions": 3})
+    assert {h["partition"]: h["home"] for h in again["homes"]} == homes
+    metrics = urllib.request.urlopen(f"{a}/metrics", timeout=10).read().decode()
+    assert 'geostore_geo_lag_events{destination="b",partition="0",stream="s"}' in metrics
+    out = geostore("cluster", "status", "--dir", cluster["folder"], timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "lag_events" in out.stdout and "shipping" in out.stdout
