@@ -35,6 +35,9 @@ CONFIG = """
 tick_ms = 20
 heartbeat_ticks = 5
 election_ticks = 50
+# snapshots and log compaction happen many times in a run, so a restarted or paused node may
+# have to catch up from a snapshot (RELIABILITY 3.2 M3)
+snapshot_threshold_entries = 200
 """
 #: the election timeout is election_ticks..2*election_ticks ticks: 1 to 2 s
 PAUSE_S = 4.0
