@@ -27,6 +27,7 @@ Commands (node ids are small integers):
 ``expect N FIELD OP VALUE``  a hard assertion (role, term, vote, leader, commit, applied,
                              last, first, state-of-M): fails the test even when rewriting
 ``expect-agree``             every live node's applied log is a prefix of the longest
+``state N`` / ``expect-once N ITEM``  the (client, seq)-deduplicating state machine
 
 After every host-loop step the harness checks election safety, state-machine safety,
 index sanity and term/vote durability (:meth:`Cluster.check`); a violation fails the run.
@@ -252,9 +253,7 @@ class Interpreter:
         self.c.reorder(src, dst)
         return []
 
-    def cmd_state(self, a: list[str]) -> list[str]:
-        """The deduplicating state machine: "client/seq/x" applies once per (client, seq)."""
-        node = self.node(a[0])
+    def _dedup(self, node: Node) -> tuple[list[str], int]:
         items = _sm_items(node)
         seen: dict[str, int] = {}
         kept: list[str] = []
@@ -267,7 +266,19 @@ class Interpreter:
                     continue
                 seen[parts[0]] = int(parts[1])
             kept.append(it)
+        return kept, dups
+
+    def cmd_state(self, a: list[str]) -> list[str]:
+        """The deduplicating state machine: "client/seq/x" applies once per (client, seq)."""
+        kept, dups = self._dedup(self.node(a[0]))
         return [f"state [{' '.join(kept)}] duplicates-skipped={dups}"]
+
+    def cmd_expect_once(self, a: list[str]) -> list[str]:
+        """``expect-once N ITEM``: the deduplicated state of N holds ITEM exactly once."""
+        kept, _ = self._dedup(self.node(a[0]))
+        if kept.count(a[1]) != 1:
+            raise ScenarioError(f"expect-once {a[1]}: found {kept.count(a[1])} times in {kept}")
+        return []
 
     def cmd_queue(self, a: list[str]) -> list[str]:
         return [describe(m) for m in self.c.queue]
