@@ -258,6 +258,9 @@ class GeoHost:
         for env in shipper.tick(now):
             self._send(env)
         self._effects(receiver.tick(now))
+        hist = self.node.metrics.geo_replication
+        for _key, dst, _events, ms in shipper.drain_latencies():
+            hist.observe(ms / 1000, destination=dst)
 
     # -- envelopes ---------------------------------------------------------------------------
 

@@ -217,6 +217,10 @@ class NodeMetrics:
             "geostore_geo_shipped_bytes",
             "Bytes shipped by this leader's shipper, raw (CBOR) and compressed (zstd).",
         )
+        self.geo_replication = r.histogram(
+            "geostore_geo_replication_seconds",
+            "Home commit to durable apply in the destination, per acknowledged batch.",
+        )
         self._geo_seen: set[tuple[str, int, str]] = set()
 
     def watch_geo(self, geo: Any) -> None:
