@@ -53,6 +53,7 @@ from geostore.geo import (
     SendEnvelope,
     Shipper,
     Watermark,
+    window_for_link,
 )
 from geostore.ids import NodeId, PartitionId, RegionId, Seq, StreamName
 from geostore.store import (
@@ -184,6 +185,17 @@ class GeoHost:
                     via = f"http://{spec.host or '127.0.0.1'}:{spec.port}"
                 if via is not None:
                     self.remote_urls[n] = via
+        # batches in flight per link: the bandwidth-delay product, never below the config
+        batch_bytes = self.node.config.geo.batch_bytes_max
+        self.windows = {
+            r: max(
+                node.config.geo.inflight_batches_max,
+                window_for_link(
+                    self.rtt_ms[r], topo.link(self.region, r).bandwidth_kbps, batch_bytes
+                ),
+            )
+            for r in self.others
+        }
         self.shipper: Shipper | None = None
         self.receiver: Receiver | None = None
         self._leader_of: dict[RegionId, tuple[NodeId, int]] = {}
@@ -214,7 +226,12 @@ class GeoHost:
             self._term = term
             geo = self.node.config.geo
             self.shipper = Shipper(
-                self.region, self.rtt_ms, geo, StoreLog(group.store), compression=True
+                self.region,
+                self.rtt_ms,
+                geo,
+                StoreLog(group.store),
+                windows=self.windows,
+                compression=True,
             )
             store = group.store
             marks = {}
@@ -377,6 +394,7 @@ class GeoHost:
             "leases or failover yet",
             "role": "leader" if shipper is not None else "idle",
             "regions": list(self.others),
+            "windows": dict(self.windows),
             "leaders_seen": {r: n for r, (n, _) in self._leader_of.items()},
             "envelopes_in": self.envelopes_in,
             "envelopes_out": self.envelopes_out,

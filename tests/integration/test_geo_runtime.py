@@ -5,7 +5,8 @@ holds identical copies (rolling hashes); appends for a partition homed elsewhere
 forwarded to its home (or refused with 421 and the home's address); a stream created in one
 region exists in the other with the same homes; strong reads go to the home region;
 ``cluster status`` shows the replication lag per partition and destination; and shipping
-resumes from the durable watermark after the receiving region's leader moves."""
+resumes from the durable watermark after the receiving region's leader moves, and after a cut
+link heals (while cut, the remote copy stays a strict prefix and token reads time out)."""
 
 from __future__ import annotations
 
@@ -231,3 +232,30 @@ def test_shipping_resumes_after_the_receiving_leader_moves(cluster: dict[str, An
     assert (answer["results"][0]["last_seq"], {"t": 9}) in got
     status = ok(f"{other['api']}/v1/status")
     assert status["geo"]["role"] == "leader" and status["geo"]["receiver"]["acks"] >= 1
+
+
+def test_a_cut_link_delays_copies_and_healing_catches_up(cluster: dict[str, Any]) -> None:
+    from geostore.config import load_topology
+    from netem.links import NetemControl
+
+    (a,) = apis(cluster, "a")
+    b1, b2 = apis(cluster, "b")
+    control = NetemControl(load_topology(cluster["topology_resolved"]), cluster["netem"])
+    control.cut_link("a", "b")
+    try:
+        before = copies(b2)[("s", 0)][0]
+        for i in range(10):
+            answer = ok(f"{a}/v1/streams/s/events", {"events": [{"partition": 0, "body": i}]})
+        last = answer["results"][0]["last_seq"]
+        time.sleep(0.5)
+        # the home acknowledges (no leases yet); the cut-off copy stays a strict prefix
+        held = events(b2, 0)
+        assert len(held) == before + 1 < last + 1
+        assert held == events(a, 0, "regional")[: len(held)]
+        status, err = call(f"{b2}/v1/streams/s/events?partition=0&consistency=local"
+                           f"&after={answer['token']}&wait_ms=200")  # fmt: skip
+        assert status == 504 and err["error"]["watermark"]["0"]["seq"] == before
+    finally:
+        control.heal_link("a", "b")
+    got = events(b1, 0, after=answer["token"], wait_ms=25_000)
+    assert got == events(a, 0, "regional")[: len(got)] and got[-1][0] >= last
