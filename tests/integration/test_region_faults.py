@@ -1,8 +1,9 @@
 """Proves that a real 3-process region keeps RELIABILITY 4.A (A1-A7, A9, A10) and 4.R (R1, R5)
 under process faults: client sessions append unique values with idempotent producers and read
 regionally and locally while the leader is SIGKILLed and restarted from its data dir, a
-follower and later the leader are SIGSTOPped past the election timeout, and the leader is
-restarted gracefully; appends with unknown outcome and some acknowledged ones are resent
+follower and later the leader are SIGSTOPped past the election timeout, the leader is
+restarted gracefully, and the leader is killed while a follower is paused (no quorum until it
+returns); appends with unknown outcome and some acknowledged ones are resent
 with their producer pair, and the history plus every node's final log go through the checker
 of tests/integration/history.py. The checker itself is shown to catch each anomaly on
 hand-made histories."""
@@ -89,7 +90,26 @@ async def faults(region: Region, history: History) -> None:
     await asyncio.sleep(PAUSE_S)
     region.signal(leader, signal.SIGCONT)
     note(f"SIGCONT leader {leader}")
-    await asyncio.sleep(4)
+
+    # P6, correlated: a follower pauses, then the leader dies, so the one node left has no
+    # quorum; when the paused (stale) follower returns, a majority forms with only one node
+    # holding the latest entries, and it must be the one elected.
+    await asyncio.sleep(3)
+    leader = await region.leader()
+    follower = next(n for n in region.nodes if n != leader)
+    region.signal(follower, signal.SIGSTOP)
+    note(f"SIGSTOP follower {follower}")
+    await asyncio.sleep(1)
+    region.signal(leader, signal.SIGKILL)
+    note(f"SIGKILL leader {leader} (no quorum left)")
+    await region.wait_dead(leader)
+    await asyncio.sleep(2)
+    region.signal(follower, signal.SIGCONT)
+    note(f"SIGCONT follower {follower}")
+    await asyncio.sleep(2)
+    region.restart(leader)
+    note(f"restart {leader} from its data dir")
+    await asyncio.sleep(3)
 
 
 @pytest.mark.timeout(400)
@@ -145,7 +165,7 @@ async def test_region_history_under_kill_pause_and_restart(tmp_path: Path) -> No
         reads = {m: sum(op.f == "read" and op.type == "ok" and op.mode == m for op in history.ops)
                  for m in ("regional", "local")}  # fmt: skip
         assert appends_ok >= 50 and all(reads.values()), (appends_ok, reads)
-        assert len(history.faults) == 8, history.faults
+        assert len(history.faults) == 12, history.faults
         assert unknown, "the impatient session never saw an unknown outcome to resolve"
         assert all(len(final.regional[p]) > 0 for p in range(PARTITIONS))
     finally:
