@@ -67,8 +67,8 @@ class HostConfig:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """The proposal's entries were committed and applied; ``result`` is the machine's answer
-    for the last one."""
+    """The proposal's entries were committed and applied; ``index`` is its last entry's
+    index and ``result`` the machine's answer for that entry."""
 
     index: LogIndex
     term: Term
@@ -226,19 +226,29 @@ class RaftHost:
 
     def propose(self, data: bytes, on_done: OnProposal | None = None) -> Proposed | Rejected:
         """Propose one entry; ``on_done`` hears its outcome once it is decided here."""
-        result = self.core.propose(data)
-        if isinstance(result, Proposed):
-            self._pending[result.last_index] = _Pending(
-                result.index, result.last_index, result.term, on_done
-            )
-        self._drain()
-        return result
+        return self._track(self.core.propose(data), on_done)
+
+    def propose_batch(
+        self, datas: list[bytes], on_done: OnProposal | None = None
+    ) -> Proposed | Rejected:
+        """Propose several entries at once; ``on_done`` hears the outcome of the whole batch
+        (they share one term, so the last entry's fate is every entry's)."""
+        return self._track(self.core.propose_batch(datas), on_done)
 
     def propose_conf_change(
         self, change: ConfChange, on_done: OnProposal | None = None
     ) -> Proposed | Rejected:
-        result = self.core.propose_conf_change(change)
+        return self._track(self.core.propose_conf_change(change), on_done)
+
+    def _track(
+        self, result: Proposed | Rejected, on_done: OnProposal | None
+    ) -> Proposed | Rejected:
         if isinstance(result, Proposed):
+            prior = self._pending.get(result.last_index)
+            if prior is not None and prior.on_done is not None:
+                # our own log no longer holds the earlier proposal there: a leader of a later
+                # term overwrote it, which leader completeness forbids for committed entries
+                prior.on_done(Lost(prior.index, prior.term))
             self._pending[result.last_index] = _Pending(
                 result.index, result.last_index, result.term, on_done
             )

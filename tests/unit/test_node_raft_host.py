@@ -249,3 +249,15 @@ def test_membership_change_through_the_host(seed: int) -> None:
     assert newcomer in c.host(lead).applied_conf.learners
     assert c.nodes[newcomer].machine.values == c.nodes[lead].machine.values
     assert newcomer in c.host(newcomer).applied_conf.learners
+
+
+def test_batch_proposal_resolves_once() -> None:
+    c = Cluster()
+    lead = c.leader()
+    outcomes: list[ProposalOutcome] = []
+    result = c.host(lead).propose_batch([b"x1", b"x2", b"x3"], outcomes.append)
+    assert isinstance(result, Proposed) and result.last_index == result.index + 2
+    c.tick(3)
+    assert outcomes == [Committed(result.last_index, result.term, result.last_index)]
+    values = c.nodes[lead].machine.values
+    assert [values[i] for i in range(result.index, result.last_index + 1)] == ["x1", "x2", "x3"]
