@@ -114,6 +114,13 @@ class History:
         for (f, mode, typ), n in sorted(counts.items(), key=lambda kv: str(kv[0])):
             label = f"{f} {mode}".strip()
             lines.append(f"  {label:<14} {typ or 'open':<5} {n}")
+        errors = Counter(
+            f"{op.f} {op.type}: {':'.join(op.error.split(':')[:2])[:70]}"
+            for op in self.ops
+            if op.error
+        )
+        for what, n in errors.most_common(8):
+            lines.append(f"  ({n}x {what})")
         retries = [op for op in self.ops if op.retry_of is not None]
         if retries:
             lines.append(f"  explicit producer retries: {len(retries)}")
