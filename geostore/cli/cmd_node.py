@@ -234,6 +234,9 @@ def _membership(args: argparse.Namespace) -> int:
                "--node", new_id, "--dir", node_dir, "--join"]  # fmt: skip
         if cluster.get("config"):
             cmd += ["--config", cluster["config"]]
+        wan = os.path.join(folder, "wan.json")
+        if os.path.exists(wan):  # it reaches the other regions through their proxies too
+            cmd += ["--wan", wan]
         with open(os.path.join(node_dir, "process.log"), "ab") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip

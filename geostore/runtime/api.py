@@ -451,10 +451,11 @@ class Api:
             producer=body.get("producer"),
             rr_counter=group.rr_counter,
         )
-        homes = self._homes(group, stream)
         here = self.node.region
-        if any(homes.get(b.partition, here) != here for b in prepared.batches):
-            return await self._route_append(request, group, stream, body, homes, t0)
+        if self.node.geo.others:  # several regions: only home partitions commit here
+            homes = self._homes(group, stream)
+            if any(homes.get(b.partition, here) != here for b in prepared.batches):
+                return await self._route_append(request, group, stream, body, homes, t0)
         group.rr_counter = prepared.rr_counter
         futures = group.propose([encode_command(b) for b in prepared.batches])
         first = await self._await_all(futures)
@@ -810,7 +811,7 @@ class Api:
         partition = int_param(request, "partition")
         window_us = int_param(request, "window_us", minimum=1)
         scan_limit = int_param(request, "scan_limit", minimum=1)
-        forwarded = await self._consistent(request, group)
+        forwarded = await self._consistent(request, group, partition)
         if forwarded is not None:
             return forwarded
         result = group.store.aggregate(
