@@ -271,6 +271,20 @@ def test_checker_stale_regional_read_a7_but_not_local() -> None:
     assert check([*_good(), lagging], _final(GOOD_LOG)) == []
 
 
+def test_checker_nonmonotonic_regional_reads_a7() -> None:
+    r1 = _read("r", 0, [(0, "a-1"), (1, "b-1"), (2, "a-2")], 11.0, 12.0)
+    r2 = _read("q", 0, [(0, "a-1"), (1, "b-1")], 13.0, 14.0)  # began after r1 ended, saw less
+    assert "nonmonotonic-read" in _names([*_good(), r1, r2], _final(GOOD_LOG))
+
+
+def test_checker_session_order_a9() -> None:
+    ops = [
+        _ok_append("a", "a-1", 1, 1.0, 2.0, 1),
+        _ok_append("a", "a-2", 0, 3.0, 4.0, 2),  # the session's next append, lower offset
+    ]
+    assert "nonmonotonic-send" in _names(ops, _final({0: "a-2", 1: "a-1"}))
+
+
 def test_checker_producer_order_a9() -> None:
     ops = [
         _ok_append("a", "a-1", 1, 1.0, 2.0, 1),
