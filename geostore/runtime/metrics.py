@@ -32,6 +32,13 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 )
 
 
+#: Geo replication buckets in seconds: WAN round trips lie between 1 ms and a few hundred.
+GEO_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+    0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
 def _labels(key: LabelKey, extra: tuple[tuple[str, str], ...] = ()) -> str:
     items = key + extra
     if not items:
@@ -147,8 +154,10 @@ class Registry:
         self._metrics.append(m)
         return m
 
-    def histogram(self, name: str, help_text: str) -> Histogram:
-        m = Histogram(name, help_text)
+    def histogram(
+        self, name: str, help_text: str, buckets: Sequence[float] = LATENCY_BUCKETS_S
+    ) -> Histogram:
+        m = Histogram(name, help_text, buckets)
         self._metrics.append(m)
         return m
 
@@ -219,7 +228,8 @@ class NodeMetrics:
         )
         self.geo_replication = r.histogram(
             "geostore_geo_replication_seconds",
-            "Home commit to durable apply in the destination, per acknowledged batch.",
+            "Home commit to the destination's ack of its durable apply, per acknowledged batch.",
+            GEO_BUCKETS_S,
         )
         self._geo_seen: set[tuple[str, int, str]] = set()
 
