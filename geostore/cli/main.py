@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "netem": "the Toxiproxy-compatible WAN emulator (netem serve|apply)",
     "bench": "benchmarks and reports",
     "topology": "validate and show topology and config files",
+    "certs": "create the cluster CA and node certificates (certs init)",
 }
 
 
