@@ -233,11 +233,10 @@ class GeoHost:
                 windows=self.windows,
                 compression=True,
             )
-            store = group.store
-            marks = {}
-            for info in store.partitions():
-                wm = store.watermark(info.stream, info.partition)
-                marks[(info.stream, info.partition)] = Watermark(wm.epoch, wm.seq)
+            # the receiver trusts only what the state machine holds durably
+            marks = {
+                key: Watermark(wm.epoch, wm.seq) for key, wm in group.store.watermarks().items()
+            }
             self.receiver = Receiver(self.region, marks)
             log.info("geo: %s hosts the shipper and receiver of %s", self.node.node_id, self.region)
         elif not leading and self.shipper is not None:
