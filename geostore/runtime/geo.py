@@ -412,6 +412,7 @@ class GeoHost:
                 "heartbeats_sent": s.heartbeats_sent,
             }
         if receiver is not None:
+            out["incoming"] = self._incoming_rows(receiver)
             r = receiver.stats
             out["receiver"] = {
                 "batches": r.batches,
@@ -422,6 +423,29 @@ class GeoHost:
                 "propose_resets": r.propose_resets,
             }
         return out
+
+    def _incoming_rows(self, receiver: Receiver) -> list[dict[str, Any]]:
+        """Per partition homed elsewhere: the durable watermark here and the events behind
+        the home's commit point as its last heartbeat told (0 until one arrived)."""
+        store = self.node.data_group.store
+        rows = []
+        for d in store.streams():
+            for ph in store.stream_info(d.name).homes:
+                if ph.home is None or ph.home == self.region:
+                    continue
+                name = StreamName(d.name)
+                wm = receiver.watermark(name, ph.partition)
+                rows.append(
+                    {
+                        "stream": d.name,
+                        "partition": ph.partition,
+                        "source": ph.home,
+                        "watermark": {"epoch": wm.epoch, "seq": wm.seq},
+                        "behind_events": receiver.lag_events(name, ph.partition),
+                        "pending_batches": receiver.pending(name, ph.partition),
+                    }
+                )
+        return rows
 
     def bytes_shipped(self, kind: str) -> float:
         shipper = self.shipper

@@ -204,6 +204,8 @@ def test_streams_exist_in_every_region_and_status_shows_lag(cluster: dict[str, A
     assert lag and lag[0]["destination"] == "b"
     assert {"events", "ms", "inflight_batches"} <= set(lag[0])
     assert status["geo"]["shipper"]["bytes_raw"] > 0
+    incoming = {(r["stream"], r["partition"]): r for r in status["geo"]["incoming"]}
+    assert incoming[("s", 1)]["source"] == "b" and ("s", 0) not in incoming
     again = ok(f"{a}/v1/streams", {"name": "made-in-b", "partitions": 3})
     assert {h["partition"]: h["home"] for h in again["homes"]} == homes
     metrics = urllib.request.urlopen(f"{a}/metrics", timeout=10).read().decode()
