@@ -50,6 +50,18 @@ Deadlines: connect, handshake, each frame write, each close and ``stop()`` have 
 the two waits without one are idle waits for work (the pump's wakeup, a link's next frame),
 and those end when the heartbeat declares the link dead or ``stop()`` wakes them.
 
+Authentication (optional, ``tls``): with a :class:`~geostore.transport.certs.NodeTls` the
+dialer connects with ``https``/``wss`` using the node's client context (trusting only the
+cluster CA, presenting the node certificate) and, before sending its hello, checks that the
+server certificate's identity SAN names the node it meant to reach; host names are never
+checked, so links work through TCP proxies. The acceptor runs on a port served with the
+node's server context and, after the hello's own checks, requires the dialer's verified
+certificate to name the node the hello claims (refusals ``unauthenticated``,
+``identity_mismatch``). With ``members`` the claimed node must also belong to the topology
+(``not_member``). Connections that fail the TLS handshake itself (no certificate where one is
+required, another CA) never reach the handler; the server context counts them
+(``stats()["tls_refused"]``).
+
 Stats (:meth:`stats`) count everything above per peer; refusals of unidentified dialers are
 counted per reason. Repeated warnings are throttled per kind to one line every
 ``log_repeat_s`` (logger ``geostore.transport``).
@@ -64,7 +76,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -72,6 +84,7 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from geostore.ids import NodeId
+from geostore.transport.certs import NodeTls, peer_identity
 from geostore.transport.port import Decode, Encode, OnMessage
 from geostore.transport.settings import TransportSettings
 from geostore.transport.wire import (
@@ -189,8 +202,17 @@ class _Throttle:
             log.warning(fmt, *args)
 
 
-def _peer_url(base: str) -> str:
-    return base.rstrip("/") + PEER_PATH
+def _peer_url(base: str, tls: bool) -> str:
+    url = base.rstrip("/") + PEER_PATH
+    if tls and url.startswith("http://"):
+        url = "https://" + url[len("http://") :]
+    elif tls and url.startswith("ws://"):
+        url = "wss://" + url[len("ws://") :]
+    return url
+
+
+#: Who may dial this node: a fixed set of node ids or a predicate (for changing membership).
+Members = Collection[NodeId] | Callable[[NodeId], bool]
 
 
 def _describe(exc: BaseException) -> str:
@@ -211,10 +233,23 @@ class PeerTransport:
         on_message: OnMessage,
         settings: TransportSettings,
         rng: random.Random,
+        *,
+        tls: NodeTls | None = None,
+        members: Members | None = None,
     ) -> None:
         assert node_id and cluster_id
+        if tls is not None:
+            assert tls.node_id == node_id and tls.cluster_id == cluster_id, (
+                f"the certificate names node {tls.node_id!r} of cluster {tls.cluster_id!r}"
+            )
         self._node_id = node_id
         self._cluster_id = cluster_id
+        self._tls = tls
+        self._is_member: Callable[[NodeId], bool] | None
+        if members is None or callable(members):
+            self._is_member = members
+        else:
+            self._is_member = frozenset(members).__contains__
         self._encode = encode
         self._decode = decode
         self._on_message = on_message
@@ -467,12 +502,27 @@ class PeerTransport:
         assert self._session is not None
         async with asyncio.timeout(s.connect_timeout_s):
             ws = await self._session.ws_connect(
-                _peer_url(link.url),
+                _peer_url(link.url, self._tls is not None),
                 heartbeat=s.heartbeat_s,
                 max_msg_size=s.frame_bytes_max,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=s.close_timeout_s),
+                ssl=self._tls.client_ctx if self._tls is not None else True,
             )
         try:
+            if self._tls is not None:
+                # The CA verified the chain; the identity says which node it is (the address
+                # may be a proxy's, so the host name proves nothing).
+                ident = peer_identity(ws.get_extra_info("peercert"))
+                if ident is None or (ident.cluster_id, ident.kind, ident.name) != (
+                    self._cluster_id,
+                    "node",
+                    link.peer,
+                ):
+                    raise HandshakeRefused(
+                        RefusalReason.IDENTITY_MISMATCH,
+                        f"the server certificate names {ident.uri if ident else 'no identity'}, "
+                        f"expected node {link.peer!r} of cluster {self._cluster_id!r}",
+                    )
             async with asyncio.timeout(s.handshake_timeout_s):
                 await ws.send_str(hello_text(self._cluster_id, self._node_id, link.peer))
                 answer = await ws.receive()
@@ -588,6 +638,7 @@ class PeerTransport:
         if not self._running:
             return web.Response(status=503, text="peer transport is not running\n")
         s = self._settings
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
         ws = web.WebSocketResponse(
             heartbeat=s.heartbeat_s,
             max_msg_size=s.frame_bytes_max,
@@ -598,7 +649,7 @@ class PeerTransport:
         self._inbound_idle.clear()
         peer: NodeId | None = None
         try:
-            peer = await self._accept(ws, request.remote)
+            peer = await self._accept(ws, request.remote, peercert)
             if peer is not None:
                 await self._receive(peer, ws)
         except _LINK_ERRORS as exc:
@@ -613,7 +664,9 @@ class PeerTransport:
             await self._close_quietly(ws, WSCloseCode.OK)
         return ws
 
-    async def _accept(self, ws: web.WebSocketResponse, remote: str | None) -> NodeId | None:
+    async def _accept(
+        self, ws: web.WebSocketResponse, remote: str | None, peercert: dict[str, Any] | None
+    ) -> NodeId | None:
         """Run the acceptor's side of the handshake: the peer's id if welcomed, else None."""
         s = self._settings
         claimed: NodeId | None = None
@@ -630,6 +683,7 @@ class PeerTransport:
             hello = parse_hello(msg.data)
             claimed = hello.node_id
             check_hello(hello, self._cluster_id, self._node_id)
+            self._check_dialer(hello.node_id, peercert)
         except HandshakeRefused as exc:
             self._refused_in[exc.reason] = self._refused_in.get(exc.reason, 0) + 1
             # Only known ids get a per-peer count: a stranger must not grow the stats map.
@@ -664,6 +718,24 @@ class PeerTransport:
             await self._close_quietly(old, WSCloseCode.OK, b"superseded")
         log.info("link %s -> %s accepted from %s", peer, self._node_id, remote)
         return peer
+
+    def _check_dialer(self, claimed: NodeId, peercert: dict[str, Any] | None) -> None:
+        """Refuse a dialer whose certificate does not prove ``claimed``, or a non-member."""
+        if self._tls is not None:
+            ident = peer_identity(peercert)
+            if ident is None:
+                raise HandshakeRefused(
+                    RefusalReason.UNAUTHENTICATED, "no client certificate with a node identity"
+                )
+            if (ident.cluster_id, ident.kind, ident.name) != (self._cluster_id, "node", claimed):
+                raise HandshakeRefused(
+                    RefusalReason.IDENTITY_MISMATCH,
+                    f"the certificate names {ident.uri}, the hello claims node {claimed!r}",
+                )
+        if self._is_member is not None and not self._is_member(claimed):
+            raise HandshakeRefused(
+                RefusalReason.NOT_MEMBER, f"node {claimed!r} is not a member of the topology"
+            )
 
     async def _receive(self, peer: NodeId, ws: web.WebSocketResponse) -> None:
         c = self._counters[peer]
@@ -723,7 +795,8 @@ class PeerTransport:
     # --- observation -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """A JSON-ready snapshot: ``{"node_id", "running", "unroutable", "refused_in",
+        """A JSON-ready snapshot: ``{"node_id", "running", "unroutable", "refused_in", "tls",
+        "tls_refused" (failed TLS handshakes by reason),
         "peers": {peer: {connected, inbound_connected, url, queued, queued_bytes, <counters>}}}``.
         """
         peers: dict[str, dict[str, Any]] = {}
@@ -743,5 +816,7 @@ class PeerTransport:
             "running": self._running,
             "unroutable": self._unroutable,
             "refused_in": dict(sorted(self._refused_in.items())),
+            "tls": self._tls is not None,
+            "tls_refused": dict(sorted(self._tls.refusals.by_reason.items())) if self._tls else {},
             "peers": peers,
         }

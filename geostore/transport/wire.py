@@ -66,6 +66,14 @@ class RefusalReason(enum.StrEnum):
     STOPPING = "stopping"
     #: Only ever decided by the dialer: the welcome came from another node or cluster.
     WRONG_PEER = "wrong_peer"
+    #: With TLS: the dialer presented no certificate (the server context lets it through
+    #: only when client certificates are optional, for HTTPS API clients on the same port).
+    UNAUTHENTICATED = "unauthenticated"
+    #: With TLS: the certificate names another node or cluster than the hello (acceptor) or
+    #: than the node dialed (dialer).
+    IDENTITY_MISMATCH = "identity_mismatch"
+    #: The (authenticated) dialer is not a member of this node's topology.
+    NOT_MEMBER = "not_member"
 
 
 class HandshakeRefused(GeostoreError):
