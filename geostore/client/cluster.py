@@ -1,6 +1,6 @@
 """Where a client finds its nodes: ``cluster.json`` (what ``geostore cluster up`` writes).
 
-Shape relied upon (DESIGN contract): ``{"regions": {REGION: {"nodes": [{"id", "api", ...}]}}}``.
+Shape relied upon (the cluster.json contract of docs/api.md): ``{"regions": {REGION: {"nodes": [{"id", "api", ...}]}}}``.
 A node's ``api`` is its direct address, for clients in its own region.
 """
 

@@ -4,7 +4,7 @@
   graceful shutdown;
 - :mod:`.group`: :class:`GroupRuntime`, one hosted Raft group with group commit;
 - :mod:`.machine`: the event store as the host's state machine, the batching host;
-- :mod:`.api`, :mod:`.http`: the client API of DESIGN.md section 9 and its OpenAPI document;
+- :mod:`.api`, :mod:`.http`: the client API of docs/api.md and its OpenAPI document;
 - :mod:`.wire`: wire registration of the Raft messages; :mod:`.blocks`: sealed blocks on
   disk; :mod:`.metrics`: Prometheus text; :mod:`.logs`: JSON logs with rotation.
 """

@@ -1,4 +1,4 @@
-"""The client HTTP API of a node (DESIGN.md section 9), and its OpenAPI document.
+"""The client HTTP API of a node (docs/api.md), and its OpenAPI document.
 
 Routing rules:
 

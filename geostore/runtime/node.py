@@ -52,7 +52,7 @@ log = logging.getLogger("geostore.runtime")
 #: Addresses of nodes added after the topology was written (node id -> base URL).
 PEER_BOOK = "peers.json"
 
-#: Mode names of DESIGN.md section 9.
+#: Mode names of docs/api.md.
 MODES = ("multi-leader", "single-leader")
 
 

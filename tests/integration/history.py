@@ -1,4 +1,4 @@
-"""A history recorder and checker for process-level runs of a real region (RELIABILITY 4.0).
+"""A history recorder and checker for process-level runs of a real region (docs/testing.md).
 
 Theory of operation: every client operation of a test run is recorded as an :class:`Op`:
 its session (``process``), ``f`` (append or read), partition, invoke and complete times on the
@@ -12,7 +12,7 @@ asked for and the ``(offset, value)`` pairs returned. An explicit retry of an ea
 
 :func:`check` takes the history and the final state of the region after heal and quiescence
 (the regional read of every partition, each node's local read and each node's
-``/v1/debug/partitions``) and reports anomalies by the names of RELIABILITY 4.A and 4.R:
+``/v1/debug/partitions``) and reports anomalies by the names of docs/testing.md (A and R):
 
 - the regional (linearizable) part of the history, per partition, goes through the
   simulator's checker (:func:`geostore.sim.history.check_history`): A1 inconsistent-offsets,
@@ -372,7 +372,7 @@ PRODUCER_SPAN = 512
 
 
 class Region:
-    """The node processes of a one-region cluster in ``root``, with the faults of RELIABILITY
+    """The node processes of a one-region cluster in ``root``, with the faults of docs/testing.md
     3.2 that a test injects from outside: SIGKILL (P1), SIGSTOP/SIGCONT (P2), a restart from
     the data dir with the exact command line the node was started with, and a power loss of
     every node (S1, :meth:`lose_power`)."""

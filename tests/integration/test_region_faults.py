@@ -1,4 +1,4 @@
-"""Proves that a real 3-process region keeps RELIABILITY 4.A (A1-A7, A9, A10) and 4.R (R1, R5)
+"""Proves that a real 3-process region keeps the A (A1-A7, A9, A10) and R (R1, R5) properties of docs/testing.md
 under process faults: client sessions append unique values with idempotent producers and read
 regionally and locally while the leader is SIGKILLed and restarted from its data dir, a
 follower and later the leader are SIGSTOPped past the election timeout, the leader is
@@ -37,7 +37,7 @@ tick_ms = 20
 heartbeat_ticks = 5
 election_ticks = 50
 # snapshots and log compaction happen many times in a run, so a restarted or paused node may
-# have to catch up from a snapshot (RELIABILITY 3.2 M3)
+# have to catch up from a snapshot (fault M3 of docs/testing.md)
 snapshot_threshold_entries = 200
 """
 #: the election timeout is election_ticks..2*election_ticks ticks: 1 to 2 s
@@ -51,7 +51,7 @@ IMPATIENT_TIMEOUT_S = 0.6
 
 
 async def faults(region: Region, history: History) -> None:
-    """The nemesis: one scripted schedule of process faults (RELIABILITY 3.2 P1, P2)."""
+    """The nemesis: one scripted schedule of process faults (faults P1, P2 of docs/testing.md)."""
 
     def note(what: str) -> None:
         history.fault(time.monotonic(), what)
@@ -172,7 +172,7 @@ async def test_region_history_under_kill_pause_and_restart(tmp_path: Path) -> No
         region.down()
 
 
-# --- the checker can fail: one hand-made history per anomaly (RELIABILITY 4.C C2) -------------
+# --- the checker can fail: one hand-made history per anomaly (negative controls, docs/testing.md) -------------
 
 
 def _ok_append(process: str, value: str, offset: int, t0: float, t1: float, seq: int,
