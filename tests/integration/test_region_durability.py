@@ -1,5 +1,5 @@
-"""Proves that nothing acknowledged is lost in a power loss of a whole real region (docs/testing.md,
-3.2 S1, 4.A A3, 4.R R4), and that the check can fail: under a concurrent idempotent append
+"""Proves that nothing acknowledged is lost in a power loss of a whole real region (docs/testing.md:
+S1, A3, R4), and that the check can fail: under a concurrent idempotent append
 load every node of a 3-process region reports its fsync watermarks (``/v1/status``), then all
 are SIGKILLed at once, each segment file is cut back to its watermark (what a power loss may
 leave: SIGKILL alone keeps the page cache), the region restarts from those files and every
