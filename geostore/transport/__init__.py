@@ -5,7 +5,9 @@
 * :mod:`.wire`: the link protocol as bytes (handshake, batch frames, backoff), sans-IO;
 * :mod:`.settings`: bounds and deadlines;
 * :mod:`.peer`: ``PeerTransport``, the aiohttp WebSocket links (import it from there; this
-  package does not, so importing ``geostore.transport`` never loads aiohttp).
+  package does not, so importing ``geostore.transport`` never loads aiohttp);
+* :mod:`.certs`: the cluster CA, node certificates, TLS contexts and identities (mTLS);
+* :mod:`.auth`: the HTTP API guard (bearer tokens and client certificates, roles per route).
 """
 
 from geostore.transport.port import Decode, Encode, OnMessage, PeerSender
