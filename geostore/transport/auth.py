@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from geostore.config.tokens import ROLES, AuthError, Principal, TokenTable, Unauthorized
 from geostore.transport.certs import peer_identity
@@ -76,7 +77,7 @@ def auth_middleware(
     cluster_id: str,
     on_error: OnError,
     role_for: RoleFor = default_role_for,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """An aiohttp middleware enforcing ``role_for`` with ``tokens`` and client certificates."""
 
     @web.middleware
