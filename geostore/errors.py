@@ -16,6 +16,8 @@ class ErrorCode(enum.StrEnum):
     """The documented catalogue of error codes (docs/api.md lists each with its status)."""
 
     MALFORMED = "malformed"
+    UNAUTHORIZED = "unauthorized"  #: no valid credentials
+    FORBIDDEN = "forbidden"  #: valid credentials without the needed role
     NOT_FOUND = "not_found"  #: no such route
     METHOD_NOT_ALLOWED = "method_not_allowed"
     SCHEMA_VIOLATION = "schema_violation"
@@ -45,6 +47,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.SCHEMA_VIOLATION: 400,
     ErrorCode.FIELD_NOT_INDEXED: 400,
     ErrorCode.CODEC: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.TOO_LARGE: 413,

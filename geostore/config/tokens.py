@@ -30,10 +30,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from geostore.config.topology import decode_toml, read_text
-from geostore.errors import ConfigError, GeostoreError
+from geostore.errors import ConfigError, ErrorCode, GeostoreError
 
 ROLES = ("read", "write", "admin")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
@@ -43,35 +42,21 @@ HEADER_BYTES_MAX = 4096
 
 
 class AuthError(GeostoreError):
-    """A request that may not proceed. ``auth_code``/``status`` are what the API answers.
+    """A request that may not proceed (401 or 403, from the error catalogue)."""
 
-    Until the shared error catalogue has ``unauthorized`` and ``forbidden``, these carry
-    their own code string and status (``to_body`` and ``http_status`` use them).
-    """
-
-    auth_code = "unauthorized"
-    status = 401
-
-    @property
-    def http_status(self) -> int:
-        return self.status
-
-    def to_body(self) -> dict[str, Any]:
-        return {"error": {"code": self.auth_code, "message": self.message, **self.details}}
+    code = ErrorCode.UNAUTHORIZED
 
 
 class Unauthorized(AuthError):
     """No valid token (401). Answer with ``WWW-Authenticate: Bearer``."""
 
-    auth_code = "unauthorized"
-    status = 401
+    code = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(AuthError):
     """A valid token that lacks the role (403)."""
 
-    auth_code = "forbidden"
-    status = 403
+    code = ErrorCode.FORBIDDEN
 
 
 @dataclass(frozen=True, slots=True)
