@@ -1,6 +1,7 @@
 """What the client commands of the CLI share (``geostore append|read|tail|aggregate|stream``).
 
-The common options (``--cluster``, ``--region``, ``--timeout``, ``--cbor``), running one
+The common options (``--cluster``, ``--region``, ``--timeout``, ``--cbor``, and the
+credentials ``--ca``, ``--cert``, ``--cert-key``, ``--token`` or ``$GEOSTORE_TOKEN``), running one
 coroutine with a client, readable tables, event-time parsing and printing, and the one-line
 error with what to do next. It lives beside the client so the commands stay thin.
 """
@@ -11,12 +12,13 @@ import argparse
 import asyncio
 import datetime as _dt
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from geostore.client.client import GeostoreClient
-from geostore.client.errors import CallTimeout, RequestFailed, Unreachable
+from geostore.client.errors import CallTimeout, RequestFailed, TlsFailed, Unreachable
 from geostore.errors import ErrorCode, GeostoreError
 
 #: What to do next, per error code (the message says what went wrong).
@@ -33,7 +35,14 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.UNAVAILABLE: "is the cluster up? check 'geostore cluster status --dir DIR'",
     ErrorCode.WAIT_TIMEOUT: "retry, raise --timeout, or check 'geostore cluster status'",
     ErrorCode.WRONG_REGION: "pass one of the cluster's regions with --region",
+    ErrorCode.UNAUTHORIZED: (
+        "pass a valid token with --token or $GEOSTORE_TOKEN "
+        "(an operator mints one with 'geostore certs token')"
+    ),
+    ErrorCode.FORBIDDEN: "use a token that holds the role named above, or ask an operator for one",
 }
+#: Where the CLI takes a bearer token from when --token is not given.
+TOKEN_ENV = "GEOSTORE_TOKEN"
 
 
 def add_client_arguments(parser: argparse.ArgumentParser, *, stream: bool = True) -> None:
@@ -47,16 +56,35 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, stream: bool = True
         "--timeout", type=float, default=10.0, metavar="S", help="deadline of each call (s)"
     )
     parser.add_argument("--cbor", action="store_true", help="talk CBOR instead of JSON")
+    parser.add_argument(
+        "--ca", default=None, metavar="PEM", help="cluster CA to trust (default: cluster.json's)"
+    )
+    parser.add_argument("--cert", default=None, metavar="PEM", help="client certificate (mTLS)")
+    # not --key: that is append's partitioning key
+    parser.add_argument(
+        "--cert-key", dest="tls_key", default=None, metavar="PEM", help="private key of --cert"
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        metavar="SECRET",
+        help=f"bearer token (default: ${TOKEN_ENV}; prefer the variable: argv is visible)",
+    )
     if stream:
         parser.add_argument("stream", metavar="STREAM", help="stream name")
 
 
 def make_client(args: argparse.Namespace) -> GeostoreClient:
+    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
     return GeostoreClient.from_cluster(
         args.cluster,
         args.region,
         content_type="cbor" if args.cbor else "json",
         timeout_s=args.timeout,
+        ca=getattr(args, "ca", None),
+        cert=getattr(args, "cert", None),
+        key=getattr(args, "tls_key", None),
+        token=token,
     )
 
 
@@ -85,6 +113,8 @@ def error_line(command: str, exc: GeostoreError) -> str:
     else:
         what = f"{exc.message} ({exc.code})"
     hint = _HINTS.get(exc.code)
+    if isinstance(exc, TlsFailed):
+        hint = "pass the cluster CA with --ca (and --cert/--key if the node asks for one)"
     if isinstance(exc, CallTimeout):
         hint = "raise --timeout, or check 'geostore cluster status --dir DIR'"
     return f"geostore {command}: error: {what}" + (f"; {hint}" if hint else "")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import ssl as _ssl
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -35,7 +36,13 @@ from typing import Any, Literal
 import aiohttp
 
 from geostore.client.cluster import load_cluster
-from geostore.client.errors import CallTimeout, RequestFailed, Unreachable, error_from_body
+from geostore.client.errors import (
+    CallTimeout,
+    RequestFailed,
+    TlsFailed,
+    Unreachable,
+    error_from_body,
+)
 from geostore.client.results import (
     AggregateResult,
     AppendResult,
@@ -46,6 +53,7 @@ from geostore.client.results import (
     StreamInfo,
 )
 from geostore.client.sse import SseParser
+from geostore.client.tls import client_ssl
 from geostore.codec import CodecLimits, dumps_plain, loads_plain
 from geostore.errors import ApiError, CodecError, ErrorCode
 
@@ -82,6 +90,11 @@ class GeostoreClient:
         connections_max: int = 256,
         session: aiohttp.ClientSession | None = None,
         node_ids: Sequence[str] | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
         assert urls, "a client needs at least one node URL"
         assert node_ids is None or len(node_ids) == len(urls)
@@ -110,17 +123,34 @@ class GeostoreClient:
         self._partition_tokens: dict[tuple[str, int], str] = {}
         #: requests retried (for benchmarks and tests)
         self.retries = 0
+        # TLS: a ready context, or one built from the cluster CA (and a client certificate).
+        if ssl is None and (ca is not None or cert is not None):
+            ssl = client_ssl(ca, cert, key)
+        self._ssl: _ssl.SSLContext | None = ssl
+        # The bearer token lives only in this header dict: never in repr, logs or errors.
+        self._auth: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def __repr__(self) -> str:
+        auth = ", token=<set>" if self._auth else ""
+        tls = ", tls" if self._ssl is not None else ""
+        return f"GeostoreClient({self.urls!r}, region={self.region!r}{tls}{auth})"
 
     @classmethod
     def from_cluster(
         cls, dir_or_file: str | Path, region: str | None = None, **kwargs: Any
     ) -> GeostoreClient:
         """A client of ``region``'s nodes as ``cluster.json`` (or the one in a dir) lists them;
-        ``region`` may be omitted when the cluster has only one."""
+        ``region`` may be omitted when the cluster has only one.
+
+        When the file says ``"tls": true`` the nodes are called over https; when it names a
+        ``ca`` file (relative to the file's folder) that CA is trusted unless the caller
+        passes ``ssl`` or ``ca`` itself."""
         cluster = load_cluster(dir_or_file)
         region = region or cluster.default_region()
         urls = cluster.urls(region)
         ids = [n.id for n in cluster.regions[region]]
+        if cluster.ca is not None and kwargs.get("ssl") is None and kwargs.get("ca") is None:
+            kwargs["ca"] = cluster.ca
         return cls(urls, region, node_ids=ids, **kwargs)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -377,7 +407,8 @@ class GeostoreClient:
                 async with self._http().get(
                     node + path,
                     params=_tail_params(partition, next_seq),
-                    headers={"Accept": "text/event-stream"},
+                    headers={"Accept": "text/event-stream", **self._auth},
+                    ssl=self._ssl_arg(),
                     timeout=timeout,
                     read_bufsize=_TAIL_LINE_BYTES_MAX,  # one SSE line carries a whole event
                 ) as resp:
@@ -420,7 +451,8 @@ class GeostoreClient:
         try:
             async with self._http().get(
                 url + "/v1/health",
-                headers={"Accept": _MIME[self.content_type]},
+                headers={"Accept": _MIME[self.content_type], **self._auth},
+                ssl=self._ssl_arg(),
                 timeout=aiohttp.ClientTimeout(total=t),
             ) as resp:
                 raw = await resp.read()
@@ -442,6 +474,10 @@ class GeostoreClient:
         return list(await asyncio.gather(*(one(u) for u in self.urls)))
 
     # --- transport ---------------------------------------------------------------------
+
+    def _ssl_arg(self) -> _ssl.SSLContext | bool:
+        # True: aiohttp's default verification (https URLs without a cluster CA given).
+        return self._ssl if self._ssl is not None else True
 
     def _deadline(self, timeout_s: float | None) -> float:
         return _now() + (timeout_s if timeout_s is not None else self.timeout_s)
@@ -483,7 +519,7 @@ class GeostoreClient:
             deadline = self._deadline(timeout_s)
         data = self._encode(body) if body is not None else None
         mime = _MIME[self.content_type]
-        headers = {"Accept": mime}
+        headers = {"Accept": mime, **self._auth}
         if data is not None:
             headers["Content-Type"] = mime
         query = {k: _param(v) for k, v in (params or {}).items()}
@@ -500,6 +536,7 @@ class GeostoreClient:
                     params=query,
                     data=data,
                     headers=headers,
+                    ssl=self._ssl_arg(),
                     timeout=aiohttp.ClientTimeout(total=min(remaining, self.attempt_timeout_s)),
                 ) as resp:
                     if resp.status < 400:
@@ -510,6 +547,10 @@ class GeostoreClient:
                     raise err
                 last = err
                 pause = err.retry_after_s if err.retry_after_s is not None else self.backoff_s
+            except aiohttp.ClientSSLError as exc:
+                raise TlsFailed(
+                    f"{url}: TLS handshake failed ({_tls_reason(exc)})", node=url
+                ) from None
             except aiohttp.ClientConnectorError as exc:
                 # never connected: nothing was sent, any request may go elsewhere
                 last = Unreachable(f"{url}: {exc.os_error or exc}", node=url)
@@ -556,6 +597,12 @@ _RETRY_PARTITION = frozenset(
         ErrorCode.UNAVAILABLE,
     }
 )
+
+
+def _tls_reason(exc: aiohttp.ClientSSLError) -> str:
+    os_error = getattr(exc, "os_error", None)
+    reason = getattr(os_error, "reason", None) or getattr(os_error, "strerror", None)
+    return str(reason or os_error or exc)
 
 
 def _now() -> float:

@@ -2,6 +2,13 @@
 
 Shape relied upon (the cluster.json contract of docs/api.md): ``{"regions": {REGION: {"nodes": [{"id", "api", ...}]}}}``.
 A node's ``api`` is its direct address, for clients in its own region.
+
+Optional TLS fields, for the runtime to write when the cluster serves HTTPS:
+
+- ``"tls": true`` - the API is served over TLS: ``http://`` addresses are called as ``https://``
+  (a runtime may as well write ``https://`` addresses directly).
+- ``"ca": "certs/ca.pem"`` - the cluster CA to trust, absolute or relative to the folder of
+  ``cluster.json``. Without it an https cluster is checked against the system CA store.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ class ClusterMap:
     path: str
     regions: dict[str, tuple[NodeAddress, ...]]
     mode: str | None = None
+    #: the API is served over TLS (``"tls": true`` or https addresses)
+    tls: bool = False
+    #: the cluster CA file to trust (resolved against the folder of cluster.json)
+    ca: str | None = None
 
     def urls(self, region: str) -> list[str]:
         if region not in self.regions:
@@ -88,4 +99,21 @@ def parse_cluster(doc: Any, where: str = "cluster.json") -> ClusterMap:
             nodes.append(NodeAddress(str(node_id), str(name), api.rstrip("/")))
         regions[str(name)] = tuple(nodes)
     mode = doc.get("mode")
-    return ClusterMap(where, regions, mode if isinstance(mode, str) else None)
+    tls = doc.get("tls", False)
+    if not isinstance(tls, bool):
+        raise ApiError(ErrorCode.CONFIG, f"{where}: 'tls' must be true or false")
+    ca_raw = doc.get("ca")
+    if ca_raw is not None and (not isinstance(ca_raw, str) or not ca_raw):
+        raise ApiError(ErrorCode.CONFIG, f"{where}: 'ca' must be the path of a CA file")
+    ca = str(Path(where).parent / ca_raw) if ca_raw is not None else None
+    if tls:
+        regions = {
+            name: tuple(NodeAddress(n.id, n.region, _https(n.api)) for n in nodes)
+            for name, nodes in regions.items()
+        }
+    tls = tls or any(n.api.startswith("https://") for ns in regions.values() for n in ns)
+    return ClusterMap(where, regions, mode if isinstance(mode, str) else None, tls, ca)
+
+
+def _https(url: str) -> str:
+    return "https://" + url.removeprefix("http://") if url.startswith("http://") else url

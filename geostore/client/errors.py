@@ -6,6 +6,8 @@ seconds and the node that answered. Failures that never got an answer (no node o
 region reachable, the call's deadline expired) are :class:`Unreachable` and
 :class:`CallTimeout`; an append that timed out has an unknown outcome, which is why the
 client tags appends with an idempotent producer: retrying with the same pair is safe.
+A refusal by the node's API guard is :class:`Unauthenticated` (401) or :class:`Forbidden`
+(403), never retried. Their text is the server's message, which never holds the token.
 """
 
 from __future__ import annotations
@@ -59,11 +61,28 @@ class RequestFailed(ApiError):
         return f"{self.status} {self.code}{where}: {self.message}"
 
 
+class AuthFailed(RequestFailed):
+    """The node refused the caller (401 or 403); the request changed nothing."""
+
+
+class Unauthenticated(AuthFailed):
+    """401: no bearer token, or one the cluster does not know (and no client certificate)."""
+
+
+class Forbidden(AuthFailed):
+    """403: a valid token that lacks the role the request needs (``role`` names it)."""
+
+
 class Unreachable(ApiError):
     """No node of the client's region answered (every one refused or dropped the connection)."""
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(ErrorCode.UNAVAILABLE, message, **details)
+
+
+class TlsFailed(Unreachable):
+    """The TLS handshake failed (the node's certificate is not from the trusted CA, or the node
+    wants a client certificate): every node of the cluster shares the CA, so not retried."""
 
 
 class CallTimeout(ApiError):
@@ -95,14 +114,19 @@ def error_from_body(
         code = _code_for_status(status)
     for reserved in ("status", "retry_after_s", "node"):
         details.pop(reserved, None)
-    return RequestFailed(
-        code, message, status=status, retry_after_s=retry_after_s, node=node, **details
-    )
+    cls: type[RequestFailed] = RequestFailed
+    if status == 401 or code is ErrorCode.UNAUTHORIZED:
+        cls = Unauthenticated
+    elif status == 403 or code is ErrorCode.FORBIDDEN:
+        cls = Forbidden
+    return cls(code, message, status=status, retry_after_s=retry_after_s, node=node, **details)
 
 
 def _code_for_status(status: int) -> ErrorCode:
     return {
         400: ErrorCode.MALFORMED,
+        401: ErrorCode.UNAUTHORIZED,
+        403: ErrorCode.FORBIDDEN,
         404: ErrorCode.UNKNOWN_STREAM,
         409: ErrorCode.CONFLICT,
         413: ErrorCode.TOO_LARGE,
