@@ -338,6 +338,8 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raw = s1.get("bytes_raw", 0) - s0.get("bytes_raw", 0)
         payload = s1.get("bytes_compressed", 0) - s0.get("bytes_compressed", 0)
         shipped = s1.get("events_sent", 0) - s0.get("events_sent", 0)
+        batches = s1.get("batches_sent", 0) - s0.get("batches_sent", 0)
+        heartbeats = s1.get("heartbeats_sent", 0) - s0.get("heartbeats_sent", 0)
         appended = sum(1 for t in acks[HOMES[home]].values() if lo <= t <= hi)
         for remote in HOMES:
             if remote == home:
@@ -355,6 +357,8 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "wire_bytes": wire,
                 "events": appended,
                 "events_shipped_all_destinations": shipped,
+                "events_per_batch": shipped / batches if batches else 0.0,
+                "heartbeats_all_destinations": heartbeats,
                 "with_zstd": with_zstd,
                 "without_zstd_computed": without,
                 "ratio": without / with_zstd if with_zstd else 0.0,
@@ -462,7 +466,8 @@ def floor_table(base: PhaseStats, geo: dict[str, Any], args: argparse.Namespace)
     for link, w in geo["wan"].items():
         rows.append((f"WAN B/event {link} zstd / raw",
                      f"{w['with_zstd']:.1f} / {w['without_zstd_computed']:.1f} "
-                     f"({w['ratio']:.1f}x)", ">= 6x fewer with zstd", "-"))  # fmt: skip
+                     f"({w['ratio']:.1f}x)", ">= 6x fewer with zstd",
+                     f"{w['events_per_batch']:.1f} events/batch"))  # fmt: skip
     cpu = geo["machine_cpu_pct"]
     flag = "  << CPU-BOUND: latencies include queueing for the CPU" if cpu >= 90 else ""
     rows.append(("machine CPU % (all cores)", f"{cpu:.0f}", "-", f"{os.cpu_count()} cores{flag}"))
