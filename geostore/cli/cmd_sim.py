@@ -47,6 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="topology file: spread the group over its regions and use its RTT matrix",
     )
     parser.add_argument("--verbose", action="store_true", help="print every seed's fault plan")
+    parser.add_argument(
+        "--geo",
+        action="store_true",
+        help="simulate the cross-region layer (shipper and receiver over a WAN) instead of Raft",
+    )
+    parser.add_argument(
+        "--geo-unsafe",
+        default=None,
+        help="with --geo, a negative control: accept_noncontiguous or watermark_not_durable",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from geostore.sim.simulation import L1_TIMEOUTS_P99, SeedOutcome, l1_p99
 
+    if args.geo:
+        return _run_geo(args)
     nodes = None if args.nodes == "auto" else int(args.nodes)
     if args.ci:
         specs = ci_specs(args.seeds, Path.cwd())
@@ -124,3 +136,58 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed or l1_failed else 0
+
+
+def _run_geo(args: argparse.Namespace) -> int:
+    """``--geo``: seeds of the geo simulation (the geo core over a seeded WAN, crashes on both
+    sides, link faults, corrupt and stale batches; checkers G1-G5, G9, G10)."""
+    from geostore.sim.geo import (
+        GEO_UNSAFE,
+        GeoRunResult,
+        format_failure,
+        missing_coverage,
+        run_geo_range,
+    )
+    from geostore.sim.runner import commit_start_seed, default_jobs
+
+    if args.geo_unsafe is not None and args.geo_unsafe not in GEO_UNSAFE:
+        print(f"geostore sim: error: --geo-unsafe must be one of {', '.join(GEO_UNSAFE)}")
+        return 2
+    mode = args.mode if args.mode in ("safety", "liveness") else None
+    start = args.start if args.start is not None else 0
+    if args.ci:
+        start = commit_start_seed(Path.cwd())
+    jobs = args.jobs or default_jobs()
+    began = time.monotonic()
+    done = 0
+    tty = sys.stderr.isatty()
+
+    def report(result: GeoRunResult) -> None:
+        nonlocal done
+        done += 1
+        if not result.passed:
+            print(format_failure(result), flush=True)
+        if tty and (done % 10 == 0 or done == args.seeds):
+            rate = done / max(time.monotonic() - began, 1e-9)
+            print(f"\r{done}/{args.seeds} geo runs, {rate:.1f} seeds/s", end="", file=sys.stderr)
+
+    results = run_geo_range(start, args.seeds, mode, args.geo_unsafe, jobs, report)
+    elapsed = time.monotonic() - began
+    if tty:
+        print(file=sys.stderr)
+    totals: dict[str, int] = {}
+    for r in results:
+        for name, n in r.coverage.items():
+            totals[name] = totals.get(name, 0) + n
+    for name in sorted(totals):
+        print(f"  {name:28} {totals[name]:>10}")
+    zero = missing_coverage(results)
+    if zero and len(results) >= 100:
+        print(f"coverage: never reached: {', '.join(zero)}")
+    failed = [r for r in results if not r.passed]
+    print(
+        f"{len(results)} geo runs in {elapsed:.1f} s with {jobs} jobs: "
+        f"{len(results) / max(elapsed, 1e-9):.1f} seeds/s"
+    )
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0

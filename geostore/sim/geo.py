@@ -170,9 +170,9 @@ class GeoRunResult:
 
 
 def replay_command(seed: int, mode: str, unsafe: str | None = None) -> str:
-    cmd = f"python -m geostore.sim.geo {seed} --mode {mode}"
+    cmd = f"geostore sim --geo --seeds 1 --start {seed} --mode {mode}"
     if unsafe:
-        cmd += f" --unsafe {unsafe}"
+        cmd += f" --geo-unsafe {unsafe}"
     return cmd
 
 

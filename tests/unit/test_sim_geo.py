@@ -60,7 +60,7 @@ def test_negative_control_is_caught(unsafe: str) -> None:
         result = run_geo_seed(seed, unsafe=unsafe)
         if not result.passed:
             assert result.violations[0].split()[0] in expected, result.violations
-            assert f"--unsafe {unsafe}" in result.replay and str(seed) in result.replay
+            assert f"--geo-unsafe {unsafe}" in result.replay and str(seed) in result.replay
             return
     pytest.fail(f"{unsafe} was not caught in {CONTROL_SEEDS_MAX} seeds from {start}")
 
@@ -97,3 +97,15 @@ def test_each_checker_fires_on_a_planted_violation() -> None:
     sim._start_leader(other)
     codes = sorted({v.split()[0] for v in sim.violations})
     assert codes == ["G1", "G10", "G2", "G4"], sim.violations
+
+
+def test_cli_geo_runs_close_with_the_count_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from geostore.cli.main import main
+
+    assert main(["sim", "--geo", "--seeds", "3", "--start", "1", "--jobs", "1"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "3 passed, 0 failed"
+    unsafe = ["--geo-unsafe", "accept_noncontiguous"]
+    assert main(["sim", "--geo", "--seeds", "1", "--start", "0", "--jobs", "1", *unsafe]) == 1
+    out = capsys.readouterr().out
+    assert "geostore sim --geo --seeds 1 --start 0" in out
+    assert out.strip().splitlines()[-1] == "0 passed, 1 failed"
