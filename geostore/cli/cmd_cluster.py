@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--dir", required=True, help="cluster directory (data, logs, cluster.json)")
     up.add_argument("--config", default=None, help="config TOML file passed to every node")
     up.add_argument("--mode", default="multi-leader", choices=("multi-leader", "single-leader"))
+    up.add_argument(
+        "--leader-region",
+        default=None,
+        help="single-leader: the region that should lead (default: raft.leader_region, else "
+        "the topology's first region)",
+    )
     up.add_argument("--no-netem", action="store_true", help="no WAN proxies (nodes talk directly)")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for leaders")
     up.add_argument("--json", action="store_true", help="print cluster.json instead of a table")
@@ -152,10 +158,15 @@ def _up(args: argparse.Namespace) -> int:
     from geostore.errors import ApiError, ErrorCode
 
     topology = load_topology(args.topology)
-    if args.config:
-        load_config(args.config)  # validate before starting anything
-    if args.mode != "multi-leader":
-        print("geostore cluster: only --mode multi-leader is implemented yet", file=sys.stderr)
+    config = load_config(args.config)  # validate before starting anything
+    single = args.mode == "single-leader"
+    preferred = args.leader_region or config.raft.leader_region or topology.regions[0].name
+    if single and preferred not in topology.region_names():
+        print(
+            f"geostore cluster: --leader-region {preferred!r} is not a region of "
+            f"{topology.name} ({', '.join(topology.region_names())})",
+            file=sys.stderr,
+        )
         return 2
     folder = os.path.abspath(args.dir)
     os.makedirs(folder, exist_ok=True)
@@ -167,6 +178,11 @@ def _up(args: argparse.Namespace) -> int:
             raise ApiError(
                 ErrorCode.CONFLICT,
                 f"{folder} already runs nodes {running}; run 'geostore cluster down' first",
+            )
+        if old.get("mode", args.mode) != args.mode:  # its groups are those of its mode
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"{folder} holds a {old['mode']} cluster; restart it with --mode {old['mode']}",
             )
     base = topology
     removed: list[str] = []
@@ -200,6 +216,8 @@ def _up(args: argparse.Namespace) -> int:
         "started_at": time.time(),
         "regions": {},
     }
+    if single:
+        cluster["leader_region"] = preferred
     if removed:
         cluster["removed"] = removed
     # The WAN proxies' ports are chosen now, so each node starts knowing how its region
@@ -240,6 +258,8 @@ def _up(args: argparse.Namespace) -> int:
             ]
             if args.config:
                 cmd += ["--config", os.path.abspath(args.config)]
+            if single and args.leader_region:
+                cmd += ["--leader-region", args.leader_region]
             if args.unsafe_no_fsync:
                 cmd.append("--unsafe-no-fsync")
             if fresh:  # only a cluster's first start may write initial configurations
@@ -269,11 +289,15 @@ def _up(args: argparse.Namespace) -> int:
         finally:  # so that 'cluster down' also stops a half-started emulator
             _write_cluster(folder, cluster)
     if not args.json:
-        print(f"started {len(_nodes(cluster))} nodes; waiting for a leader in every region")
-    leaders = _wait_leaders(cluster, args.timeout, quiet=args.json)
+        what = "the global group's leader" if single else "a leader in every region"
+        print(f"started {len(_nodes(cluster))} nodes; waiting for {what}")
+    if single:
+        leaders = _wait_global_leader(cluster, args.timeout, preferred, quiet=args.json)
+    else:
+        leaders = _wait_leaders(cluster, args.timeout, quiet=args.json)
     if leaders is None:
         print(
-            f"geostore cluster up: not every region elected a leader within {args.timeout:g} s; "
+            f"geostore cluster up: not every group elected a leader within {args.timeout:g} s; "
             f"see {folder}/nodes/*/node.log ('geostore cluster down --dir {args.dir}' stops it)",
             file=sys.stderr,
         )
@@ -347,6 +371,55 @@ def _wait_leaders(
             print(f"  leaders so far: {len(leaders)}/{len(cluster['regions'])} regions")
         time.sleep(0.2)
     return None
+
+
+def _wait_global_leader(
+    cluster: dict[str, Any], timeout_s: float, preferred: str, *, quiet: bool
+) -> dict[str, str] | None:
+    """Single-leader: wait for the global group's leader, then (bounded) for the preferred
+    region to lead; ``{"global": leader}``, or None when no leader came before the deadline."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    # the handover needs the preferred voters caught up plus a transfer: a few election
+    # timeouts; past this bound the cluster is usable anyway and up says where it leads
+    placed_by: float | None = None
+    leader: tuple[str, str] | None = None
+    last_report = 0.0
+    while time.monotonic() < deadline:
+        leader = None
+        for region, info in cluster["regions"].items():
+            for node in info["nodes"]:
+                if not _alive(node["pid"]):
+                    print(f"node {node['id']} exited; see {node['dir']}", file=sys.stderr)
+                    return None
+                try:
+                    st = _get_json(node["api"] + "/v1/status", 1.0)
+                except (OSError, ValueError):
+                    continue
+                for g in (st or {}).get("groups", {}).values():
+                    if g.get("role") == "leader":
+                        leader = (region, node["id"])
+        now = time.monotonic()
+        if leader is not None:
+            if leader[0] == preferred:
+                return {"global": leader[1]}
+            if placed_by is None:
+                placed_by = min(deadline, now + 30.0)
+            elif now >= placed_by:
+                break
+        if not quiet and now - last_report > 5:
+            last_report = now
+            where = "none yet" if leader is None else f"{leader[1]} in {leader[0]}"
+            print(f"  global leader: {where} (preferred region {preferred})")
+        time.sleep(0.2)
+    if leader is None:
+        return None
+    print(
+        f"geostore cluster up: the global leader {leader[1]} is in {leader[0]}, not in the "
+        f"preferred region {preferred} (a transfer is retried while {preferred} has a live voter)",
+        file=sys.stderr,
+    )
+    return {"global": leader[1]}
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -426,6 +499,12 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(_status_rows(cluster), indent=2))
     else:
         rows = _status_rows(cluster)
+        if cluster.get("mode") == "single-leader":
+            group = next((r["group"] for r in rows if r.get("group")), "data-global")
+            print(
+                f"mode single-leader: one group {group} over every region, "
+                f"preferred leader region {cluster.get('leader_region')}"
+            )
         print(_status_table(cluster, rows))
         lag = _lag_table(rows)
         if lag is not None:

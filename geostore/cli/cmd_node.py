@@ -8,6 +8,12 @@ until SIGTERM or SIGINT, then shuts down gracefully (exit status 0). ``--wan`` n
 ``wan.json`` of ``cluster up``: the proxy addresses through which this node's region reaches
 each node of the other regions (geo shipping, forwarded writes and strong reads use them).
 
+``--mode single-leader`` hosts one global data group (``data-global``) whose voters are every
+node of every region, with WAN-sized election timeouts; its Raft traffic to other regions
+takes the ``--wan`` proxies. ``--leader-region R`` (or ``raft.leader_region``; default the
+topology's first region) names the region whose voter should lead: a leader elsewhere hands
+over to the most caught-up live voter there.
+
 Empty storage is accepted only with ``--bootstrap`` (a founding member of a new cluster;
 ``cluster up`` passes it on a cluster's first start) or ``--join`` (a new identity that
 ``node add`` adds). Otherwise the node refuses to start: a founding member whose disk was
@@ -66,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default: the topology's)")
     parser.add_argument("--host", default=None, help="address to bind (default: the topology's)")
     parser.add_argument("--mode", default="multi-leader", choices=("multi-leader", "single-leader"))
+    parser.add_argument(
+        "--leader-region",
+        default=None,
+        help="single-leader mode: the region that should lead the global group "
+        "(default: raft.leader_region, else the topology's first region)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed of the node's randomness")
     parser.add_argument(
         "--wan",
@@ -100,9 +112,6 @@ def run(args: argparse.Namespace) -> int:
     topology.node(args.node)  # ConfigError (exit 1) for an unknown node id
     os.makedirs(args.dir, exist_ok=True)
     setup_logging(args.dir, args.node)
-    if args.mode != "multi-leader":
-        print("geostore node: only --mode multi-leader is implemented yet", file=sys.stderr)
-        return 2
     if args.unsafe_no_fsync:
         print(
             "geostore node: WARNING: --unsafe-no-fsync: acknowledged writes may be lost",
@@ -124,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             bootstrap=args.bootstrap,
             join=args.join,
             wan_routes=args.wan,
+            leader_region=args.leader_region,
         )
         await node.run()
         return node.exit_code

@@ -82,6 +82,12 @@ class RaftSettings:
         minimum=0,
         min_open=True,
     )
+    leader_region: str = _f(
+        "",
+        "Single-leader mode: the region whose voter should lead the global group (empty: the "
+        "topology's first region); a leader elsewhere hands over to it when it has a live voter.",
+        minimum=None,
+    )
     max_entries_per_msg: int = _f(256, "Most log entries in one AppendEntries message.")
     max_bytes_per_msg: int = _f(1 * MIB, "Most payload bytes in one AppendEntries message.")
     max_inflight_msgs: int = _f(
@@ -214,7 +220,8 @@ def _coerce(file: str, path: str, f: dataclasses.Field[Any], value: Any) -> Any:
             raise ConfigError(file, path, f"must be a boolean (true/false), got {_kind(value)}")
         return value
     if kind == "str":
-        if not isinstance(value, str) or not value:
+        # empty is allowed only where it is the default (it means "derive it")
+        if not isinstance(value, str) or (not value and f.default != ""):
             raise ConfigError(file, path, f"must be a non-empty string, got {_kind(value)}")
         return value
     if kind == "int":

@@ -13,6 +13,9 @@ Routing rules:
   ``wrong_region`` with the home's address instead). Stream creation fans out to every
   region before it is answered. Requests between regions carry ``X-Geostore-From-Region``
   and are never sent on to a third region.
+- Single-leader mode (one global group): every write and every regional or strong read goes
+  to the global leader, whichever region it is in (through the WAN proxy of its node, so
+  the forward pays the emulated round trip); homes are reported, never routed by.
 - Reads default to ``consistency=regional``: linearizable in the region through the
   leader's ReadIndex (forwarded to the leader like writes); ``strong`` of a partition homed
   in another region is served by that region; ``local`` reads this node's applied state.
@@ -346,7 +349,7 @@ class Api:
         if isinstance(result, Rejected):
             raise result.error
         assert isinstance(result, StreamInfo), result
-        if REGION_HEADER not in request.headers:
+        if REGION_HEADER not in request.headers and not self.node.single_leader:
             await self._create_everywhere(body)
         return respond(request, 201 if result.created else 200, result.to_json())
 
@@ -452,7 +455,9 @@ class Api:
             rr_counter=group.rr_counter,
         )
         here = self.node.region
-        if self.node.geo.others:  # several regions: only home partitions commit here
+        # several regions, multi-leader: only home partitions commit here (single-leader: one
+        # group holds every partition, homes are reported but do not route)
+        if self.node.geo.others and not self.node.single_leader:
             homes = self._homes(group, stream)
             if any(homes.get(b.partition, here) != here for b in prepared.batches):
                 return await self._route_append(request, group, stream, body, homes, t0)
@@ -690,7 +695,7 @@ class Api:
                 f"consistency must be local, regional or strong, not {consistency!r}",
                 field="consistency",
             )
-        if consistency == "strong" and partition is not None:
+        if consistency == "strong" and partition is not None and not self.node.single_leader:
             home = self._homes(group, request.match_info["s"]).get(partition)
             if home is not None and home != self.node.region:
                 # linearizable globally: the home region's leader serves it

@@ -164,8 +164,17 @@ def to_apply_remote(cmd: GeoApply) -> ApplyRemote:
 class GeoHost:
     """The geo cores of one node (see the module docstring)."""
 
-    def __init__(self, node: NodeRuntime, wan_routes: dict[NodeId, dict[RegionId, str]]) -> None:
+    def __init__(
+        self,
+        node: NodeRuntime,
+        wan_routes: dict[NodeId, dict[RegionId, str]],
+        *,
+        active: bool = True,
+    ) -> None:
         self.node = node
+        #: False in single-leader mode: one group holds every partition, nothing to ship;
+        #: the host then only knows how this region reaches the other regions' nodes
+        self.active = active
         self.region = node.region
         topo = node.topology
         self.others: tuple[RegionId, ...] = tuple(
@@ -204,14 +213,15 @@ class GeoHost:
         self.envelopes_in = 0
         self.envelopes_out = 0
         self.propose_failures = 0
-        group = node.data_group
-        group.machine.on_remote_applied = self._on_remote_applied
-        group.on_applied = self._kick
         self._kicked = False
+        if active:
+            group = node.data_group
+            group.machine.on_remote_applied = self._on_remote_applied
+            group.on_applied = self._kick
 
     @property
     def enabled(self) -> bool:
-        return bool(self.others)
+        return self.active and bool(self.others)
 
     # -- leadership --------------------------------------------------------------------------
 
@@ -282,7 +292,11 @@ class GeoHost:
 
     def on_envelope(self, peer: NodeId, env: GeoEnvelope) -> None:
         """An envelope from another region's leader (called by the transport)."""
-        if env.dst_region != self.region or env.src_region not in self.remote_nodes:
+        if (
+            not self.enabled
+            or env.dst_region != self.region
+            or env.src_region not in self.remote_nodes
+        ):
             self.dropped_not_leader += 1
             return
         now = self._now_ms()

@@ -156,6 +156,9 @@ class GroupSpec:
     #: empty storage is a new identity joining later (``geostore node add``): start empty
     #: and learn the configuration from the leader
     join: bool = False
+    #: the regions the voters sit in, when more than ``region`` (single-leader's global
+    #: group): its election timeout is sized by the widest RTT between them
+    spans: tuple[RegionId, ...] = ()
 
 
 def store_limits(config: Config) -> StoreLimits:
@@ -182,7 +185,7 @@ class GroupRuntime:
         self.node_id = node_id
         self.metrics = metrics
         self.unsafe_no_fsync = unsafe_no_fsync or not config.storage.fsync
-        timing = raft_timing(config, topology, [spec.region])
+        timing = raft_timing(config, topology, list(spec.spans or (spec.region,)))
         self.tick_ms = timing.tick_ms
         self.election_ms = timing.election_ms
         r = config.raft
@@ -301,6 +304,9 @@ class GroupRuntime:
             "fsync": not self.unsafe_no_fsync,
             "failed": None if self.failed is None else self.failed.message,
         }
+        if self.spec.spans:
+            out["spans"] = list(self.spec.spans)
+            out["election_ms"] = self.election_ms
         if st.progress:
             out["followers"] = {
                 str(nid): {"match": p.match, "next": p.next, "state": p.state.value}

@@ -5,9 +5,14 @@ Theory of operation:
 - One aiohttp application on one port serves the client API (:mod:`.api`) and the peer
   transport's WebSocket endpoint (``/v1/peer``); one :class:`PeerTransport` multiplexes the
   messages of every hosted group over one link per peer (messages name their group).
-- Groups live in a map ``GroupId -> GroupRuntime``; now that is the region's data group
-  (``data-<region>``); the metadata group and the single-leader global group plug into the
-  same map later, and inbound messages are routed by their ``group`` field.
+- Groups live in a map ``GroupId -> GroupRuntime``; in multi-leader mode that is the
+  region's data group (``data-<region>``), in single-leader mode the one global data group
+  (``data-global``) whose voters are every node of every region; inbound messages are
+  routed by their ``group`` field. In single-leader mode the geo host is off (every
+  partition is led from one place), the peers of other regions are reached through their
+  WAN proxies for Raft traffic and forwarded requests alike, and
+  :class:`~geostore.runtime.placement.LeaderPlacement` keeps the leader in the preferred
+  region.
 - :class:`~geostore.runtime.geo.GeoHost` hosts the geo cores on the data group's leader;
   geo envelopes arrive on the same transport (the other regions' nodes are peers too,
   reached through the WAN proxies) and are routed to it instead of a group.
@@ -43,6 +48,7 @@ from geostore.ids import GroupId, NodeId, RegionId
 from geostore.runtime.geo import GeoHost, fill_homes, load_wan_routes
 from geostore.runtime.group import GroupRuntime, GroupSpec
 from geostore.runtime.metrics import NodeMetrics
+from geostore.runtime.placement import LeaderPlacement
 from geostore.runtime.wire import PeerDecoder, encode_peer_message
 from geostore.transport.peer import PeerTransport
 from geostore.transport.settings import TransportSettings
@@ -54,6 +60,9 @@ PEER_BOOK = "peers.json"
 
 #: Mode names of docs/api.md.
 MODES = ("multi-leader", "single-leader")
+
+#: The one data group of single-leader mode.
+GLOBAL_GROUP = GroupId("data-global")
 
 
 def data_group_id(region: str) -> GroupId:
@@ -85,12 +94,25 @@ class NodeRuntime:
         bootstrap: bool = False,
         join: bool = False,
         wan_routes: str | None = None,
+        leader_region: str | None = None,
     ) -> None:
         self.topology = topology
         self.node_id = node_id
         self.config = config
         self.data_dir = data_dir
+        if mode not in MODES:
+            raise ConfigError("--mode", "mode", f"must be one of {list(MODES)}, not {mode!r}")
         self.mode = mode
+        single = self.single_leader
+        # single-leader: the region whose voter should lead (checked before opening storage)
+        preferred = RegionId(leader_region or config.raft.leader_region or topology.regions[0].name)
+        if single and preferred not in topology.region_names():
+            raise ConfigError(
+                "--leader-region",
+                "raft.leader_region",
+                f"{preferred!r} is not a region of {topology.name} "
+                f"({', '.join(topology.region_names())})",
+            )
         spec = topology.node(node_id)
         self.region: RegionId = spec.region
         self.host = host
@@ -128,15 +150,22 @@ class NodeRuntime:
             settings=settings,
             rng=random.Random(self.rng.random()),
         )
-        gid = data_group_id(self.region)
+        if single:  # one group: every node of every region votes, WAN-sized timeouts
+            gid = GLOBAL_GROUP
+            voters = tuple(n.id for n in topology.nodes())
+            spans = tuple(topology.region_names())
+        else:
+            gid = data_group_id(self.region)
+            voters, spans = tuple(region_nodes), ()
         self.data_group = GroupRuntime(
             GroupSpec(
                 gid,
                 self.region,
-                tuple(region_nodes),
+                voters,
                 os.path.join(data_dir, "groups", gid),
                 bootstrap=bootstrap,
                 join=join,
+                spans=spans,
             ),
             node_id,
             topology,
@@ -149,9 +178,19 @@ class NodeRuntime:
         self.groups[gid] = self.data_group
         self.data_group.on_fatal = self._group_failed
         # the leaders of the other regions are reached through the WAN proxies
-        self.geo = GeoHost(self, routes)
+        self.geo = GeoHost(self, routes, active=not single)
+        if single:  # Raft peers and forwarded requests take the proxies too
+            self.peer_urls.update(self.geo.remote_urls)
         if self.geo.remote_urls:
             self.transport.update_peers({**peers, **self.geo.remote_urls})
+        self.placement: LeaderPlacement | None = None
+        if single:
+            self.placement = LeaderPlacement(
+                self.data_group,
+                preferred,
+                {n.id: n.region for n in topology.nodes()},
+                max(1, self.data_group.election_ms // self.data_group.tick_ms),
+            )
         self.metrics.watch_geo(self.geo)
         #: the process exit status: 1 after a group failed
         self.exit_code = 0
@@ -164,6 +203,10 @@ class NodeRuntime:
         self.api.attach(self.app)
         self.transport.attach(self.app)
         self.runner: web.AppRunner | None = None
+
+    @property
+    def single_leader(self) -> bool:
+        return self.mode == "single-leader"
 
     # -- peer input ------------------------------------------------------------------------
 
@@ -270,6 +313,8 @@ class NodeRuntime:
             for group in self.groups.values():
                 group.tick()
             self.geo.tick()
+            if self.placement is not None:
+                self.placement.tick(stopping=self.stopping)
             group = self.data_group
             if group.is_leader and group.host.core.term != seeded_term and self.topology.streams:
                 seeded_term = group.host.core.term
@@ -341,6 +386,8 @@ class NodeRuntime:
         )
         if not candidates:
             return
+        if self.placement is not None:  # single-leader: keep it in the preferred region
+            candidates = self.placement.preferred_first(candidates)
         target = candidates[0][1]
         if not group.transfer_leadership(target):
             log.warning("group %s: leadership transfer to %s refused", group.group_id, target)
@@ -368,6 +415,7 @@ class NodeRuntime:
             "partitions": [p.to_json() for p in self.data_group.store.partitions()],
             "replication_lag": self.geo.lag_rows(),
             "geo": self.geo.status_json(),
+            **({"placement": self.placement.status_json()} if self.placement else {}),
             "peers": self.transport.stats(),
             "config": {
                 "raft": _fields(c.raft),

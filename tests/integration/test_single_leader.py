@@ -1,0 +1,280 @@
+"""Single-leader mode end to end with real node processes through the WAN emulator (two
+regions, 20 ms): one global group whose voters are every node, led from the preferred region;
+Raft traffic and forwards to the other region take its netem proxies; an append sent to a node
+of the other region is forwarded to the leader and reads back regionally in both regions and
+locally once applied; after the leader's SIGKILL a new leader is elected and nothing acknowledged
+is lost; with the preferred region down the other region leads, and when its nodes return the
+leadership is handed back to it; ``cluster status`` shows the mode and the group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+# region a (preferred: the first) has two voters, b three: a quorum of 3 of 5 always needs b,
+# and b alone is a quorum, so the preferred region can be taken down entirely
+TOPOLOGY = """
+name = "single-leader-test"
+[[regions]]
+name = "a"
+intra_rtt_ms = 0.0
+nodes = ["a1", "a2"]
+[[regions]]
+name = "b"
+intra_rtt_ms = 0.0
+nodes = ["b1", "b2", "b3"]
+[[links]]
+a = "a"
+b = "b"
+rtt_ms_p50 = 20.0
+[[streams]]
+name = "s"
+partitions = 2
+homes = { 0 = "a", 1 = "b" }
+"""
+
+GROUP = "data-global"
+#: Every wait in this file is bounded by a generous deadline (2 shared cores).
+DEADLINE_S = 30.0
+
+
+def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def ok(url: str, body: Any = None) -> Any:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            status, answer = call(url, body)
+        except OSError as exc:  # a node being killed or restarted
+            status, answer = 0, repr(exc)
+        if status in (200, 201, 202):
+            return answer
+        if status not in (0, 503, 504) or time.monotonic() > deadline:
+            raise AssertionError(f"{url}: {status} {answer}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("single")
+    (root / "two.toml").write_text(TOPOLOGY)
+    folder = root / "c"
+    up = geostore("cluster", "up", "--topology", str(root / "two.toml"), "--dir", str(folder),
+                  "--mode", "single-leader", "--timeout", "60")  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        info: dict[str, Any] = json.loads((folder / "cluster.json").read_text())
+        info["folder"] = str(folder)
+        yield info
+    finally:
+        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
+
+
+def nodes(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["id"]: n for info in cluster["regions"].values() for n in info["nodes"]}
+
+
+def region_of(node: str) -> str:
+    return node[0]
+
+
+def status(url: str) -> dict[str, Any]:
+    answer: dict[str, Any] = ok(f"{url}/v1/status")
+    return answer
+
+
+def leader_seen(cluster: dict[str, Any], among: list[str]) -> str | None:
+    """The leader every live node in ``among`` agrees on, that itself says it leads."""
+    all_nodes = nodes(cluster)
+    seen = set()
+    for nid in among:
+        try:
+            _, st = call(all_nodes[nid]["api"] + "/v1/status", timeout=2.0)
+        except OSError:
+            return None
+        seen.add(st["groups"][GROUP]["leader"])
+    if len(seen) != 1 or None in seen:
+        return None
+    (leader,) = seen
+    return str(leader) if leader in among else None
+
+
+def wait_leader(cluster: dict[str, Any], among: list[str], where: str | None = None) -> str:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        leader = leader_seen(cluster, among)
+        if leader is not None and (where is None or region_of(leader) == where):
+            return leader
+        time.sleep(0.2)
+    raise AssertionError(f"no leader{' in ' + where if where else ''} among {among}")
+
+
+def events(url: str, partition: int, consistency: str, **q: Any) -> list[Any]:
+    query = "&".join(f"{k}={v}" for k, v in q.items())
+    answer = ok(f"{url}/v1/streams/s/events?partition={partition}&limit=10000"
+                f"&consistency={consistency}&{query}")  # fmt: skip
+    return [(e["seq"], e["body"]) for e in answer["events"]]
+
+
+def kill(node: dict[str, Any]) -> None:
+    os.kill(node["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        try:
+            os.kill(node["pid"], 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+def restart(cluster: dict[str, Any], node: dict[str, Any]) -> None:
+    """Start a killed node again on its own storage (no --bootstrap), as cluster up would."""
+    folder = Path(cluster["folder"])
+    cmd = [sys.executable, "-m", "geostore", "node", "--topology", cluster["topology_resolved"],
+           "--node", node["id"], "--dir", node["dir"], "--mode", "single-leader",
+           "--wan", str(folder / "wan.json")]  # fmt: skip
+    with open(os.path.join(node["dir"], "process.log"), "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    node["pid"] = proc.pid
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it exits
+    # cluster down stops what cluster.json names: keep the new pid there
+    data = json.loads((folder / "cluster.json").read_text())
+    for info in data["regions"].values():
+        for n in info["nodes"]:
+            if n["id"] == node["id"]:
+                n["pid"] = proc.pid
+    (folder / "cluster.json").write_text(json.dumps(data, indent=2))
+
+
+def test_one_global_group_of_every_node_led_from_the_preferred_region(
+    cluster: dict[str, Any],
+) -> None:
+    assert cluster["mode"] == "single-leader" and cluster["leader_region"] == "a"
+    everyone = sorted(nodes(cluster))
+    assert region_of(cluster["leaders"]["global"]) == "a", cluster["leaders"]
+    for nid, node in nodes(cluster).items():
+        st = status(node["api"])
+        assert st["mode"] == "single-leader"
+        assert list(st["groups"]) == [GROUP], st["groups"].keys()
+        g = st["groups"][GROUP]
+        assert g["voters"] == everyone and g["spans"] == ["a", "b"]
+        assert st["geo"]["role"] == "idle" and st["replication_lag"] == []
+        assert st["placement"]["preferred_region"] == "a"
+        # Raft peers of the other region are reached through that link's netem proxy
+        peers = st["peers"]["peers"]
+        for other_id, other in nodes(cluster).items():
+            if other_id == nid:
+                continue
+            want = other["api"] if region_of(other_id) == region_of(nid) else (
+                other["proxies"][region_of(nid)])  # fmt: skip
+            assert peers[other_id]["url"] == want, (nid, other_id, peers[other_id])
+    assert wait_leader(cluster, everyone, "a") == cluster["leaders"]["global"]
+    shown = geostore("cluster", "status", "--dir", cluster["folder"])
+    assert shown.returncode == 0, shown.stderr
+    assert "single-leader" in shown.stdout and GROUP in shown.stdout
+
+
+def test_append_in_the_other_region_is_forwarded_and_reads_back(cluster: dict[str, Any]) -> None:
+    n = nodes(cluster)
+    leader = wait_leader(cluster, sorted(n))
+    b1 = n["b1"]["api"]
+    assert leader != "b1"
+    batch = [{"partition": 0, "body": {"k": 0}}, {"partition": 1, "body": {"k": 1}}]
+    answer = ok(f"{b1}/v1/streams/s/events", {"events": batch,
+                                              "producer": {"id": "t", "seq": 1}})  # fmt: skip
+    by_part = {r["partition"]: r for r in answer["results"]}
+    assert sorted(by_part) == [0, 1] and "error" not in by_part[0] and "error" not in by_part[1]
+    # both partitions committed in the one group, whatever their home region says
+    for p in (0, 1):
+        want = (by_part[p]["last_seq"], {"k": p})
+        assert want in events(n["a1"]["api"], p, "regional")
+        assert want in events(n["b2"]["api"], p, "regional")
+        assert want in events(n["b3"]["api"], p, "strong")
+        assert want in events(n["b3"]["api"], p, "local", after=answer["token"], wait_ms=20_000)
+    # homes are still reported
+    st = status(n["a1"]["api"])
+    homes = {(p["stream"], p["partition"]): p.get("home") for p in st["partitions"]}
+    assert homes[("s", 0)] == "a" and homes[("s", 1)] == "b"
+    # a retry of the same producer seq is deduplicated by the one leader
+    again = ok(f"{b1}/v1/streams/s/events", {"events": batch,
+                                             "producer": {"id": "t", "seq": 1}})  # fmt: skip
+    assert all(r.get("duplicate") for r in again["results"]), again
+
+
+def test_leader_loss_and_the_preferred_region_getting_it_back(cluster: dict[str, Any]) -> None:
+    n = nodes(cluster)
+    everyone = sorted(n)
+    acked: list[tuple[int, int, Any]] = []
+
+    def append(via: str, k: int) -> None:
+        answer = ok(f"{n[via]['api']}/v1/streams/s/events",
+                    {"events": [{"partition": k % 2, "body": {"ack": k}}]})  # fmt: skip
+        (res,) = answer["results"]
+        acked.append((k % 2, res["last_seq"], {"ack": k}))
+
+    for k in range(4):
+        append("b2", k)
+    first = wait_leader(cluster, everyone, "a")
+    kill(n[first])
+    survivors = [x for x in everyone if x != first]
+    second = wait_leader(cluster, survivors)  # any region: Raft decides
+    for k in range(4, 8):
+        append("b3", k)
+    # take the rest of the preferred region down: only b can lead now
+    (other_a,) = [x for x in survivors if region_of(x) == "a"]
+    kill(n[other_a])
+    b_only = [x for x in survivors if region_of(x) == "b"]
+    third = wait_leader(cluster, b_only)
+    assert region_of(third) == "b", (second, third)
+    for k in range(8, 12):
+        append("b1", k)
+    for p, seq, body in acked:  # nothing acknowledged is lost across two failovers
+        assert (seq, body) in events(n["b1"]["api"], p, "regional"), (p, seq, body)
+    # the preferred region returns: its voters catch up and the leadership is handed back
+    restart(cluster, n[first])
+    restart(cluster, n[other_a])
+    back = wait_leader(cluster, everyone, "a")
+    st = status(n[third]["api"])
+    assert st["placement"]["leader_region"] == "a"
+    transfers = sum(status(n[x]["api"])["placement"]["transfers_attempted"] for x in b_only)
+    assert transfers >= 1, "b's leader handed over by a transfer"
+    for p, seq, body in acked:
+        assert (seq, body) in events(n[back]["api"], p, "regional"), (p, seq, body)
+    # every node converges to the same copy, the restarted ones included
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        views = [ok(f"{n[x]['api']}/v1/debug/partitions")["partitions"] for x in everyone]
+        hashes = [{(p["stream"], p["partition"]): p["hash"] for p in v} for v in views]
+        if all(h == hashes[0] for h in hashes) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert all(h == hashes[0] for h in hashes), hashes
