@@ -89,12 +89,16 @@ class LeaderPlacement:
     def preferred_first(
         self, candidates: list[tuple[LogIndex, NodeId]]
     ) -> list[tuple[LogIndex, NodeId]]:
-        """``(match, node)`` pairs ordered for a handover: the preferred region's first."""
-        return sorted(
-            candidates,
-            key=lambda c: (self.region_of.get(c[1]) == self.preferred, c[0], c[1]),
-            reverse=True,
-        )
+        """``(match, node)`` pairs ordered for a handover: live voters of the preferred region
+        first (a voter that has not answered lately would only stall the transfer)."""
+        progress = self.group.status().progress
+
+        def key(c: tuple[LogIndex, NodeId]) -> tuple[bool, bool, int, str]:
+            p = progress.get(c[1])
+            live = p is not None and p.recent_active
+            return (live, self.region_of.get(c[1]) == self.preferred, c[0], c[1])
+
+        return sorted(candidates, key=key, reverse=True)
 
     def status_json(self) -> dict[str, Any]:
         leader = self.group.leader

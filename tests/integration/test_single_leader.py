@@ -137,6 +137,21 @@ def wait_leader(cluster: dict[str, Any], among: list[str], where: str | None = N
     raise AssertionError(f"no leader{' in ' + where if where else ''} among {among}")
 
 
+def wait_caught_up(cluster: dict[str, Any], node: str) -> None:
+    """Until the leader sees ``node`` replicating, answering, and at its last index."""
+    n = nodes(cluster)
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        leader = leader_seen(cluster, [x for x in n if x != node])
+        if leader is not None:
+            g = status(n[leader]["api"])["groups"][GROUP]
+            f = g.get("followers", {}).get(node, {})
+            if f.get("state") == "replicate" and f.get("match") == g["last_index"]:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{node} did not catch up")
+
+
 def events(url: str, partition: int, consistency: str, **q: Any) -> list[Any]:
     query = "&".join(f"{k}={v}" for k, v in q.items())
     answer = ok(f"{url}/v1/streams/s/events?partition={partition}&limit=10000"
@@ -269,6 +284,18 @@ def test_leader_loss_and_the_preferred_region_getting_it_back(cluster: dict[str,
     assert transfers >= 1, "b's leader handed over by a transfer"
     for p, seq, body in acked:
         assert (seq, body) in events(n[back]["api"], p, "regional"), (p, seq, body)
+    # a graceful stop of the leader hands over to the live voter of the preferred region
+    (peer_a,) = [x for x in everyone if region_of(x) == "a" and x != back]
+    wait_caught_up(cluster, peer_a)
+    os.kill(n[back]["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + DEADLINE_S
+    handed = f"leadership handed to {peer_a}"
+    log_path = Path(n[back]["dir"]) / "node.log"
+    while handed not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert handed in log_path.read_text(), "the handover chose the preferred region's voter"
+    everyone = [x for x in everyone if x != back]
+    assert wait_leader(cluster, everyone, "a") == peer_a
     # every node converges to the same copy, the restarted ones included
     deadline = time.monotonic() + DEADLINE_S
     while True:
