@@ -27,8 +27,11 @@ What it runs, on this machine, in one go:
    counted) divided by the events appended at the home in the window. "Without
    compression" cannot run in the same cluster (the runtime always compresses; the config
    has no off switch), so it is computed: wire bytes - compressed payload + raw payload (the
-   shipper's ``bytes_compressed`` and ``bytes_raw``), i.e. the same frames carrying the
-   uncompressed CBOR entries.
+   shipper's ``bytes_compressed`` and ``bytes_raw``, the difference scaled by the home's
+   resend rate, since a resent batch carries its payload again), i.e. the same frames
+   carrying the uncompressed CBOR entries. The payload-only ratio (raw / compressed: no
+   frames, heartbeats or resends) is in the JSON. Resent and duplicate-acknowledged batches
+   are shown: resends inflate the wire bytes.
 
 CPU: everything shares this machine's cores; the machine's CPU% over the window (all
 processes, ``/proc/stat``) and each process's share are reported and flagged when the
@@ -194,9 +197,10 @@ def _netem_bytes(netem_url: str) -> dict[tuple[str, str], int]:
     return out
 
 
-def _shipper_stats(url: str) -> dict[str, int]:
+def _geo_stats(url: str) -> tuple[dict[str, int], dict[str, int]]:
+    """The leader's shipper and receiver counters."""
     geo = _get_json(f"{url}/v1/status")["geo"]
-    return dict(geo.get("shipper") or {})
+    return dict(geo.get("shipper") or {}), dict(geo.get("receiver") or {})
 
 
 def _replication_buckets(url: str) -> dict[str, dict[float, float]]:
@@ -230,7 +234,9 @@ class Snapshot:
         self.cpu = machine_cpu()
         self.at = time.monotonic()
         self.netem = _netem_bytes(cluster.doc["netem"])
-        self.shipper = {r: _shipper_stats(url) for r, url in leaders.items()}
+        stats = {r: _geo_stats(url) for r, url in leaders.items()}
+        self.shipper = {r: st[0] for r, st in stats.items()}
+        self.receiver = {r: st[1] for r, st in stats.items()}
         self.hist = {r: _replication_buckets(url) for r, url in leaders.items()}
 
 
@@ -340,6 +346,7 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         shipped = s1.get("events_sent", 0) - s0.get("events_sent", 0)
         batches = s1.get("batches_sent", 0) - s0.get("batches_sent", 0)
         heartbeats = s1.get("heartbeats_sent", 0) - s0.get("heartbeats_sent", 0)
+        retransmits = s1.get("retransmits", 0) - s0.get("retransmits", 0)
         appended = sum(1 for t in acks[HOMES[home]].values() if lo <= t <= hi)
         for remote in HOMES:
             if remote == home:
@@ -350,15 +357,20 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 if k[0] == home and node_region.get(k[1]) == remote
             )
             share = 1 / (len(HOMES) - 1)  # raw and payload bytes count every destination
+            # a resent batch carries its payload again (the home's resend rate, all links)
+            sends = (1 + retransmits / batches) if batches else 1.0
             events = max(1, appended)
             with_zstd = wire / events
-            without = (wire - payload * share + raw * share) / events
+            without = (wire + (raw - payload) * share * sends) / events
             wan[f"{home}->{remote}"] = {
                 "wire_bytes": wire,
                 "events": appended,
                 "events_shipped_all_destinations": shipped,
                 "events_per_batch": shipped / batches if batches else 0.0,
                 "heartbeats_all_destinations": heartbeats,
+                "batches_all_destinations": batches,
+                "payload_ratio_raw_over_zstd": raw / payload if payload else 0.0,
+                "retransmitted_batches_all_destinations": retransmits,
                 "with_zstd": with_zstd,
                 "without_zstd_computed": without,
                 "ratio": without / with_zstd if with_zstd else 0.0,
@@ -373,6 +385,10 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "p99": _bucket_quantile(delta, 0.99),
                 "rtt_ms": topology.rtt_ms(home, remote),
             }
+    receivers = {
+        r: {k: end.receiver[r].get(k, 0) - start.receiver[r].get(k, 0) for k in end.receiver[r]}
+        for r in HOMES
+    }
     busy = end.cpu[0] - start.cpu[0]
     total = end.cpu[1] - start.cpu[1]
     return {
@@ -380,6 +396,7 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "lag": lags,
         "wan": wan,
         "runtime_histogram_ms": hist_ms,
+        "receivers": receivers,
         "machine_cpu_pct": 100.0 * busy / total if total else 0.0,
         "cpu_s_per_process": {
             name: sampler.end[name] - sampler.start[name]
@@ -438,6 +455,7 @@ def to_result(args: argparse.Namespace, base: PhaseStats, geo: dict[str, Any]) -
         "lag": geo["lag"],
         "wan": geo["wan"],
         "runtime_replication_histogram_ms": geo["runtime_histogram_ms"],
+        "receivers_in_window": geo["receivers"],
         "append": {r: s.to_dict() for r, s in geo["append"].items()},
         "baseline": base.to_dict(),
         "cpu_s_per_process": geo["cpu_s_per_process"],
@@ -467,7 +485,13 @@ def floor_table(base: PhaseStats, geo: dict[str, Any], args: argparse.Namespace)
         rows.append((f"WAN B/event {link} zstd / raw",
                      f"{w['with_zstd']:.1f} / {w['without_zstd_computed']:.1f} "
                      f"({w['ratio']:.1f}x)", ">= 6x fewer with zstd",
-                     f"{w['events_per_batch']:.1f} events/batch"))  # fmt: skip
+                     f"{w['events_per_batch']:.1f} events/batch, "
+                     f"{w['retransmitted_batches_all_destinations']} of "
+                     f"{w['batches_all_destinations']} batches resent (home, all dsts)"))  # fmt: skip
+    for region, r in geo["receivers"].items():
+        rows.append((f"receiver {region} batches/proposed/dup-reacked",
+                     f"{r.get('batches', 0)} / {r.get('proposed', 0)} / "
+                     f"{r.get('duplicates_reacked', 0)}", "-", "-"))  # fmt: skip
     cpu = geo["machine_cpu_pct"]
     flag = "  << CPU-BOUND: latencies include queueing for the CPU" if cpu >= 90 else ""
     rows.append(("machine CPU % (all cores)", f"{cpu:.0f}", "-", f"{os.cpu_count()} cores{flag}"))
