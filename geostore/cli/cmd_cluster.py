@@ -1,11 +1,14 @@
 """``geostore cluster up|status|down``: a local cluster of node processes on 127.0.0.1.
 
-``up --topology FILE --dir DIR [--config CFG] [--mode multi-leader] [--no-netem]``
-assigns a free loopback port to every node without one, writes the resolved topology to
-``DIR/topology.resolved.toml``, starts every node as its own process (``geostore node``,
-in its own session so it outlives this command; output in ``DIR/nodes/ID/process.log``),
-writes ``DIR/cluster.json`` at once (so ``down`` can clean up a failed start), and returns
-once every region's data group has a leader (or exits 1 after ``--timeout``).
+``up --topology FILE --dir DIR [--config CFG] [--mode multi-leader|single-leader]
+[--leader-region R] [--no-netem]`` assigns a free loopback port to every node without one,
+writes the resolved topology to ``DIR/topology.resolved.toml``, starts every node as its own
+process (``geostore node``, in its own session so it outlives this command; output in
+``DIR/nodes/ID/process.log``), writes ``DIR/cluster.json`` at once (so ``down`` can clean up
+a failed start), and returns once every region's data group has a leader (or exits 1 after
+``--timeout``). In single-leader mode it waits instead for the global group's leader, then
+(at most 30 s more) for the leader to be in the preferred region (``--leader-region``, else
+``raft.leader_region``, else the topology's first region).
 
 ``status --dir DIR`` prints one row per node: region, role, leader, term, commit, applied,
 pid and whether it answers. ``down --dir DIR`` sends SIGTERM to every node (graceful: they
@@ -17,7 +20,8 @@ inter-region link and destination node, with the topology's latency, jitter and 
 
 ``cluster.json``: ``{"mode", "topology", "topology_resolved", "config", "netem",
 "netem_pid", "regions": {R: {"nodes": [{"id", "api", "pid", "dir", "proxies"}]}},
-"leaders", "started_at", "ready_at"}``. ``netem`` is the emulator's API URL or null;
+"leaders", "started_at", "ready_at"}`` (single-leader adds ``"leader_region"``, and
+``leaders`` is ``{"global": NODE}``). ``netem`` is the emulator's API URL or null;
 a node's ``proxies`` map each other region to the address through which that region
 reaches the node. Nodes of one region always talk directly (``api``).
 """
