@@ -43,6 +43,7 @@ class ContractFixture:
         self.events: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.dedup: dict[tuple[str, int, str, int], dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, str], Any, str, str]] = []
+        self.authorization: list[str | None] = []  # each request's Authorization header
         self.fail_next: list[tuple[int, dict[str, Any], dict[str, str]]] = []
         self.delay_after_apply_s = 0.0
         self.delay_count = 0
@@ -90,6 +91,7 @@ class ContractFixture:
 
     async def _record(self, request: web.Request) -> tuple[Any, web.Response | None]:
         body = await self._body(request) if request.method == "POST" else None
+        self.authorization.append(request.headers.get("Authorization"))
         self.requests.append(
             (
                 request.method,
@@ -384,7 +386,11 @@ async def test_wait_timeout_retried_only_for_producer_appends(
     node: tuple[ContractFixture, str],
 ) -> None:
     fake, url = node
-    timeout_504 = (504, {"code": "wait_timeout", "message": "outcome unknown"}, {})
+    timeout_504: tuple[int, dict[str, str], dict[str, str]] = (
+        504,
+        {"code": "wait_timeout", "message": "outcome unknown"},
+        {},
+    )
     fake.fail_next.append(timeout_504)
     async with GeostoreClient([url]) as c:
         await c.append("s", [{"body": 1}])
@@ -514,6 +520,50 @@ def test_cluster_json(tmp_path: Path) -> None:
         load_cluster(tmp_path / "nope")
     with pytest.raises(ApiError, match="must be a URL"):
         parse_cluster({"regions": {"r": {"nodes": [{"api": "127.0.0.1:1"}]}}})
+
+
+def test_cluster_json_tls_fields(tmp_path: Path) -> None:
+    doc = {
+        "tls": True,
+        "ca": "certs/ca.pem",
+        "regions": {"r1": {"nodes": [{"id": "a", "api": "http://127.0.0.1:1"}]}},
+    }
+    cluster = parse_cluster(doc, str(tmp_path / "cluster.json"))
+    assert cluster.tls and cluster.urls("r1") == ["https://127.0.0.1:1"]
+    assert cluster.ca == str(tmp_path / "certs" / "ca.pem")
+    plain = parse_cluster({"regions": {"r": {"nodes": [{"api": "https://h:1"}]}}})
+    assert plain.tls and plain.ca is None  # https addresses say TLS on their own
+    assert not parse_cluster({"regions": {"r": {"nodes": [{"api": "http://h:1"}]}}}).tls
+    with pytest.raises(ApiError, match="'tls' must be"):
+        parse_cluster({**doc, "tls": "yes"})
+    with pytest.raises(ApiError, match="'ca' must be"):
+        parse_cluster({**doc, "ca": 3})
+    (tmp_path / "cluster.json").write_text(json.dumps(doc))
+    with pytest.raises(ApiError, match="cannot load TLS files"):  # the CA file is not there
+        GeostoreClient.from_cluster(tmp_path)
+
+
+async def test_token_is_sent_and_never_shown(node: tuple[ContractFixture, str]) -> None:
+    fixture, url = node
+    secret = "gst_unit-secret-4242424242"
+    async with GeostoreClient([url], token=secret) as client:
+        assert secret not in repr(client) and "token=<set>" in repr(client)
+        await client.append("s", [{"body": 1}])
+    assert fixture.authorization[-1] == f"Bearer {secret}"
+    async with GeostoreClient([url]) as anonymous:
+        await anonymous.append("s", [{"body": 1}])
+    assert fixture.authorization[-1] is None
+
+
+def test_auth_answers_are_typed() -> None:
+    from geostore.client import Forbidden, Unauthenticated
+    from geostore.client.errors import error_from_body
+
+    body = {"error": {"code": "forbidden", "message": "token 'r' lacks the 'write' role"}}
+    err = error_from_body(403, body, retry_after_s=None, node="n")
+    assert isinstance(err, Forbidden) and err.code is ErrorCode.FORBIDDEN and not err.retryable
+    bare = error_from_body(401, "", retry_after_s=None, node=None)
+    assert isinstance(bare, Unauthenticated) and bare.code is ErrorCode.UNAUTHORIZED
 
 
 def test_sse_parser() -> None:
