@@ -11,6 +11,7 @@ Examples per operation and mode: ``GEOSTORE_FUZZ_EXAMPLES`` (default 50, for ``m
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
 import schemathesis
@@ -38,6 +40,7 @@ from geostore.config import config_from_dict, topology_from_dict
 from geostore.ids import NodeId
 from geostore.runtime.api import ROUTES, openapi_document
 from geostore.runtime.node import NodeRuntime
+from geostore.transport.wire import PEER_PATH, encode_batch, hello_text
 
 EXAMPLES = int(os.environ.get("GEOSTORE_FUZZ_EXAMPLES", "50"))
 pytestmark = pytest.mark.timeout(max(120, EXAMPLES * 3))
@@ -307,3 +310,48 @@ def test_tail_refuses_malformed_requests(shared_node: NodeThread, query: str) ->
         r = shared_node.session.get(shared_node.url + path, timeout=5, stream=True)
         assert r.status_code == 404
         r.close()
+
+
+async def _peer_probe(url: str, first: str | bytes) -> dict[str, Any]:
+    """Open the peer WebSocket, send ``first`` in place of a hello, return the answer."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url + PEER_PATH, timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws,
+    ):
+        if isinstance(first, bytes):
+            await ws.send_bytes(first)
+        else:
+            await ws.send_str(first)
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+        answer: dict[str, Any] = json.loads(msg.data)
+        closing = await ws.receive(timeout=10)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closing
+        return answer
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        ("", "malformed"),
+        ("{not json", "malformed"),
+        ("[1, 2]", "malformed"),
+        ('{"type": "hello"}', "malformed"),
+        ('{"type": "hello", "protocol": "geostore-peer", "version": true}', "malformed"),
+        ("x" * 10_000, "malformed"),
+        (encode_batch([b"\x00" * 8]), "malformed"),
+        (hello_text("another-cluster", NodeId("n9"), NodeId("n1")), "wrong_cluster"),
+        (hello_text("fuzz", NodeId("n9"), NodeId("n2")), "wrong_destination"),
+    ],
+    ids=["empty", "not-json", "array", "no-fields", "bool-version", "huge", "binary", "cluster",
+         "destination"],
+)  # fmt: skip
+def test_peer_socket_refuses_malformed_hellos(
+    shared_node: NodeThread, first: str | bytes, reason: str
+) -> None:
+    answer = asyncio.run(_peer_probe(shared_node.url, first))
+    assert answer["type"] == "refused" and answer["reason"] == reason
+    r = shared_node.session.get(shared_node.url + PEER_PATH, timeout=5)  # not a WebSocket
+    assert 400 <= r.status_code < 500
+    assert shared_node.session.get(shared_node.url + "/v1/health", timeout=5).status_code == 200
+    assert shared_node.node.data_group.is_leader
