@@ -431,6 +431,10 @@ class GeostoreClient:
             except RequestFailed as err:
                 if not (reconnect and err.retryable):
                     raise
+            except aiohttp.ClientSSLError as exc:  # every node shares the CA: do not spin
+                raise TlsFailed(
+                    f"{node}: TLS handshake failed ({_tls_reason(exc)})", node=node
+                ) from None
             except (aiohttp.ClientError, OSError, TimeoutError):
                 if not reconnect:
                     raise

@@ -52,6 +52,15 @@ class Api:
         self.calls.append((request.method, request.path))
         return web.json_response({"events": [], "next_seq": 0})
 
+    async def tail(self, request: web.Request) -> web.StreamResponse:
+        self.calls.append((request.method, request.path))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        event = {"seq": 0, "ts": 1, "key": None, "body": {"x": 1}, "epoch": 1}
+        await resp.write(f"event: event\ndata: {json.dumps(event)}\n\n".encode())
+        await asyncio.sleep(0.5)  # a live tail stays open a while; the client hangs up first
+        return resp
+
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Api, Path]]:
@@ -66,6 +75,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Api, Path]]:
     app = web.Application(middlewares=[auth_middleware(tokens, "c1", _on_error)])
     app.router.add_post("/v1/streams/{name}/events", api.append)
     app.router.add_get("/v1/streams/{name}/events", api.read)
+    app.router.add_get("/v1/streams/{name}/tail", api.tail)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     sock = socket.socket()
@@ -119,6 +129,24 @@ async def test_refusals_are_typed_and_change_nothing(
     assert api.calls == [("GET", "/v1/streams/s/events"), ("POST", "/v1/streams/s/events")]
     assert caplog.records, "the server logged its access lines"
     _no_secret("\n".join(r.getMessage() + repr(r.args) for r in caplog.records))
+
+
+async def test_tail_carries_the_token(server: tuple[str, Api, Path]) -> None:
+    base, api, certs = server
+    ca = certs / CA_CERT
+    async with GeostoreClient([base], ca=ca, timeout_s=5) as anonymous:
+        with pytest.raises(Unauthenticated):
+            await anext(aiter(anonymous.tail("s")))
+    async with GeostoreClient([base], token=READER, timeout_s=5) as untrusting:
+        with pytest.raises(TlsFailed):
+            await anext(aiter(untrusting.tail("s")))
+    assert api.calls == []
+    async with GeostoreClient([base], ca=ca, token=READER, timeout_s=5) as reader:
+        tail = reader.tail("s")
+        first = await anext(aiter(tail))
+        await tail.aclose()  # type: ignore[attr-defined]
+    assert first.seq == 0 and first.body == {"x": 1}
+    assert api.calls == [("GET", "/v1/streams/s/tail")]
 
 
 async def test_tls_trust_comes_from_the_cluster_ca(
