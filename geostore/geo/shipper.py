@@ -110,8 +110,15 @@ def window_for_link(
 
 
 def retransmit_timeout_ms(rtt_ms: float) -> int:
-    """How long a batch may stay unanswered before the window is sent again."""
+    """The initial (and lowest) time a batch may stay unanswered before the window is sent
+    again: two network round trips and a margin. The link's timeout then adapts to the ack
+    latency it measures (:meth:`_Link.observe`), since an ack also waits for the receiving
+    region's Raft commit, which a loaded region can make much longer than the RTT."""
     return max(50, int(2 * rtt_ms) + 50)
+
+
+#: The adaptive retransmission timeout never grows past this (ms).
+RTO_MAX_MS = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +155,7 @@ class ShipperStats:
 class _Inflight:
     batch: GeoBatch
     sent_ms: int
+    resent: bool = False  # Karn's rule: an ack of a resent batch is no latency sample
 
 
 @dataclass(slots=True)
@@ -178,6 +186,27 @@ class _Link:
     last_sent_ms: int | None = None
     dictionaries: list[CompressionDictionary] = field(default_factory=list)
     last_dictionary_ms: int | None = None
+    #: the floor of the adaptive timeout (retransmit_timeout_ms of the link's RTT)
+    rto_min_ms: int = 0
+    #: smoothed ack latency and its mean deviation (RFC 6298's SRTT and RTTVAR), ms
+    srtt_ms: float | None = None
+    rttvar_ms: float = 0.0
+
+    def observe(self, sample_ms: int) -> None:
+        """Fold one ack latency (send to durable apply acknowledged) into the timeout."""
+        sample = float(max(0, sample_ms))
+        if self.srtt_ms is None:
+            self.srtt_ms = sample
+            self.rttvar_ms = sample / 2
+        else:
+            self.rttvar_ms = 0.75 * self.rttvar_ms + 0.25 * abs(self.srtt_ms - sample)
+            self.srtt_ms = 0.875 * self.srtt_ms + 0.125 * sample
+        rto = int(self.srtt_ms + max(1.0, 4 * self.rttvar_ms))
+        self.rto_ms = min(RTO_MAX_MS, max(self.rto_min_ms, rto))
+
+    def back_off(self) -> None:
+        """A timeout fired: double the timeout until a fresh sample brings it back."""
+        self.rto_ms = min(RTO_MAX_MS, max(self.rto_min_ms, 2 * self.rto_ms))
 
 
 class Shipper:
@@ -206,6 +235,7 @@ class Shipper:
             d: _Link(
                 retransmit_timeout_ms(destinations[d]),
                 (windows or {}).get(d, settings.inflight_batches_max),
+                rto_min_ms=retransmit_timeout_ms(destinations[d]),
             )
             for d in self._dsts
         }
@@ -321,8 +351,10 @@ class Shipper:
                 if cur.inflight and now_ms - cur.inflight[0].sent_ms >= link.rto_ms:
                     for f in cur.inflight:  # go-back-N: the receiver keeps no out-of-order batch
                         f.sent_ms = now_ms
+                        f.resent = True
                         items.append(f.batch)
                     self.stats.retransmits += len(cur.inflight)
+                    link.back_off()
                 while len(cur.inflight) < link.window and cur.next_seq <= part.commit:
                     pending = part.commit - cur.next_seq + 1
                     if (
@@ -393,8 +425,11 @@ class Shipper:
             return
         self._record_latency(part, key, cur, wm.seq, now_ms)
         cur.acked = wm.seq
+        link = self._links[cur.dst]
         while cur.inflight and cur.inflight[0].batch.src_end <= wm.seq:
-            cur.inflight.popleft()
+            done = cur.inflight.popleft()
+            if not done.resent:
+                link.observe(now_ms - done.sent_ms)
         # The window always covers acked+1 .. next_seq-1 without a hole; a batch the mark cuts
         # through (an earlier shipper cut the range differently) is sent again from the mark.
         if not cur.inflight or cur.inflight[0].batch.src_start != wm.seq + 1:

@@ -405,3 +405,36 @@ def test_watermark_cutting_through_a_batch_in_flight_resends_from_the_mark() -> 
     lag = sh.lag(S, P, EU, 2)
     assert (lag.acked, lag.inflight_batches) == (5, 0)
     assert ranges(sh.tick(3)) == [(6, 9)]
+
+
+def test_timeout_adapts_to_a_receiver_slower_than_the_rtt() -> None:
+    """Acks that take longer than the static timeout (the receiving region's Raft commit is
+    slow) first cause a resend and a back-off; once the measured ack latency is folded in,
+    batches acknowledged at that pace are no longer resent."""
+    log = ListLog()
+    sh = started(log, 0, inflight_batches_max=1, batch_events_max=1)
+    slow_ms = 3 * RTO  # the receiver acks each batch three static timeouts after it was sent
+    now = 1
+    resends_at_start = sh.stats.retransmits
+    for i in range(40):
+        sh.on_committed(S, P, E, log.commit(P, 1), now)
+        assert ranges(sh.tick(now)) == [(i, i)]
+        sent_at = now
+        # ticks while waiting for the ack: only the first few batches may time out
+        for t in range(sent_at + 1, sent_at + slow_ms, 10):
+            sh.tick(t)
+        now = sent_at + slow_ms
+        sh.on_envelope(reply(GeoAck(S, P, E, Seq(i), Seq(i), wm(i))), now)
+        now += 1
+        if i == 0:
+            assert sh.stats.retransmits > resends_at_start  # the static timeout was too short
+    resends_warm = sh.stats.retransmits
+    for i in range(40, 60):
+        sh.on_committed(S, P, E, log.commit(P, 1), now)
+        assert ranges(sh.tick(now)) == [(i, i)]
+        for t in range(now + 1, now + slow_ms, 10):
+            sh.tick(t)
+        now += slow_ms
+        sh.on_envelope(reply(GeoAck(S, P, E, Seq(i), Seq(i), wm(i))), now)
+        now += 1
+    assert sh.stats.retransmits == resends_warm  # warmed up: no more spurious resends
