@@ -5,7 +5,10 @@ experiment file (bench/experiments/*.toml) with its one-line description. ``run 
 [ARGS...]`` runs ``python -m bench.NAME ARGS...`` with this interpreter in a child process,
 its output streaming straight through, and exits with its status. ``report RESULTS...
 [--out DIR] [--no-plots]`` renders the Markdown report and PNG plots (bench/report.py). ``check FILE...``
-validates experiment files.
+validates experiment files. ``run-experiment FILE [--out DIR] [--duration S]`` runs every
+run of an experiment file (bench/compare.py: a real cluster per mode, one load-generator
+process per region), one result JSON per run in ``--out``, with a progress line per second
+and a one-line summary per region; then render them with ``report``.
 
 bench/ is not part of the installed package: it sits beside it in a source checkout. The
 command finds it from the geostore package's own path, so it works from any directory of an
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from geostore.errors import GeostoreError
 
-HELP = "benchmarks and reports (bench list|run NAME|report RESULTS|check EXPERIMENT)"
+HELP = "benchmarks and reports (bench list|run NAME|run-experiment FILE|report|check)"
 
 
 class BenchNotFoundError(GeostoreError):
@@ -66,7 +69,9 @@ def benchmarks(root: Path) -> dict[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{list,run,report,check}")
+    sub = parser.add_subparsers(
+        dest="action", required=True, metavar="{list,run,run-experiment,report,check}"
+    )
     sub.add_parser("list", help="benchmarks and experiment files, one line each")
     run_p = sub.add_parser(
         "run",
@@ -79,6 +84,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report_p.add_argument("results", nargs="+", help="result JSON files")
     report_p.add_argument("--out", default="bench-report", help="output folder (bench-report)")
     report_p.add_argument("--no-plots", action="store_true", help="tables only, no PNGs")
+    exp_p = sub.add_parser(
+        "run-experiment",
+        help="run every run of an experiment file (one result JSON per run)",
+        description="Bring a real cluster up per run (mode, topology, RTT scale), drive it "
+        "with one load-generator process per region and write one comparison result each.",
+    )
+    exp_p.add_argument("file", help="experiment TOML (bench/experiments/)")
+    exp_p.add_argument("--out", default="bench-results", help="result folder (bench-results)")
+    exp_p.add_argument(
+        "--duration", type=float, default=None, help="measured seconds per run (overrides file)"
+    )
     check_p = sub.add_parser("check", help="validate experiment files")
     check_p.add_argument("files", nargs="+", help="experiment TOML files")
 
@@ -91,6 +107,15 @@ def run(args: argparse.Namespace) -> int:
         return _run(root, args.name, list(args.args))
     if args.action == "check":
         return _check(root, args.files)
+    if args.action == "run-experiment":
+        _importable(root)
+        from bench.compare import run_experiment
+
+        written = run_experiment(args.file, args.out, duration_s=args.duration)
+        print(
+            f"results: {len(written)} file(s) in {args.out}; geostore bench report {args.out}/*.json"
+        )
+        return 0
     assert args.action == "report", args.action
     _importable(root)
     from bench.report import render_report, written_files

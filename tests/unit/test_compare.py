@@ -1,0 +1,145 @@
+"""The comparison runner's pure parts turn real /proc reads, real metrics text and collected
+samples into a result that passes the schema, and reject what does not."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.compare import (
+    STREAM,
+    bucket_delta,
+    bucket_quantile_ms,
+    build_result,
+    compare_topology_toml,
+    cpu_result,
+    fsync_percentiles,
+    link_results,
+    machine_cpu_pct,
+    parse_histogram,
+    parse_proc_pid_stat,
+    parse_proc_stat,
+    percentiles_of,
+    summary_line,
+)
+from bench.compare_schema import ComparisonError, validate_comparison
+from geostore.config import parse_topology
+from geostore.runtime.metrics import Registry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _spin(seconds: float) -> int:
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+def test_machine_cpu_from_real_proc_stat_reads() -> None:
+    first = parse_proc_stat(Path("/proc/stat").read_text())
+    _spin(0.2)  # this process keeps at least part of one core busy in between
+    second = parse_proc_stat(Path("/proc/stat").read_text())
+    busy0, total0 = first
+    busy1, total1 = second
+    assert 0 <= busy0 <= total0 and 0 <= busy1 <= total1
+    assert total1 > total0 and busy1 > busy0  # the counters only grow, and we were busy
+    pct = machine_cpu_pct(first, second)
+    cores = os.cpu_count() or 1
+    assert 100.0 / cores * 0.3 <= pct <= 100.0  # one spinning core is a share of all cores
+    assert machine_cpu_pct(second, second) == 0.0  # no time passed: nothing to divide
+
+
+def test_process_cpu_seconds_from_real_proc_pid_stat() -> None:
+    tck = float(os.sysconf("SC_CLK_TCK"))
+    before = parse_proc_pid_stat(Path("/proc/self/stat").read_text(), tck)
+    _spin(0.3)
+    after = parse_proc_pid_stat(Path("/proc/self/stat").read_text(), tck)
+    times = os.times()
+    assert after - before >= 0.1  # spinning costs CPU time
+    assert after == pytest.approx(times.user + times.system, abs=0.05)
+
+
+def test_cpu_result_flags_a_busy_machine_from_real_reads() -> None:
+    tck = float(os.sysconf("SC_CLK_TCK"))
+    m0 = parse_proc_stat(Path("/proc/stat").read_text())
+    c0 = {"self": parse_proc_pid_stat(Path("/proc/self/stat").read_text(), tck)}
+    _spin(0.2)
+    m1 = parse_proc_stat(Path("/proc/stat").read_text())
+    c1 = {"self": parse_proc_pid_stat(Path("/proc/self/stat").read_text(), tck)}
+    cpu = cpu_result(c0, c1, m0, m1, 0.2)
+    assert cpu["processes"]["self"]["cpu_s"] > 0
+    assert cpu["cpu_bound"] == (cpu["machine_cpu_pct"] > 80.0)
+    # the flag follows the 80% rule on synthetic edges too
+    assert cpu_result({}, {}, (0, 0), (90, 100), 1)["cpu_bound"] is True
+    assert cpu_result({}, {}, (0, 0), (50, 100), 1)["cpu_bound"] is False
+
+
+def test_fsync_percentiles_from_a_real_registry_delta() -> None:
+    reg = Registry()
+    hist = reg.histogram("geostore_fsync_seconds", "fsync")
+    hist.observe(0.5)  # before the window: must not count
+    start = parse_histogram(reg.render(), "geostore_fsync_seconds")
+    rng = random.Random(7)
+    values = [rng.uniform(0.002, 0.004) for _ in range(200)]
+    for v in values:
+        hist.observe(v)
+    end = parse_histogram(reg.render(), "geostore_fsync_seconds")
+    assert end[math.inf] == 201
+    delta = bucket_delta(start, end)
+    assert delta[math.inf] == 200
+    p = fsync_percentiles(delta)
+    assert p is not None
+    # the median lies in the bucket holding 2-4 ms, whatever its bounds are
+    bounds = sorted(le for le in delta if delta[le] >= 100)
+    assert p["p50"] <= bounds[0] * 1000
+    assert 0 < p["p50"] <= p["p90"] <= p["p99"] < 500
+    assert fsync_percentiles(bucket_delta(end, end)) is None  # nothing in the window
+    assert bucket_quantile_ms({}, 0.5) is None
+
+
+def test_links_and_build_result_validate() -> None:
+    lag = {("a", "b"): [(0.0, 30.0), (1.0, 40.0), (2.0, 35.0)], ("b", "a"): [(0.0, 20.0)]}
+    geo = {"a": (1000, 400), "b": (600, 300)}
+    links = link_results(lag, geo, {"a": ["b"], "b": ["a"]}, {("a", "b"): 900})
+    assert set(links) == {"a->b", "b->a"}
+    ab = links["a->b"]
+    assert ab["lag_ms"]["p50"] == 35.0 and ab["lag_ms"]["max"] == 40.0
+    assert ab["wan_bytes_raw"] == 1000 and ab["wan_bytes_compressed"] == 400
+    assert ab["wan_bytes_wire"] == 900
+    assert percentiles_of([5.0])["p99"] == 5.0
+    region = {
+        "throughput_events_per_s": 12.5,
+        "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0},
+        "latency_cdf": [[1.0, 0.5], [4.0, 1.0]],
+    }
+    config = {
+        "topology": "t",
+        "rtt_scale": 1.0,
+        "mode": "multi-leader",
+        "workload": "flights",
+        "duration_s": 5.0,
+    }
+    doc = build_result(config, {"cpu_count": 2}, {"a": region, "b": region}, links=links)
+    assert validate_comparison(doc) is doc
+    assert "a" in summary_line("multi-leader", "a", region)
+    with pytest.raises(ComparisonError):
+        build_result({**config, "mode": "both"}, {}, {"a": region})
+    with pytest.raises(ComparisonError):
+        build_result(config, {}, {})
+
+
+def test_compare_stream_is_homed_once_per_region() -> None:
+    text = (ROOT / "regions" / "three-continents.toml").read_text()
+    regions = ["us-east-1", "eu-west-1", "ap-southeast-1"]
+    topo = parse_topology(compare_topology_toml(text, regions))
+    spec = next(s for s in topo.streams if s.name == STREAM)
+    assert spec.partitions == 3
+    homes = {int(p): str(r) for p, r in dict(spec.homes).items()}
+    assert homes == {0: "us-east-1", 1: "eu-west-1", 2: "ap-southeast-1"}
