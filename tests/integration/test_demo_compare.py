@@ -1,6 +1,7 @@
 """The comparison runner drives a real two-region cluster through the WAN emulator in both
-modes, each run yields a schema-valid result with every measured section, and the report
-renders from the two files with its plots."""
+modes, each run yields a schema-valid result with every measured section, the demo's
+side-by-side table prints from them and the report renders from the two files with its
+plots."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 from bench.compare import run_mode
 from bench.compare_schema import validate_comparison
 from bench.report import render_report, written_files
+from geostore.cli.cmd_demo import comparison_tables
+from geostore.config import load_topology
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -84,6 +87,12 @@ def test_both_modes_measure_and_report(tmp_path: Path) -> None:
     # one progress line per second of load at least, and a summary per region and mode
     assert sum("measuring" in line for line in lines) >= 3
     assert sum(line.lstrip().startswith(("multi-leader", "single-leader")) for line in lines) == 4
+
+    # the demo's side-by-side table: both modes per region, floors and ratios, links
+    table = comparison_tables(docs, load_topology(topo))
+    for needle in ("ML p50", "SL p50", "SL x floor", "a->b", "aggregate throughput"):
+        assert needle in table, (needle, table)
+    assert table.count("x ") >= 2
 
     report = render_report(files, tmp_path / "report")
     written = written_files(report)
