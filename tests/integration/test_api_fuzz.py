@@ -98,6 +98,15 @@ DOCUMENTED = {
 #: Cases known to fail, each written up with a reproduction in the runtime's bug notes:
 #: (operation, mode) -> reason. xfail(strict=True) flips to a failure once fixed.
 KNOWN: dict[tuple[str, str], str] = {}
+#: Answers off the document that the fuzzer can only meet by chance (so a whole operation
+#: cannot be marked for them): (operation, status) -> reason. The fuzz lets them pass; each has
+#: a deterministic xfail(strict=True) test below that flips once the runtime is fixed.
+KNOWN_ANSWERS: dict[tuple[str, int], str] = {
+    ("create_stream", 200): (
+        "runtime bug: POST /v1/streams answers 200 for an identical existing stream "
+        "(docs/api.md) but the OpenAPI document lists only 201"
+    ),
+}
 COUNTS: Counter[str] = Counter()
 
 
@@ -224,6 +233,8 @@ def _fuzz(node: NodeThread, op_id: str, mode: GenerationMode) -> None:
         assert status < 500 or status in DOCUMENTED[op_id], (
             f"undocumented {status} for {op_id}: {response.text[:300]}"
         )
+        if (op_id, status) in KNOWN_ANSWERS:
+            return
         case.validate_response(response, checks=CHECKS)
 
     run()
@@ -253,6 +264,14 @@ def test_admin_operation_answers_as_documented(
 def test_every_operation_is_fuzzed_or_probed() -> None:
     assert {r.handler for r in ROUTES} == set(OPERATIONS)
     assert set(OPERATIONS) >= SKIPPED | ADMIN
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN_ANSWERS[("create_stream", 200)])
+def test_creating_an_identical_stream_answers_as_documented(shared_node: NodeThread) -> None:
+    case = OPERATIONS["create_stream"].Case(body=STREAM_DEF, media_type="application/json")
+    response = case.call(base_url=shared_node.url, session=shared_node.session, timeout=10)
+    assert response.status_code == 200  # the stream exists with this very definition
+    case.validate_response(response, checks=CHECKS)
 
 
 def test_the_checks_catch_an_answer_off_the_document() -> None:
