@@ -559,6 +559,10 @@ def run_mode(
         total_s = warmup_s + duration_s
         while any(w.proc.poll() is None for w in workers):
             now = time.monotonic()
+            if now > window[1] + SAMPLE_S:
+                snap.setdefault("end", _snapshot(cluster, pids, node_urls))
+                time.sleep(0.1)  # the workers are writing their results
+                continue
             if "start" not in snap and now >= window[0]:
                 snap["start"] = _snapshot(cluster, pids, node_urls)
             if "end" not in snap and now >= window[1]:

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, default=4, help="outstanding appends per region (4)"
     )
     parser.add_argument("--leader-region", default=None, help="single-leader's region (first)")
-    parser.add_argument("--out", default="demo-report", help="report folder (demo-report)")
+    parser.add_argument(
+        "--out", default=None, help="report folder (default: a new temp folder, printed)"
+    )
     parser.add_argument(
         "--region-only",
         action="store_true",
@@ -490,7 +492,7 @@ def _run_comparison(args: argparse.Namespace) -> int:
         Path(args.topology) if args.topology else root / "regions" / "three-continents.toml"
     )
     topology = load_topology(topology_path)
-    out = Path(args.out).resolve()
+    out = Path(args.out or tempfile.mkdtemp(prefix="geostore-demo-report-")).resolve()
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
     leader = args.leader_region or str(topology.region_names()[0])
