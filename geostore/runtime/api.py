@@ -100,6 +100,8 @@ class Route:
     params: tuple[Param, ...] = ()
     body: str | None = None  # schema name of the request body
     ok: int = 200
+    #: further success statuses with the same body (e.g. 200 for an idempotent re-create)
+    also_ok: tuple[int, ...] = ()
     ok_schema: str = "Object"
     ok_type: str = JSON
     errors: tuple[int, ...] = (400, 404, 503)
@@ -117,7 +119,8 @@ _WAIT = Param("wait_ms", "query", "integer", "how long to wait for the token (de
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST", "/v1/streams", "create_stream", "Create a stream (idempotent)",
-        body="StreamRequest", ok=201, ok_schema="Stream", errors=(400, 409, 413, 503, 504),
+        body="StreamRequest", ok=201, also_ok=(200,), ok_schema="Stream",
+        errors=(400, 409, 413, 503, 504),
         tags=("streams",),
     ),
     Route(
@@ -1059,6 +1062,13 @@ def openapi_document() -> dict[str, Any]:
             ],
             "responses": {
                 str(r.ok): {"description": "success", "content": _media(r.ok_schema, r.ok_type)},
+                **{
+                    str(code): {
+                        "description": "success (already so)",
+                        "content": _media(r.ok_schema, r.ok_type),
+                    }
+                    for code in r.also_ok
+                },
                 **{
                     str(code): {"description": _REASONS[code], "content": _media("Error")}
                     for code in r.errors

@@ -101,12 +101,7 @@ KNOWN: dict[tuple[str, str], str] = {}
 #: Answers off the document that the fuzzer can only meet by chance (so a whole operation
 #: cannot be marked for them): (operation, status) -> reason. The fuzz lets them pass; each has
 #: a deterministic xfail(strict=True) test below that flips once the runtime is fixed.
-KNOWN_ANSWERS: dict[tuple[str, int], str] = {
-    ("create_stream", 200): (
-        "runtime bug: POST /v1/streams answers 200 for an identical existing stream "
-        "(docs/api.md) but the OpenAPI document lists only 201"
-    ),
-}
+KNOWN_ANSWERS: dict[tuple[str, int], str] = {}
 COUNTS: Counter[str] = Counter()
 
 
@@ -266,7 +261,6 @@ def test_every_operation_is_fuzzed_or_probed() -> None:
     assert set(OPERATIONS) >= SKIPPED | ADMIN
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_ANSWERS[("create_stream", 200)])
 def test_creating_an_identical_stream_answers_as_documented(shared_node: NodeThread) -> None:
     case = OPERATIONS["create_stream"].Case(body=STREAM_DEF, media_type="application/json")
     response = case.call(base_url=shared_node.url, session=shared_node.session, timeout=10)
