@@ -9,7 +9,7 @@ every persist, apply and acknowledgement without the host knowing about them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from geostore.ids import LogIndex, NodeId, Term
@@ -38,6 +38,18 @@ class MessageSender(Protocol):
     """What the host needs of the transport: best-effort, non-blocking send to one peer."""
 
     def send(self, peer: NodeId, msg: object) -> bool: ...
+
+
+class SyncRunner(Protocol):
+    """Runs the log's fsync off the host's loop (the asyncio runtime: a storage thread).
+
+    ``start`` begins syncing everything appended so far and returns at once; ``done`` is
+    called later, on the host's loop, once it is durable. A failed fsync is the runner's to
+    report (the host stops taking Readies until ``done``). Without a runner the host syncs
+    inline, as the simulator does.
+    """
+
+    def start(self, done: Callable[[], None]) -> None: ...
 
 
 class HostObserver:

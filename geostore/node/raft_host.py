@@ -9,7 +9,16 @@ Theory of operation (etcd-raft's host contract, hashicorp/raft's ports):
   core: while it has a Ready, the host (1) installs an incoming snapshot and writes snapshot
   chunks, (2) persists entries and the hard state, and syncs when the Ready says so,
   (3) sends the messages, (4) applies committed entries and answers clients, (5) advances.
-  Messages leave only after what they depend on is durable (a vote, an append ack).
+  Messages leave only after what they depend on is durable (a vote, an append ack), with one
+  exception the Raft dissertation (section 10.2.1) allows: a leader's own AppendEntries and
+  heartbeats leave before its log write and fsync, so the fsync overlaps the replication round
+  trip. They depend on no newly persisted state (the term is durable since the campaign; a
+  Ready that changes term or vote sends nothing early), and the core counts the leader toward
+  a quorum only through entries ``advance`` confirmed as persisted.
+- With a :class:`~geostore.node.ports.SyncRunner` the fsync runs off the caller's loop: the
+  host stops after step (2), keeps taking inputs (they queue in the core, which allows steps
+  between ``ready`` and ``advance``) and finishes the Ready in :meth:`RaftHost.sync_done`;
+  the next Ready then covers everything that arrived meanwhile (group commit).
 - Client proposals are remembered by (index, term). When the entry at that index is applied
   with that term the client gets :class:`Committed`; when an entry of another term lands
   there the proposal was overwritten and definitely not committed: :class:`Lost`. A snapshot
@@ -30,9 +39,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from geostore.ids import INDEX_ZERO, LogIndex, NodeId, Term
-from geostore.node.ports import HostObserver, MessageSender, StateMachine
+from geostore.node.ports import HostObserver, MessageSender, StateMachine, SyncRunner
 from geostore.raft.core import RaftConfig, RaftCore, Ready
-from geostore.raft.messages import Message
+from geostore.raft.messages import AppendEntries, Heartbeat, Message
 from geostore.raft.records import (
     ConfChange,
     ConfChangeOp,
@@ -168,6 +177,10 @@ class RaftHost:
         self.sender = sender
         self.machine = machine
         self.observer = observer or HostObserver()
+        #: set by the runtime after construction (recovery drains inline)
+        self.sync_runner: SyncRunner | None = None
+        #: the Ready whose fsync is running, with the messages still to send after it
+        self._awaiting_sync: tuple[Ready, list[Message]] | None = None
         self._pending: dict[int, _Pending] = {}
         self._reads_unconfirmed: dict[bytes, tuple[OnRead, Term]] = {}
         self._reads_confirmed: list[tuple[LogIndex, bytes, OnRead]] = []
@@ -269,12 +282,56 @@ class RaftHost:
     def status(self) -> Status:
         return self.core.status()
 
+    def take_pending(self) -> list[OnProposal]:
+        """Forget every undecided proposal and return their callbacks (a failing runtime
+        answers them with its error: their fate is unknown once storage failed)."""
+        callbacks = [p.on_done for p in self._pending.values() if p.on_done is not None]
+        self._pending.clear()
+        return callbacks
+
     # -- the loop --------------------------------------------------------------------------
 
+    @property
+    def syncing(self) -> bool:
+        """A Ready waits for its fsync (the runner's ``done`` has not come yet)."""
+        return self._awaiting_sync is not None
+
+    def sync_done(self) -> None:
+        """The runner's fsync finished: finish the Ready that waited and drain on."""
+        assert self._awaiting_sync is not None, "sync_done without a sync running"
+        rd, late = self._awaiting_sync
+        self._awaiting_sync = None
+        self._after_sync(rd, late)
+        self._drain()
+
     def _drain(self) -> None:
-        while self.core.has_ready():
+        while self._awaiting_sync is None and self.core.has_ready():
             self._handle(self.core.ready())
         self._fail_unconfirmed_reads()
+
+    def _split_early(self, rd: Ready) -> list[Message]:
+        """Send the leader's own replication messages now; return the rest (see the module
+        docstring: they depend on nothing this Ready persists)."""
+        if not rd.messages:
+            return []
+        core = self.core
+        if core.role is not Role.LEADER:
+            return list(rd.messages)
+        hs = rd.hard_state
+        if hs is not None:
+            durable = self.hard_state.load()
+            if hs.term != durable.term or hs.vote != durable.vote:
+                return list(rd.messages)
+        term = core.term
+        late: list[Message] = []
+        send = self.sender.send
+        for msg in rd.messages:
+            kind = type(msg)
+            if (kind is AppendEntries or kind is Heartbeat) and msg.term == term:
+                send(msg.dst, msg)
+            else:
+                late.append(msg)
+        return late
 
     def _handle(self, rd: Ready) -> None:
         obs = self.observer
@@ -283,7 +340,9 @@ class RaftHost:
             self._write_chunk(chunk)
         if rd.snapshot is not None:
             self._install(rd.snapshot.meta)
-        # 3. persist entries and hard state; sync before anything leaves.
+        # a leader's AppendEntries leave before its own write and fsync (section 10.2.1)
+        late = self._split_early(rd)
+        # 3. persist entries and hard state; sync before anything else leaves.
         if rd.entries:
             prior_last = self.log.last_index()
             self.log.append(rd.entries)
@@ -293,9 +352,18 @@ class RaftHost:
                 self.hard_state.save(rd.hard_state)
             obs.on_hard_state(self, rd.hard_state)
         if rd.must_sync and not self.host_config.unsafe_ack_before_fsync:
+            runner = self.sync_runner
+            if runner is not None:
+                self._awaiting_sync = (rd, late)
+                runner.start(self.sync_done)
+                return
             self.log.sync()
+        self._after_sync(rd, late)
+
+    def _after_sync(self, rd: Ready, late: list[Message]) -> None:
+        obs = self.observer
         # 4. send.
-        for msg in rd.messages:
+        for msg in late:
             self.sender.send(msg.dst, msg)
         # 5. apply, answer clients and reads.
         for entry in rd.committed:

@@ -15,6 +15,10 @@ Theory of operation:
   become typed errors. Linearizable reads go through the host's ReadIndex.
 - Waiters for "applied at least this far" (token reads, live tails) are woken after every
   flush or tick that moved the applied index.
+- The log's fsync runs on a storage thread (:class:`ThreadSync`): the host hands the Ready's
+  fsync over and the loop keeps accepting requests and peer messages, which queue in the
+  core and form the next Ready when the fsync completes. Nothing that depends on the synced
+  state (an append ack, a vote, the leader counting itself, applying) happens before then.
 - A storage failure (fsync failed, disk full) marks the group failed: it stops taking input,
   fails every waiter, and ``/v1/health`` says why. The node must be restarted to recover.
 """
@@ -22,6 +26,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -102,6 +107,54 @@ class TimedLog:
 
 
 _: type[LogReader] = TimedLog  # TimedLog reads like the log it wraps
+
+
+class ThreadSync:
+    """The host's :class:`~geostore.node.ports.SyncRunner`: the log's fsync on one thread.
+
+    The whole ``sync`` runs there; the host starts no other write while it runs, so the
+    segment is neither written, truncated nor deleted meanwhile, and the loop only reads the
+    durable index (one attribute) in the meantime. Completion comes back on the loop.
+    """
+
+    def __init__(
+        self,
+        log: FileLogStore,
+        metrics: NodeMetrics,
+        group: str,
+        on_done: Callable[[Callable[[], None]], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self._log = log
+        self._metrics = metrics
+        self._group = group
+        self._on_done = on_done
+        self._on_error = on_error
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+
+    def _sync(self) -> float:
+        t0 = time.perf_counter()
+        self._log.sync()
+        return time.perf_counter() - t0
+
+    def start(self, done: Callable[[], None]) -> None:
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, self._sync)
+
+        def finished(f: asyncio.Future[float]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                self._on_error(exc)
+                return
+            self._metrics.fsync_latency.observe(f.result(), group=self._group)
+            self._on_done(done)
+
+        fut.add_done_callback(finished)
+
+    def close(self) -> None:
+        """Wait for a running fsync (its segment is about to be closed)."""
+        self._pool.shutdown(wait=True)
 
 
 class LazyCommitHardState:
@@ -247,6 +300,13 @@ class GroupRuntime:
             self.machine,
             rng or random.Random(),
         )
+        self._closed = False
+        self.syncer: ThreadSync | None = None
+        if not self.unsafe_no_fsync:
+            self.syncer = ThreadSync(
+                self.storage.log, metrics, spec.group_id, self._sync_finished, self._sync_failed
+            )
+            self.host.sync_runner = self.syncer
         self.rr_counter = 0
         self.failed: GeostoreError | None = None
         #: called once when the group stops for good (the node then shuts down, exit 1)
@@ -428,6 +488,9 @@ class GroupRuntime:
             if not fut.done():
                 fut.set_exception(ApiError(ErrorCode.UNAVAILABLE, "the node is shutting down"))
         self._proposals.clear()
+        self._closed = True
+        if self.syncer is not None:
+            self.syncer.close()
         self.storage.close()
 
     # -- the flush -----------------------------------------------------------------------
@@ -479,6 +542,20 @@ class GroupRuntime:
         else:
             self.metrics.proposal_batch.inc(len(live), group=self.group_id)
 
+    def _sync_finished(self, done: Callable[[], None]) -> None:
+        """The storage thread's fsync completed: let the host finish its Ready (on the loop)."""
+        if self.failed is not None or self._closed:
+            return
+        try:
+            done()
+        except Exception as exc:  # any failure of the host is fatal, see _fail
+            self._fail(_as_error(exc))
+            return
+        self._after_input()
+
+    def _sync_failed(self, exc: BaseException) -> None:
+        self._fail(_as_error(exc))
+
     def _after_input(self) -> None:
         leader = self.host.core.leader
         if leader != self._leader:
@@ -511,6 +588,10 @@ class GroupRuntime:
     def _fail(self, exc: GeostoreError) -> None:
         """Stop the group for good: after a failed fsync (or a bug) the host's state and
         the disk may disagree, so only a restart, which recovers from disk, is safe."""
+        # proposals waiting for an fsync that failed (or any later step) get the error
+        for on_done in self.host.take_pending():
+            if isinstance(on_done, _Resolver) and not on_done.fut.done():
+                on_done.fut.set_exception(exc)
         if self.failed is None:
             self.failed = exc
             log.critical("group %s stopped: %s", self.group_id, exc.message, exc_info=exc)
@@ -528,8 +609,16 @@ def _as_error(exc: BaseException) -> GeostoreError:
     return ApiError(ErrorCode.INTERNAL, f"the Raft host failed: {exc!r}")
 
 
-def _resolver(fut: asyncio.Future[Any]) -> Any:
-    def done(outcome: ProposalOutcome) -> None:
+class _Resolver:
+    """A proposal's callback that answers its client's future."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[Any]) -> None:
+        self.fut = fut
+
+    def __call__(self, outcome: ProposalOutcome) -> None:
+        fut = self.fut
         if fut.done():
             return
         if isinstance(outcome, Committed):
@@ -548,7 +637,9 @@ def _resolver(fut: asyncio.Future[Any]) -> Any:
                 )
             )
 
-    return done
+
+def _resolver(fut: asyncio.Future[Any]) -> _Resolver:
+    return _Resolver(fut)
 
 
 def _not_leader(message: str, leader: NodeId | None) -> ApiError:
