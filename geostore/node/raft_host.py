@@ -342,6 +342,11 @@ class RaftHost:
             self._install(rd.snapshot.meta)
         # a leader's AppendEntries leave before its own write and fsync (section 10.2.1)
         late = self._split_early(rd)
+        # committed entries durable here before this Ready's write (not replaced by it) may be
+        # applied before its fsync: they wait for nothing it persists
+        durable = self.log.durable_index()
+        if rd.entries:
+            durable = min(durable, LogIndex(rd.entries[0].index - 1))
         # 3. persist entries and hard state; sync before anything else leaves.
         if rd.entries:
             prior_last = self.log.last_index()
@@ -352,6 +357,10 @@ class RaftHost:
                 self.hard_state.save(rd.hard_state)
             obs.on_hard_state(self, rd.hard_state)
         if rd.must_sync and not self.host_config.unsafe_ack_before_fsync:
+            for entry in rd.committed:
+                if entry.index > durable:
+                    break
+                self._apply(entry)
             runner = self.sync_runner
             if runner is not None:
                 self._awaiting_sync = (rd, late)
@@ -365,9 +374,11 @@ class RaftHost:
         # 4. send.
         for msg in late:
             self.sender.send(msg.dst, msg)
-        # 5. apply, answer clients and reads.
+        # 5. apply (what was not applied before the fsync), answer clients and reads.
+        applied = self.applied
         for entry in rd.committed:
-            self._apply(entry)
+            if entry.index > applied:
+                self._apply(entry)
         for rs in rd.read_states:
             pending = self._reads_unconfirmed.pop(rs.ctx, None)
             if pending is not None:
