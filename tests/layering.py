@@ -55,8 +55,9 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 #: Only these layers (and the top-level netem package) may use asyncio or aiohttp.
 ASYNC_LAYERS = frozenset({"transport", "runtime", "client", "cli"})
-#: Pure, deterministic layers: no clock, no sockets, no threads, no global random.
-PURE_LAYERS = frozenset({"ids", "errors", "codec", "config", "raft", "geo", "store"})
+#: Pure, deterministic layers: no clock, no sockets, no threads, no global random (node is
+#: the synchronous wiring the simulator runs, so it is held to the same rule).
+PURE_LAYERS = frozenset({"ids", "errors", "codec", "config", "raft", "geo", "store", "node"})
 ASYNC_MODULES = frozenset({"asyncio", "aiohttp", "uvloop"})
 IMPURE_MODULES = frozenset({"time", "socket", "threading", "selectors", "datetime"})
 #: The top-level netem package may import these geostore layers.
