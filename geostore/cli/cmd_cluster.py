@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -86,11 +87,44 @@ def run(args: argparse.Namespace) -> int:
 # --- helpers ---------------------------------------------------------------------------------
 
 
+#: Ports this process has handed out (a cluster's nodes and proxies never share one).
+_HANDED_OUT: set[int] = set()
+
+
+def _port_range() -> tuple[int, int]:
+    """Where to pick listen ports: below the kernel's ephemeral range, which the machine's
+    outgoing connections draw from. A port taken with ``bind(0)`` comes from that range, so
+    an outgoing connection could grab it between this check and the node binding it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            ephemeral_lo = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_lo = 32768
+    hi = ephemeral_lo - 1
+    lo = max(1024, hi - 12_000)
+    return (lo, hi) if hi - lo >= 1000 else (0, 0)
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port that is free now, not handed out before by this process."""
+    lo, hi = _port_range()
+    rng = random.SystemRandom()
+    for _ in range(200 if hi else 0):
+        port = rng.randint(lo, hi)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no usable range: any port
+        s.bind(("127.0.0.1", 0))
+        chosen: int = s.getsockname()[1]
+    _HANDED_OUT.add(chosen)
+    return chosen
 
 
 def _get_json(url: str, timeout_s: float = 2.0) -> Any:
