@@ -37,7 +37,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -467,23 +467,7 @@ class Api:
         group.rr_counter = prepared.rr_counter
         futures = group.propose([encode_command(b) for b in prepared.batches])
         first = await self._await_all(futures)
-        results: list[dict[str, Any]] = []
-        token_parts: list[tuple[int, int, int]] = []
-        errors: list[ApiError] = []
-        stored = 0
-        for batch, outcome in zip(prepared.batches, first, strict=True):
-            if isinstance(outcome, Rejected):
-                errors.append(outcome.error)
-                results.append({"partition": batch.partition, **outcome.error.to_body()})
-                continue
-            assert isinstance(outcome, AppendResult), outcome
-            item = outcome.to_json()
-            if outcome.duplicate:
-                item["duplicate"] = True
-            else:
-                stored += outcome.last_seq - outcome.first_seq + 1
-            results.append(item)
-            token_parts.append((outcome.partition, outcome.epoch, outcome.last_seq))
+        results, token_parts, errors, stored = _append_outcomes(prepared.batches, first)
         if errors and not token_parts:
             raise errors[0]
         metrics = self.node.metrics
@@ -618,24 +602,7 @@ class Api:
         outcomes = await self._await_all(
             group.propose([encode_command(b) for b in prepared.batches])
         )
-        results: list[dict[str, Any]] = []
-        parts: list[tuple[int, int, int]] = []
-        errors: list[ApiError] = []
-        stored = 0
-        for batch, outcome in zip(prepared.batches, outcomes, strict=True):
-            if isinstance(outcome, Rejected):
-                errors.append(outcome.error)
-                results.append({"partition": batch.partition, **outcome.error.to_body()})
-                continue
-            assert isinstance(outcome, AppendResult), outcome
-            item = outcome.to_json()
-            if outcome.duplicate:
-                item["duplicate"] = True
-            else:
-                stored += outcome.last_seq - outcome.first_seq + 1
-            results.append(item)
-            parts.append((outcome.partition, outcome.epoch, outcome.last_seq))
-        return results, parts, errors, stored
+        return _append_outcomes(prepared.batches, outcomes)
 
     async def add_peer(self, request: web.Request) -> web.StreamResponse:
         _, body = await read_body(request, self.limits.body_bytes_max)
@@ -1033,6 +1000,32 @@ _REASONS = {
     503: "not available now (no leader, shutting down); see Retry-After",
     504: "a wait bound expired",
 }
+
+
+def _append_outcomes(
+    batches: Sequence[Any], outcomes: Sequence[Any]
+) -> tuple[list[dict[str, Any]], list[tuple[int, int, int]], list[ApiError], int]:
+    """Per batch of an append, its answer item; the token parts (partition, epoch, last seq)
+    of the batches that committed; their errors; and how many events were newly stored
+    (a deduplicated retry stores none)."""
+    results: list[dict[str, Any]] = []
+    parts: list[tuple[int, int, int]] = []
+    errors: list[ApiError] = []
+    stored = 0
+    for batch, outcome in zip(batches, outcomes, strict=True):
+        if isinstance(outcome, Rejected):
+            errors.append(outcome.error)
+            results.append({"partition": batch.partition, **outcome.error.to_body()})
+            continue
+        assert isinstance(outcome, AppendResult), outcome
+        item = outcome.to_json()
+        if outcome.duplicate:
+            item["duplicate"] = True
+        else:
+            stored += outcome.last_seq - outcome.first_seq + 1
+        results.append(item)
+        parts.append((outcome.partition, outcome.epoch, outcome.last_seq))
+    return results, parts, errors, stored
 
 
 def _media(schema: str, ctype: str = JSON) -> dict[str, Any]:
