@@ -526,24 +526,29 @@ class GeoHost:
         store = self.node.data_group.store
         entries: list[GeoEntry] = []
         events = 0
-        for ph in store.stream_info(stream).homes:
-            if ph.home != self.region or events >= geo.dictionary_train_events:
-                continue
-            last = store.watermark(stream, ph.partition).seq
-            if last < 0:
-                continue
-            got = StoreLog(store).read_committed(
-                stream,
-                ph.partition,
-                Seq(0),
-                last,
-                geo.dictionary_train_events - events,
-                TRAIN_SAMPLE_BYTES_MAX,
-            )
-            entries.extend(got)
-            events += sum(e.record_count for e in got)
-        samples = training_samples(entries)
         self._trainer.started(stream)
+        try:
+            for ph in store.stream_info(stream).homes:
+                if ph.home != self.region or events >= geo.dictionary_train_events:
+                    continue
+                last = store.watermark(stream, ph.partition).seq
+                if last < 0:
+                    continue
+                got = StoreLog(store).read_committed(
+                    stream,
+                    ph.partition,
+                    Seq(0),
+                    last,
+                    geo.dictionary_train_events - events,
+                    TRAIN_SAMPLE_BYTES_MAX,
+                )
+                entries.extend(got)
+                events += sum(e.record_count for e in got)
+        except GeoLogError as exc:  # the first events are not readable here: no dictionary
+            log.info("geo: cannot read training events of %s: %s", stream, exc)
+            self._trainer.finished(stream, committed, None)
+            return
+        samples = training_samples(entries)
 
         async def run() -> None:
             dictionary: CompressionDictionary | None = None
