@@ -27,7 +27,9 @@ What it runs, on this machine, in one go:
 4. WAN bytes per event at the shipper, framing included: the netem proxies' byte counters
    of the shipper's direction (home region -> remote region: the geo envelopes with their
    frames, batches and heartbeats; the remote's acks travel the other way and are not
-   counted) divided by the events appended at the home in the window. "Without
+   counted) divided by the events the home's shipper built into batches for that destination
+   in the window (its ``events_sent`` over the destinations: the events appended, when the
+   links keep up). "Without
    compression" cannot run in the same cluster (the runtime always compresses; the config
    has no off switch), so it is computed: wire bytes - compressed payload + raw payload (the
    shipper's ``bytes_compressed`` and ``bytes_raw``, the difference scaled by the home's
@@ -422,7 +424,10 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
             share = 1 / (len(HOMES) - 1)  # raw and payload bytes count every destination
             # a resent batch carries its payload again (the home's resend rate, all links)
             sends = (1 + retransmits / batches) if batches else 1.0
-            events = max(1, appended)
+            # per event shipped to this destination in the window (equal to the events
+            # appended when the links keep up; under a backlog the two differ, and the
+            # wire bytes belong to what was shipped)
+            events = max(1.0, shipped * share)
             with_zstd = wire / events
             without = (wire + (raw - payload) * share * sends) / events
             wan[f"{home}->{remote}"] = {
