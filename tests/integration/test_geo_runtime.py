@@ -275,6 +275,10 @@ def test_streams_exist_in_every_region_and_status_shows_lag(cluster: dict[str, A
     assert out.returncode == 0, out.stderr
     assert "lag_events" in out.stdout and "shipping" in out.stdout
     assert "apply_p50_ms" in out.stdout
+    # the home's row for partition 0 -> b carries the p50/p99 b's leader measured at apply
+    (row,) = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("a ")
+              and ln.split()[1:4] == ["s", "0", "b"]]  # fmt: skip
+    assert float(row[-2]) > 0 and float(row[-1]) >= float(row[-2]), row
 
 
 def test_shipping_resumes_after_the_receiving_leader_moves(cluster: dict[str, Any]) -> None:
