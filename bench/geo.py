@@ -291,10 +291,20 @@ def _bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
 
 
 class Snapshot:
+    """Counters at one edge of the window, read from each region's leader of that moment
+    (a leader change inside the window resets that region's shipper counters: flagged)."""
+
     def __init__(self, cluster: Cluster, leaders: dict[str, str]) -> None:
         self.cpu = machine_cpu()
         self.at = time.monotonic()
         self.netem = _netem_bytes(cluster.doc["netem"])
+        current = {}
+        for r, url in leaders.items():
+            try:
+                current[r] = cluster.leader(r)
+            except (OSError, RuntimeError, ValueError):
+                current[r] = url
+        leaders = self.leaders = current
         stats = {r: _geo_stats(url) for r, url in leaders.items()}
         self.shipper = {r: st[0] for r, st in stats.items()}
         self.receiver = {r: st[1] for r, st in stats.items()}
@@ -385,6 +395,7 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
         _down(folder)
 
     start, end = snaps["start"], snaps["end"]
+    leader_changed = [r for r in HOMES if start.leaders[r] != end.leaders[r]]
     lo, hi = window
     lags: dict[str, dict[str, Any]] = {}
     for (home, remote), seen in arrivals.items():
@@ -482,6 +493,7 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
         "runtime_histogram_ms": hist_ms,
         "apply_lag_ms": applied_ms,
         "dictionary": dictionary,
+        "leader_changed": leader_changed,
         "receivers": receivers,
         "machine_cpu_pct": 100.0 * busy / total if total else 0.0,
         "cpu_s_per_process": {
@@ -591,6 +603,7 @@ def to_result(
         "runtime_replication_histogram_ms": geo["runtime_histogram_ms"],
         "apply_lag_ms": geo["apply_lag_ms"],
         "dictionary_run": geo["dictionary"],
+        "leader_changed_in_window": geo["leader_changed"],
         "dictionary_gain": gains,
         "wan_zstd_saving_from": "the run without a dictionary" if off else "the only run",
         "no_dictionary_run": None
@@ -600,6 +613,7 @@ def to_result(
             "lag": off["lag"],
             "apply_lag_ms": off["apply_lag_ms"],
             "machine_cpu_pct": off["machine_cpu_pct"],
+            "leader_changed_in_window": off["leader_changed"],
             "append": {r: s.to_dict() for r, s in off["append"].items()},
         },
         "receivers_in_window": geo["receivers"],
@@ -657,6 +671,12 @@ def floor_table(
         rows.append((f"receiver {region} batches/proposed/dup-reacked",
                      f"{r.get('batches', 0)} / {r.get('proposed', 0)} / "
                      f"{r.get('duplicates_reacked', 0)}", "-", "-"))  # fmt: skip
+    for run in (geo, off):
+        if run is not None and run.get("leader_changed"):
+            label = "dictionary" if run["dictionary"] else "no-dictionary"
+            rows.append((f"LEADER CHANGED in the window ({label} run)",
+                         ", ".join(run["leader_changed"]), "-",
+                         "their shipper/receiver counters restarted: WAN bytes unreliable"))  # fmt: skip
     cpu = geo["machine_cpu_pct"]
     flag = "  << CPU-BOUND: latencies include queueing for the CPU" if cpu >= 90 else ""
     rows.append(("machine CPU % (all cores)", f"{cpu:.0f}", "-", f"{os.cpu_count()} cores{flag}"))
