@@ -322,7 +322,7 @@ class FailoverSimulation:
 
     def _plan(self, episodes: int | None) -> list[str]:
         r = self.rng_plan
-        n = episodes if episodes is not None else r.randint(2, 4)
+        n = episodes if episodes is not None else r.randint(2, 3)
         t = r.uniform(300.0, 900.0)
         out: list[str] = []
         kinds = ["crash", "isolate", "move"]
@@ -331,17 +331,17 @@ class FailoverSimulation:
             if kind == "move":
                 self.at(t, self._start_move, None)
                 out.append(f"{t:.0f}ms move")
-                t += r.uniform(800.0, 1500.0)
+                t += r.uniform(600.0, 1200.0)
             else:
                 # a home region mostly: that is when a failover and a failback happen
                 homes = sorted({m.home for m in self.meta.values()})
                 victim = r.choice(homes) if r.random() < 0.85 else r.choice(REGIONS)
                 # noticed fast (an automatic policy) or slowly (an operator)
                 detect = r.uniform(50.0, 300.0) if r.random() < 0.5 else r.uniform(300.0, 1500.0)
-                down = r.uniform(300.0, 2500.0)
+                down = r.uniform(300.0, 1500.0)
                 self.at(t, self._lose, (victim, kind, detect, down))
                 out.append(f"{t:.0f}ms {kind} {victim} notice+{detect:.0f} back+{down:.0f}")
-                t += detect + down + self.lease_ms + r.uniform(800.0, 2000.0)
+                t += detect + down + self.lease_ms + r.uniform(500.0, 1200.0)
         self.load_until_ms = t
         return out
 
