@@ -181,7 +181,6 @@ class _Region:
     lease_until_ms: dict[PartitionId, float] = field(default_factory=dict)
     links: dict[tuple[PartitionId, RegionId], _Link] = field(default_factory=dict)
     learned: int = 0  # how many metadata SetHomes it applied (they apply in order)
-    fenced: set[PartitionId] = field(default_factory=set)  # planned moves: appends paused
     consumers: dict[PartitionId, _Consumer] = field(default_factory=dict)
     drift: float = 0.0
     #: (last seq, commit time) of each local append, for the lag the home measures.
@@ -380,7 +379,7 @@ class FailoverSimulation:
         ph = home.store.home_of(STREAM, p)
         if ph.home != home.name:
             raise ApiError(ErrorCode.WRONG_REGION, "not home here")
-        if p in home.fenced:
+        if home.store.is_fenced(STREAM, p):
             self.coverage["appends_refused_moving"] += 1
             raise ApiError(ErrorCode.MOVING, "moving")
         if self.now_ms >= home.lease_until_ms.get(p, 0.0):
@@ -407,6 +406,8 @@ class FailoverSimulation:
         (batch,) = prep.batches
         res = self._apply(home, batch)
         if not isinstance(res, AppendResult):
+            if isinstance(res, Rejected) and res.error.code is ErrorCode.MOVING:
+                self.coverage["appends_refused_moving"] += 1  # fenced while committing
             self.trace(f"rejected {value}")
             return
         p = batch.partition
@@ -547,7 +548,6 @@ class FailoverSimulation:
                 f"{reg.name} p{p}: quarantine holds {len(got)} events, the orphaned suffix "
                 f"beyond fork {cmd.fork_seq} is {len(want)}",
             )
-        reg.fenced.discard(p)
         reg.links.update({(p, o): _Link() for o in REGIONS if o != reg.name})
         self.trace(f"learned {reg.name} p{p} e{cmd.epoch} q{res.quarantined}")
 
@@ -568,7 +568,7 @@ class FailoverSimulation:
         if kind == "crash":
             reg.up = False
             reg.incarnation += 1
-            reg.lease_until_ms.clear()  # a fence stays: it is in the region's durable log
+            reg.lease_until_ms.clear()  # a fence stays: it is in the store (the durable log)
         else:
             reg.isolated = True
         loss_ms = self.now_ms
@@ -711,16 +711,11 @@ class FailoverSimulation:
             m.move = m.move.abort(int(self.now_ms))
             m.move = None
             return
-        src.fenced.add(p)
-        # Appends admitted before the fence may still be committing: wait them out.
-        self.at(8.0, self._fenced, p)
-
-    def _fenced(self, p: PartitionId) -> None:
-        m = self.meta[p]
-        assert m.move is not None
-        src = self.regions[m.move.source]
-        last = src.store.partition_info(STREAM, p).last_seq
-        m.move = m.move.fenced(Seq(last), int(self.now_ms))
+        # The fence goes through the old home's own log: any of its leaders refuses appends
+        # from here on, and the answer names the exact last seq (the fork of the move).
+        res = self._apply(src, m.move.fence_command())
+        assert isinstance(res, HomeResult), res
+        m.move = m.move.fenced(res.fork_seq, int(self.now_ms))
         self._drain(p)
 
     def _drain(self, p: PartitionId) -> None:

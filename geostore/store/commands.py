@@ -73,6 +73,22 @@ class SetHome:
 
 
 @dataclass(frozen=True, slots=True)
+class FenceHome:
+    """Stop (``fenced``) or resume appends at a partition's home under ``epoch``.
+
+    The first phase of a planned move, proposed into the old home region's own log so that
+    every leader of that region refuses appends (503 ``moving``) from then on; the answer's
+    ``fork_seq`` is the exact last seq, the fork of the move. The move's ``SetHome`` lifts it
+    (so does ``fenced=False``, when a move is abandoned before the bump).
+    """
+
+    stream: StreamName
+    partition: PartitionId
+    epoch: Epoch
+    fenced: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteEntry:
     """One append batch of the home region, as shipped: the store twin of ``geo.GeoEntry``.
 
@@ -114,7 +130,7 @@ class ApplyRemote:
     entries: tuple[RemoteEntry, ...]
 
 
-Command = CreateStream | AppendBatch | SetHome | ApplyRemote
+Command = CreateStream | AppendBatch | SetHome | ApplyRemote | FenceHome
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -134,6 +150,8 @@ def encode_command(cmd: Command) -> bytes:
                 prod,
                 cmd.epoch,
             ]
+        case FenceHome():
+            body = ["fence", cmd.stream, cmd.partition, cmd.epoch, cmd.fenced]
         case SetHome():
             body = ["home", cmd.stream, cmd.partition, cmd.home, cmd.epoch]
             if cmd.fork_seq is not None:
@@ -204,6 +222,11 @@ def decode_command(data: bytes) -> Command:
                 _need(eepoch is None or type(eepoch) is int, "entry epoch")
                 entries.append(RemoteEntry(seq, count, events, pid, pseq, eepoch))
             return ApplyRemote(stream, part, epoch, start, end, crc, tuple(entries))
+        if kind == "fence" and n == 6:
+            _, _, stream, part, epoch, fenced = raw
+            _need(type(stream) is str and type(part) is int and type(epoch) is int, "header")
+            _need(type(fenced) is bool, "fenced")
+            return FenceHome(stream, part, epoch, fenced)
         if kind == "home" and n in (6, 7):
             _, _, stream, part, home, epoch = raw[:6]
             fork = raw[6] if n == 7 else None

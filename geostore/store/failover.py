@@ -8,7 +8,9 @@ written under that epoch. A change of home adds ``(new_epoch, fork_seq + 1)``: t
 keeps everything up to the **fork** (``fork_seq``) and writes from ``fork_seq + 1`` on.
 
 - A *planned move* forks at the old home's last seq once the target holds all of it (fence,
-  drain, bump, open: :class:`PlannedMove`), so nothing is lost.
+  drain, bump, open: :class:`PlannedMove`), so nothing is lost. The fence is a store command
+  (:class:`~geostore.store.commands.FenceHome`) in the old home's own log, so it holds across
+  leader changes there, and its answer names the exact fork.
 - A *failover* forks at the watermark the chosen survivor holds (:func:`plan_failover`),
   only after the lost home's lease plus a drift margin has run out in the metadata group's
   time (:func:`lease_expired`): before that the lost home may still acknowledge writes. The
@@ -39,7 +41,7 @@ from dataclasses import dataclass, replace
 from geostore.errors import ApiError, ErrorCode
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 
-from .commands import SetHome
+from .commands import FenceHome, SetHome
 from .model import StoreWatermark
 
 _SEQ_NONE = Seq(-1)
@@ -222,9 +224,11 @@ class PlannedMove:
     """The pure state of one planned move; each transition returns the next state.
 
     The runtime (the node leading the metadata group, or the operator's command) drives it:
-    :meth:`fenced` once the old home's store refuses appends (its last seq is the fence),
-    :meth:`on_target_watermark` with each watermark the target reports, :meth:`set_home`
-    gives the command to commit once ``phase`` is BUMPING, :meth:`bumped` when it committed.
+    propose :meth:`fence_command` into the old home region's log and pass the answer's
+    ``fork_seq`` to :meth:`fenced`; feed :meth:`on_target_watermark` with each watermark the
+    target acknowledges; once ``phase`` is BUMPING commit :meth:`set_home` in the metadata
+    group (every region's store then applies it) and call :meth:`bumped`. To give up before
+    the bump: :meth:`abort`, and propose :meth:`unfence_command` at the old home.
     ``pauses_ms`` records how long each finished phase took (the pause clients saw).
     """
 
@@ -260,6 +264,12 @@ class PlannedMove:
     def _to(self, phase: MovePhase, now_ms: int, **kw: object) -> PlannedMove:
         pauses = (*self.pauses_ms, (self.phase.value, now_ms - self.phase_started_ms))
         return replace(self, phase=phase, phase_started_ms=now_ms, pauses_ms=pauses, **kw)  # type: ignore[arg-type]
+
+    def fence_command(self) -> FenceHome:
+        return FenceHome(self.stream, self.partition, self.old_epoch)
+
+    def unfence_command(self) -> FenceHome:
+        return FenceHome(self.stream, self.partition, self.old_epoch, fenced=False)
 
     def fenced(self, last_seq: Seq, now_ms: int) -> PlannedMove:
         """The old home stopped taking appends; ``last_seq`` is its last applied seq."""

@@ -85,6 +85,7 @@ from .commands import (
     ApplyRemote,
     Command,
     CreateStream,
+    FenceHome,
     RemoteEntry,
     SetHome,
     decode_command,
@@ -171,6 +172,7 @@ class PreparedAppend:
 class _Partition:
     __slots__ = (
         "epoch",
+        "fenced",
         "first_seqs",
         "history",
         "home",
@@ -218,6 +220,8 @@ class _Partition:
         #: Events this region held beyond a fork when it learned the new epoch (failback).
         #: Bounded by what the region wrote past the fork: at most its lease and lag bound.
         self.quarantine: list[QuarantinedRun] = []
+        #: A planned move fenced the home: appends answer 503 moving until the SetHome.
+        self.fenced = False
 
     def add_sealed(self, meta: BlockMeta, fanout: int) -> None:
         assert meta.block_no == len(self.sealed)
@@ -368,6 +372,10 @@ class EventStore:
     def watermark(self, stream: str, partition: int) -> StoreWatermark:
         """What the partition has applied, local or shipped: ``(epoch, last seq)``."""
         return self._partition(stream, partition).mark
+
+    def is_fenced(self, stream: str, partition: int) -> bool:
+        """Is a planned move holding the partition's appends (the API answers 503 moving)?"""
+        return self._partition(stream, partition).fenced
 
     def history(self, stream: str, partition: int) -> EpochHistory:
         """The partition's epochs and where each starts (raises 404s)."""
@@ -654,6 +662,8 @@ class EventStore:
                     return self._apply_append(index, command)
                 case SetHome():
                     return self._apply_home(command)
+                case FenceHome():
+                    return self._apply_fence(command)
                 case ApplyRemote():
                     return self._apply_remote(index, command)
         except ApiError as err:
@@ -703,8 +713,21 @@ class EventStore:
         if fork + 1 < p.next_seq and self._epoch_at(p, fork + 1) < cmd.epoch:
             quarantined = self._rewind(p, fork, cmd.epoch)
         p.history = p.history.fork(cmd.epoch, Seq(fork))
-        p.home, p.epoch = cmd.home, cmd.epoch
+        p.home, p.epoch, p.fenced = cmd.home, cmd.epoch, False
         return HomeResult(p.stream, p.partition, p.home, p.epoch, Seq(fork), quarantined)
+
+    def _apply_fence(self, cmd: FenceHome) -> HomeResult:
+        """Fence (or unfence) the partition's appends for a planned move; the answer's
+        ``fork_seq`` is the last seq at the fence: the fork of the move."""
+        p = self._partition(cmd.stream, cmd.partition)
+        if cmd.epoch != p.epoch:
+            raise ApiError(
+                ErrorCode.SUPERSEDED_EPOCH,
+                f"{cmd.stream}/{cmd.partition} is at epoch {p.epoch}, not {cmd.epoch}",
+                epoch=p.epoch,
+            )
+        p.fenced = cmd.fenced
+        return HomeResult(p.stream, p.partition, p.home, p.epoch, Seq(p.next_seq - 1))
 
     def _epoch_at(self, p: _Partition, seq: int) -> Epoch:
         bd = _BlockCursor(self, p).block_at(seq)
@@ -801,6 +824,13 @@ class EventStore:
                 f"{p.stream}/{p.partition} moved to epoch {p.epoch} (the append was for "
                 f"epoch {cmd.epoch}); retry",
                 epoch=p.epoch,
+            )
+        if p.fenced:
+            raise ApiError(
+                ErrorCode.MOVING,
+                f"{p.stream}/{p.partition} is moving to another region; retry shortly",
+                epoch=p.epoch,
+                retry_after_ms=50,
             )
         if p.mark.epoch > p.epoch:
             # Batches of a newer home were applied here before this region learned of the
@@ -1308,8 +1338,8 @@ class EventStore:
                 p.open.encode(),
             ]
             parts.append((rec, list(p.sealed), [p.mark.epoch, p.mark.seq, *p.runs]))
-            if len(p.history.starts) > 1 or p.quarantine:
-                extra.append(["failover", p.stream, p.partition, p.history.to_wire()])
+            if len(p.history.starts) > 1 or p.quarantine or p.fenced:
+                extra.append(["failover", p.stream, p.partition, p.history.to_wire(), p.fenced])
                 extra += [["quarantine", *_run_wire(q)] for q in p.quarantine]
         producers = self._producers.to_wire()
         return self._snapshot_gen(chunk_bytes, head, parts, producers, include_blocks, extra)
@@ -1432,8 +1462,9 @@ class EventStore:
             elif kind == "producers":
                 producers.load_wire(rec[1])
             elif kind == "failover":
-                _, stream, part, hist = rec
+                _, stream, part, hist, fenced = rec
                 p = partitions[(StreamName(stream), PartitionId(part))]
+                p.fenced = fenced is True
                 try:
                     p.history = EpochHistory.from_wire(hist)
                 except (AssertionError, TypeError, ValueError) as exc:

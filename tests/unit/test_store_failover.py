@@ -358,3 +358,41 @@ def _recode(b: Any, payload: bytes) -> Any:
         payload,
     )
     return dataclasses.replace(b, payload=payload, crc=crc)
+
+
+def test_a_fence_holds_appends_in_the_log_names_the_fork_and_the_move_lifts_it() -> None:
+    from geostore.store import FenceHome
+
+    rng = random.Random(4)
+    tuning = StoreTuning(block_events_max=4, block_bytes_max=4096)
+    a, b = Region("a", tuning), Region("b", tuning)
+    a.append(3, rng)
+    inflight = a.store.validate_append("s", [{"body": 1}], now_us=1)
+    move = PlannedMove.start(S, P0, a.name, b.name, Epoch(1), 0)
+    assert decode_command(encode_command(move.fence_command())) == move.fence_command()
+    res = a.apply(move.fence_command())
+    assert isinstance(res, HomeResult) and res.fork_seq == 2 and a.store.is_fenced("s", 0)
+    late = a.apply(inflight.batches[0])  # validated before the fence, committed after
+    assert isinstance(late, Rejected) and late.error.code is ErrorCode.MOVING
+    # the fence is replicated state: it survives a snapshot
+    copy = EventStore(MemoryBlockStore(), tuning=tuning)
+    copy.restore_from_chunks(a.store.snapshot_chunks(64))
+    assert copy.is_fenced("s", 0)
+    stale = a.apply(FenceHome(S, P0, Epoch(7)))
+    assert isinstance(stale, Rejected) and stale.error.code is ErrorCode.SUPERSEDED_EPOCH
+    move = move.fenced(res.fork_seq, 5)
+    ship(a, b)
+    move = move.on_target_watermark(b.store.watermark("s", 0).seq, 9)
+    for r in (a, b):
+        assert move.set_home() == SetHome(S, P0, b.name, Epoch(2), Seq(2))
+        assert r.apply(move.set_home()).quarantined == 0
+    assert not a.store.is_fenced("s", 0)
+    assert isinstance(b.append(2, rng), AppendResult)
+    ship(b, a)
+    assert a.info() == b.info()
+    # an abandoned move lifts its fence
+    c = Region("c", tuning)
+    m2 = PlannedMove.start(S, P0, c.name, b.name, Epoch(1), 0)
+    c.apply(m2.fence_command())
+    c.apply(m2.unfence_command())
+    assert not c.store.is_fenced("s", 0) and isinstance(c.append(1, rng), AppendResult)
