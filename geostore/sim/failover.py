@@ -114,6 +114,7 @@ _RTT_MS: dict[frozenset[str], float] = {
 STREAM = StreamName("s")
 US_PER_MS = 1000
 TICK_MS = 20
+HEARTBEAT_MS = 250
 
 
 @dataclass(slots=True)
@@ -162,6 +163,7 @@ class _Link:
 
     acked: int = -1  # the remote's watermark seq as last reported
     inflight_until_ms: float = -1.0  # retransmit deadline of the batch in flight
+    probe_at_ms: float = 0.0  # next heartbeat while idle (the remote's watermark may go back)
 
 
 @dataclass(slots=True)
@@ -468,7 +470,14 @@ class FailoverSimulation:
                 if other == reg.name:
                     continue
                 link = reg.links[(p, other)]
-                if link.acked >= last or self.now_ms < link.inflight_until_ms:
+                if self.now_ms < link.inflight_until_ms:
+                    continue
+                if link.acked >= last:
+                    # Idle: a heartbeat now and then learns the remote's watermark, which a
+                    # failback there may have moved back to a fork.
+                    if self.now_ms >= link.probe_at_ms:
+                        link.probe_at_ms = self.now_ms + HEARTBEAT_MS
+                        self._send(reg.name, other, self._on_probe, (reg.name, p))
                     continue
                 es = reg.store.committed_entries(
                     STREAM, p, link.acked + 1, last, self.batch_events, 1 << 20
@@ -489,6 +498,10 @@ class FailoverSimulation:
         elif res.verdict == "gap" and res.watermark.seq + 1 == cmd.src_start:
             self.coverage["batches_unlearned_epoch"] += 1
         self._send(dst.name, src, self._on_ack, (dst.name, cmd.partition, res.watermark))
+
+    def _on_probe(self, dst: _Region, arg: tuple[RegionId, PartitionId]) -> None:
+        src, p = arg
+        self._send(dst.name, src, self._on_ack, (dst.name, p, dst.store.watermark(STREAM, p)))
 
     def _on_ack(self, home: _Region, arg: tuple[RegionId, PartitionId, StoreWatermark]) -> None:
         remote, p, wm = arg
