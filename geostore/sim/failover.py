@@ -12,7 +12,8 @@ Theory of operation:
 - **Regions** hold a real :class:`~geostore.store.EventStore` each (in-memory blocks, small
   blocks so rewinds cross block boundaries). Client appends at the home go through
   ``validate_append`` and ``apply``; the home ships ``committed_entries`` after each
-  remote's acknowledged watermark (stop-and-wait per link, with a retransmit timeout) and
+  remote's acknowledged watermark (stop-and-wait per link, a retransmit timeout, heartbeats
+  while idle, since a failback moves a remote's watermark back to the fork) and
   the remote applies them as ``ApplyRemote``; SetHome commands from the metadata group are
   applied in each region as they reach it, and a returning region applies those it missed
   in epoch order: that is where the store moves orphaned events to its quarantine.
