@@ -396,3 +396,34 @@ def test_a_fence_holds_appends_in_the_log_names_the_fork_and_the_move_lifts_it()
     c.apply(m2.fence_command())
     c.apply(m2.unfence_command())
     assert not c.store.is_fenced("s", 0) and isinstance(c.append(1, rng), AppendResult)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    forks=st.lists(st.tuples(st.integers(1, 3), st.integers(-1, 60)), min_size=1, max_size=6),
+    probe=st.tuples(st.integers(0, 30), st.integers(0, 80)),
+)
+def test_history_positions_agree_with_the_canonical_log(
+    forks: list[tuple[int, int]], probe: tuple[int, int]
+) -> None:
+    """A model: replay forks on an explicit log of epochs; a position (epoch, seq) that an
+    epoch wrote is superseded exactly when the canonical log no longer holds that epoch at
+    that seq; epochs at or past the current one never are."""
+    h = EpochHistory.first(Epoch(1))
+    log: list[int] = [1] * 10  # the epoch of each event, canonical
+    wrote: dict[int, tuple[int, int]] = {1: (0, 9)}  # epoch -> (first, last) seq it wrote
+    epoch = 1
+    for step, fork in forks:
+        epoch += step
+        fork = min(fork, len(log) - 1)
+        h = h.fork(Epoch(epoch), Seq(fork))
+        log = log[: fork + 1] + [epoch] * 5
+        wrote[epoch] = (fork + 1, fork + 5)
+    for seq, e in enumerate(log):
+        assert h.epoch_at(seq) == e
+    e, seq = probe
+    if e >= h.current:
+        assert not h.superseded(e, seq)
+    elif e in wrote and wrote[e][0] <= seq <= wrote[e][1]:
+        held = seq < len(log) and log[seq] == e
+        assert h.superseded(e, seq) == (not held), (h.starts, log, e, seq)
