@@ -398,7 +398,7 @@ def _lag_sample(cluster: _Cluster) -> dict[tuple[str, str], float]:
     for region in cluster.regions:
         st = cluster.home_status(region)
         for row in (st or {}).get("replication_lag") or []:
-            if row.get("stream") != STREAM:
+            if row.get("stream") != STREAM or row.get("direction", "out") != "out":
                 continue
             key = (region, str(row["destination"]))
             out[key] = max(out.get(key, 0.0), float(row.get("ms") or 0.0))

@@ -20,11 +20,16 @@ What it runs, on this machine, in one go:
    delay minus the link's jitter (the home commits before it acks, so the ack can trail the
    shipment by a little). Also shown: the runtime's ``geostore_geo_replication_seconds``
    (home commit to the home's receipt of the remote's durable-apply ack: floor one RTT),
-   bucket upper bounds over the window.
+   bucket upper bounds over the window; and the receiving leaders' own per-event lag
+   (``geostore_geo_apply_lag_seconds``: the home leader's commit wall clock, carried in the
+   batch, to the receiving leader's apply wall clock, per event; one machine, one clock, so
+   exact), p50/p99 interpolated within the histogram's buckets over the window.
 4. WAN bytes per event at the shipper, framing included: the netem proxies' byte counters
    of the shipper's direction (home region -> remote region: the geo envelopes with their
    frames, batches and heartbeats; the remote's acks travel the other way and are not
-   counted) divided by the events appended at the home in the window. "Without
+   counted) divided by the events the home's shipper built into batches for that destination
+   in the window (its ``events_sent`` over the destinations: the events appended, when the
+   links keep up). "Without
    compression" cannot run in the same cluster (the runtime always compresses; the config
    has no off switch), so it is computed: wire bytes - compressed payload + raw payload (the
    shipper's ``bytes_compressed`` and ``bytes_raw``, the difference scaled by the home's
@@ -32,12 +37,26 @@ What it runs, on this machine, in one go:
    carrying the uncompressed CBOR entries. The payload-only ratio (raw / compressed: no
    frames, heartbeats or resends) is in the JSON. Resent and duplicate-acknowledged batches
    are shown: resends inflate the wire bytes.
+5. Trained dictionary: the geo run happens twice, first with the dictionary on (the home
+   trains a dictionary per stream from its first ``geo.dictionary_train_events`` events and
+   compresses batches of <= ``geo.dictionary_batch_events_max`` events with it), then with
+   ``geo.use_dictionary = false`` (``--dictionary on|off|both``). The first run trains on
+   the first 500 events (``geo.dictionary_train_events``; the default 1,000 gives about the
+   same ratios, bench/geo_core.py) so the dictionary is trained and fetched during the
+   warm-up; the table says whether every home had it when the window opened. Both runs cap
+   batches at ``--batch-events-max`` events (default 20, the target's "batches of 20 events
+   or fewer";
+   at 1,000 events/s and a 5 ms linger a batch holds about 5-10 events anyway, so the cap
+   only bites when a backlog builds; 0 keeps the configured 1,000). Their wire bytes per
+   event give the dictionary's gain; events/batch and the share of batches that named the
+   dictionary are shown. Latency and lag figures are those of the first run.
 
 CPU: everything shares this machine's cores; the machine's CPU% over the window (all
 processes, ``/proc/stat``) and each process's share are reported and flagged when the
 machine was saturated.
 
-``--quick``: 20 s window after 5 s warm-up and a 5 s baseline (about 80 s in all).
+``--quick``: 20 s window after 5 s warm-up and a 5 s baseline (about 3 minutes in all with
+both dictionary runs).
 """
 
 from __future__ import annotations
@@ -128,6 +147,21 @@ class Cluster:
         raise RuntimeError(f"no leader in {region}")
 
 
+#: events a home trains its dictionary on in the bench: few enough that it is trained (and
+#: fetched by the receivers) during the warm-up, not inside the measured window
+BENCH_TRAIN_EVENTS = 500
+
+
+def geo_config(dictionary: bool, batch_events_max: int) -> str:
+    """The ``[geo]`` section of a run's config file."""
+    lines = ["[geo]", f"use_dictionary = {'true' if dictionary else 'false'}"]
+    if dictionary:
+        lines.append(f"dictionary_train_events = {BENCH_TRAIN_EVENTS}")
+    if batch_events_max > 0:
+        lines.append(f"batch_events_max = {batch_events_max}")
+    return "\n".join(lines) + "\n"
+
+
 def _up(topology: Path, folder: Path, *extra: str) -> Cluster:
     out = _geostore("cluster", "up", "--topology", str(topology), "--dir", str(folder),
                     "--timeout", "90", *extra)  # fmt: skip
@@ -216,6 +250,44 @@ def _replication_buckets(url: str) -> dict[str, dict[float, float]]:
     return out
 
 
+def _apply_lag_buckets(url: str) -> dict[tuple[str, str], dict[float, float]]:
+    """Cumulative buckets of geostore_geo_apply_lag_seconds per (stream/partition, source)."""
+    out: dict[tuple[str, str], dict[float, float]] = {}
+    for line in _get_text(f"{url}/metrics").splitlines():
+        if not line.startswith("geostore_geo_apply_lag_seconds_bucket{"):
+            continue
+        labels_text, value = line[line.index("{") + 1 :].rsplit("} ", 1)
+        labels = dict(item.split("=", 1) for item in labels_text.replace('"', "").split(","))
+        if labels.get("stream") != STREAM:
+            continue
+        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        key = (labels["partition"], labels["source"])
+        out.setdefault(key, {})[le] = float(value)
+    return out
+
+
+def _interpolated_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The q-quantile (ms) of cumulative bucket counts, linear within its bucket (the last
+    finite bound when it falls in +Inf)."""
+    if not buckets:
+        return None
+    total = max(buckets.values())
+    if total <= 0:
+        return None
+    rank = q * total
+    lo_bound, lo_count = 0.0, 0.0
+    for le in sorted(buckets):
+        count = buckets[le]
+        if count >= rank:
+            if le == float("inf"):
+                return lo_bound * 1000
+            if count == lo_count:
+                return le * 1000
+            return (lo_bound + (le - lo_bound) * (rank - lo_count) / (count - lo_count)) * 1000
+        lo_bound, lo_count = le, count
+    return lo_bound * 1000
+
+
 def _bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
     """The upper bound (ms) of the bucket holding the q-quantile (cumulative counts)."""
     if not buckets:
@@ -230,23 +302,36 @@ def _bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
 
 
 class Snapshot:
+    """Counters at one edge of the window, read from each region's leader of that moment
+    (a leader change inside the window resets that region's shipper counters: flagged)."""
+
     def __init__(self, cluster: Cluster, leaders: dict[str, str]) -> None:
         self.cpu = machine_cpu()
         self.at = time.monotonic()
         self.netem = _netem_bytes(cluster.doc["netem"])
+        current = {}
+        for r, url in leaders.items():
+            try:
+                current[r] = cluster.leader(r)
+            except (OSError, RuntimeError, ValueError):
+                current[r] = url
+        leaders = self.leaders = current
         stats = {r: _geo_stats(url) for r, url in leaders.items()}
         self.shipper = {r: st[0] for r, st in stats.items()}
         self.receiver = {r: st[1] for r, st in stats.items()}
         self.hist = {r: _replication_buckets(url) for r, url in leaders.items()}
+        self.apply_lag = {r: _apply_lag_buckets(url) for r, url in leaders.items()}
 
 
-async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[str, Any]:
     from geostore.client import GeostoreClient
     from geostore.config import load_topology
 
     topology = load_topology(TOPOLOGY)
-    folder = work / "geo"
-    cluster = _up(TOPOLOGY, folder)
+    folder = work / ("geo" if dictionary else "geo-no-dictionary")
+    config = work / f"geo-{'dict' if dictionary else 'nodict'}.toml"
+    config.write_text(geo_config(dictionary, args.batch_events_max))
+    cluster = _up(TOPOLOGY, folder, "--config", str(config))
     try:
         loop = asyncio.get_running_loop()
         leaders = {r: await asyncio.to_thread(cluster.leader, r) for r in HOMES}
@@ -321,6 +406,9 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         _down(folder)
 
     start, end = snaps["start"], snaps["end"]
+    leader_changed = [r for r in HOMES if start.leaders[r] != end.leaders[r]]
+    # whether each home's shipper had its dictionary when the window opened
+    trained_at_start = {r: bool(start.shipper[r].get("dictionaries")) for r in HOMES}
     lo, hi = window
     lags: dict[str, dict[str, Any]] = {}
     for (home, remote), seen in arrivals.items():
@@ -346,6 +434,7 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         shipped = s1.get("events_sent", 0) - s0.get("events_sent", 0)
         batches = s1.get("batches_sent", 0) - s0.get("batches_sent", 0)
         heartbeats = s1.get("heartbeats_sent", 0) - s0.get("heartbeats_sent", 0)
+        with_dict = s1.get("batches_with_dictionary", 0) - s0.get("batches_with_dictionary", 0)
         retransmits = s1.get("retransmits", 0) - s0.get("retransmits", 0)
         appended = sum(1 for t in acks[HOMES[home]].values() if lo <= t <= hi)
         for remote in HOMES:
@@ -359,7 +448,10 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             share = 1 / (len(HOMES) - 1)  # raw and payload bytes count every destination
             # a resent batch carries its payload again (the home's resend rate, all links)
             sends = (1 + retransmits / batches) if batches else 1.0
-            events = max(1, appended)
+            # per event shipped to this destination in the window (equal to the events
+            # appended when the links keep up; under a backlog the two differ, and the
+            # wire bytes belong to what was shipped)
+            events = max(1.0, shipped * share)
             with_zstd = wire / events
             without = (wire + (raw - payload) * share * sends) / events
             wan[f"{home}->{remote}"] = {
@@ -369,6 +461,7 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "events_per_batch": shipped / batches if batches else 0.0,
                 "heartbeats_all_destinations": heartbeats,
                 "batches_all_destinations": batches,
+                "batches_with_dictionary_all_destinations": with_dict,
                 "payload_ratio_raw_over_zstd": raw / payload if payload else 0.0,
                 "retransmitted_batches_all_destinations": retransmits,
                 "with_zstd": with_zstd,
@@ -385,8 +478,23 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "p99": _bucket_quantile(delta, 0.99),
                 "rtt_ms": topology.rtt_ms(home, remote),
             }
+    applied_ms: dict[str, dict[str, float | None]] = {}
+    for remote in HOMES:
+        for (partition, source), b1 in end.apply_lag[remote].items():
+            b0 = start.apply_lag[remote].get((partition, source), {})
+            delta = {le: v - b0.get(le, 0.0) for le, v in b1.items()}
+            applied_ms[f"{source}->{remote}"] = {
+                "p50": _interpolated_quantile(delta, 0.5),
+                "p99": _interpolated_quantile(delta, 0.99),
+                "events": max(delta.values()) if delta else 0.0,
+                "one_way_ms": topology.rtt_ms(source, remote) / 2,
+            }
     receivers = {
-        r: {k: end.receiver[r].get(k, 0) - start.receiver[r].get(k, 0) for k in end.receiver[r]}
+        r: {
+            k: end.receiver[r].get(k, 0) - start.receiver[r].get(k, 0)
+            for k, v in end.receiver[r].items()
+            if isinstance(v, int | float)
+        }
         for r in HOMES
     }
     busy = end.cpu[0] - start.cpu[0]
@@ -396,6 +504,10 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "lag": lags,
         "wan": wan,
         "runtime_histogram_ms": hist_ms,
+        "apply_lag_ms": applied_ms,
+        "dictionary": dictionary,
+        "leader_changed": leader_changed,
+        "dictionary_at_window_start": trained_at_start,
         "receivers": receivers,
         "machine_cpu_pct": 100.0 * busy / total if total else 0.0,
         "cpu_s_per_process": {
@@ -407,7 +519,38 @@ async def _geo(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def to_result(args: argparse.Namespace, base: PhaseStats, geo: dict[str, Any]) -> Result:
+def dictionary_gain(
+    geo: dict[str, Any] | None, off: dict[str, Any] | None
+) -> dict[str, dict[str, float]]:
+    """Per link: wire bytes per event with the trained dictionary and without (two runs)."""
+    out: dict[str, dict[str, float]] = {}
+    if geo is None or off is None or not geo.get("dictionary") or off.get("dictionary"):
+        return out
+    for link, w in geo["wan"].items():
+        o = off["wan"].get(link)
+        if o is None:
+            continue
+        out[link] = {
+            "with_dictionary": w["with_zstd"],
+            "without_dictionary": o["with_zstd"],
+            "gain": o["with_zstd"] / w["with_zstd"] if w["with_zstd"] else 0.0,
+            "events_per_batch": w["events_per_batch"],
+            "events_per_batch_without": o["events_per_batch"],
+            "dictionary_batch_share": (
+                w["batches_with_dictionary_all_destinations"] / w["batches_all_destinations"]
+                if w["batches_all_destinations"]
+                else 0.0
+            ),
+        }
+    return out
+
+
+def to_result(
+    args: argparse.Namespace,
+    base: PhaseStats,
+    geo: dict[str, Any],
+    off: dict[str, Any] | None = None,
+) -> Result:
     base_p50 = base.latency_ms()["p50"]
     metrics = [
         Metric("baseline_region_c16_p50", base_p50, "ms", better="lower"),
@@ -426,7 +569,22 @@ def to_result(args: argparse.Namespace, base: PhaseStats, geo: dict[str, Any]) -
             Metric(f"lag_p50[{link}]", lag["p50"], "ms", target=target, better="lower"),
             Metric(f"lag_p99[{link}]", lag["p99"], "ms", target=target, better="lower"),
         ]
-    for link, w in geo["wan"].items():
+    for link, lag in sorted(geo["apply_lag_ms"].items()):
+        target = lag["one_way_ms"] + LAG_SLACK_MS
+        if lag["p50"] is None or lag["p99"] is None:
+            continue
+        metrics += [
+            Metric(f"apply_lag_p50[{link}]", lag["p50"], "ms", target=target, better="lower"),
+            Metric(f"apply_lag_p99[{link}]", lag["p99"], "ms", target=target, better="lower"),
+        ]
+    gains = dictionary_gain(geo, off)
+    for link, g in gains.items():
+        metrics += [
+            Metric(f"wan_bytes_per_event_no_dict[{link}]", g["without_dictionary"], "B",
+                   better="lower"),
+            Metric(f"wan_dictionary_gain[{link}]", g["gain"], "x", target=1.5),
+        ]  # fmt: skip
+    for link, w in (off or geo)["wan"].items():
         metrics += [
             Metric(f"wan_bytes_per_event_zstd[{link}]", w["with_zstd"], "B", better="lower"),
             Metric(
@@ -446,6 +604,8 @@ def to_result(args: argparse.Namespace, base: PhaseStats, geo: dict[str, Any]) -
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "baseline_phase": BASELINE_PHASE,
+        "dictionary": args.dictionary,
+        "geo_batch_events_max": args.batch_events_max or "default",
         "baseline_s": args.baseline_s,
         "lag_measured": "writer's receipt of the home ack -> remote leader's live tail "
         "delivers the event (same monotonic clock); floor one-way delay - jitter",
@@ -455,6 +615,23 @@ def to_result(args: argparse.Namespace, base: PhaseStats, geo: dict[str, Any]) -
         "lag": geo["lag"],
         "wan": geo["wan"],
         "runtime_replication_histogram_ms": geo["runtime_histogram_ms"],
+        "apply_lag_ms": geo["apply_lag_ms"],
+        "dictionary_run": geo["dictionary"],
+        "leader_changed_in_window": geo["leader_changed"],
+        "dictionary_at_window_start": geo["dictionary_at_window_start"],
+        "dictionary_train_events": BENCH_TRAIN_EVENTS,
+        "dictionary_gain": gains,
+        "wan_zstd_saving_from": "the run without a dictionary" if off else "the only run",
+        "no_dictionary_run": None
+        if off is None
+        else {
+            "wan": off["wan"],
+            "lag": off["lag"],
+            "apply_lag_ms": off["apply_lag_ms"],
+            "machine_cpu_pct": off["machine_cpu_pct"],
+            "leader_changed_in_window": off["leader_changed"],
+            "append": {r: s.to_dict() for r, s in off["append"].items()},
+        },
         "receivers_in_window": geo["receivers"],
         "append": {r: s.to_dict() for r, s in geo["append"].items()},
         "baseline": base.to_dict(),
@@ -464,7 +641,12 @@ def to_result(args: argparse.Namespace, base: PhaseStats, geo: dict[str, Any]) -
     return Result("geo", config, metrics)
 
 
-def floor_table(base: PhaseStats, geo: dict[str, Any], args: argparse.Namespace) -> str:
+def floor_table(
+    base: PhaseStats,
+    geo: dict[str, Any],
+    args: argparse.Namespace,
+    off: dict[str, Any] | None = None,
+) -> str:
     """Each figure beside its target and physical floor."""
     rows = [("figure", "value", "target", "floor")]
     base_p50 = base.latency_ms()["p50"]
@@ -478,23 +660,51 @@ def floor_table(base: PhaseStats, geo: dict[str, Any], args: argparse.Namespace)
         rows.append((f"lag p50/p99 {link} ms", f"{lag['p50']:.1f} / {lag['p99']:.1f}",
                      f"p99 < {lag['one_way_ms'] + LAG_SLACK_MS:.1f}",
                      f"one-way {lag['one_way_ms']:.1f} (-{lag['jitter_ms']:g} jitter)"))  # fmt: skip
+        a = geo["apply_lag_ms"].get(link, {})
+        if a.get("p50") is not None and a.get("p99") is not None:
+            rows.append((f"  runtime per-event apply lag p50/p99 {link} ms",
+                         f"{a['p50']:.1f} / {a['p99']:.1f}",
+                         f"p99 < {lag['one_way_ms'] + LAG_SLACK_MS:.1f}",
+                         f"one-way {lag['one_way_ms']:.1f}"))  # fmt: skip
         rows.append((f"  runtime commit->ack p50/p99 {link} ms",
                      f"<= {h.get('p50')} / <= {h.get('p99')}", "-",
                      f"RTT {h.get('rtt_ms')}"))  # fmt: skip
-    for link, w in geo["wan"].items():
+    zstd_run = off or geo
+    for link, w in zstd_run["wan"].items():
         rows.append((f"WAN B/event {link} zstd / raw",
                      f"{w['with_zstd']:.1f} / {w['without_zstd_computed']:.1f} "
                      f"({w['ratio']:.1f}x)", ">= 6x fewer with zstd",
                      f"{w['events_per_batch']:.1f} events/batch, "
                      f"{w['retransmitted_batches_all_destinations']} of "
                      f"{w['batches_all_destinations']} batches resent (home, all dsts)"))  # fmt: skip
+    for link, g in dictionary_gain(geo, off).items():
+        rows.append((f"WAN B/event {link} dict / no dict",
+                     f"{g['with_dictionary']:.1f} / {g['without_dictionary']:.1f} "
+                     f"({g['gain']:.2f}x)", ">= 1.5x fewer with a dictionary (<= 20 ev/batch)",
+                     f"{g['events_per_batch']:.1f} events/batch, "
+                     f"{100 * g['dictionary_batch_share']:.0f}% of batches named it"))  # fmt: skip
     for region, r in geo["receivers"].items():
         rows.append((f"receiver {region} batches/proposed/dup-reacked",
                      f"{r.get('batches', 0)} / {r.get('proposed', 0)} / "
                      f"{r.get('duplicates_reacked', 0)}", "-", "-"))  # fmt: skip
+    if geo["dictionary"]:
+        late = [r for r, ok in geo["dictionary_at_window_start"].items() if not ok]
+        rows.append(("dictionary trained before the window", "all homes" if not late
+                     else f"NOT {', '.join(late)}", "-",
+                     f"trained on the first {BENCH_TRAIN_EVENTS} events (bench config)"))  # fmt: skip
+    for run in (geo, off):
+        if run is not None and run.get("leader_changed"):
+            label = "dictionary" if run["dictionary"] else "no-dictionary"
+            rows.append((f"LEADER CHANGED in the window ({label} run)",
+                         ", ".join(run["leader_changed"]), "-",
+                         "their shipper/receiver counters restarted: WAN bytes unreliable"))  # fmt: skip
     cpu = geo["machine_cpu_pct"]
     flag = "  << CPU-BOUND: latencies include queueing for the CPU" if cpu >= 90 else ""
     rows.append(("machine CPU % (all cores)", f"{cpu:.0f}", "-", f"{os.cpu_count()} cores{flag}"))
+    if off is not None:
+        cpu_off = off["machine_cpu_pct"]
+        flag = "  << CPU-BOUND" if cpu_off >= 90 else ""
+        rows.append(("  in the run without a dictionary", f"{cpu_off:.0f}", "-", flag.strip()))
     ours = sum(geo["cpu_s_per_process"].values()) / max(geo["window_s"], 1e-9)
     rows.append(("  of which this run's processes", f"{100 * ours / (os.cpu_count() or 1):.0f}",
                  "-", "9 nodes + netem + this bench (rest: other work on the machine)"))  # fmt: skip
@@ -517,6 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-s", type=float, default=15.0)
     p.add_argument("--baseline-warmup-s", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--batch-events-max", type=int, default=20,
+                   help="geo.batch_events_max of the geo runs (0: the configured default)")  # fmt: skip
+    p.add_argument("--dictionary", choices=("on", "off", "both"), default="both",
+                   help="geo runs with the trained dictionary, without it, or both (two runs)")  # fmt: skip
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p
@@ -535,12 +749,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="geostore-bench-geo-"))
     try:
         base = asyncio.run(_baseline(args, work))
-        geo = asyncio.run(_geo(args, work))
+        geo = asyncio.run(_geo(args, work, dictionary=args.dictionary != "off"))
+        off = None
+        if args.dictionary == "both":
+            off = asyncio.run(_geo(args, work, dictionary=False))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    emit(to_result(args, base, geo), json_out=args.json_out)
-    print(floor_table(base, geo, args))
+    emit(to_result(args, base, geo, off), json_out=args.json_out)
+    print(floor_table(base, geo, args, off))
     return 0
 
 

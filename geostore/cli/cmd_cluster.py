@@ -510,11 +510,28 @@ def _status_table(cluster: dict[str, Any], status_rows: list[dict[str, Any]] | N
 
 
 def _lag_table(rows: list[dict[str, Any]]) -> str | None:
-    """Per (partition, destination), from each home region's leader: the geo shipping lag."""
+    """Per (partition, destination), from each home region's leader: the geo shipping lag;
+    beside it the per-event lag (home commit to apply, p50/p99 ms) the destination's leader
+    measured for that partition."""
     cols = ["home", "stream", "part", "to", "state", "lag_events", "lag_ms", "inflight", "acked"]
+    cols += ["apply_p50_ms", "apply_p99_ms"]
+    applied: dict[tuple[Any, Any, Any, Any], dict[str, Any]] = {}
+    for r in rows:
+        for lag in r.get("replication_lag") or []:
+            if lag.get("direction") == "in":
+                key = (lag.get("stream"), lag.get("partition"), lag.get("source"), r["region"])
+                applied[key] = lag
     out = []
     for r in rows:
         for lag in r.get("replication_lag") or []:
+            if lag.get("direction", "out") != "out":
+                continue
+            seen = (
+                applied.get(
+                    (lag.get("stream"), lag.get("partition"), r["region"], lag.get("destination"))
+                )
+                or {}
+            )
             out.append(
                 [
                     r["region"],
@@ -526,9 +543,15 @@ def _lag_table(rows: list[dict[str, Any]]) -> str | None:
                     lag.get("ms"),
                     lag.get("inflight_batches"),
                     lag.get("acked"),
+                    _ms(seen.get("p50_ms")),
+                    _ms(seen.get("p99_ms")),
                 ]
             )
     return _table(cols, out) if out else None
+
+
+def _ms(value: Any) -> Any:
+    return f"{value:.1f}" if isinstance(value, int | float) else value
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -547,7 +570,9 @@ def _status(args: argparse.Namespace) -> int:
         lag = _lag_table(rows)
         if lag is not None:
             print("\nreplication (static placement: homes as created, epoch 1; no metadata")
-            print("group, home leases or failover yet)")
+            print("group, home leases or failover yet); apply_p50/p99: per-event lag, home")
+            print("commit to apply in the destination, wall clocks (includes clock skew")
+            print("across machines; exact on one machine)")
             print(lag)
             for r in rows:
                 raw, packed = r.get("geo_bytes") or (None, None)

@@ -124,7 +124,25 @@ class GeoSettings:
     inflight_batches_max: int = _f(4, "Unacknowledged batches per partition and destination.")
     zstd_level: int = _f(3, "zstandard compression level of shipped batches (1-22).", maximum=22)
     use_dictionary: bool = _f(
-        False, "Compress batches with a trained zstd dictionary (identified by id).", minimum=None
+        True,
+        "Train a zstd dictionary per stream at the home leader and compress small batches "
+        "with it (identified by a hash of its bytes).",
+        minimum=None,
+    )
+    dictionary_train_events: int = _f(
+        1000, "A stream's first committed events (at its home) the dictionary is trained on."
+    )
+    dictionary_bytes_max: int = _f(
+        32 * KIB, "Largest dictionary a home trains or a receiving node accepts, bytes."
+    )
+    dictionary_batch_events_max: int = _f(
+        20, "Batches of at most this many events are compressed with the stream's dictionary."
+    )
+    dictionaries_max: int = _f(
+        64, "Dictionaries a receiving node keeps on disk (least recently used evicted)."
+    )
+    dictionaries_bytes_max: int = _f(
+        8 * MIB, "Bytes of dictionaries a receiving node keeps (least recently used evicted)."
     )
     heartbeat_ms: int = _f(
         100, "Interval of geo heartbeats (watermarks, liveness) on an idle link, ms."
@@ -347,6 +365,13 @@ def _check_cross_fields(c: Config, values: _Values) -> None:
             c.geo.heartbeat_ms < c.geo.lease_ms,
             ("geo.heartbeat_ms", "geo.lease_ms"),
             f"heartbeat_ms ({c.geo.heartbeat_ms}) must be < lease_ms ({c.geo.lease_ms})",
+        ),
+        (
+            c.geo.dictionary_bytes_max <= c.geo.dictionaries_bytes_max,
+            ("geo.dictionary_bytes_max", "geo.dictionaries_bytes_max"),
+            f"dictionary_bytes_max ({c.geo.dictionary_bytes_max}) must be <= "
+            f"dictionaries_bytes_max ({c.geo.dictionaries_bytes_max}): a receiver could keep "
+            "no dictionary",
         ),
         (
             c.geo.batch_bytes_max <= c.limits.frame_bytes_max,

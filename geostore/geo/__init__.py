@@ -9,12 +9,15 @@ them with :func:`apply_geo_batch`, which moves the data and the watermark togeth
 Host contract (what the runtime does around the pure cores):
 
 - Home leader: build a ``Shipper`` on becoming leader (it keeps no durable state), call
-  ``on_committed(stream, partition, epoch, last_seq, now_ms)`` for every home partition at
-  start and after each apply, serve ``CommittedLog.read_committed`` from the store, call
+  ``on_committed(stream, partition, epoch, last_seq, now_ms, commit_wall_ms)`` for every
+  home partition at start and after each apply (the wall clock travels in the batches for
+  the receiver's per-event lag), hand each stream's trained dictionary to
+  ``set_dictionary`` (:mod:`geostore.geo.dictionary`: when to train, from what), serve ``CommittedLog.read_committed`` from the store, call
   ``tick(now_ms)`` every few ms and after each input, send each returned ``GeoEnvelope`` to
   its ``dst_region``, and pass every envelope from another region to ``on_envelope``.
 - Receiving leader: build a ``Receiver`` from the durable watermarks of the state machine,
-  pass envelopes to ``on_envelope``; for ``ProposeBatch`` propose ``encode_message(cmd)`` (a
+  pass envelopes to ``on_envelope``; store each ``LearnDictionary`` (and drop its
+  ``evicted`` ids); for ``ProposeBatch`` propose ``encode_message(cmd)`` (a
   :class:`GeoApply`) into the region's Raft log; for ``SendEnvelope`` send it; call
   ``tick(now_ms)`` periodically and ``on_propose_failed`` when a proposal is refused.
 - Every replica, when a ``GeoApply`` entry applies: ``result = apply_geo_batch(wm, cmd)``;

@@ -82,10 +82,22 @@ class GeoEntry:
         return Seq(self.seq + self.record_count - 1)
 
 
-@wire_message(200)
+#: Most commit marks one batch carries (later marks are kept; see ``GeoBatch.commit_marks``).
+COMMIT_MARKS_MAX = 16
+
+
+@wire_message(200, 2)
 @dataclass(frozen=True, slots=True)
 class GeoBatch:
-    """Committed events ``src_start..src_end`` of one partition, in one epoch."""
+    """Committed events ``src_start..src_end`` of one partition, in one epoch.
+
+    ``commit_marks`` (version 2) says when the home committed the events, for the per-event
+    replication lag: ``(last_seq, wall_ms)`` pairs in seq order, each covering the events
+    after the previous mark's ``last_seq`` (the first from ``src_start``) through its own,
+    committed at the home leader's wall clock ``wall_ms``. At most :data:`COMMIT_MARKS_MAX`;
+    empty from an older shipper. Informational only: outside the CRC, never used to decide
+    an apply (a damaged mark skews a lag figure, never the copy).
+    """
 
     stream: StreamName
     partition: PartitionId
@@ -97,6 +109,7 @@ class GeoBatch:
     codec: int
     dict_id: int
     payload: bytes
+    commit_marks: tuple[tuple[Seq, int], ...] = ()
 
 
 @wire_message(201)

@@ -19,6 +19,14 @@ Theory of operation:
   proposed :class:`GeoApply`, and they carry the durable watermark. The apply rule itself
   (:func:`geostore.geo.apply.apply_geo_batch`) checks contiguity once more, because a proposal
   can be lost, or commit late, across a leader change.
+- Dictionaries: a ``GeoDictionary`` is kept only when its bytes hash to the id it claims and
+  it is no larger than ``dictionary_bytes_max``; the receiver keeps a bounded
+  :class:`~geostore.geo.dictionary.DictionarySet` (least recently used evicted) and reports
+  each new one, with the ids it evicted, as :class:`LearnDictionary` so the host can store
+  it durably. A batch naming an id it lacks is NACKed ``UNKNOWN_DICTIONARY`` (the shipper
+  sends the dictionary ahead of the resent batch).
+- Commit times: each :class:`ProposeBatch` carries the batch's ``commit_marks`` so the host
+  can record, when the batch applies, every event's lag from its home commit.
 - A proposal that never applies (the host reports :meth:`Receiver.on_propose_failed`, or
   ``propose_timeout_ms`` passes) rewinds ``proposed_end`` to the watermark; the shipper's
   retransmission then fills the hole.
@@ -41,6 +49,7 @@ from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 
 from .apply import GeoApplyResult
 from .batch import BatchError, check_crc, open_batch
+from .dictionary import DictionarySet
 from .messages import (
     SEQ_NONE,
     WATERMARK_ZERO,
@@ -69,6 +78,8 @@ class ProposeBatch:
 
     cmd: GeoApply
     src_region: RegionId
+    #: the batch's ``(last_seq, home commit wall ms)`` marks (GeoBatch.commit_marks)
+    commit_marks: tuple[tuple[Seq, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +89,11 @@ class SendEnvelope:
 
 @dataclass(frozen=True, slots=True)
 class LearnDictionary:
-    """A dictionary arrived from a shipper; the host may keep it (the receiver already does)."""
+    """A dictionary arrived from a shipper; the host may store it durably (the receiver
+    already keeps it), and drop the ``evicted`` ids it stored before."""
 
     dictionary: CompressionDictionary
+    evicted: tuple[int, ...] = ()
 
 
 ReceiverEffect = ProposeBatch | SendEnvelope | LearnDictionary
@@ -98,6 +111,8 @@ class ReceiverStats:
     corrupt_rejected: int = 0
     unknown_dictionary: int = 0
     dictionaries_learned: int = 0
+    dictionaries_refused: int = 0  # id mismatch or over dictionary_bytes_max
+    dictionaries_evicted: int = 0
     propose_resets: int = 0
     heartbeats_answered: int = 0
 
@@ -135,10 +150,19 @@ class Receiver:
         known_epochs: Mapping[PartitionKey, Epoch] | None = None,
         propose_timeout_ms: int = 2000,
         unsafe_accept_noncontiguous: bool = False,
+        dictionaries_max: int = 64,
+        dictionaries_bytes_max: int = 8 * 1024 * 1024,
+        dictionary_bytes_max: int = 1024 * 1024,
     ) -> None:
+        """``dictionaries`` are those the host stored (oldest use first); beyond
+        ``dictionaries_max``/``dictionaries_bytes_max`` the least recently used are dropped
+        (see :meth:`dictionary_ids`). ``dictionary_bytes_max`` bounds one received dictionary."""
         self.region = region
         self._limits = limits
-        self._dicts: dict[int, CompressionDictionary] = {d.dict_id: d for d in dictionaries}
+        self._dict_bytes_max = dictionary_bytes_max
+        self._dicts = DictionarySet(dictionaries_max, dictionaries_bytes_max)
+        for known in dictionaries:
+            self._dicts.add(known)
         self._propose_timeout_ms = propose_timeout_ms
         self._unsafe = unsafe_accept_noncontiguous
         self._parts: dict[PartitionKey, _Part] = {}
@@ -160,14 +184,20 @@ class Receiver:
             if type(item) is GeoBatch:
                 self._on_batch(item, src, now_ms, effects, replies)
             elif type(item) is GeoDictionary:
-                if dictionary_id_of(item.data) != item.dict_id:
-                    self.stats.corrupt_rejected += 1  # damaged in transit: it will be resent
+                if (
+                    len(item.data) > self._dict_bytes_max
+                    or not 1 <= item.dict_id <= 0xFFFF_FFFF
+                    or dictionary_id_of(item.data) != item.dict_id
+                ):
+                    # damaged in transit (resent on the next NACK), or beyond our bound
+                    self.stats.dictionaries_refused += 1
                     continue
                 d = CompressionDictionary(item.dict_id, item.data)
                 if d.dict_id not in self._dicts:
-                    self._dicts[d.dict_id] = d
+                    evicted = self._dicts.add(d)
                     self.stats.dictionaries_learned += 1
-                    effects.append(LearnDictionary(d))
+                    self.stats.dictionaries_evicted += len(evicted)
+                    effects.append(LearnDictionary(d, evicted))
             elif type(item) is GeoHeartbeat and not item.reply:
                 self.stats.heartbeats_answered += 1
                 positions = []
@@ -239,8 +269,13 @@ class Receiver:
         p = self._part((stream, partition))
         p.known_epoch = max(p.known_epoch, epoch)
 
-    def add_dictionary(self, dictionary: CompressionDictionary) -> None:
-        self._dicts[dictionary.dict_id] = dictionary
+    def add_dictionary(self, dictionary: CompressionDictionary) -> tuple[int, ...]:
+        """Keep a dictionary; returns the ids evicted to make room."""
+        return self._dicts.add(dictionary)
+
+    def dictionary_ids(self) -> tuple[int, ...]:
+        """The ids kept, least recently used first."""
+        return tuple(self._dicts)
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -351,4 +386,4 @@ class Receiver:
         p.pending.append(_Pending(b.epoch, b.src_start, b.src_end, b.crc, src, now_ms))
         p.proposed_end = max(p.proposed_end, b.src_end)
         self.stats.proposed += 1
-        effects.append(ProposeBatch(cmd, src))
+        effects.append(ProposeBatch(cmd, src, b.commit_marks))

@@ -20,6 +20,16 @@ Theory of operation:
   cursor past what the receiver says it holds durably, so a gap is never skipped (Pulsar
   #20128/#23697). NACK UNKNOWN_DICTIONARY queues the dictionary, then resends. NACK FENCED
   with a newer epoch stops the cursor: another region is home now.
+- Dictionaries: the host trains one per stream (see :mod:`geostore.geo.dictionary`) and
+  hands it over with :meth:`Shipper.set_dictionary`; batches of at most
+  ``dictionary_batch_events_max`` events are compressed with it and name its id (larger
+  batches compress well enough alone). A receiver that lacks the id NACKs
+  ``UNKNOWN_DICTIONARY``; the dictionary then goes out ahead of the resent batches in the
+  same envelope, at most once per retransmission timeout per link.
+- Commit times: the host reports the home leader's wall clock with each commit point
+  (``on_committed(..., commit_wall_ms=...)``); every batch carries the marks that cover its
+  range (:attr:`~geostore.geo.messages.GeoBatch.commit_marks`), so the receiving leader can
+  record the lag of every event at its apply.
 - Output: :meth:`Shipper.tick` returns at most one :class:`GeoEnvelope` per destination, with
   the batches of every partition, dictionaries and a heartbeat when the link was idle for
   ``heartbeat_ms`` (so lag is known to be zero when there is nothing to send).
@@ -27,6 +37,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections import deque
@@ -43,6 +54,7 @@ from .batch import make_batch
 from .messages import (
     CODEC_NONE,
     CODEC_ZSTD,
+    COMMIT_MARKS_MAX,
     SEQ_NONE,
     GeoAck,
     GeoBatch,
@@ -145,6 +157,7 @@ class ShipperStats:
     corrupt_nacked: int = 0
     dictionary_nacks: int = 0
     dictionaries_sent: int = 0
+    batches_with_dictionary: int = 0
     fenced: int = 0
     heartbeats_sent: int = 0
     stale_answers: int = 0  # answers about batches no longer in flight, or beyond the commit
@@ -175,8 +188,9 @@ class _Partition:
     partition: PartitionId
     epoch: Epoch
     commit: Seq
-    #: (last seq, commit time) of each commit report, oldest first; pruned below every ack
-    marks: deque[tuple[Seq, int]] = field(default_factory=deque)
+    #: (last seq, commit time, commit wall clock ms) of each commit report, oldest first;
+    #: pruned below every ack
+    marks: deque[tuple[Seq, int, int]] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -251,9 +265,17 @@ class Shipper:
     # --- inputs ---------------------------------------------------------------------------------
 
     def on_committed(
-        self, stream: StreamName, partition: PartitionId, epoch: Epoch, last_seq: Seq, now_ms: int
+        self,
+        stream: StreamName,
+        partition: PartitionId,
+        epoch: Epoch,
+        last_seq: Seq,
+        now_ms: int,
+        commit_wall_ms: int | None = None,
     ) -> None:
-        """The home region committed (and applied) the partition through ``last_seq``."""
+        """The home region committed (and applied) the partition through ``last_seq``;
+        ``commit_wall_ms`` is the home leader's wall clock then (``now_ms`` when omitted),
+        carried in the batches for the receiver's per-event lag."""
         key = (stream, partition)
         part = self._parts.get(key)
         if part is None:
@@ -266,7 +288,8 @@ class Shipper:
         part.epoch = epoch
         if last_seq > part.commit:
             part.commit = last_seq
-            part.marks.append((last_seq, now_ms))
+            wall = now_ms if commit_wall_ms is None else commit_wall_ms
+            part.marks.append((last_seq, now_ms, wall))
 
     def on_envelope(self, env: GeoEnvelope, now_ms: int) -> None:
         """Acks, nacks and heartbeat replies from ``env.src_region`` (other items ignored)."""
@@ -327,6 +350,11 @@ class Shipper:
         cur.inflight.clear()
         cur.next_seq = Seq(cur.acked + 1)
         self.stats.rewinds += 1
+
+    def set_dictionary(self, stream: StreamName, dictionary: CompressionDictionary) -> None:
+        """The stream's trained dictionary (ignored unless ``settings.use_dictionary``)."""
+        if self.settings.use_dictionary:
+            self._dictionaries[stream] = dictionary
 
     def tick(self, now_ms: int) -> list[GeoEnvelope]:
         """Build what is due: new batches, retransmissions, dictionaries, heartbeats."""
@@ -394,6 +422,10 @@ class Shipper:
     def destinations(self) -> tuple[RegionId, ...]:
         return self._dsts
 
+    def dictionary_ids(self) -> dict[StreamName, int]:
+        """The dictionary id each stream's small batches name."""
+        return {stream: d.dict_id for stream, d in self._dictionaries.items()}
+
     def drain_latencies(self) -> list[tuple[PartitionKey, RegionId, int, int]]:
         """(partition, destination, events, ms from home commit to ack) since the last call."""
         out = list(self._latencies)
@@ -441,7 +473,7 @@ class Shipper:
         self, part: _Partition, key: PartitionKey, cur: _Cursor, seq: Seq, now_ms: int
     ) -> None:
         prev = cur.acked
-        for last, t in part.marks:
+        for last, t, _ in part.marks:
             if last <= prev:
                 continue
             hi = min(last, seq)
@@ -457,10 +489,26 @@ class Shipper:
             part.marks.popleft()
 
     def _commit_time(self, part: _Partition, seq: Seq) -> int:
-        for last, t in part.marks:
+        for last, t, _ in part.marks:
             if last >= seq:
                 return t
         return part.marks[-1][1] if part.marks else 0
+
+    @staticmethod
+    def _commit_marks(part: _Partition, start: Seq, end: Seq) -> tuple[tuple[Seq, int], ...]:
+        """The (last seq, wall ms) marks covering ``start..end``, at most COMMIT_MARKS_MAX
+        (the latest kept: the events of a dropped earlier mark count from a later commit, so
+        a long batch under-reports rather than invents lag)."""
+        out: list[tuple[Seq, int]] = []
+        for last, _, wall in part.marks:
+            if last < start:
+                continue
+            out.append((Seq(min(last, end)), wall))
+            if last >= end:
+                break
+        if out and out[-1][0] < end:  # no report covers the tail (cannot happen: G2)
+            out.append((end, out[-1][1]))
+        return tuple(out[-COMMIT_MARKS_MAX:])
 
     def _queue_dictionary(
         self, dst: RegionId, stream: StreamName, dict_id: int, now_ms: int
@@ -486,7 +534,10 @@ class Shipper:
             )
         if entries[-1].last_seq > part.commit:
             raise GeoLogError(f"{part.stream}/{part.partition}: log read past the commit point")
-        d = self._dictionaries.get(part.stream) if self._codec == CODEC_ZSTD else None
+        events = sum(e.record_count for e in entries)
+        d = None
+        if self._codec == CODEC_ZSTD and events <= s.dictionary_batch_events_max:
+            d = self._dictionaries.get(part.stream)
         batch = make_batch(
             part.stream,
             part.partition,
@@ -496,6 +547,11 @@ class Shipper:
             level=s.zstd_level,
             dictionary=d,
         )
+        marks = self._commit_marks(part, batch.src_start, batch.src_end)
+        if marks:
+            batch = dataclasses.replace(batch, commit_marks=marks)
+        if batch.dict_id > 0:
+            self.stats.batches_with_dictionary += 1
         self.stats.batches_sent += 1
         self.stats.events_sent += batch.record_count
         self.stats.bytes_raw += sum(len(e.events) for e in entries)

@@ -20,6 +20,30 @@ Theory of operation:
   log; when any ``ApplyRemote`` applies on the leader (whoever proposed it), the store's
   verdict goes back to the receiver, which acknowledges what the durable watermark covers.
   A refused or lost proposal tells the receiver ``on_propose_failed`` (the shipper resends).
+- Dictionaries (``geo.use_dictionary``): the home leader trains one per stream from the
+  stream's first ``geo.dictionary_train_events`` committed events, off the event loop (a
+  worker thread; :class:`~geostore.geo.dictionary.DictionaryTrainer` decides when), and
+  hands it to its shipper, which compresses batches of at most
+  ``geo.dictionary_batch_events_max`` events with it. Trained dictionaries outlive a
+  shipper rebuilt on the same node (term change); a new home leader trains its own.
+- A receiving leader stores every dictionary it learns in a :class:`DictionaryStore`; the
+  one used now is :class:`FileDictionaryStore`: one fsync'd file per id under the node's
+  data dir, bounded by ``geo.dictionaries_max``/``geo.dictionaries_bytes_max`` (the
+  receiver's least recently used are deleted). Choice: the file store, not the group's
+  replicated state, because a dictionary is only a cache: a new leader of the receiving
+  region that lacks it answers ``unknown_dictionary`` and gets it in one round trip, and
+  the data itself never depends on it (proposals carry decoded entries). It keeps the
+  store's commands unchanged and the dictionary off the region's Raft log. The metadata
+  group will hold dictionaries by id later; a ``DictionaryStore`` over it then replaces the
+  file store, so every node of a region has them before it leads.
+- Per-event lag: the home reports its wall clock with each commit point; batches carry
+  these commit marks; when an ``ApplyRemote`` applies on the receiving leader, the host
+  records ``now (wall ms) - home commit (wall ms)`` for each event of the batch, per
+  (stream, partition, source region), in a bounded histogram (``replication_lag`` rows with
+  ``direction: in`` in ``/v1/status``; ``geostore_geo_apply_lag_seconds`` in ``/metrics``).
+  Across machines this includes the clocks' skew; on one machine it is exact. Marks live
+  in memory between proposal and apply, so a batch proposed by a previous leader is
+  applied without a lag sample.
 - Envelopes travel over the node's :class:`~geostore.transport.peer.PeerTransport`, whose peers
   include every node of the other regions addressed through the WAN proxy of the link
   (``wan.json`` written by ``cluster up``), so the emulated latency applies. Only leaders send
@@ -34,12 +58,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from geostore.codec import CompressionDictionary, dictionary_id_of
 from geostore.config import Topology
-from geostore.errors import ConfigError
+from geostore.errors import CodecError, ConfigError
 from geostore.geo import (
     ApplyVerdict,
     GeoApply,
@@ -47,6 +74,7 @@ from geostore.geo import (
     GeoEntry,
     GeoEnvelope,
     GeoLogError,
+    LearnDictionary,
     ProposeBatch,
     Receiver,
     ReceiverEffect,
@@ -55,7 +83,9 @@ from geostore.geo import (
     Watermark,
     window_for_link,
 )
-from geostore.ids import NodeId, PartitionId, RegionId, Seq, StreamName
+from geostore.geo.dictionary import DictionaryTrainer, train, training_samples
+from geostore.ids import Epoch, NodeId, PartitionId, RegionId, Seq, StreamName
+from geostore.runtime.metrics import QuantileHistogram
 from geostore.store import (
     ApplyRemote,
     EventStore,
@@ -74,6 +104,100 @@ log = logging.getLogger("geostore.runtime.geo")
 #: Without an envelope from a region for this long, send to all of its nodes (its leader
 #: may have moved), ms.
 LEADER_STALE_MS = 1000
+
+#: Proposed batches whose commit marks wait for their apply (older ones are forgotten).
+MARKS_PENDING_MAX = 4096
+#: (stream, partition, source) series of the per-event lag histogram kept on one node.
+LAG_SERIES_MAX = 4096
+#: Most bytes of committed entries read as dictionary training samples.
+TRAIN_SAMPLE_BYTES_MAX = 8 * 1024 * 1024
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DictionaryStore(Protocol):
+    """Where a receiving node keeps the dictionaries it learned (durably), by id.
+
+    Today one fsync'd file per id (:class:`FileDictionaryStore`); the metadata group can
+    back this later so that every node of a region holds them before it leads.
+    """
+
+    def load(self) -> list[CompressionDictionary]:
+        """Every stored dictionary whose bytes match its id, least recently stored first."""
+        ...
+
+    def put(self, dictionary: CompressionDictionary) -> None:
+        """Store durably (returns once on disk)."""
+        ...
+
+    def remove(self, dict_id: int) -> None: ...
+
+
+class FileDictionaryStore:
+    """One file ``<id>.zdict`` per dictionary: written to a temporary file, fsync'd, renamed
+    and the folder fsync'd, so a crash leaves the old state or the whole new file."""
+
+    SUFFIX = ".zdict"
+
+    def __init__(self, folder: str, bytes_max: int) -> None:
+        self.folder = folder
+        self.bytes_max = bytes_max
+
+    def _path(self, dict_id: int) -> str:
+        return os.path.join(self.folder, f"{dict_id}{self.SUFFIX}")
+
+    def load(self) -> list[CompressionDictionary]:
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        found: list[tuple[float, CompressionDictionary]] = []
+        for name in names:
+            path = os.path.join(self.folder, name)
+            if not name.endswith(self.SUFFIX):
+                if name.endswith(".tmp"):  # a write a crash interrupted
+                    os.unlink(path)
+                continue
+            try:
+                dict_id = int(name[: -len(self.SUFFIX)])
+                if os.path.getsize(path) > self.bytes_max:
+                    raise ValueError("over the size bound")
+                with open(path, "rb") as f:
+                    data = f.read()
+                if dictionary_id_of(data) != dict_id:
+                    raise ValueError("bytes do not match the id")
+                found.append((os.path.getmtime(path), CompressionDictionary(dict_id, data)))
+            except (OSError, ValueError) as exc:
+                log.warning("geo: dropping dictionary file %s: %s", path, exc)
+                os.unlink(path)
+        return [d for _, d in sorted(found, key=lambda x: (x[0], x[1].dict_id))]
+
+    def put(self, dictionary: CompressionDictionary) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        path = self._path(dictionary.dict_id)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(dictionary.data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._sync_folder()
+
+    def remove(self, dict_id: int) -> None:
+        try:
+            os.unlink(self._path(dict_id))
+        except FileNotFoundError:
+            return
+        self._sync_folder()
+
+    def _sync_folder(self) -> None:
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_wan_routes(path: str | None) -> dict[NodeId, dict[RegionId, str]]:
@@ -214,6 +338,22 @@ class GeoHost:
         self.envelopes_out = 0
         self.propose_failures = 0
         self._kicked = False
+        geo = node.config.geo
+        self.dictionary_store: DictionaryStore = FileDictionaryStore(
+            os.path.join(node.data_dir, "dictionaries"), geo.dictionary_bytes_max
+        )
+        self.dictionary_errors = 0
+        self._trainer = DictionaryTrainer(geo.dictionary_train_events)
+        #: dictionaries this node trained as home leader, kept across shipper rebuilds
+        self._trained: dict[StreamName, CompressionDictionary] = {}
+        #: commit marks of proposed batches until they apply (bounded, oldest dropped)
+        self._marks: OrderedDict[
+            tuple[StreamName, PartitionId, Epoch, Seq, Seq],
+            tuple[RegionId, tuple[tuple[Seq, int], ...]],
+        ] = OrderedDict()
+        #: per-event lag at apply, per (stream, partition, source region)
+        self.apply_lag: dict[tuple[str, int, str], QuantileHistogram] = {}
+        self._training_tasks: set[asyncio.Task[None]] = set()
         if active:
             group = node.data_group
             group.machine.on_remote_applied = self._on_remote_applied
@@ -241,13 +381,26 @@ class GeoHost:
                 geo,
                 StoreLog(group.store),
                 windows=self.windows,
+                dictionaries=self._trained,
                 compression=True,
             )
             # the receiver trusts only what the state machine holds durably
             marks = {
                 key: Watermark(wm.epoch, wm.seq) for key, wm in group.store.watermarks().items()
             }
-            self.receiver = Receiver(self.region, marks)
+            stored = self._load_dictionaries()
+            self.receiver = Receiver(
+                self.region,
+                marks,
+                dictionaries=stored,
+                dictionaries_max=geo.dictionaries_max,
+                dictionaries_bytes_max=geo.dictionaries_bytes_max,
+                dictionary_bytes_max=geo.dictionary_bytes_max,
+            )
+            kept = set(self.receiver.dictionary_ids())
+            for d in stored:
+                if d.dict_id not in kept:  # over the bounds (the config shrank)
+                    self._remove_dictionary(d.dict_id)
             log.info("geo: %s hosts the shipper and receiver of %s", self.node.node_id, self.region)
         elif not leading and self.shipper is not None:
             self.shipper = None
@@ -271,16 +424,23 @@ class GeoHost:
         if shipper is None or receiver is None:
             return
         now = self._now_ms()
+        wall = _wall_ms()
         store = self.node.data_group.store
+        train = self.node.config.geo.use_dictionary
         for d in store.streams():
             info = store.stream_info(d.name)
+            committed = 0
+            name = StreamName(d.name)
             for ph in info.homes:
                 if ph.home != self.region:
                     continue
                 last = store.watermark(d.name, ph.partition).seq
-                shipper.on_committed(StreamName(d.name), ph.partition, ph.epoch, last, now)
+                committed += last + 1
+                shipper.on_committed(name, ph.partition, ph.epoch, last, now, wall)
                 for dst in self.others:
                     self.node.metrics.geo_partition(self, d.name, ph.partition, dst)
+            if train and committed > 0 and self._trainer.due(name, committed):
+                self._start_training(name, committed)
         for env in shipper.tick(now):
             self._send(env)
         self._effects(receiver.tick(now))
@@ -329,12 +489,108 @@ class GeoHost:
             if isinstance(eff, SendEnvelope):
                 self._send(eff.envelope)
             elif isinstance(eff, ProposeBatch):
-                self._propose(eff.cmd)
-            # LearnDictionary: no trained dictionaries yet (GeoSettings.use_dictionary off)
+                self._propose(eff.cmd, eff.src_region, eff.commit_marks)
+            elif isinstance(eff, LearnDictionary):
+                self._store_dictionary(eff)
 
-    def _propose(self, cmd: GeoApply) -> None:
+    # -- dictionaries ------------------------------------------------------------------------
+
+    def _load_dictionaries(self) -> list[CompressionDictionary]:
+        try:
+            return self.dictionary_store.load()
+        except OSError as exc:  # unreadable folder: start empty, shippers resend on demand
+            self.dictionary_errors += 1
+            log.warning("geo: cannot load stored dictionaries: %s", exc)
+            return []
+
+    def _store_dictionary(self, eff: LearnDictionary) -> None:
+        """Keep a learned dictionary on disk (a cache: a failure costs one more fetch)."""
+        try:
+            self.dictionary_store.put(eff.dictionary)
+        except OSError as exc:
+            self.dictionary_errors += 1
+            log.warning("geo: cannot store dictionary %d: %s", eff.dictionary.dict_id, exc)
+        for dict_id in eff.evicted:
+            self._remove_dictionary(dict_id)
+
+    def _remove_dictionary(self, dict_id: int) -> None:
+        try:
+            self.dictionary_store.remove(dict_id)
+        except OSError as exc:
+            self.dictionary_errors += 1
+            log.warning("geo: cannot remove dictionary %d: %s", dict_id, exc)
+
+    def _start_training(self, stream: StreamName, committed: int) -> None:
+        """Read the stream's first committed events here, train in a worker thread."""
+        geo = self.node.config.geo
+        store = self.node.data_group.store
+        entries: list[GeoEntry] = []
+        events = 0
+        self._trainer.started(stream)
+        try:
+            for ph in store.stream_info(stream).homes:
+                if ph.home != self.region or events >= geo.dictionary_train_events:
+                    continue
+                last = store.watermark(stream, ph.partition).seq
+                if last < 0:
+                    continue
+                got = StoreLog(store).read_committed(
+                    stream,
+                    ph.partition,
+                    Seq(0),
+                    last,
+                    geo.dictionary_train_events - events,
+                    TRAIN_SAMPLE_BYTES_MAX,
+                )
+                entries.extend(got)
+                events += sum(e.record_count for e in got)
+        except GeoLogError as exc:  # the first events are not readable here: no dictionary
+            log.info("geo: cannot read training events of %s: %s", stream, exc)
+            self._trainer.finished(stream, committed, None)
+            return
+        samples = training_samples(entries)
+
+        async def run() -> None:
+            dictionary: CompressionDictionary | None = None
+            try:
+                dictionary = await asyncio.to_thread(train, samples, geo.dictionary_bytes_max)
+            except CodecError as exc:
+                log.info("geo: no dictionary for %s yet (%s)", stream, exc.message)
+            finally:
+                self._trainer.finished(stream, committed, dictionary)
+            if dictionary is None:
+                return
+            self._trained[stream] = dictionary
+            if self.shipper is not None:
+                self.shipper.set_dictionary(stream, dictionary)
+            log.info(
+                "geo: trained dictionary %d (%d bytes) for %s from %d events",
+                dictionary.dict_id,
+                len(dictionary.data),
+                stream,
+                events,
+            )
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._training_tasks.add(task)
+        task.add_done_callback(self._training_tasks.discard)
+
+    # -- proposals ---------------------------------------------------------------------------
+
+    def _propose(
+        self,
+        cmd: GeoApply,
+        src: RegionId | None = None,
+        commit_marks: tuple[tuple[Seq, int], ...] = (),
+    ) -> None:
         group = self.node.data_group
         receiver = self.receiver
+        if src is not None and commit_marks:
+            key = (cmd.stream, cmd.partition, cmd.epoch, cmd.src_start, cmd.src_end)
+            self._marks[key] = (src, commit_marks)
+            self._marks.move_to_end(key)
+            while len(self._marks) > MARKS_PENDING_MAX:
+                self._marks.popitem(last=False)
         try:
             (fut,) = group.propose([encode_command(to_apply_remote(cmd))])
         except Exception:  # not usable any more: the shipper resends after a timeout
@@ -361,12 +617,40 @@ class GeoHost:
             return
         cmd = decode_command(data)
         assert isinstance(cmd, ApplyRemote)
+        marks = self._marks.pop(
+            (cmd.stream, cmd.partition, cmd.epoch, cmd.src_start, cmd.src_end), None
+        )
+        if marks is not None and result.verdict.value == ApplyVerdict.APPLIED.value:
+            self._record_lag(cmd, *marks)
         header = GeoApply(
             cmd.stream, cmd.partition, cmd.epoch, cmd.src_start, cmd.src_end, cmd.crc, ()
         )
         wm = Watermark(result.watermark.epoch, result.watermark.seq)
         verdict = GeoApplyResult(wm, ApplyVerdict(result.verdict.value))
         self._effects(receiver.on_applied(header, verdict, self._now_ms()))
+
+    def _record_lag(
+        self, cmd: ApplyRemote, src: RegionId, marks: tuple[tuple[Seq, int], ...]
+    ) -> None:
+        """Each event's lag: this leader's wall clock now minus its home commit wall time."""
+        key = (str(cmd.stream), int(cmd.partition), str(src))
+        hist = self.apply_lag.get(key)
+        if hist is None:
+            if len(self.apply_lag) >= LAG_SERIES_MAX:
+                return
+            hist = self.apply_lag[key] = QuantileHistogram()
+        now = _wall_ms()
+        prev = cmd.src_start - 1
+        prom = self.node.metrics.geo_apply_lag
+        for last, commit_ms in marks:
+            last = min(last, cmd.src_end)
+            n = last - prev
+            if n <= 0:
+                continue
+            lag_ms = max(0, now - commit_ms)  # a clock behind the home's reads as 0
+            hist.observe(lag_ms, n)
+            prom.observe_many(lag_ms / 1000, n, stream=key[0], partition=str(key[1]), source=key[2])
+            prev = last
 
     def leader_seen(self, region: RegionId) -> NodeId | None:
         """The node of ``region`` that last sent this node a geo envelope (its leader then)."""
@@ -376,7 +660,10 @@ class GeoHost:
     # -- visibility --------------------------------------------------------------------------
 
     def lag_rows(self) -> list[dict[str, Any]]:
-        """Per (partition, destination): lag in events and ms, batches in flight, state."""
+        """On the leader: per home partition and destination (``direction: out``) the
+        shipping lag in events and ms, batches in flight, state; then per partition homed
+        elsewhere and source region (``direction: in``) the per-event lag measured here at
+        apply (home commit wall clock to this leader's wall clock): p50, p99, max, count."""
         shipper = self.shipper
         if shipper is None:
             return []
@@ -387,6 +674,7 @@ class GeoHost:
                 lag = shipper.lag(stream, partition, dst, now)
                 rows.append(
                     {
+                        "direction": "out",
                         "stream": stream,
                         "partition": partition,
                         "destination": dst,
@@ -398,6 +686,19 @@ class GeoHost:
                         "commit": lag.commit,
                     }
                 )
+        for (lag_stream, lag_partition, src), hist in sorted(self.apply_lag.items()):
+            rows.append(
+                {
+                    "direction": "in",
+                    "stream": lag_stream,
+                    "partition": lag_partition,
+                    "source": src,
+                    "events_measured": hist.count,
+                    "p50_ms": hist.quantile(0.5),
+                    "p99_ms": hist.quantile(0.99),
+                    "max_ms": hist.max_ms,
+                }
+            )
         return rows
 
     def status_json(self) -> dict[str, Any]:
@@ -424,6 +725,10 @@ class GeoHost:
                 "retransmits": s.retransmits,
                 "rewinds": s.rewinds,
                 "heartbeats_sent": s.heartbeats_sent,
+                "batches_with_dictionary": s.batches_with_dictionary,
+                "dictionaries_sent": s.dictionaries_sent,
+                "dictionary_nacks": s.dictionary_nacks,
+                "dictionaries": {str(k): v for k, v in shipper.dictionary_ids().items()},
             }
         if receiver is not None:
             out["incoming"] = self._incoming_rows(receiver)
@@ -435,6 +740,12 @@ class GeoHost:
                 "gaps_nacked": r.gaps_nacked,
                 "duplicates_reacked": r.duplicates_reacked,
                 "propose_resets": r.propose_resets,
+                "unknown_dictionary": r.unknown_dictionary,
+                "dictionaries_learned": r.dictionaries_learned,
+                "dictionaries_refused": r.dictionaries_refused,
+                "dictionaries_evicted": r.dictionaries_evicted,
+                "dictionaries": list(receiver.dictionary_ids()),
+                "dictionary_store_errors": self.dictionary_errors,
             }
         return out
 

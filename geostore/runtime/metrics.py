@@ -118,14 +118,18 @@ class Histogram(_Metric):
         self._series: dict[LabelKey, tuple[list[int], list[float]]] = {}
 
     def observe(self, value: float, **labels: str) -> None:
+        self.observe_many(value, 1, **labels)
+
+    def observe_many(self, value: float, count: int, **labels: str) -> None:
+        """``count`` observations of the same ``value`` (events that share one commit time)."""
         key = tuple(sorted(labels.items()))
         series = self._series.get(key)
         if series is None:
             series = ([0] * (len(self._bounds) + 1), [0.0])
             self._series[key] = series
         counts, total = series
-        counts[bisect.bisect_left(self._bounds, value)] += 1
-        total[0] += value
+        counts[bisect.bisect_left(self._bounds, value)] += count
+        total[0] += value * count
 
     def render(self) -> list[str]:
         out = super().render()
@@ -138,6 +142,46 @@ class Histogram(_Metric):
             out.append(f"{self.name}_sum{_labels(key)} {_num(total[0])}")
             out.append(f"{self.name}_count{_labels(key)} {running}")
         return out
+
+
+class QuantileHistogram:
+    """Fixed log-spaced buckets (about 4% wide) from 0.1 ms to ``max_ms``, for p50/p99 in
+    status answers: bounded memory whatever the count, each quantile within one bucket.
+
+    Values below the first bound count in the first bucket, above ``max_ms`` in the last.
+    """
+
+    FIRST_MS = 0.1
+    GROWTH = 1.04
+
+    def __init__(self, max_ms: float = 600_000.0) -> None:
+        n = math.ceil(math.log(max_ms / self.FIRST_MS) / math.log(self.GROWTH)) + 1
+        self._bounds = [self.FIRST_MS * self.GROWTH**i for i in range(n)]
+        self._counts = [0] * (n + 1)
+        self.count = 0
+        self.max_ms = 0.0
+        self.sum_ms = 0.0
+
+    def observe(self, value_ms: float, count: int = 1) -> None:
+        assert count >= 1
+        self._counts[bisect.bisect_left(self._bounds, value_ms)] += count
+        self.count += count
+        self.sum_ms += value_ms * count
+        self.max_ms = max(self.max_ms, value_ms)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (ms): the upper bound of its bucket (capped at the maximum seen)."""
+        assert 0.0 <= q <= 1.0
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        running = 0
+        for i, n in enumerate(self._counts):
+            running += n
+            if running >= rank:
+                bound = self._bounds[i] if i < len(self._bounds) else self.max_ms
+                return min(bound, self.max_ms)
+        return self.max_ms
 
 
 class Registry:
@@ -229,6 +273,13 @@ class NodeMetrics:
         self.geo_replication = r.histogram(
             "geostore_geo_replication_seconds",
             "Home commit to the destination's ack of its durable apply, per acknowledged batch.",
+            GEO_BUCKETS_S,
+        )
+        self.geo_apply_lag = r.histogram(
+            "geostore_geo_apply_lag_seconds",
+            "Per event: home commit (home leader's wall clock) to its apply in this region "
+            "(this leader's wall clock), by stream, partition and source region; includes the "
+            "clock skew between the two regions' machines.",
             GEO_BUCKETS_S,
         )
         self._geo_seen: set[tuple[str, int, str]] = set()

@@ -6,7 +6,10 @@ forwarded to its home (or refused with 421 and the home's address); a stream cre
 region exists in the other with the same homes; strong reads go to the home region;
 ``cluster status`` shows the replication lag per partition and destination; and shipping
 resumes from the durable watermark after the receiving region's leader moves, and after a cut
-link heals (while cut, the remote copy stays a strict prefix and token reads time out)."""
+link heals (while cut, the remote copy stays a strict prefix and token reads time out); once a
+stream has enough events its home trains a dictionary, small batches name it, the receiving
+leader fetches and stores it, and copies stay identical; the receiving leader reports each
+event's lag from home commit to its apply."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,6 +48,12 @@ rtt_ms_p50 = 40.0
 name = "s"
 partitions = 2
 homes = { 0 = "a", 1 = "b" }
+"""
+
+#: A small training set, so the burst of the tests below is enough to train a dictionary.
+CONFIG = """
+[geo]
+dictionary_train_events = 100
 """
 
 #: Every wait in this file is bounded by a generous deadline (2 shared cores).
@@ -81,9 +91,10 @@ def ok(url: str, body: Any = None) -> Any:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("geo")
     (root / "two.toml").write_text(TOPOLOGY)
+    (root / "geo.toml").write_text(CONFIG)
     folder = root / "c"
     up = geostore("cluster", "up", "--topology", str(root / "two.toml"), "--dir", str(folder),
-                  "--timeout", "90")  # fmt: skip
+                  "--config", str(root / "geo.toml"), "--timeout", "90")  # fmt: skip
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         info: dict[str, Any] = json.loads((folder / "cluster.json").read_text())
@@ -167,6 +178,56 @@ def test_local_reads_are_prefixes_and_copies_converge(cluster: dict[str, Any]) -
     assert views[0][("s", 0)][0] == home[0][-1][0] and views[0][("s", 1)][0] == home[1][-1][0]
 
 
+def leader_of(cluster: dict[str, Any], region: str) -> dict[str, Any]:
+    nodes = cluster["regions"][region]["nodes"]
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        for n in nodes:
+            status = ok(f"{n['api']}/v1/status")
+            if status["groups"][f"data-{region}"]["role"] == "leader":
+                return dict(n)
+        assert time.monotonic() < deadline, f"no leader in {region}"
+        time.sleep(0.2)
+
+
+def test_small_batches_name_a_trained_dictionary_and_apply_lag_is_measured(
+    cluster: dict[str, Any],
+) -> None:
+    (a,) = apis(cluster, "a")
+    for i in range(30):  # 150 events: over the 100 the home trains on
+        batch = [{"partition": 0, "body": {"k": i, "j": j, "origin": "EWR"}} for j in range(5)]
+        ok(f"{a}/v1/streams/s/events", {"events": batch})
+    deadline = time.monotonic() + DEADLINE_S
+    while "s" not in ok(f"{a}/v1/status")["geo"]["shipper"]["dictionaries"]:
+        assert time.monotonic() < deadline, "the home did not train a dictionary"
+        time.sleep(0.2)
+    dict_id = ok(f"{a}/v1/status")["geo"]["shipper"]["dictionaries"]["s"]
+    for i in range(20):  # small batches after training name the dictionary
+        answer = ok(f"{a}/v1/streams/s/events", {"events": [{"partition": 0, "body": {"d": i}}]})
+    b = leader_of(cluster, "b")
+    got = events(b["api"], 0, after=answer["token"], wait_ms=20_000)
+    assert got == events(a, 0, "regional")
+    shipper = ok(f"{a}/v1/status")["geo"]["shipper"]
+    assert shipper["batches_with_dictionary"] >= 1 and shipper["dictionary_nacks"] >= 1
+    status = ok(f"{b['api']}/v1/status")
+    assert dict_id in status["geo"]["receiver"]["dictionaries"]
+    # stored durably in the receiving node's data dir, bytes matching the id
+    assert (Path(b["dir"]) / "dictionaries" / f"{dict_id}.zdict").exists()
+    # every node's copy is identical (rolling hashes)
+    nodes = [a, *apis(cluster, "b")]
+    deadline = time.monotonic() + DEADLINE_S
+    while len({json.dumps(sorted(copies(n).items())) for n in nodes}) != 1:
+        assert time.monotonic() < deadline, [copies(n) for n in nodes]
+        time.sleep(0.2)
+    # the receiving leader measured each event's lag from the home's commit: at least the
+    # one-way delay of the 40 ms link (same machine, same clock)
+    (row,) = [r for r in status["replication_lag"] if r["direction"] == "in"
+              and (r["stream"], r["partition"], r["source"]) == ("s", 0, "a")]  # fmt: skip
+    assert row["events_measured"] >= 20 and row["p99_ms"] >= row["p50_ms"] >= 15, row
+    metrics = urllib.request.urlopen(f"{b['api']}/metrics", timeout=10).read().decode()
+    assert 'geostore_geo_apply_lag_seconds_count{partition="0",source="a",stream="s"}' in metrics
+
+
 def test_append_for_another_home_is_forwarded_or_refused(cluster: dict[str, Any]) -> None:
     (a,) = apis(cluster, "a")
     b1, b2 = apis(cluster, "b")
@@ -213,6 +274,11 @@ def test_streams_exist_in_every_region_and_status_shows_lag(cluster: dict[str, A
     out = geostore("cluster", "status", "--dir", cluster["folder"], timeout=60)
     assert out.returncode == 0, out.stderr
     assert "lag_events" in out.stdout and "shipping" in out.stdout
+    assert "apply_p50_ms" in out.stdout
+    # the home's row for partition 0 -> b carries the p50/p99 b's leader measured at apply
+    (row,) = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("a ")
+              and ln.split()[1:4] == ["s", "0", "b"]]  # fmt: skip
+    assert float(row[-2]) > 0 and float(row[-1]) >= float(row[-2]), row
 
 
 def test_shipping_resumes_after_the_receiving_leader_moves(cluster: dict[str, Any]) -> None:

@@ -1,0 +1,154 @@
+"""Trained compression dictionaries of the geo layer: when a home trains one, and how many a
+receiver keeps (sans-IO).
+
+Theory of operation:
+
+- Small batches compress poorly alone: zstd has to learn a flight's field names and usual
+  values again in every batch. A dictionary trained on the stream's own events gives it that
+  knowledge up front (issue target: at least 1.5x fewer bytes at batches of 20 events or
+  fewer). The home region's leader trains one per stream from the stream's first
+  ``dictionary_train_events`` committed events (those of the partitions homed there), one
+  sample per committed entry, each shaped exactly like a batch payload
+  (:func:`training_samples`), and gives it to its shipper.
+- A dictionary is named by a hash of its bytes (``dictionary_id_of``), so any node can
+  check that the bytes it got are the ones a batch names, and two leaders that trained the
+  same bytes agree on the id without coordinating. A new home leader trains again (its
+  commit points when it does may differ, so the id may too: receivers then learn one more).
+- :class:`DictionaryTrainer` decides when (enough events committed, one training at a time
+  per stream, a bounded number of attempts when zstd cannot train on the samples); the host
+  runs :func:`train` (a pure CPU job; the runtime runs it off its event loop).
+- :class:`DictionarySet` is what a receiver keeps: at most ``count_max`` dictionaries and
+  ``bytes_max`` bytes, the least recently used (looked up to decode a batch, or added)
+  evicted first. Evicting one that is still in use is safe: the next batch naming it is
+  NACKed ``UNKNOWN_DICTIONARY`` and the shipper sends it again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from geostore.codec import CompressionDictionary, train_dictionary
+from geostore.errors import CodecError
+from geostore.ids import StreamName
+
+from .batch import encode_entries
+from .messages import GeoEntry
+
+#: zstd refuses to train on fewer samples than about this; fewer is not attempted.
+SAMPLES_MIN = 8
+
+
+def training_samples(entries: Sequence[GeoEntry]) -> list[bytes]:
+    """One sample per committed entry, encoded exactly as a one-entry batch payload."""
+    return [encode_entries([e]) for e in entries]
+
+
+def train(samples: Sequence[bytes], bytes_max: int) -> CompressionDictionary:
+    """A dictionary of at most ``bytes_max`` bytes, or CodecError (too few or small samples)."""
+    if len(samples) < SAMPLES_MIN:
+        raise CodecError(f"{len(samples)} samples are too few to train a dictionary")
+    return train_dictionary(samples, bytes_max)
+
+
+@dataclass(slots=True)
+class _Training:
+    attempts: int = 0
+    running: bool = False
+    #: committed events at the last failed attempt: the next waits for twice as many
+    failed_at_events: int = 0
+    done: bool = False
+
+
+class DictionaryTrainer:
+    """When a home leader trains each stream's dictionary (no IO, no clock)."""
+
+    def __init__(self, train_events: int, attempts_max: int = 3) -> None:
+        assert train_events >= 1 and attempts_max >= 1
+        self.train_events = train_events
+        self.attempts_max = attempts_max
+        self._streams: dict[StreamName, _Training] = {}
+
+    def due(self, stream: StreamName, committed_events: int) -> bool:
+        """Whether to start training ``stream`` now, with ``committed_events`` at home."""
+        t = self._streams.get(stream)
+        if t is None:
+            t = self._streams[stream] = _Training()
+        if t.done or t.running or t.attempts >= self.attempts_max:
+            return False
+        needed = max(self.train_events, 2 * t.failed_at_events)
+        return committed_events >= needed
+
+    def started(self, stream: StreamName) -> None:
+        t = self._streams[stream]
+        assert not t.running, "one training at a time per stream"
+        t.running = True
+        t.attempts += 1
+
+    def finished(
+        self, stream: StreamName, committed_events: int, dictionary: CompressionDictionary | None
+    ) -> None:
+        """A training ended: with a dictionary, or None when zstd could not train."""
+        t = self._streams[stream]
+        t.running = False
+        if dictionary is not None:
+            t.done = True
+        else:
+            t.failed_at_events = max(committed_events, 1)
+
+    def trained(self, stream: StreamName) -> bool:
+        t = self._streams.get(stream)
+        return t is not None and t.done
+
+
+class DictionarySet(Mapping[int, CompressionDictionary]):
+    """Dictionaries by id, bounded by count and bytes, least recently used evicted first.
+
+    A lookup (``d[id]``, ``d.get(id)``: what decoding a batch does) counts as a use.
+    """
+
+    def __init__(self, count_max: int, bytes_max: int) -> None:
+        assert count_max >= 1 and bytes_max >= 1
+        self.count_max = count_max
+        self.bytes_max = bytes_max
+        self._by_id: OrderedDict[int, CompressionDictionary] = OrderedDict()
+        self._bytes = 0
+
+    def __getitem__(self, dict_id: int) -> CompressionDictionary:
+        d = self._by_id[dict_id]
+        self._by_id.move_to_end(dict_id)
+        return d
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._by_id))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, dict_id: object) -> bool:
+        return dict_id in self._by_id  # a membership test is not a use
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def add(self, d: CompressionDictionary) -> tuple[int, ...]:
+        """Keep ``d`` (as the most recently used); returns the ids evicted to make room.
+
+        A dictionary larger than ``bytes_max`` alone is not kept (returned as evicted).
+        """
+        if len(d.data) > self.bytes_max:
+            return (d.dict_id,)
+        old = self._by_id.pop(d.dict_id, None)
+        if old is not None:
+            self._bytes -= len(old.data)
+        self._by_id[d.dict_id] = d
+        self._bytes += len(d.data)
+        evicted: list[int] = []
+        while len(self._by_id) > self.count_max or self._bytes > self.bytes_max:
+            victim, gone = self._by_id.popitem(last=False)
+            assert victim != d.dict_id, "the newest dictionary fits alone"
+            self._bytes -= len(gone.data)
+            evicted.append(victim)
+        return tuple(evicted)
