@@ -158,17 +158,17 @@ def test_snapshot_round_trip_and_determinism(cmds: list[MetaCommand], cut: int) 
     """Two replicas give equal answers; a replica restored from a snapshot at any point and
     fed the rest ends byte-identical to one that applied everything."""
     a, b = Log(), Log()
-    for c in cmds:
-        assert decode_meta(encode_meta(c)) == c
-        assert _same(a.apply(c), b.apply(c))
+    for cmd in cmds:
+        assert decode_meta(encode_meta(cmd)) == cmd
+        assert _same(a.apply(cmd), b.apply(cmd))
     assert a.state.snapshot() == b.state.snapshot()
-    c = Log()
+    part = Log()
     for cmd in cmds[:cut]:
-        c.apply(cmd)
+        part.apply(cmd)
     restored = Log()
-    restored.state.restore(c.state.snapshot())
-    restored.index = c.index
-    assert restored.state.snapshot() == c.state.snapshot()
+    restored.state.restore(part.state.snapshot())
+    restored.index = part.index
+    assert restored.state.snapshot() == part.state.snapshot()
     for cmd in cmds[cut:]:
         restored.apply(cmd)
     assert restored.state.snapshot() == a.state.snapshot()
