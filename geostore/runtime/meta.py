@@ -139,7 +139,7 @@ class LeaseView:
     duration_ms: int
     index: LogIndex
     renewals: int
-    #: "holder" (this node leads the region and renewed it) or "observer"
+    #: "holder" (this node leads the region: its own deadline) or "observer"
     view: str
     #: holder: until its own deadline; observer: until it may count the lease expired
     remaining_ms: int
@@ -281,7 +281,8 @@ class MetaHost:
         if rec is None:
             return None
         base = (rec.region, rec.holder, rec.duration_ms, rec.index, rec.renewals)
-        if region == self.region and rec.holder == self.node.node_id and self.lease_valid():
+        if region == self.region and self.node.data_group.is_leader:
+            # this node acknowledges for its region: its own (stricter) deadline decides
             return LeaseView(*base, "holder", self.holder_remaining_ms())
         return LeaseView(*base, "observer", self.observed_remaining_ms(region))
 
