@@ -32,9 +32,14 @@ Theory of operation:
 - Nothing here is durable beyond the metadata group's own log: a restarted node replays it
   (observed renewals then count from the replay, the conservative direction).
 
-Not done: a dead voter is not replaced by a learner of its region automatically (the
-metadata group keeps working while a majority of regions has its voter); nodes joining
-after bootstrap (``geostore node add``) do not become learners of ``meta``.
+- **Voter replacement.** The meta leader watches its voters' progress; a voter that has not
+  answered for ``REPLACE_AFTER_ELECTIONS`` election timeouts is replaced by a live,
+  caught-up learner of the same region (Raft single-server changes: promote the learner,
+  remove the dead voter, add it back as a learner so it catches up when it returns). This
+  needs a quorum, so it repairs the loss of a minority of voters before another one fails.
+
+Not done: nodes joining after bootstrap (``geostore node add``) do not become learners of
+``meta``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import aiohttp
 from geostore.config import Topology
 from geostore.errors import ApiError, ErrorCode, GeostoreError
 from geostore.ids import Epoch, GroupId, LogIndex, NodeId, RegionId
+from geostore.raft.records import ConfChange, ConfChangeOp
 from geostore.raft.types import Entry, EntryKind, SnapshotMeta
 from geostore.runtime.geo import fill_homes
 from geostore.runtime.group import GroupRuntime, GroupSpec
@@ -83,6 +89,8 @@ META_GROUP = GroupId("meta")
 PROPOSE_PATH = "/v1/admin/meta/propose"
 #: How long one proposal (local or through the leader) may take before it counts as failed.
 PROPOSE_TIMEOUT_S = 10.0
+#: A meta voter silent this many election timeouts is replaced by a learner of its region.
+REPLACE_AFTER_ELECTIONS = 3
 
 
 def meta_members(topology: Topology) -> tuple[tuple[NodeId, ...], tuple[NodeId, ...]]:
@@ -214,6 +222,11 @@ class MetaHost:
         self._mirroring = False
         self._data_term = -1
         self._seeded_term = -1
+        self._last_active: dict[NodeId, float] = {}
+        self._replacing = False
+        self._region_of = {n.id: n.region for n in topo.nodes()}
+        #: membership changes this node made as meta leader (bounded: newest last)
+        self.replacements: list[str] = []
         self.renewals = 0
         self.renew_failures = 0
         self.lapses = 0
@@ -301,13 +314,15 @@ class MetaHost:
 
     # -- proposals ---------------------------------------------------------------------------
 
-    async def submit(self, cmd: MetaCommand) -> dict[str, Any]:
+    async def submit(
+        self, cmd: MetaCommand, timeout_s: float = PROPOSE_TIMEOUT_S
+    ) -> dict[str, Any]:
         """Commit ``cmd`` in the metadata group (here or through its leader); its answer as
-        :func:`result_json`. A rejection raises its ApiError; no leader or no answer raises
-        503 (retryable)."""
+        :func:`result_json`. A rejection raises its ApiError; no leader or no answer within
+        ``timeout_s`` raises 503/504 (retryable)."""
         group = self.group
         if group.is_leader:
-            result = await self.propose_local(cmd)
+            result = await self.propose_local(cmd, timeout_s)
             return result_json(result)
         leader = group.leader
         url = None if leader is None else self.node.peer_urls.get(leader)
@@ -325,7 +340,7 @@ class MetaHost:
                 url + PROPOSE_PATH,
                 json=body,
                 headers={"X-Geostore-Forwarded": self.node.node_id},
-                timeout=aiohttp.ClientTimeout(total=PROPOSE_TIMEOUT_S),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 answer = await resp.json(content_type=None)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
@@ -343,15 +358,17 @@ class MetaHost:
             raise ApiError(code, f"metadata leader {leader}: {err.get('message', resp.status)}")
         return dict(answer.get("result") or {})
 
-    async def propose_local(self, cmd: MetaCommand) -> MetaResult:
+    async def propose_local(
+        self, cmd: MetaCommand, timeout_s: float = PROPOSE_TIMEOUT_S
+    ) -> MetaResult:
         """Propose on this node (it must lead); the applied answer; rejections raise."""
         (fut,) = self.group.propose([encode_meta(cmd)])
         try:
-            result = await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
+            result = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             raise ApiError(
                 ErrorCode.WAIT_TIMEOUT,
-                f"not committed in the metadata group within {PROPOSE_TIMEOUT_S:g} s",
+                f"not committed in the metadata group within {timeout_s:g} s",
             ) from None
         if isinstance(result, Rejected):
             raise result.error
@@ -447,6 +464,65 @@ class MetaHost:
         if g.is_leader and g.host.core.term != self._seeded_term and g.failed is None:
             self._seeded_term = g.host.core.term
             self._spawn(self._seed(), "seed")
+        self._watch_voters(now)
+
+    def _watch_voters(self, now: float) -> None:
+        """Meta leader: a voter silent for ``REPLACE_AFTER_ELECTIONS`` election timeouts is
+        replaced by a live, caught-up learner of its region (promote, then remove the dead
+        voter, then add it back as a learner so it catches up if it returns)."""
+        g = self.group
+        if not g.is_leader or g.failed is not None:
+            self._last_active.clear()
+            return
+        st = g.status()
+        for nid, p in st.progress.items():
+            if p.recent_active or nid not in self._last_active:
+                self._last_active[nid] = now
+        if self._replacing:
+            return
+        limit_s = REPLACE_AFTER_ELECTIONS * self.group.election_ms / 1000
+        for voter in sorted(st.conf.voters - {self.node.node_id}):
+            if now - self._last_active.get(voter, now) < limit_s:
+                continue
+            region = self._region_of.get(voter)
+            spare = [
+                (p.match, nid)
+                for nid, p in st.progress.items()
+                if nid in st.conf.learners
+                and self._region_of.get(nid) == region
+                and p.recent_active
+                and p.match >= st.commit
+            ]
+            if not spare:
+                continue
+            self._replacing = True
+            self._spawn(self._replace(voter, max(spare)[1]), "replace")
+            return
+
+    async def _replace(self, dead: NodeId, learner: NodeId) -> None:
+        log.warning(
+            "metadata voter %s silent for %d election timeouts: replacing it by %s",
+            dead,
+            REPLACE_AFTER_ELECTIONS,
+            learner,
+        )
+        try:
+            for change in (
+                ConfChange(ConfChangeOp.PROMOTE, learner),
+                ConfChange(ConfChangeOp.REMOVE, dead),
+                ConfChange(ConfChangeOp.ADD_LEARNER, dead),
+            ):
+                fut = self.group.propose_conf_change(change)
+                await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
+                self.replacements = [
+                    *self.replacements[-9:],
+                    f"{change.op.name.lower()} {change.node}",
+                ]
+        except (GeostoreError, TimeoutError) as exc:
+            log.warning("replacing metadata voter %s stopped: %s", dead, exc)
+        finally:
+            self._replacing = False
+            self._last_active.pop(dead, None)
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"meta-{what}")
@@ -464,8 +540,12 @@ class MetaHost:
         sent = time.monotonic()
         data = self.node.data_group
         term = data.host.core.term
+        # a renewal that commits later than this would grant nothing: give up and resend
+        timeout_s = max(0.05, (self.lease_ms - self.drift_ms) / 1000)
         try:
-            await self.submit(MetaRenewLease(self.region, self.node.node_id, self.lease_ms))
+            await self.submit(
+                MetaRenewLease(self.region, self.node.node_id, self.lease_ms), timeout_s
+            )
         except (GeostoreError, asyncio.CancelledError) as exc:
             self.renew_failures += 1
             # retry soon, but not in a tight loop
@@ -576,6 +656,7 @@ class MetaHost:
             "renew_failures": self.renew_failures,
             "lapses": self.lapses,
             "late_acks": self.late_acks,
+            "replacements": self.replacements[-10:],
         }
         if len(regions) == 2:
             out["warning"] = (
