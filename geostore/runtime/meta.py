@@ -39,7 +39,8 @@ Theory of operation:
   needs a quorum, so it repairs the loss of a minority of voters before another one fails.
 
 Not done: nodes joining after bootstrap (``geostore node add``) do not become learners of
-``meta``.
+``meta`` (their catalogue copy stays empty); such a node, leading its region, still renews
+its lease by sending renewals to any voter, which forwards them to the meta leader.
 """
 
 from __future__ import annotations
@@ -325,9 +326,22 @@ class MetaHost:
             result = await self.propose_local(cmd, timeout_s)
             return result_json(result)
         leader = group.leader
-        url = None if leader is None else self.node.peer_urls.get(leader)
         session = self.node.session
-        if leader is None or url is None or session is None:
+        if session is None:
+            raise ApiError(ErrorCode.UNAVAILABLE, "the node is not started", retry_after_s=1)
+        url = None if leader is None else self.node.peer_urls.get(leader)
+        if leader is not None and url is not None:
+            # the leader itself: it must not forward again if it lost leadership meanwhile
+            targets = [(leader, url, {"X-Geostore-Forwarded": self.node.node_id})]
+        else:
+            # no leader known (e.g. a node that joined after bootstrap is no member of
+            # ``meta``): any voter forwards to its leader
+            targets = [
+                (v, self.node.peer_urls[v], {})
+                for v in self.voters
+                if v != self.node.node_id and v in self.node.peer_urls
+            ]
+        if not targets:
             raise ApiError(
                 ErrorCode.NO_QUORUM,
                 "the metadata group has no known leader",
@@ -335,28 +349,40 @@ class MetaHost:
                 retry_after_s=1,
             )
         body = {"command": base64.b64encode(encode_meta(cmd)).decode()}
-        try:
-            async with session.post(
-                url + PROPOSE_PATH,
-                json=body,
-                headers={"X-Geostore-Forwarded": self.node.node_id},
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
-                answer = await resp.json(content_type=None)
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            raise ApiError(
-                ErrorCode.UNAVAILABLE,
-                f"the metadata leader {leader} did not answer: {type(exc).__name__}",
-                retry_after_s=1,
-            ) from None
-        if resp.status != 200 or not isinstance(answer, dict):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last: ApiError | None = None
+        for target, base, headers in targets:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                async with session.post(
+                    base + PROPOSE_PATH,
+                    json=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=left),
+                ) as resp:
+                    answer = await resp.json(content_type=None)
+                    status = resp.status
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                last = ApiError(
+                    ErrorCode.UNAVAILABLE,
+                    f"metadata node {target} did not answer: {type(exc).__name__}",
+                    retry_after_s=1,
+                )
+                continue
+            if status == 200 and isinstance(answer, dict):
+                return dict(answer.get("result") or {})
             err = answer.get("error", {}) if isinstance(answer, dict) else {}
             try:
                 code = ErrorCode(str(err.get("code")))
             except ValueError:
                 code = ErrorCode.UNAVAILABLE
-            raise ApiError(code, f"metadata leader {leader}: {err.get('message', resp.status)}")
-        return dict(answer.get("result") or {})
+            last = ApiError(code, f"metadata node {target}: {err.get('message', status)}")
+            if status != 503:
+                break  # an answer about the command itself: another node would say the same
+        raise last or ApiError(ErrorCode.UNAVAILABLE, "no metadata node answered in time")
 
     async def propose_local(
         self, cmd: MetaCommand, timeout_s: float = PROPOSE_TIMEOUT_S
