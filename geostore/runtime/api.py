@@ -1040,7 +1040,7 @@ _REASONS = {
     409: "conflict",
     413: "over a limit",
     421: "wrong region: the partition is homed in another region (route=reject)",
-    503: "not available now (no leader, shutting down); see Retry-After",
+    503: "not available now (no leader, home lease lapsed, shutting down); see Retry-After",
     504: "a wait bound expired",
 }
 
