@@ -351,7 +351,8 @@ class NodeRuntime:
                 next_at = now + period_s
 
     async def _create_topology_streams(self, group: GroupRuntime) -> None:
-        """A new leader creates the streams the topology declares (idempotent)."""
+        """A new leader creates the streams the topology declares (idempotent); only without
+        a metadata group (one region, single-leader mode): else the meta leader does."""
         from geostore.store import encode_command
 
         for spec in self.topology.streams:
@@ -360,7 +361,7 @@ class NodeRuntime:
                 request["key_field"] = spec.key_field
             if spec.homes:
                 request["homes"] = {str(p): r for p, r in spec.homes.items()}
-            # every region creates them with the same homes (static placement)
+            # single-leader mode: homes are reported, never routed by
             request = fill_homes(self.topology, request)
             try:
                 cmd = group.store.validate_create(request)
