@@ -429,6 +429,8 @@ class MetaHost:
             local = store.stream_info(name)
         except ApiError:
             return False
+        if len(local.homes) != len(ms.homes):
+            return False  # another definition here (refused when mirrored): never mirrored
         return all(lh.epoch >= mh.epoch for mh, lh in zip(ms.homes, local.homes, strict=True))
 
     async def wait_mirrored(self, name: str, timeout_s: float) -> None:
@@ -511,6 +513,16 @@ class MetaHost:
             if now - self._last_active.get(voter, now) < limit_s:
                 continue
             region = self._region_of.get(voter)
+            if any(
+                v != voter
+                and self._region_of.get(v) == region
+                and (v == self.node.node_id or now - self._last_active.get(v, 0.0) < limit_s)
+                for v in st.conf.voters
+            ):
+                # its region has another voter already (a replacement stopped halfway)
+                self._replacing = True
+                self._spawn(self._replace(voter, None), "replace")
+                return
             spare = [
                 (p.match, nid)
                 for nid, p in st.progress.items()
@@ -525,19 +537,20 @@ class MetaHost:
             self._spawn(self._replace(voter, max(spare)[1]), "replace")
             return
 
-    async def _replace(self, dead: NodeId, learner: NodeId) -> None:
+    async def _replace(self, dead: NodeId, learner: NodeId | None) -> None:
         log.warning(
             "metadata voter %s silent for %d election timeouts: replacing it by %s",
             dead,
             REPLACE_AFTER_ELECTIONS,
-            learner,
+            learner or "the other voter of its region",
         )
+        changes = [ConfChange(ConfChangeOp.PROMOTE, learner)] if learner is not None else []
+        changes += [
+            ConfChange(ConfChangeOp.REMOVE, dead),
+            ConfChange(ConfChangeOp.ADD_LEARNER, dead),
+        ]
         try:
-            for change in (
-                ConfChange(ConfChangeOp.PROMOTE, learner),
-                ConfChange(ConfChangeOp.REMOVE, dead),
-                ConfChange(ConfChangeOp.ADD_LEARNER, dead),
-            ):
+            for change in changes:
                 fut = self.group.propose_conf_change(change)
                 await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
                 self.replacements = [
@@ -630,6 +643,8 @@ class MetaHost:
                         )
                     )
                     continue
+                if len(local.homes) != len(ms.homes):
+                    continue  # another definition in this data group: logged when refused
                 for mh, lh in zip(ms.homes, local.homes, strict=True):
                     if mh.epoch > lh.epoch:
                         moves.append(
