@@ -190,6 +190,9 @@ class MetaHost:
         self.drift_ms = geo.lease_drift_ms
         self.voters, self.learners = meta_members(topo)
         self.state = MetaState()
+        #: region -> (index of the renewal, monotonic s when this node applied it); set
+        #: before the group exists: recovery applies the log while it is built
+        self._observed: dict[RegionId, tuple[LogIndex, float]] = {}
         self.machine = MetaMachine(self.state, self._lease_applied)
         self.group = GroupRuntime(
             GroupSpec(
@@ -212,8 +215,6 @@ class MetaHost:
             machine=self.machine,
         )
         self.group.on_applied = self._meta_applied
-        #: region -> (index of the renewal, monotonic s when this node applied it)
-        self._observed: dict[RegionId, tuple[LogIndex, float]] = {}
         #: this node's own lease deadline (monotonic s), while it leads its region
         self._holder_until: float | None = None
         self._renewing = False

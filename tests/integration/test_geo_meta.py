@@ -5,8 +5,9 @@ append in the home region succeeds while its lease is valid; when the other regi
 voters are stopped (SIGSTOP: the metadata group has no quorum, the home cannot renew),
 appends to the home's partitions get 503 ``lease_lapsed`` once the lease ran out while
 reads keep working, and after the voters resume appends succeed again and nothing
-acknowledged is missing; and a meta voter that stays silent is replaced by a learner of its
-region, after which the group keeps committing and the old voter follows as a learner."""
+acknowledged is missing; and a meta voter that dies is replaced by a learner of its region,
+after which the group keeps committing, and the old voter, restarted from its own log,
+follows as a learner."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,6 +66,8 @@ lease_drift_ms = 200
 
 #: Every wait in this file is bounded by a generous deadline (2 shared cores).
 DEADLINE_S = 30.0
+#: node processes this file restarted itself (stopped before 'cluster down')
+CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
 def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -108,6 +112,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         info["folder"] = str(folder)
         yield info
     finally:
+        for proc in CHILDREN:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         for region in info.get("regions", {}).values():  # a stopped node cannot stop
             for n in region["nodes"]:
                 with contextlib.suppress(ProcessLookupError):
@@ -234,29 +245,39 @@ def test_cluster_status_shows_homes_and_leases(cluster: dict[str, Any]) -> None:
     assert "homes" in out.stdout and "WARNING" not in out.stdout
 
 
-def test_a_silent_meta_voter_is_replaced_by_a_learner_of_its_region(
+def test_a_dead_meta_voter_is_replaced_and_follows_as_a_learner_after_restart(
     cluster: dict[str, Any],
 ) -> None:
     all_nodes = nodes(cluster)
     b1 = all_nodes["b1"]["api"]
-    os.kill(all_nodes["a1"]["pid"], signal.SIGSTOP)
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            meta = status(b1)["meta"]
-            if meta["voters"] == ["a2", "b1", "c1"] and meta["learners"] == ["a1"]:
-                break
-            assert time.monotonic() < deadline, meta
-            time.sleep(0.3)
-    finally:
-        os.kill(all_nodes["a1"]["pid"], signal.SIGCONT)
-    # the metadata group still commits (leases renew, creations go through) and a1 follows
-    ok(f"{all_nodes['c1']['api']}/v1/streams", {"name": "after-replace", "partitions": 1})
+    a1 = all_nodes["a1"]
+    # the exact command line 'cluster up' used; a restart must not found a new cluster
+    raw = Path(f"/proc/{a1['pid']}/cmdline").read_bytes().split(b"\0")
+    cmdline = [a.decode() for a in raw if a and a != b"--bootstrap"]
+    os.kill(a1["pid"], signal.SIGKILL)
     deadline = time.monotonic() + DEADLINE_S
     while True:
-        st = status(all_nodes["a1"]["api"])
-        if any(h["stream"] == "after-replace" for h in st["meta"]["homes"]):
+        meta = status(b1)["meta"]
+        if meta["voters"] == ["a2", "b1", "c1"] and meta["learners"] == ["a1"]:
+            break
+        assert time.monotonic() < deadline, meta
+        time.sleep(0.3)
+    # the metadata group still commits without a1
+    ok(f"{all_nodes['c1']['api']}/v1/streams", {"name": "after-replace", "partitions": 1})
+    # a1 restarts from its own log (lease renewals included) and follows as a learner
+    with open(os.path.join(a1["dir"], "process.log"), "ab") as out:
+        proc = subprocess.Popen(cmdline, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    CHILDREN.append(proc)
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        assert proc.poll() is None, "a1 did not restart; see its process.log"
+        try:
+            code, st = call(f"{a1['api']}/v1/status", timeout=5)
+        except OSError:  # not listening yet
+            code, st = 0, None
+        if code == 200 and any(h["stream"] == "after-replace" for h in st["meta"]["homes"]):
             break
         assert time.monotonic() < deadline, "a1 did not catch up as a learner"
         time.sleep(0.3)
-    assert st["meta"]["voters"] == ["a2", "b1", "c1"]
+    assert st["meta"]["voters"] == ["a2", "b1", "c1"] and st["meta"]["learners"] == ["a1"]
