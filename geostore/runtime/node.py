@@ -7,7 +7,8 @@ Theory of operation:
   messages of every hosted group over one link per peer (messages name their group).
 - Groups live in a map ``GroupId -> GroupRuntime``; in multi-leader mode that is the
   region's data group (``data-<region>``) and, with several regions, the global metadata
-  group ``meta`` (:mod:`.meta`: catalog, homes, epochs, home leases), in single-leader mode the one global data group
+  group ``meta`` (:mod:`.meta`: catalog, homes, epochs, home leases); in single-leader
+  mode the one global data group
   (``data-global``) whose voters are every node of every region; inbound messages are
   routed by their ``group`` field. In single-leader mode the geo host is off (every
   partition is led from one place), the peers of other regions are reached through their
