@@ -16,8 +16,10 @@ topology's streams are mirrored there and it holds its home lease), or exits 1 a
 pid and whether it answers; with several regions (multi-leader) also the metadata group's
 leader and voters, every partition's home and epoch, each region's home lease, and the
 replication lag per partition and destination. A two-region topology gets a warning: its
-metadata group cannot survive the loss of either region. ``down --dir DIR`` sends SIGTERM to every node (graceful: they
-hand over leadership, flush and close), waits up to ``--timeout``, then SIGKILLs the rest.
+metadata group cannot survive the loss of either region.
+
+``down --dir DIR`` sends SIGTERM to every node (graceful: they hand over leadership, flush
+and close), waits up to ``--timeout``, then SIGKILLs the rest.
 
 With more than one region and without ``--no-netem``, ``up`` also starts the WAN emulator
 (``geostore netem serve``) as its own process and creates one proxy per directed

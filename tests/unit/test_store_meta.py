@@ -29,7 +29,8 @@ from geostore.store.meta import (
 
 def create(name: str = "s", partitions: int = 2, **kw: object) -> MetaCreateStream:
     homes = kw.pop("homes", ((PartitionId(0), RegionId("a")), (PartitionId(1), RegionId("b"))))
-    return MetaCreateStream(CreateStream(StreamName(name), partitions, homes=homes, **kw))  # type: ignore[arg-type]
+    cmd = CreateStream(StreamName(name), partitions, homes=homes, **kw)  # type: ignore[arg-type]
+    return MetaCreateStream(cmd)
 
 
 class Log:
