@@ -241,7 +241,7 @@ class Api:
                 raise ApiError(ErrorCode.UNAVAILABLE, "the node is shutting down", retry_after_s=1)
             response = await handler(request)
         except GeostoreError as err:
-            response = error_response(request, err)
+            response = error_response(request, self._unmirrored(request, err))
         except web.HTTPException as exc:
             if exc.status == 413:
                 response = error_response(
@@ -611,6 +611,23 @@ class Api:
         )
         self._lease_after_commit()
         return _append_outcomes(prepared.batches, outcomes)
+
+    def _unmirrored(self, request: web.Request, err: GeostoreError) -> GeostoreError:
+        """A stream the metadata group has but this region has not mirrored yet (a moment
+        after its creation elsewhere): a retryable 503 rather than 404."""
+        meta = self.node.meta
+        name = request.match_info.get("s")
+        if meta is None or name is None or err.code is not ErrorCode.UNKNOWN_STREAM:
+            return err
+        if meta.state.stream(name) is None:
+            return err
+        return ApiError(
+            ErrorCode.UNAVAILABLE,
+            f"stream {name!r} exists but region {self.node.region} has not mirrored it yet; "
+            "retry shortly",
+            stream=name,
+            retry_after_s=1,
+        )
 
     def _require_lease(self) -> None:
         """Partitions homed here take appends only under a valid home lease (503 otherwise)."""
