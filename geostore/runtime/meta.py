@@ -648,8 +648,11 @@ class MetaHost:
                     continue  # another definition in this data group: logged when refused
                 for mh, lh in zip(ms.homes, local.homes, strict=True):
                     if mh.epoch > lh.epoch:
+                        fork = self.state.fork_of(d.name, mh.partition)
                         moves.append(
-                            encode_command(SetHome(d.name, mh.partition, mh.home, Epoch(mh.epoch)))
+                            encode_command(
+                                SetHome(d.name, mh.partition, mh.home, Epoch(mh.epoch), fork)
+                            )
                         )
             for batch in (creates, moves):
                 if not batch or not group.is_leader:

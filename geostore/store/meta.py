@@ -42,7 +42,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from geostore.errors import ApiError, CodecError, ErrorCode, GeostoreError
-from geostore.ids import INDEX_ZERO, Epoch, LogIndex, NodeId, PartitionId, RegionId, StreamName
+from geostore.ids import (
+    INDEX_ZERO,
+    Epoch,
+    LogIndex,
+    NodeId,
+    PartitionId,
+    RegionId,
+    Seq,
+    StreamName,
+)
 
 from . import _cbor
 from .commands import CreateStream
@@ -84,12 +93,17 @@ class MetaCreateStream:
 
 @dataclass(frozen=True, slots=True)
 class MetaMoveHome:
-    """Move one partition's home; ``epoch`` must exceed the current one."""
+    """Move one partition's home; ``epoch`` must exceed the current one.
+
+    ``fork_seq``: the last seq the new epoch keeps (the store's ``SetHome.fork_seq``, which
+    the region leaders mirror with it); None: wherever each region's log ends.
+    """
 
     stream: StreamName
     partition: PartitionId
     home: RegionId
     epoch: Epoch
+    fork_seq: Seq | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +200,7 @@ def encode_meta(cmd: MetaCommand) -> bytes:
                 [[p, r] for p, r in s.homes],
             ]
         case MetaMoveHome():
-            body = ["move", cmd.stream, cmd.partition, cmd.home, cmd.epoch]
+            body = ["move", cmd.stream, cmd.partition, cmd.home, cmd.epoch, cmd.fork_seq]
         case MetaRenewLease():
             body = ["lease", cmd.region, cmd.holder, cmd.duration_ms]
         case MetaSetRegion():
@@ -216,11 +230,12 @@ def decode_meta(data: bytes) -> MetaCommand:
             return MetaCreateStream(
                 CreateStream(StreamName(name), parts, key_field, sch, tuple(hs))
             )
-        if kind == "move" and n == 6:
-            _, _, stream, part, home, epoch = raw
+        if kind == "move" and n == 7:
+            _, _, stream, part, home, epoch, fork = raw
             _need(type(stream) is str and type(part) is int, "header")
             _need(type(home) is str and type(epoch) is int, "home")
-            return MetaMoveHome(StreamName(stream), PartitionId(part), RegionId(home), epoch)
+            _need(fork is None or type(fork) is int, "fork seq")
+            return MetaMoveHome(StreamName(stream), PartitionId(part), RegionId(home), epoch, fork)
         if kind == "lease" and n == 5:
             _, _, region, holder, duration = raw
             _need(type(region) is str and type(holder) is str, "lease holder")
@@ -259,6 +274,8 @@ class MetaState:
         self._regions: dict[RegionId, tuple[NodeId, ...]] = {}
         self._leases: dict[RegionId, LeaseRecord] = {}
         self._dicts: dict[int, bytes] = {}
+        #: the fork seq of each partition's last move (absent: never moved, or no fork given)
+        self._forks: dict[tuple[StreamName, PartitionId], Seq] = {}
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -272,6 +289,10 @@ class MetaState:
         """A partition's home region and epoch; None for an unknown stream or partition."""
         s = self._streams.get(StreamName(stream))
         return None if s is None else s.home_of(partition)
+
+    def fork_of(self, stream: str, partition: int) -> Seq | None:
+        """The fork seq of the partition's last move (None: not moved, or no fork named)."""
+        return self._forks.get((StreamName(stream), PartitionId(partition)))
 
     def regions(self) -> dict[RegionId, tuple[NodeId, ...]]:
         return dict(sorted(self._regions.items()))
@@ -362,6 +383,8 @@ class MetaState:
                 f"stream {cmd.stream!r} has no partition {cmd.partition}",
                 stream=cmd.stream,
             )
+        if cmd.fork_seq is not None and cmd.fork_seq < -1:
+            raise malformed(f"fork seq {cmd.fork_seq} is below -1 (nothing kept)")
         if cmd.epoch <= current.epoch:
             raise ApiError(
                 ErrorCode.SUPERSEDED_EPOCH,
@@ -373,6 +396,11 @@ class MetaState:
         homes = list(s.homes)
         homes[cmd.partition] = moved
         self._streams[cmd.stream] = MetaStream(s.definition, tuple(homes))
+        key = (cmd.stream, cmd.partition)
+        if cmd.fork_seq is None:
+            self._forks.pop(key, None)
+        else:
+            self._forks[key] = cmd.fork_seq
         return moved
 
     def _renew(self, index: LogIndex, cmd: MetaRenewLease) -> LeaseRecord:
@@ -445,6 +473,7 @@ class MetaState:
                     for r in self.leases().values()
                 ],
                 "dicts": [[i, self._dicts[i]] for i in sorted(self._dicts)],
+                "forks": [[s, p, f] for (s, p), f in sorted(self._forks.items())],
             }
         )
 
@@ -469,8 +498,13 @@ class MetaState:
                 for r, h, ms, i, n in raw["leases"]
             }
             dicts = {int(i): bytes(b) for i, b in raw["dicts"]}
+            forks = {
+                (StreamName(str(st)), PartitionId(int(p))): Seq(int(f))
+                for st, p, f in raw.get("forks", [])
+            }
             applied = LogIndex(int(raw["applied"]))
         except (KeyError, ValueError, TypeError, GeostoreError) as exc:
             raise CodecError(f"metadata snapshot has bad fields: {exc}") from exc
         self._streams, self._regions, self._leases, self._dicts = streams, regions, leases, dicts
+        self._forks = forks
         self.applied_index = applied

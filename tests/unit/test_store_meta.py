@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geostore.errors import ErrorCode
-from geostore.ids import Epoch, LogIndex, NodeId, PartitionId, RegionId, StreamName
+from geostore.ids import Epoch, LogIndex, NodeId, PartitionId, RegionId, Seq, StreamName
 from geostore.store import CreateStream, Rejected, Schema, StreamInfo
 from geostore.store.meta import (
     DICTIONARY_BYTES_MAX,
@@ -86,6 +86,13 @@ def test_homes_move_only_to_larger_epochs() -> None:
     nopart = log.apply(MetaMoveHome(StreamName("s"), PartitionId(7), RegionId("a"), Epoch(5)))
     assert isinstance(nopart, Rejected) and nopart.error.code is ErrorCode.UNKNOWN_PARTITION
     assert log.state.home_of("s", 1) is not None and log.state.home_of("s", 9) is None
+    assert log.state.fork_of("s", 0) is None
+    forked = MetaMoveHome(StreamName("s"), PartitionId(0), RegionId("c"), Epoch(3), Seq(41))
+    log.apply(forked)
+    assert log.state.fork_of("s", 0) == 41
+    restored = MetaState()
+    restored.restore(log.state.snapshot())
+    assert restored.fork_of("s", 0) == 41 and restored.home_of("s", 0) == log.state.home_of("s", 0)
 
 
 def test_leases_record_holder_duration_and_index() -> None:
@@ -137,8 +144,9 @@ commands = st.one_of(
         ),
         names, st.integers(1, 3), st.sampled_from([None, "k"]), regions,
     ),
-    st.builds(lambda n, p, r, e: MetaMoveHome(StreamName(n), PartitionId(p), r, Epoch(e)),
-              names, st.integers(0, 3), regions, st.integers(0, 5)),
+    st.builds(lambda n, p, r, e, f: MetaMoveHome(StreamName(n), PartitionId(p), r, Epoch(e), f),
+              names, st.integers(0, 3), regions, st.integers(0, 5),
+              st.one_of(st.none(), st.integers(-1, 9))),
     st.builds(lambda r, h, ms: MetaRenewLease(r, NodeId(h), ms),
               regions, st.sampled_from(["n1", "n2"]), st.integers(0, 20_000)),
     st.builds(lambda r, ns: MetaSetRegion(r, tuple(NodeId(n) for n in ns)),
