@@ -5,14 +5,21 @@
 writes the resolved topology to ``DIR/topology.resolved.toml``, starts every node as its own
 process (``geostore node``, in its own session so it outlives this command; output in
 ``DIR/nodes/ID/process.log``), writes ``DIR/cluster.json`` at once (so ``down`` can clean up
-a failed start), and returns once every region's data group has a leader (or exits 1 after
-``--timeout``). In single-leader mode it waits instead for the global group's leader, then
+a failed start), and returns once every region's data group has a leader (with several
+regions: a leader whose status says ``meta.ready``: the metadata group has a leader, the
+topology's streams are mirrored there and it holds its home lease), or exits 1 after
+``--timeout``. In single-leader mode it waits instead for the global group's leader, then
 (at most 30 s more) for the leader to be in the preferred region (``--leader-region``, else
 ``raft.leader_region``, else the topology's first region).
 
 ``status --dir DIR`` prints one row per node: region, role, leader, term, commit, applied,
-pid and whether it answers. ``down --dir DIR`` sends SIGTERM to every node (graceful: they
-hand over leadership, flush and close), waits up to ``--timeout``, then SIGKILLs the rest.
+pid and whether it answers; with several regions (multi-leader) also the metadata group's
+leader and voters, every partition's home and epoch, each region's home lease, and the
+replication lag per partition and destination. A two-region topology gets a warning: its
+metadata group cannot survive the loss of either region.
+
+``down --dir DIR`` sends SIGTERM to every node (graceful: they hand over leadership, flush
+and close), waits up to ``--timeout``, then SIGKILLs the rest.
 
 With more than one region and without ``--no-netem``, ``up`` also starts the WAN emulator
 (``geostore netem serve``) as its own process and creates one proxy per directed
@@ -398,6 +405,11 @@ def _wait_leaders(
                     st = _get_json(node["api"] + "/v1/status", 1.0)
                 except (OSError, ValueError):
                     continue
+                # with several regions, a leader counts once the metadata group has a leader,
+                # the topology's streams are mirrored here and it holds its home lease
+                meta = (st or {}).get("meta")
+                if meta is not None and not meta.get("ready"):
+                    continue
                 for g in (st or {}).get("groups", {}).values():
                     if g.get("role") == "leader":
                         leaders[region] = node["id"]
@@ -487,6 +499,9 @@ def _status_rows(cluster: dict[str, Any]) -> list[dict[str, Any]]:
                         commit=g.get("commit"),
                         applied=g.get("applied"),
                     )
+                if st.get("meta") is not None:
+                    row["meta"] = st["meta"]
+                    row["leases"] = st.get("leases", {})
                 if row.get("role") == "leader":
                     row["replication_lag"] = st.get("replication_lag", [])
                     geo = st.get("geo") or {}
@@ -550,8 +565,63 @@ def _lag_table(rows: list[dict[str, Any]]) -> str | None:
     return _table(cols, out) if out else None
 
 
-def _ms(value: Any) -> Any:
+ef _ms(value: Any) -> Any:
     return f"{value:.1f}" if isinstance(value, int | float) else value
+
+
+def _meta_text(rows: list[dict[str, Any]]) -> str | None:
+    """The metadata group (leader, voters), homes and leases, as the answering nodes see them.
+
+    Homes come from any node (every node holds the catalog); each region's lease from its
+    own leader (the holder's view), else from any node (an observer's view).
+    """
+    metas = [r for r in rows if r.get("meta")]
+    if not metas:
+        return None
+    first = metas[0]["meta"]
+    leader = next((r["meta"]["leader"] for r in metas if r["meta"].get("leader")), None)
+    out = [
+        f"\nmetadata group: leader {leader or 'none known'}, voters "
+        f"{', '.join(first.get('voters', []))}; learners {len(first.get('learners', []))}; "
+        f"election timeout {first.get('election_ms')} ms"
+    ]
+    if first.get("warning"):
+        out.append(f"WARNING: {first['warning']}")
+    homes = max((r["meta"].get("homes", []) for r in metas), key=len)
+    if homes:
+        out.append("\nhomes")
+        out.append(
+            _table(
+                ["stream", "part", "home", "epoch"],
+                [[h["stream"], h["partition"], h["home"], h["epoch"]] for h in homes],
+            )
+        )
+    leases: dict[str, dict[str, Any]] = {}
+    for r in metas:
+        for region, view in (r.get("leases") or {}).items():
+            if region not in leases or view.get("view") == "holder":
+                leases[region] = view
+    if leases:
+        out.append("\nhome leases (holder: as its holder counts it; observer: until another")
+        out.append("node may count it expired)")
+        out.append(
+            _table(
+                ["region", "holder", "valid", "remaining_ms", "view", "renewals", "meta_index"],
+                [
+                    [
+                        region,
+                        v.get("holder"),
+                        v.get("valid"),
+                        v.get("remaining_ms"),
+                        v.get("view"),
+                        v.get("renewals"),
+                        v.get("index"),
+                    ]
+                    for region, v in sorted(leases.items())
+                ],
+            )
+        )
+    return "\n".join(out)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -567,12 +637,14 @@ def _status(args: argparse.Namespace) -> int:
                 f"preferred leader region {cluster.get('leader_region')}"
             )
         print(_status_table(cluster, rows))
+        meta_text = _meta_text(rows)
+        if meta_text:
+            print(meta_text)
         lag = _lag_table(rows)
         if lag is not None:
-            print("\nreplication (static placement: homes as created, epoch 1; no metadata")
-            print("group, home leases or failover yet); apply_p50/p99: per-event lag, home")
-            print("commit to apply in the destination, wall clocks (includes clock skew")
-            print("across machines; exact on one machine)")
+            print("\nreplication (per home partition and destination, from each home leader);")
+            print("apply_p50/p99: per-event lag, home commit to apply in the destination, wall")
+            print("clocks (includes clock skew across machines; exact on one machine)")
             print(lag)
             for r in rows:
                 raw, packed = r.get("geo_bytes") or (None, None)

@@ -148,9 +148,17 @@ class GeoSettings:
         100, "Interval of geo heartbeats (watermarks, liveness) on an idle link, ms."
     )
     lease_ms: int = _f(
-        3000, "Home-region lease from the metadata group; appends stop when it lapses, ms."
+        10_000,
+        "Home-region lease from the metadata group; appends stop when it lapses, ms (well "
+        "above the metadata group's election timeout, 10x the widest RTT by default).",
     )
-    lease_renew_ms: int = _f(1000, "Interval at which a home renews its lease, ms.")
+    lease_renew_ms: int = _f(3000, "Interval at which a home renews its lease, ms.")
+    lease_drift_ms: int = _f(
+        500,
+        "Clock margin of a lease, ms: the holder stops this much before the lease ends, any "
+        "other node counts it held until this much after.",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,10 +364,10 @@ def _check_cross_fields(c: Config, values: _Values) -> None:
             f"segment_bytes_max ({c.storage.segment_bytes_max})",
         ),
         (
-            c.geo.lease_renew_ms < c.geo.lease_ms,
-            ("geo.lease_renew_ms", "geo.lease_ms"),
-            f"lease_renew_ms ({c.geo.lease_renew_ms}) must be < lease_ms ({c.geo.lease_ms}): "
-            "the lease would lapse between renewals",
+            c.geo.lease_renew_ms + c.geo.lease_drift_ms < c.geo.lease_ms,
+            ("geo.lease_renew_ms", "geo.lease_drift_ms", "geo.lease_ms"),
+            f"lease_renew_ms ({c.geo.lease_renew_ms}) + lease_drift_ms ({c.geo.lease_drift_ms}) "
+            f"must be < lease_ms ({c.geo.lease_ms}): the lease would lapse between renewals",
         ),
         (
             c.geo.heartbeat_ms < c.geo.lease_ms,

@@ -130,27 +130,35 @@ class _Pending:
     on_done: OnProposal | None
 
 
-def bootstrap_storage(log: LogStore, hard_state: HardStateStore, voters: Iterable[NodeId]) -> bool:
+def bootstrap_storage(
+    log: LogStore,
+    hard_state: HardStateStore,
+    voters: Iterable[NodeId],
+    learners: Iterable[NodeId] = (),
+) -> bool:
     """Write a new group's initial configuration into empty storage; False if not empty.
 
     Every founding member writes the same committed prefix: one ADD_VOTER entry per voter
-    (sorted, term 1, indexes 1..n) and a hard state at term 1 committing them, as etcd
-    bootstraps. The configuration is thereby part of the log, so a node that joins later
-    learns it by replication (or from a snapshot) like any other state.
+    (sorted, term 1, indexes 1..n), then one ADD_LEARNER entry per learner (sorted), and a
+    hard state at term 1 committing them, as etcd bootstraps. The configuration is thereby
+    part of the log, so a node that joins later learns it by replication (or from a
+    snapshot) like any other state.
     """
     if log.last_index() > INDEX_ZERO or hard_state.load() != HardState():
         return False
     members = sorted(voters)
     assert members, "a group needs at least one voter"
+    watchers = sorted(set(learners) - set(members))
+    changes = [ConfChange(ConfChangeOp.ADD_VOTER, n) for n in members] + [
+        ConfChange(ConfChangeOp.ADD_LEARNER, n) for n in watchers
+    ]
     entries = [
-        Entry(
-            Term(1), LogIndex(i), EntryKind.CONFIG, ConfChange(ConfChangeOp.ADD_VOTER, n).encode()
-        )
-        for i, n in enumerate(members, start=1)
+        Entry(Term(1), LogIndex(i), EntryKind.CONFIG, c.encode())
+        for i, c in enumerate(changes, start=1)
     ]
     log.append(entries)
     log.sync()
-    hard_state.save(HardState(term=Term(1), vote=None, commit=LogIndex(len(members))))
+    hard_state.save(HardState(term=Term(1), vote=None, commit=LogIndex(len(entries))))
     return True
 
 

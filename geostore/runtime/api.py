@@ -7,12 +7,14 @@ Routing rules:
   request is forwarded at most once (a node that receives a forwarded request and does not
   lead answers 503 ``not_leader``; the client retries). No leader known within the wait:
   503 ``no_quorum``.
-- Between regions (static placement, see :mod:`.geo`): a region commits client appends
-  only for partitions it is home of; the leader splits an append by home region, appends
-  its own part and sends each other part to its home region (``route=reject``: 421
-  ``wrong_region`` with the home's address instead). Stream creation fans out to every
-  region before it is answered. Requests between regions carry ``X-Geostore-From-Region``
-  and are never sent on to a third region.
+- Between regions (multi-leader): a region commits client appends only for partitions it
+  is home of, and only while it holds its home lease from the metadata group (503
+  ``lease_lapsed`` otherwise, see :mod:`.meta`); the leader splits an append by home
+  region, appends its own part and sends each other part to its home region
+  (``route=reject``: 421 ``wrong_region`` with the home's address instead). Stream creation
+  is proposed to the metadata group (forwarded to its leader, whichever region it is in)
+  and answered once this node's region mirrored it. Requests between regions carry
+  ``X-Geostore-From-Region`` and are never sent on to a third region.
 - Single-leader mode (one global group): every write and every regional or strong read goes
   to the global leader, whichever region it is in (through the WAN proxy of its node, so
   the forward pays the emulated round trip); homes are reported, never routed by.
@@ -32,6 +34,7 @@ so the document lists every route the node serves.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -69,7 +72,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("geostore.runtime.api")
 
 FORWARDED_HEADER = "X-Geostore-Forwarded"
-#: Marks a request one region sent another (a create fan-out, a routed append, a strong
+#: Marks a request one region sent another (a routed append, a strong
 #: read): the receiving region serves it or refuses it, and never sends it on to a third.
 REGION_HEADER = "X-Geostore-From-Region"
 #: How long a write waits for commit and apply before answering 504 (outcome unknown).
@@ -194,6 +197,12 @@ ROUTES: tuple[Route, ...] = (
         body="MembersRequest", ok_schema="Object", errors=(400, 503, 504), tags=("operations",),
     ),
     Route(
+        "POST", "/v1/admin/meta/propose", "meta_propose",
+        "Internal: commit a metadata command (nodes reach the metadata leader with it)",
+        body="MetaProposeRequest", ok_schema="Object", errors=(400, 404, 409, 503, 504),
+        tags=("operations",),
+    ),
+    Route(
         "POST", "/v1/admin/leader/transfer", "leader_transfer",
         "Hand this node's leadership of its data group to another voter",
         body="TransferRequest", ok_schema="Object", errors=(400, 503), tags=("operations",),
@@ -232,7 +241,7 @@ class Api:
                 raise ApiError(ErrorCode.UNAVAILABLE, "the node is shutting down", retry_after_s=1)
             response = await handler(request)
         except GeostoreError as err:
-            response = error_response(request, err)
+            response = error_response(request, self._unmirrored(request, err))
         except web.HTTPException as exc:
             if exc.status == 413:
                 response = error_response(
@@ -341,47 +350,41 @@ class Api:
 
     async def create_stream(self, request: web.Request) -> web.StreamResponse:
         raw, body = await read_body(request, self.limits.body_bytes_max)
+        if self.node.meta is not None:  # several regions: the metadata group holds the catalog
+            return await self._create_in_meta(request, raw, body)
         group = self.node.group_for_stream("")
         forwarded = await self._leader_or_forward(request, group, raw)
         if forwarded is not None:
             return forwarded
-        # static placement: every region gets the same homes (the metadata group's job later)
+        # one region, or single-leader's one group: homes are reported, never routed by
         body = fill_homes(self.node.topology, body)
         cmd = group.store.validate_create(body)
         (result,) = await self._await_all(group.propose([encode_command(cmd)]))
         if isinstance(result, Rejected):
             raise result.error
         assert isinstance(result, StreamInfo), result
-        if REGION_HEADER not in request.headers and not self.node.single_leader:
-            await self._create_everywhere(body)
         return respond(request, 201 if result.created else 200, result.to_json())
 
-    async def _create_everywhere(self, body: Any) -> None:
-        """Create the stream in every other region too (idempotent, same definition).
-
-        Until the metadata group holds the catalogue, each region's data group keeps its own;
-        a creation fans out here before it is answered, so a stream exists everywhere.
-        """
-        data = json.dumps(body).encode()
-        failed: dict[str, str] = {}
-        for region in self.node.geo.others:
-            try:
-                status, answer, _ = await self._region_call(
-                    region, "POST", "/v1/streams", data, JSON
-                )
-            except ApiError as err:
-                failed[region] = err.message
-                continue
-            if status not in (200, 201):
-                failed[region] = f"{status}: {answer[:200].decode(errors='replace')}"
-        if failed:
-            raise ApiError(
-                ErrorCode.UNAVAILABLE,
-                f"created in {self.node.region} but not yet in {sorted(failed)}; retry "
-                "(creating the same stream again is idempotent)",
-                regions=failed,
-                retry_after_s=1,
-            )
+    async def _create_in_meta(
+        self, request: web.Request, raw: bytes, body: Any
+    ) -> web.StreamResponse:
+        """Propose the stream into the metadata group (through its leader), then answer once
+        this node's region mirrored it (bounded): a read here right after finds it."""
+        meta = self.node.meta
+        assert meta is not None
+        forwarded = await self._leader_or_forward(request, meta.group, raw)
+        if forwarded is None:
+            result = await meta.create_stream(body)
+            name: str = result.definition.name
+            status, answer = (201 if result.created else 200), result.to_json()
+        elif forwarded.status not in (200, 201):
+            return forwarded
+        else:
+            name = str(body.get("name")) if isinstance(body, dict) else ""
+        await meta.wait_mirrored(name, APPEND_TIMEOUT_S)
+        if forwarded is not None:
+            return forwarded
+        return respond(request, status, answer)
 
     async def _region_call(
         self, region: str, method: str, path_qs: str, data: bytes | None, ctype: str | None
@@ -464,9 +467,12 @@ class Api:
             homes = self._homes(group, stream)
             if any(homes.get(b.partition, here) != here for b in prepared.batches):
                 return await self._route_append(request, group, stream, body, homes, t0)
+            if homes:
+                self._require_lease()
         group.rr_counter = prepared.rr_counter
         futures = group.propose([encode_command(b) for b in prepared.batches])
         first = await self._await_all(futures)
+        self._lease_after_commit()
         results, token_parts, errors, stored = _append_outcomes(prepared.batches, first)
         if errors and not token_parts:
             raise errors[0]
@@ -596,13 +602,62 @@ class Api:
         self, group: GroupRuntime, stream: str, events: list[Any], producer: Any
     ) -> tuple[list[dict[str, Any]], list[tuple[int, int, int]], list[ApiError], int]:
         """Append events of this region's partitions: results, token parts, errors, count."""
+        self._require_lease()
         prepared = group.store.validate_append(
             stream, events, now_us=time.time_ns() // 1000, producer=producer
         )
         outcomes = await self._await_all(
             group.propose([encode_command(b) for b in prepared.batches])
         )
+        self._lease_after_commit()
         return _append_outcomes(prepared.batches, outcomes)
+
+    def _unmirrored(self, request: web.Request, err: GeostoreError) -> GeostoreError:
+        """A stream the metadata group has but this region has not mirrored yet (a moment
+        after its creation elsewhere): a retryable 503 rather than 404."""
+        meta = self.node.meta
+        name = request.match_info.get("s")
+        if meta is None or name is None or err.code is not ErrorCode.UNKNOWN_STREAM:
+            return err
+        if meta.state.stream(name) is None:
+            return err
+        return ApiError(
+            ErrorCode.UNAVAILABLE,
+            f"stream {name!r} exists but region {self.node.region} has not mirrored it yet; "
+            "retry shortly",
+            stream=name,
+            retry_after_s=1,
+        )
+
+    def _require_lease(self) -> None:
+        """Partitions homed here take appends only under a valid home lease (503 otherwise)."""
+        if self.node.meta is not None:
+            self.node.meta.require_lease()
+
+    def _lease_after_commit(self) -> None:
+        """Committed while the lease was valid at proposal: durable here, answered as a
+        success even if the lease lapsed meanwhile (counted); new appends are refused."""
+        if self.node.meta is not None:
+            self.node.meta.note_ack()
+
+    async def meta_propose(self, request: web.Request) -> web.StreamResponse:
+        """Internal: another node's metadata command, proposed here when this node leads."""
+        raw, body = await read_body(request, self.limits.body_bytes_max)
+        meta = self.node.meta
+        if meta is None:
+            raise ApiError(ErrorCode.UNAVAILABLE, "no metadata group in this mode or topology")
+        command = body.get("command") if isinstance(body, dict) else None
+        if isinstance(command, str):
+            try:
+                command = base64.b64decode(command, validate=True)
+            except ValueError:
+                command = None
+        if not isinstance(command, bytes):
+            raise ApiError(ErrorCode.MALFORMED, 'body must be {"command": base64 of a command}')
+        forwarded = await self._leader_or_forward(request, meta.group, raw)
+        if forwarded is not None:
+            return forwarded
+        return respond(request, 200, {"result": await meta.propose_encoded(command)})
 
     async def add_peer(self, request: web.Request) -> web.StreamResponse:
         _, body = await read_body(request, self.limits.body_bytes_max)
@@ -859,7 +914,7 @@ class Api:
         for gid, group in node.groups.items():
             if group.failed is not None:
                 reasons.append(f"group {gid}: storage failed: {group.failed.message}")
-            elif group.leader is None:
+            elif group.leader is None and not (node.meta and group is node.meta.group):
                 reasons.append(f"group {gid}: no leader known")
         if reasons:
             err = ApiError(ErrorCode.UNAVAILABLE, "; ".join(reasons), retry_after_s=1)
@@ -984,6 +1039,11 @@ _SCHEMAS: dict[str, Any] = {
             "node": {"type": "string"},
         },
     },
+    "MetaProposeRequest": {
+        "type": "object",
+        "required": ["command"],
+        "properties": {"command": {"type": "string", "description": "base64 of the command"}},
+    },
     "TransferRequest": {
         "type": "object",
         "required": ["to"],
@@ -997,7 +1057,7 @@ _REASONS = {
     409: "conflict",
     413: "over a limit",
     421: "wrong region: the partition is homed in another region (route=reject)",
-    503: "not available now (no leader, shutting down); see Retry-After",
+    503: "not available now (no leader, home lease lapsed, shutting down); see Retry-After",
     504: "a wait bound expired",
 }
 

@@ -2,11 +2,10 @@
 
 Theory of operation:
 
-- Placement is static for now: a partition's home region and epoch are those its stream was
-  created with (the request's ``homes``, the topology's ``[[streams]]``, or round-robin over
-  the regions; see :func:`fill_homes`), and every region holds the same stream definitions
-  (``POST /v1/streams`` fans the creation out to the other regions). The global metadata
-  group, home leases and failover replace this later; until then a home never changes.
+- Placement comes from the global metadata group (:mod:`.meta`): a stream's homes are chosen
+  at creation (the request's ``homes``, the topology's ``[[streams]]``, or round-robin over
+  the regions; see :func:`fill_homes`), and each region's leader mirrors the catalog, homes
+  and epochs into its own data group, which is where this module reads them.
 - Only the leader of a region's data group hosts cores. On becoming leader it builds a
   :class:`~geostore.geo.Shipper` (the partitions homed here, to every other region) and a
   :class:`~geostore.geo.Receiver` (the partitions homed elsewhere, from the durable
@@ -704,8 +703,7 @@ class GeoHost:
     def status_json(self) -> dict[str, Any]:
         shipper, receiver = self.shipper, self.receiver
         out: dict[str, Any] = {
-            "placement": "static (stream homes, epoch as created); no metadata group, "
-            "leases or failover yet",
+            "placement": "metadata group (homes and epochs mirrored into the data group)",
             "role": "leader" if shipper is not None else "idle",
             "regions": list(self.others),
             "windows": dict(self.windows),

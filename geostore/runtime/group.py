@@ -4,7 +4,9 @@ Theory of operation:
 
 - The group owns a data dir (``raft/`` for the file log, hard state and snapshots, ``blocks/``
   for the store's sealed blocks), an :class:`~geostore.store.EventStore` and a
-  :class:`~geostore.runtime.machine.RuntimeHost` that drives the Raft core.
+  :class:`~geostore.runtime.machine.RuntimeHost` that drives the Raft core. A group may
+  run another state machine instead (``machine=``: the metadata group's); its event store
+  then stays empty and unused.
 - Everything happens on the event loop, never concurrently: inbound peer messages and client
   proposals are queued, and one *flush* (scheduled with ``call_soon`` when the first item
   arrives) steps every queued message, proposes every queued entry in one batch and drains
@@ -39,7 +41,7 @@ from typing import Any
 from geostore.config import Config, Topology, raft_timing
 from geostore.errors import ApiError, ErrorCode, GeostoreError
 from geostore.ids import GroupId, LogIndex, NodeId, RegionId, Term
-from geostore.node.ports import MessageSender
+from geostore.node.ports import MessageSender, StateMachine
 from geostore.node.raft_host import (
     Committed,
     HostConfig,
@@ -212,6 +214,8 @@ class GroupSpec:
     #: the regions the voters sit in, when more than ``region`` (single-leader's global
     #: group): its election timeout is sized by the widest RTT between them
     spans: tuple[RegionId, ...] = ()
+    #: founding learners (the metadata group's non-voting copies), written at bootstrap
+    learners: tuple[NodeId, ...] = ()
 
 
 def store_limits(config: Config) -> StoreLimits:
@@ -232,6 +236,7 @@ class GroupRuntime:
         *,
         unsafe_no_fsync: bool = False,
         rng: random.Random | None = None,
+        machine: StateMachine | None = None,
     ) -> None:
         self.spec = spec
         self.group_id = spec.group_id
@@ -288,7 +293,9 @@ class GroupRuntime:
                 node=node_id,
                 group=spec.group_id,
             )
-        if spec.bootstrap and bootstrap_storage(self.log, self.hard_state, spec.voters):
+        if spec.bootstrap and bootstrap_storage(
+            self.log, self.hard_state, spec.voters, spec.learners
+        ):
             log.info("group %s: bootstrapped with voters %s", spec.group_id, list(spec.voters))
         self.host = RuntimeHost(
             raft_config,
@@ -297,7 +304,8 @@ class GroupRuntime:
             self.hard_state,
             self.storage.snapshots,
             sender,
-            self.machine,
+            # another state machine (the metadata group's): the event store stays empty
+            machine if machine is not None else self.machine,
             rng or random.Random(),
         )
         self._closed = False

@@ -6,7 +6,9 @@ Theory of operation:
   transport's WebSocket endpoint (``/v1/peer``); one :class:`PeerTransport` multiplexes the
   messages of every hosted group over one link per peer (messages name their group).
 - Groups live in a map ``GroupId -> GroupRuntime``; in multi-leader mode that is the
-  region's data group (``data-<region>``), in single-leader mode the one global data group
+  region's data group (``data-<region>``) and, with several regions, the global metadata
+  group ``meta`` (:mod:`.meta`: catalog, homes, epochs, home leases); in single-leader
+  mode the one global data group
   (``data-global``) whose voters are every node of every region; inbound messages are
   routed by their ``group`` field. In single-leader mode the geo host is off (every
   partition is led from one place), the peers of other regions are reached through their
@@ -47,6 +49,7 @@ from geostore.geo import GeoEnvelope
 from geostore.ids import GroupId, NodeId, RegionId
 from geostore.runtime.geo import GeoHost, fill_homes, load_wan_routes
 from geostore.runtime.group import GroupRuntime, GroupSpec
+from geostore.runtime.meta import META_GROUP, MetaHost
 from geostore.runtime.metrics import NodeMetrics
 from geostore.runtime.placement import LeaderPlacement
 from geostore.runtime.wire import PeerDecoder, encode_peer_message
@@ -191,6 +194,21 @@ class NodeRuntime:
                 {n.id: n.region for n in topology.nodes()},
                 max(1, self.data_group.election_ms // self.data_group.tick_ms),
             )
+        #: the global metadata group (multi-leader mode with several regions; else None:
+        #: one region's data group or single-leader's global group holds the catalog)
+        self.meta: MetaHost | None = None
+        if not single and len(topology.regions) > 1:
+            # its leader may sit in any region: forwarded requests reach it via the proxies
+            self.peer_urls.update(self.geo.remote_urls)
+            self.meta = MetaHost(
+                self,
+                bootstrap=bootstrap,
+                join=join,
+                unsafe_no_fsync=unsafe_no_fsync,
+                rng=random.Random(self.rng.random()),
+            )
+            self.groups[META_GROUP] = self.meta.group
+            self.meta.group.on_fatal = self._group_failed
         self.metrics.watch_geo(self.geo)
         #: the process exit status: 1 after a group failed
         self.exit_code = 0
@@ -315,8 +333,15 @@ class NodeRuntime:
             self.geo.tick()
             if self.placement is not None:
                 self.placement.tick(stopping=self.stopping)
+            if self.meta is not None:  # catalog, mirror, leases (it creates topology streams)
+                self.meta.tick()
             group = self.data_group
-            if group.is_leader and group.host.core.term != seeded_term and self.topology.streams:
+            if (
+                self.meta is None
+                and group.is_leader
+                and group.host.core.term != seeded_term
+                and self.topology.streams
+            ):
                 seeded_term = group.host.core.term
                 task = asyncio.create_task(self._create_topology_streams(group))
                 self._background.add(task)
@@ -327,7 +352,8 @@ class NodeRuntime:
                 next_at = now + period_s
 
     async def _create_topology_streams(self, group: GroupRuntime) -> None:
-        """A new leader creates the streams the topology declares (idempotent)."""
+        """A new leader creates the streams the topology declares (idempotent); only without
+        a metadata group (one region, single-leader mode): else the meta leader does."""
         from geostore.store import encode_command
 
         for spec in self.topology.streams:
@@ -336,7 +362,7 @@ class NodeRuntime:
                 request["key_field"] = spec.key_field
             if spec.homes:
                 request["homes"] = {str(p): r for p, r in spec.homes.items()}
-            # every region creates them with the same homes (static placement)
+            # single-leader mode: homes are reported, never routed by
             request = fill_homes(self.topology, request)
             try:
                 cmd = group.store.validate_create(request)
@@ -381,7 +407,11 @@ class NodeRuntime:
             return
         st = group.status()
         candidates = sorted(
-            ((p.match, nid) for nid, p in st.progress.items() if nid != self.node_id),
+            (
+                (p.match, nid)
+                for nid, p in st.progress.items()
+                if nid != self.node_id and nid in st.conf.voters  # never to a learner
+            ),
             reverse=True,
         )
         if not candidates:
@@ -411,11 +441,17 @@ class NodeRuntime:
             "api": f"http://{self.host}:{self.port}",
             "uptime_s": round(time.time() - self.started_at, 3),
             "stopping": self.stopping,
-            "groups": {gid: g.status_json() for gid, g in self.groups.items()},
+            # data groups only: the metadata group is under "meta"
+            "groups": {gid: g.status_json() for gid, g in self.groups.items() if gid != META_GROUP},
             "partitions": [p.to_json() for p in self.data_group.store.partitions()],
             "replication_lag": self.geo.lag_rows(),
             "geo": self.geo.status_json(),
             **({"placement": self.placement.status_json()} if self.placement else {}),
+            **(
+                {"meta": self.meta.status_json(), "leases": self.meta.leases_json()}
+                if self.meta is not None
+                else {}
+            ),
             "peers": self.transport.stats(),
             "config": {
                 "raft": _fields(c.raft),

@@ -316,7 +316,8 @@ def test_a_cut_link_delays_copies_and_healing_catches_up(cluster: dict[str, Any]
             answer = ok(f"{a}/v1/streams/s/events", {"events": [{"partition": 0, "body": i}]})
         last = answer["results"][0]["last_seq"]
         time.sleep(0.5)
-        # the home acknowledges (no leases yet); the cut-off copy stays a strict prefix
+        # the home acknowledges (its lease, renewed before the cut, is still valid);
+        # the cut-off copy stays a strict prefix
         held = events(b2, 0)
         assert len(held) == before + 1 < last + 1
         assert held == events(a, 0, "regional")[: len(held)]

@@ -67,7 +67,7 @@ def test_the_brief_s_field_names_exist() -> None:
         "storage.group_commit_max_bytes",
         "geo.batch_events_max", "geo.batch_bytes_max", "geo.linger_ms",
         "geo.inflight_batches_max", "geo.zstd_level", "geo.use_dictionary", "geo.heartbeat_ms",
-        "geo.lease_ms", "geo.lease_renew_ms",
+        "geo.lease_ms", "geo.lease_renew_ms", "geo.lease_drift_ms",
         "limits.body_bytes_max", "limits.events_per_request_max", "limits.event_bytes_max",
         "limits.read_limit_max", "limits.query_range_us_max", "limits.tail_subscribers_max",
         "limits.tail_buffer_events_max", "limits.wait_ms_max", "limits.decompressed_bytes_max",
@@ -151,7 +151,7 @@ INVALID: list[tuple[str, str, str, str]] = [
     ),
     (
         "renew not below lease",
-        "[geo]\nlease_renew_ms = 3000\n",
+        "[geo]\nlease_renew_ms = 10000\n",
         "geo.lease_renew_ms",
         "must be < lease_ms",
     ),
