@@ -565,7 +565,7 @@ def _lag_table(rows: list[dict[str, Any]]) -> str | None:
     return _table(cols, out) if out else None
 
 
-ef _ms(value: Any) -> Any:
+def _ms(value: Any) -> Any:
     return f"{value:.1f}" if isinstance(value, int | float) else value
 
 
