@@ -145,7 +145,7 @@ class NodeSecurity:
         """The region of ``peer``: the topology's, or ours for a node added since."""
         try:
             return self.topology.node(peer).region
-        except ConfigError:
+        except (KeyError, ConfigError):
             return self.region if self._known(peer) else None
 
     def is_member(self, peer: NodeId) -> bool:

@@ -178,6 +178,8 @@ def restart(cluster: dict[str, Any], node: dict[str, Any]) -> None:
     cmd = [sys.executable, "-m", "geostore", "node", "--topology", cluster["topology_resolved"],
            "--node", node["id"], "--dir", node["dir"], "--mode", "single-leader",
            "--wan", str(folder / "wan.json")]  # fmt: skip
+    if cluster.get("tls"):  # as cluster up started it: its certificate and the token table
+        cmd += ["--certs", str(folder / "certs"), "--tokens", str(folder / cluster["tokens"])]
     with open(os.path.join(node["dir"], "process.log"), "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
