@@ -413,32 +413,39 @@ ADMIN_TOKEN_FILE = "admin.token"
 def _ensure_security(folder: str, topology: Any) -> dict[str, Any]:
     """Certificates for every node and an admin token, created when missing (owner-only).
 
-    The token table (``tokens.toml``) holds only the SHA-256 of the secret; the secret itself
-    is in ``admin.token`` (0600) for the CLI and client of whoever owns the folder.
+    The token table (``tokens.toml``) holds only the SHA-256 of each secret; an operator may
+    have listed tokens there before the first ``up`` (they are kept). The admin secret itself
+    is in ``admin.token`` (0600) for the CLI and client of whoever owns the folder; when that
+    file is missing a new admin token is minted and its hash appended to the table.
     Returns the cluster.json fields (paths relative to the folder).
     """
     import secrets
 
-    from geostore.config.tokens import hash_secret, token_toml
+    from geostore.config.tokens import hash_secret, load_tokens, token_toml
     from geostore.transport.certs import CA_CERT, ensure_certs
 
     ensure_certs(topology, os.path.join(folder, CERTS_DIR))
     tokens_path = os.path.join(folder, TOKENS_FILE)
     secret_path = os.path.join(folder, ADMIN_TOKEN_FILE)
-    if not (os.path.exists(tokens_path) and os.path.exists(secret_path)):
+    if not os.path.exists(secret_path):
+        names = load_tokens(tokens_path).names() if os.path.exists(tokens_path) else ()
+        name = next(n for k in range(1000) if (n := f"admin{k or ''}") not in names)
         secret = "gst_" + secrets.token_urlsafe(32)
-        table = token_toml("admin", hash_secret(secret), ("read", "write", "admin"))
-        for path, text in ((secret_path, secret + "\n"), (tokens_path, table)):
-            tmp = path + ".tmp"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, text.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+        entry = token_toml(name, hash_secret(secret), ("read", "write", "admin"))
+        fd = os.open(tokens_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # an operator's own table too: it lists who may do what
+            os.write(fd, (b"\n" if os.fstat(fd).st_size else b"") + entry.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(secret_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (secret + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(secret_path + ".tmp", secret_path)
     return {
         "tls": True,
         "ca": os.path.join(CERTS_DIR, CA_CERT),
