@@ -34,6 +34,7 @@ logged at most once per interval per kind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -106,6 +107,8 @@ def _refusal_bytes() -> bytes:
 
 
 _REFUSAL = _refusal_bytes()
+#: How long a refused connection stays half-closed so the client reads the 503 (s).
+_REFUSAL_LINGER_S = 1.0
 
 
 class _GuardedProtocol(asyncio.Protocol):
@@ -135,7 +138,11 @@ class _GuardedProtocol(asyncio.Protocol):
             )
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(_REFUSAL)
-            transport.close()
+            # Half-close, and close a moment later: closing with the client's request unread
+            # would reset the connection, and the client could lose the answer with it.
+            if transport.can_write_eof():
+                transport.write_eof()
+            asyncio.get_running_loop().call_later(_REFUSAL_LINGER_S, transport.close)
             return
         self._stats.connections += 1
         self._counted = True
@@ -306,7 +313,13 @@ def body_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Middl
                         f"the request body did not arrive within {limits.body_timeout_s:g} s",
                     ),
                 )
-                response.force_close()
+                # answer at once and close: aiohttp would otherwise linger, reading the rest
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    async with asyncio.timeout(limits.write_timeout_s):
+                        await response.prepare(request)
+                        await response.write_eof()
+                if request.transport is not None:
+                    request.transport.close()  # flushes what is buffered, then closes
                 return response
             except web.HTTPRequestEntityTooLarge:
                 return error_response(
