@@ -264,6 +264,8 @@ def _fuzz(node: NodeThread, op_id: str, mode: GenerationMode) -> None:
         case.validate_response(response, checks=CHECKS)
 
     run()
+    # one line per operation and mode, so a long run reports as it goes (pytest -s)
+    print(f"\nfuzzed {op_id}/{mode.value}: {COUNTS[f'{op_id}/{mode.value}']} requests", flush=True)
 
 
 @pytest.mark.parametrize(("op_id", "mode"), [c for c in _cases() if c.values[0] not in ADMIN])
