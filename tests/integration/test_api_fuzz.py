@@ -10,8 +10,11 @@ token table; the fuzzer calls with an admin token (so requests reach the handler
 the cluster CA. ``GEOSTORE_FUZZ_POSTURES=tls,plain`` fuzzes a plain-HTTP node without tokens
 as well (default ``tls``).
 
-Examples per operation and mode: ``GEOSTORE_FUZZ_EXAMPLES`` (default 50, for ``make test``;
-``GEOSTORE_FUZZ_EXAMPLES=1000`` is the full run the security issue asks for)."""
+Examples per operation and mode: ``GEOSTORE_FUZZ_EXAMPLES`` (default 50, for ``make test``).
+``GEOSTORE_FUZZ_GROUP_REQUESTS=1000`` instead spreads at least that many generated requests
+over each endpoint group (the OpenAPI tag: streams, events, operations), each operation and
+mode of a group getting an equal share: the full run the security issue asks for, sized to
+finish on a small machine. Each operation prints its count (``pytest -s``)."""
 
 from __future__ import annotations
 
@@ -51,10 +54,11 @@ from geostore.transport.certs import CA_CERT, init_certs, load_node_tls
 from geostore.transport.wire import PEER_PATH, encode_batch, hello_text
 
 EXAMPLES = int(os.environ.get("GEOSTORE_FUZZ_EXAMPLES", "50"))
+GROUP_REQUESTS = int(os.environ.get("GEOSTORE_FUZZ_GROUP_REQUESTS", "0"))
 POSTURES = [p for p in os.environ.get("GEOSTORE_FUZZ_POSTURES", "tls").split(",") if p]
 assert set(POSTURES) <= {"tls", "plain"}, POSTURES
 ADMIN_SECRET = "gst_fuzz-admin-0123456789abcdef0123456789"
-pytestmark = pytest.mark.timeout(max(120, EXAMPLES * 3 * len(POSTURES)))
+pytestmark = pytest.mark.timeout(max(120, max(EXAMPLES, GROUP_REQUESTS) * 3 * len(POSTURES)))
 
 STREAM = "fuzzed"
 STREAM_DEF: dict[str, Any] = {
@@ -235,12 +239,24 @@ def _cases() -> list[Any]:
     return params
 
 
+def _examples(op_id: str) -> int:
+    """Examples per mode of ``op_id``: EXAMPLES, or its share of GROUP_REQUESTS."""
+    if not GROUP_REQUESTS:
+        return EXAMPLES
+    (tag,) = _TAG[op_id]
+    shares = sum(2 for o in _NEGATABLE if _TAG[o] == (tag,) and o not in SKIPPED)
+    return -(-GROUP_REQUESTS // max(1, shares))
+
+
+_TAG = {r.handler: r.tags for r in ROUTES}
+
+
 def _fuzz(node: NodeThread, op_id: str, mode: GenerationMode) -> None:
     operation = OPERATIONS[op_id]
     strategy = operation.as_strategy(generation_mode=mode)
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=_examples(op_id),
         deadline=None,
         database=None,
         derandomize=True,
