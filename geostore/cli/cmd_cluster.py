@@ -18,7 +18,15 @@ With more than one region and without ``--no-netem``, ``up`` also starts the WAN
 (``geostore netem serve``) as its own process and creates one proxy per directed
 inter-region link and destination node, with the topology's latency, jitter and bandwidth.
 
-``cluster.json``: ``{"mode", "topology", "topology_resolved", "config", "netem",
+Security (docs/security.md): by default ``up`` creates, when missing, the cluster CA and a
+certificate per node in ``DIR/certs`` and an admin token (its hash in ``DIR/tokens.toml``,
+its secret in ``DIR/admin.token``, all owner-only), starts every node with ``--certs`` and
+``--tokens``, and writes ``https://`` addresses (the WAN proxies pass TLS through). Every
+call this CLI makes to the nodes uses the CA and the admin token (:func:`_use_credentials`).
+``--insecure`` starts plain-HTTP nodes without either, with a loud warning.
+
+``cluster.json``: ``{"tls", "ca", "tokens", "token_file"`` (absent with ``--insecure``;
+paths relative to DIR), ``"mode", "topology", "topology_resolved", "config", "netem",
 "netem_pid", "regions": {R: {"nodes": [{"id", "api", "pid", "dir", "proxies"}]}},
 "leaders", "started_at", "ready_at"}`` (single-leader adds ``"leader_region"``, and
 ``leaders`` is ``{"global": NODE}``). ``netem`` is the emulator's API URL or null;

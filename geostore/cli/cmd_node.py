@@ -20,6 +20,11 @@ Empty storage is accepted only with ``--bootstrap`` (a founding member of a new 
 wiped may have voted or acknowledged entries it lost, and must come back under a new id
 (``node replace``), never under its old one.
 
+``--certs DIR`` (``geostore certs init`` or ``cluster up``) serves HTTPS with the node's
+certificate, requires node certificates on peer links and dials peers with mTLS;
+``--tokens FILE`` requires a bearer token with the route's role from every client (it needs
+``--certs``). See docs/security.md.
+
 ``--unsafe-no-fsync`` acknowledges appends without fsync: it exists ONLY so a fault test can
 show that the checks catch lost acknowledged writes. Never use it otherwise.
 
