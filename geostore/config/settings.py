@@ -164,7 +164,8 @@ class LimitsSettings:
     )
     header_timeout_s: float = _f(
         10.0,
-        "Deadline for a new connection's first request headers (and for a TLS handshake), s.",
+        "Deadline for a request's headers from their first byte (from the connection's "
+        "start for its first request; a TLS handshake too), s.",
         minimum=0,
         min_open=True,
     )

@@ -15,9 +15,10 @@ connections. This module adds what is missing, each check before any work is don
   before aiohttp sees a byte; a new connection that has not sent the end of its first request
   head (``\\r\\n\\r\\n``) within ``limits.header_timeout_s`` is closed. The TLS handshake,
   which runs before the protocol sees the connection, has the same deadline
-  (``ssl_handshake_timeout``). Later requests of a keep-alive connection are bounded by
-  aiohttp's keep-alive timeout while idle, not by this deadline (it would have to parse
-  bodies to know where the next request head starts).
+  (``ssl_handshake_timeout``). On a keep-alive connection the deadline is armed again once
+  an answer was written, from the first byte of the next request (an idle connection is left
+  to aiohttp's keep-alive timeout); a pipelined head that arrived before the previous answer
+  went out is not timed.
 * :func:`body_deadline_middleware`: a request with a body has it read, within
   ``limits.body_timeout_s``, after the caller was authorised and before the handler runs (the
   body is cached by aiohttp, so the handler's own read returns it at once). Too large: 413.
@@ -39,7 +40,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -65,9 +66,17 @@ class GuardStats:
     header_timeouts: int = 0  # first request head not complete in time
     body_timeouts: int = 0  # body not read in time: 408
     write_timeouts: int = 0  # answer not written in time: connection closed
+    #: id(transport) -> "an answer was written, the next bytes start a new request head"
+    awaiting_head: dict[int, Callable[[], None]] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, int]:
-        return asdict(self)
+        return {
+            "connections": self.connections,
+            "connections_refused": self.connections_refused,
+            "header_timeouts": self.header_timeouts,
+            "body_timeouts": self.body_timeouts,
+            "write_timeouts": self.write_timeouts,
+        }
 
 
 class LogEvery:
@@ -122,6 +131,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self._refused = False
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""  # the last bytes seen, to find a head's end across reads
+        self._in_head = True  # the next bytes belong to a request head
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -146,9 +156,17 @@ class _GuardedProtocol(asyncio.Protocol):
             return
         self._stats.connections += 1
         self._counted = True
+        self._stats.awaiting_head[id(transport)] = self.expect_head
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
         self._inner.connection_made(transport)
+
+    def expect_head(self) -> None:
+        """An answer went out: the next request's head, once it starts, has the deadline too
+        (from its first byte, so an idle keep-alive connection is left to the keep-alive
+        timeout)."""
+        self._in_head = True
+        self._tail = b""
 
     def _header_deadline(self) -> None:
         self._timer = None
@@ -165,12 +183,16 @@ class _GuardedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._timer is not None:
+        if self._in_head:
+            if self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
             seen = self._tail + data
             if _HEAD_END in seen:
                 self._timer.cancel()
                 self._timer = None
                 self._tail = b""
+                self._in_head = False
             else:
                 self._tail = seen[-3:]
         self._inner.data_received(data)
@@ -187,6 +209,8 @@ class _GuardedProtocol(asyncio.Protocol):
         if self._counted:
             self._counted = False
             self._stats.connections -= 1
+            if self._transport is not None:
+                self._stats.awaiting_head.pop(id(self._transport), None)
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -271,6 +295,10 @@ def write_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Midd
             async with asyncio.timeout(limits.write_timeout_s):
                 await response.prepare(request)
                 await response.write_eof()
+            if request.transport is not None:  # keep-alive: the next head has a deadline too
+                expect_head = stats.awaiting_head.get(id(request.transport))
+                if expect_head is not None:
+                    expect_head()
         except TimeoutError:
             stats.write_timeouts += 1
             _LOG.warning(

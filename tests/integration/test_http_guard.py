@@ -1,8 +1,8 @@
 """Proves the node's port holds against slow and greedy clients, on a real node and raw sockets:
-an over-long header is refused, a connection that trickles its request head or its body is
-dropped at the deadline, a client that does not read its answer is dropped at the write
-deadline, connections over the cap get a clear 503 and are closed, a gzip bomb is refused at
-the body limit; each is counted, and the node keeps serving the well-behaved."""
+an over-long header is refused, a connection that trickles its request head (new or kept
+alive) or its body is dropped at the deadline, a client that does not read its answer is
+dropped at the write deadline, connections over the cap get a clear 503 and are closed, a
+gzip bomb is refused at the body limit; each is counted, and the node keeps serving."""
 
 from __future__ import annotations
 
@@ -139,6 +139,19 @@ def test_a_trickled_request_head_is_dropped(node: Node) -> None:
         assert time.monotonic() - t0 < 8.0
     assert node.guard()["header_timeouts"] == before + 1
     assert node.request("GET", "/v1/health")[0] == 200
+
+
+def test_a_trickled_head_on_a_kept_alive_connection_is_dropped(node: Node) -> None:
+    before = node.guard()["header_timeouts"]
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
+        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(1.5)  # idle past the head deadline: left to the keep-alive timeout
+        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(b"GET /v1/health HTTP/1.1\r\n")  # then a head that never ends
+        assert closed_by_server(s, 10.0)
+    assert node.guard()["header_timeouts"] == before + 1
 
 
 def test_a_trickled_body_is_dropped_before_the_handler(node: Node) -> None:
