@@ -263,8 +263,17 @@ def summary_line(mode: str, region: str, r: Mapping[str, Any]) -> str:
 # --- IO helpers ---------------------------------------------------------------------------
 
 
+#: The CA and admin token of the cluster under test (cluster up's TLS default), set by
+#: :class:`_Cluster`; (None, None) for a plain cluster.
+_CREDS: tuple[Any, str | None] = (None, None)
+
+
 def _get(url: str, timeout_s: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout_s) as r:
+    ctx, token = _CREDS
+    req = urllib.request.Request(url)
+    if token is not None and url.startswith("https://"):  # nodes, not the netem API
+        req.add_unredirected_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as r:
         text: str = r.read().decode()
         return text
 
@@ -337,6 +346,12 @@ class _Cluster:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.doc: dict[str, Any] = json.loads((folder / "cluster.json").read_text())
+        global _CREDS
+        from geostore.client.cluster import load_cluster
+        from geostore.client.tls import client_ssl
+
+        found = load_cluster(folder)
+        _CREDS = (client_ssl(found.ca) if found.tls and found.ca else None, found.read_token())
         self.regions: list[str] = list(self.doc["regions"])
         self.urls = {r: [n["api"] for n in v["nodes"]] for r, v in self.doc["regions"].items()}
         self.node_region = {n["id"]: r for r, v in self.doc["regions"].items() for n in v["nodes"]}

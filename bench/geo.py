@@ -94,8 +94,23 @@ def _geostore(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[s
                           text=True, timeout=timeout, check=False, env=env)  # fmt: skip
 
 
+#: The cluster CA and admin token of the cluster under test (cluster up's TLS default), set
+#: by :func:`_up`; (None, None) for a plain cluster.
+_CREDS: tuple[Any, str | None] = (None, None)
+
+
+def _client_creds() -> dict[str, Any]:
+    """``ssl``/``token`` arguments of a GeostoreClient of the cluster under test."""
+    ctx, token = _CREDS
+    return {"ssl": ctx, "token": token}
+
+
 def _get_text(url: str, timeout_s: float = 10.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout_s) as r:
+    ctx, token = _CREDS
+    req = urllib.request.Request(url)
+    if token is not None and url.startswith("https://"):  # nodes, not the netem API
+        req.add_unredirected_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as r:
         text: str = r.read().decode()
         return text
 
@@ -167,6 +182,12 @@ def _up(topology: Path, folder: Path, *extra: str) -> Cluster:
                     "--timeout", "90", *extra)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"cluster up failed:\n{out.stdout}{out.stderr}")
+    global _CREDS
+    from geostore.client.cluster import load_cluster
+    from geostore.client.tls import client_ssl
+
+    found = load_cluster(folder)
+    _CREDS = (client_ssl(found.ca) if found.tls and found.ca else None, found.read_token())
     return Cluster(folder)
 
 
@@ -344,7 +365,9 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
 
         def make_op(region: str) -> Any:
             partition = HOMES[region]
-            client = GeostoreClient([leaders[region]], region, timeout_s=20.0, connections_max=512)
+            client = GeostoreClient(
+                [leaders[region]], region, timeout_s=20.0, connections_max=512, **_client_creds()
+            )
             clients.append(client)
             events = _flights(partition, args.seed + partition)
             mine = acks[partition]
@@ -363,7 +386,7 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
             return op
 
         async def tail(home: str, remote: str) -> None:
-            client = GeostoreClient([leaders[remote]], remote, timeout_s=20.0)
+            client = GeostoreClient([leaders[remote]], remote, timeout_s=20.0, **_client_creds())
             clients.append(client)
             seen = arrivals.setdefault((home, remote), {})
             async for event in client.tail(STREAM, HOMES[home]):

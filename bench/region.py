@@ -106,7 +106,8 @@ def run_geostore(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     geostore = [_python(), "-m", "geostore"]
     up = subprocess.run(
         [*geostore, "cluster", "up", "--topology", str(work / "region.toml"),
-         "--dir", str(cluster), "--no-netem", "--timeout", "60"],
+         "--dir", str(cluster), "--no-netem", "--timeout", "60",
+         *([] if args.tls else ["--insecure"])],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     try:
@@ -379,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--soak-rate", type=float, default=200.0, help="soak: requests/s")
     p.add_argument("--soak-batch", type=int, default=10, help="soak: events per request")
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="geostore as cluster up starts it by default: HTTPS, node certificates (mTLS "
+        "between nodes) and a bearer token; --no-tls runs it --insecure (plain HTTP)",
+    )
     p.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--json-out", type=Path, default=None)
@@ -414,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": args.workload,
         "durability": DURABILITY,
         "pysyncobj_journal": "mmap file" if args.journal else "memory",
+        "geostore_tls": args.tls,
         "pysyncobj_append_entries_use_batch": args.pysyncobj_batch,
         "client": "bench.loadgen in its own process; geostore via GeostoreClient to the leader",
         "errors": errors,

@@ -25,7 +25,15 @@ With more than one region and without ``--no-netem``, ``up`` also starts the WAN
 (``geostore netem serve``) as its own process and creates one proxy per directed
 inter-region link and destination node, with the topology's latency, jitter and bandwidth.
 
-``cluster.json``: ``{"mode", "topology", "topology_resolved", "config", "netem",
+Security (docs/security.md): by default ``up`` creates, when missing, the cluster CA and a
+certificate per node in ``DIR/certs`` and an admin token (its hash in ``DIR/tokens.toml``,
+its secret in ``DIR/admin.token``, all owner-only), starts every node with ``--certs`` and
+``--tokens``, and writes ``https://`` addresses (the WAN proxies pass TLS through). Every
+call this CLI makes to the nodes uses the CA and the admin token (:func:`_use_credentials`).
+``--insecure`` starts plain-HTTP nodes without either, with a loud warning.
+
+``cluster.json``: ``{"tls", "ca", "tokens", "token_file"`` (absent with ``--insecure``;
+paths relative to DIR), ``"mode", "topology", "topology_resolved", "config", "netem",
 "netem_pid", "regions": {R: {"nodes": [{"id", "api", "pid", "dir", "proxies"}]}},
 "leaders", "started_at", "ready_at"}`` (single-leader adds ``"leader_region"``, and
 ``leaders`` is ``{"global": NODE}``). ``netem`` is the emulator's API URL or null;
@@ -69,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the topology's first region)",
     )
     up.add_argument("--no-netem", action="store_true", help="no WAN proxies (nodes talk directly)")
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain HTTP, no certificates, no tokens (local experiments only)",
+    )
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for leaders")
     up.add_argument("--json", action="store_true", help="print cluster.json instead of a table")
     up.add_argument(
@@ -134,9 +147,40 @@ def _free_port() -> int:
     return chosen
 
 
+#: The credentials of the cluster this process talks to: (TLS context, bearer token); set by
+#: :func:`_load_cluster` and ``up`` from cluster.json, used by every call of this CLI.
+_CREDENTIALS: tuple[Any, str | None] = (None, None)
+
+
+def _use_credentials(cluster: dict[str, Any], folder: str) -> None:
+    """Call the nodes of ``cluster`` with its CA and admin token (when it has them)."""
+    global _CREDENTIALS
+    ctx = None
+    if cluster.get("tls") and cluster.get("ca"):
+        from geostore.client.tls import client_ssl
+
+        ctx = client_ssl(os.path.join(folder, cluster["ca"]))
+    token = None
+    if cluster.get("token_file"):
+        path = os.path.join(folder, cluster["token_file"])
+        with contextlib.suppress(OSError), open(path, encoding="utf-8") as f:
+            token = f.read().strip() or None
+    _CREDENTIALS = (ctx, token)
+
+
+def _urlopen(req: urllib.request.Request | str, timeout_s: float) -> Any:
+    """``urllib.request.urlopen`` with the cluster's CA and token (see :func:`_use_credentials`)."""
+    ctx, token = _CREDENTIALS
+    if isinstance(req, str):
+        req = urllib.request.Request(req)
+    if token is not None:
+        req.add_unredirected_header("Authorization", f"Bearer {token}")
+    return urllib.request.urlopen(req, timeout=timeout_s, context=ctx)
+
+
 def _get_json(url: str, timeout_s: float = 2.0) -> Any:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with _urlopen(url, timeout_s) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return json.loads(exc.read() or b"null")
@@ -165,9 +209,10 @@ def _load_cluster(folder: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data: dict[str, Any] = json.load(f)
-            return data
     except (OSError, ValueError) as exc:
         raise ApiError(ErrorCode.MALFORMED, f"cannot read {path}: {exc}") from None
+    _use_credentials(data, folder)
+    return data
 
 
 def _write_cluster(folder: str, data: dict[str, Any]) -> None:
@@ -215,6 +260,12 @@ def _up(args: argparse.Namespace) -> int:
         return 2
     folder = os.path.abspath(args.dir)
     os.makedirs(folder, exist_ok=True)
+    if args.insecure:
+        print(
+            "geostore cluster up: WARNING: --insecure: plain HTTP, no certificates, no tokens; "
+            "anyone who reaches a port can read, write and inject peer traffic",
+            file=sys.stderr,
+        )
     fresh = not os.path.exists(os.path.join(folder, CLUSTER_FILE))
     if not fresh:
         old = _load_cluster(folder)
@@ -251,7 +302,10 @@ def _up(args: argparse.Namespace) -> int:
     resolved_path = os.path.join(folder, "topology.resolved.toml")
     with open(resolved_path, "w", encoding="utf-8") as f:
         f.write(resolved.to_toml())
+    security = {} if args.insecure else _ensure_security(folder, resolved)
+    scheme = "http" if args.insecure else "https"
     cluster: dict[str, Any] = {
+        **security,
         "mode": args.mode,
         "topology": os.path.abspath(args.topology),
         "topology_resolved": resolved_path,
@@ -276,7 +330,7 @@ def _up(args: argparse.Namespace) -> int:
         plan = plan_links(resolved, port_alloc=_free_port)
     via: dict[str, dict[str, str]] = {}
     for link in plan:
-        via.setdefault(link.dst_node, {})[link.src_region] = "http://" + link.listen
+        via.setdefault(link.dst_node, {})[link.src_region] = f"{scheme}://{link.listen}"
     with open(wan_path + ".tmp", "w", encoding="utf-8") as f:
         json.dump({"via": via}, f, indent=2)
     os.replace(wan_path + ".tmp", wan_path)
@@ -305,6 +359,9 @@ def _up(args: argparse.Namespace) -> int:
                 cmd += ["--config", os.path.abspath(args.config)]
             if single and args.leader_region:
                 cmd += ["--leader-region", args.leader_region]
+            if security:
+                cmd += ["--certs", os.path.join(folder, CERTS_DIR)]
+                cmd += ["--tokens", os.path.join(folder, TOKENS_FILE)]
             if args.unsafe_no_fsync:
                 cmd.append("--unsafe-no-fsync")
             if fresh:  # only a cluster's first start may write initial configurations
@@ -320,7 +377,7 @@ def _up(args: argparse.Namespace) -> int:
             entries.append(
                 {
                     "id": n.id,
-                    "api": f"http://{n.host}:{n.port}",
+                    "api": f"{scheme}://{n.host}:{n.port}",
                     "pid": proc.pid,
                     "dir": node_dir,
                     "proxies": {},
@@ -328,6 +385,7 @@ def _up(args: argparse.Namespace) -> int:
             )
         cluster["regions"][r.name] = {"nodes": entries}
     _write_cluster(folder, cluster)
+    _use_credentials(cluster, folder)
     if use_netem:
         try:
             _start_netem(folder, plan, cluster)
@@ -361,6 +419,56 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Inside the cluster folder: certificates, the token table, the admin token's secret.
+CERTS_DIR = "certs"
+TOKENS_FILE = "tokens.toml"
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def _ensure_security(folder: str, topology: Any) -> dict[str, Any]:
+    """Certificates for every node and an admin token, created when missing (owner-only).
+
+    The token table (``tokens.toml``) holds only the SHA-256 of each secret; an operator may
+    have listed tokens there before the first ``up`` (they are kept). The admin secret itself
+    is in ``admin.token`` (0600) for the CLI and client of whoever owns the folder; when that
+    file is missing a new admin token is minted and its hash appended to the table.
+    Returns the cluster.json fields (paths relative to the folder).
+    """
+    import secrets
+
+    from geostore.config.tokens import hash_secret, load_tokens, token_toml
+    from geostore.transport.certs import CA_CERT, ensure_certs
+
+    ensure_certs(topology, os.path.join(folder, CERTS_DIR))
+    tokens_path = os.path.join(folder, TOKENS_FILE)
+    secret_path = os.path.join(folder, ADMIN_TOKEN_FILE)
+    if not os.path.exists(secret_path):
+        names = load_tokens(tokens_path).names() if os.path.exists(tokens_path) else ()
+        name = next(n for k in range(1000) if (n := f"admin{k or ''}") not in names)
+        secret = "gst_" + secrets.token_urlsafe(32)
+        entry = token_toml(name, hash_secret(secret), ("read", "write", "admin"))
+        fd = os.open(tokens_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # an operator's own table too: it lists who may do what
+            os.write(fd, (b"\n" if os.fstat(fd).st_size else b"") + entry.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(secret_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (secret + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(secret_path + ".tmp", secret_path)
+    return {
+        "tls": True,
+        "ca": os.path.join(CERTS_DIR, CA_CERT),
+        "tokens": TOKENS_FILE,
+        "token_file": ADMIN_TOKEN_FILE,
+    }
+
+
 def _start_netem(folder: str, plan: list[Any], cluster: dict[str, Any]) -> None:
     """Start the WAN emulator as its own process and give every inter-region link its proxy.
 
@@ -385,7 +493,8 @@ def _start_netem(folder: str, plan: list[Any], cluster: dict[str, Any]) -> None:
     by_node = {n["id"]: n for _, n in _nodes(cluster)}
     for link in applied:
         host, port_ = link.address
-        by_node[link.plan.dst_node]["proxies"][link.plan.src_region] = f"http://{host}:{port_}"
+        scheme = "https" if cluster.get("tls") else "http"
+        by_node[link.plan.dst_node]["proxies"][link.plan.src_region] = f"{scheme}://{host}:{port_}"
     cluster["netem"] = url
 
 

@@ -35,8 +35,10 @@ def _call(url: str, body: Any = None, timeout_s: float = 3.0) -> Any:
         url, data=data, method="GET" if body is None else "POST",
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
+    from geostore.cli.cmd_cluster import _urlopen  # with the cluster's CA and admin token
+
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with _urlopen(req, timeout_s) as resp:
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -66,8 +68,12 @@ def _statuses(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geostore.cli.cmd_cluster import _use_credentials
+
     path = Path(args.cluster)
-    cluster = json.loads((path / "cluster.json" if path.is_dir() else path).read_text())
+    file = path / "cluster.json" if path.is_dir() else path
+    cluster = json.loads(file.read_text())
+    _use_credentials(cluster, str(file.parent))
     regions = cluster["regions"]
     region = args.region or next(iter(regions))
     if region not in regions:

@@ -20,6 +20,11 @@ Empty storage is accepted only with ``--bootstrap`` (a founding member of a new 
 wiped may have voted or acknowledged entries it lost, and must come back under a new id
 (``node replace``), never under its old one.
 
+``--certs DIR`` (``geostore certs init`` or ``cluster up``) serves HTTPS with the node's
+certificate, requires node certificates on peer links and dials peers with mTLS;
+``--tokens FILE`` requires a bearer token with the route's role from every client (it needs
+``--certs``). See docs/security.md.
+
 ``--unsafe-no-fsync`` acknowledges appends without fsync: it exists ONLY so a fault test can
 show that the checks catch lost acknowledged writes. Never use it otherwise.
 
@@ -86,6 +91,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "of the other regions (default: their direct addresses)",
     )
     parser.add_argument(
+        "--certs",
+        default=None,
+        metavar="DIR",
+        help="certificate directory of 'geostore certs init' (or cluster up): serve HTTPS, "
+        "require node certificates on peer links, dial peers with mTLS",
+    )
+    parser.add_argument(
+        "--tokens",
+        default=None,
+        metavar="FILE",
+        help="token file (TOML of 'geostore certs token'): every client call needs a bearer "
+        "token with the route's role (needs --certs)",
+    )
+    parser.add_argument(
         "--unsafe-no-fsync",
         action="store_true",
         help="UNSAFE negative control: acknowledge without fsync (fault tests only)",
@@ -118,6 +137,21 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    tls = tokens = None
+    if args.certs is not None:
+        from geostore.transport.certs import load_node_tls
+
+        tls = load_node_tls(args.certs, args.node, require_client_cert=False)
+    if args.tokens is not None:
+        from geostore.config.tokens import load_tokens
+
+        tokens = load_tokens(args.tokens)
+    if tls is None:
+        print(
+            "geostore node: WARNING: no --certs: plain HTTP, peers and clients unauthenticated",
+            file=sys.stderr,
+        )
+
     async def main() -> int:
         spec = topology.node(args.node)
         node = NodeRuntime(
@@ -134,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
             join=args.join,
             wan_routes=args.wan,
             leader_region=args.leader_region,
+            tls=tls,
+            tokens=tokens,
         )
         await node.run()
         return node.exit_code
@@ -159,8 +195,10 @@ def _post(url: str, body: dict[str, str], timeout_s: float = 30.0) -> tuple[int,
         method="POST",
         headers={"Content-Type": "application/json"},
     )
+    from geostore.cli.cmd_cluster import _urlopen  # the cluster's CA and admin token
+
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        with _urlopen(req, timeout_s) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -242,6 +280,13 @@ def _membership(args: argparse.Namespace) -> int:
         os.makedirs(node_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "geostore", "node", "--topology", resolved_path,
                "--node", new_id, "--dir", node_dir, "--join"]  # fmt: skip
+        if cluster.get("tls"):  # the new node gets a certificate from the cluster CA
+            from geostore.cli.cmd_cluster import CERTS_DIR, TOKENS_FILE
+            from geostore.transport.certs import ensure_certs
+
+            ensure_certs(grown, os.path.join(folder, CERTS_DIR))
+            cmd += ["--certs", os.path.join(folder, CERTS_DIR)]
+            cmd += ["--tokens", os.path.join(folder, cluster.get("tokens") or TOKENS_FILE)]
         if cluster.get("config"):
             cmd += ["--config", cluster["config"]]
         wan = os.path.join(folder, "wan.json")
@@ -250,7 +295,7 @@ def _membership(args: argparse.Namespace) -> int:
         with open(os.path.join(node_dir, "process.log"), "ab") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        api = f"http://127.0.0.1:{port}"
+        api = f"{'https' if cluster.get('tls') else 'http'}://127.0.0.1:{port}"
         cluster["regions"][region]["nodes"].append(
             {"id": new_id, "api": api, "pid": proc.pid, "dir": node_dir, "proxies": {}}
         )

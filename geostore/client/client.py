@@ -144,13 +144,16 @@ class GeostoreClient:
 
         When the file says ``"tls": true`` the nodes are called over https; when it names a
         ``ca`` file (relative to the file's folder) that CA is trusted unless the caller
-        passes ``ssl`` or ``ca`` itself."""
+        passes ``ssl`` or ``ca`` itself; when it names a ``token_file`` its secret is sent
+        as the bearer token unless the caller passes ``token``."""
         cluster = load_cluster(dir_or_file)
         region = region or cluster.default_region()
         urls = cluster.urls(region)
         ids = [n.id for n in cluster.regions[region]]
         if cluster.ca is not None and kwargs.get("ssl") is None and kwargs.get("ca") is None:
             kwargs["ca"] = cluster.ca
+        if kwargs.get("token") is None and cluster.token_file is not None:
+            kwargs["token"] = cluster.read_token()
         return cls(urls, region, node_ids=ids, **kwargs)
 
     # --- lifecycle ---------------------------------------------------------------------

@@ -9,6 +9,8 @@ Optional TLS fields, for the runtime to write when the cluster serves HTTPS:
   (a runtime may as well write ``https://`` addresses directly).
 - ``"ca": "certs/ca.pem"`` - the cluster CA to trust, absolute or relative to the folder of
   ``cluster.json``. Without it an https cluster is checked against the system CA store.
+- ``"token_file": "admin.token"`` - a file holding a bearer token's secret (what ``cluster up``
+  writes for the folder's owner, mode 0600), read by clients that are given no token.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ class ClusterMap:
     tls: bool = False
     #: the cluster CA file to trust (resolved against the folder of cluster.json)
     ca: str | None = None
+    #: a file holding a bearer token's secret (resolved likewise)
+    token_file: str | None = None
+
+    def read_token(self) -> str | None:
+        """The secret in :attr:`token_file`; None without one. ApiError(config) if unreadable."""
+        if self.token_file is None:
+            return None
+        try:
+            secret = Path(self.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ApiError(ErrorCode.CONFIG, f"cannot read the token file: {exc}") from None
+        return secret or None
 
     def urls(self, region: str) -> list[str]:
         if region not in self.regions:
@@ -106,13 +120,17 @@ def parse_cluster(doc: Any, where: str = "cluster.json") -> ClusterMap:
     if ca_raw is not None and (not isinstance(ca_raw, str) or not ca_raw):
         raise ApiError(ErrorCode.CONFIG, f"{where}: 'ca' must be the path of a CA file")
     ca = str(Path(where).parent / ca_raw) if ca_raw is not None else None
+    token_raw = doc.get("token_file")
+    if token_raw is not None and (not isinstance(token_raw, str) or not token_raw):
+        raise ApiError(ErrorCode.CONFIG, f"{where}: 'token_file' must be the path of a file")
+    token_file = str(Path(where).parent / token_raw) if token_raw is not None else None
     if tls:
         regions = {
             name: tuple(NodeAddress(n.id, n.region, _https(n.api)) for n in nodes)
             for name, nodes in regions.items()
         }
     tls = tls or any(n.api.startswith("https://") for ns in regions.values() for n in ns)
-    return ClusterMap(where, regions, mode if isinstance(mode, str) else None, tls, ca)
+    return ClusterMap(where, regions, mode if isinstance(mode, str) else None, tls, ca, token_file)
 
 
 def _https(url: str) -> str:

@@ -179,6 +179,37 @@ class LimitsSettings:
         64 * MIB, "Largest decompressed size of one batch (zstd bomb guard), bytes."
     )
     frame_bytes_max: int = _f(16 * MIB, "Largest wire or disk frame, bytes.")
+    header_bytes_max: int = _f(
+        8190,
+        "Longest HTTP request line and longest single header field, bytes (431/400 beyond).",
+        minimum=256,
+    )
+    headers_max: int = _f(128, "Most header fields in one HTTP request.")
+    connections_max: int = _f(
+        4096, "Most open client and peer connections per node; more are answered 503 and closed."
+    )
+    header_timeout_s: float = _f(
+        10.0,
+        "Deadline for a request's headers from their first byte (from the connection's "
+        "start for its first request; a TLS handshake too), s.",
+        minimum=0,
+        min_open=True,
+    )
+    body_timeout_s: float = _f(
+        30.0, "Deadline for reading one request body, s.", minimum=0, min_open=True
+    )
+    write_timeout_s: float = _f(
+        30.0,
+        "Deadline for writing one response, or one live-tail write, to a slow client, s.",
+        minimum=0,
+        min_open=True,
+    )
+    keepalive_timeout_s: float = _f(
+        75.0,
+        "An idle keep-alive HTTP connection is closed after this long, s.",
+        minimum=0,
+        min_open=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from geostore.ids import NodeId, RegionId
 from geostore.raft.records import ConfChange, ConfChangeOp
 from geostore.runtime.geo import fill_homes
 from geostore.runtime.group import GroupRuntime
+from geostore.runtime.guard import bounded_write
 from geostore.runtime.http import (
     CBOR,
     JSON,
@@ -436,7 +437,7 @@ class Api:
         from geostore.runtime.node import node_url
 
         topo = self.node.topology
-        return [node_url(topo, n) for n in topo.region(region).node_ids()]
+        return [self.node.security.url(node_url(topo, n)) for n in topo.region(region).node_ids()]
 
     async def append(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
@@ -885,16 +886,21 @@ class Api:
                 result = group.store.events_since(stream, partition, next_seq, batch)
                 for ev in result.events:
                     data = json.dumps(ev.to_json(), default=str, separators=(",", ":"))
-                    await resp.write(f"id: {ev.seq}\nevent: event\ndata: {data}\n\n".encode())
+                    line = f"id: {ev.seq}\nevent: event\ndata: {data}\n\n".encode()
+                    await bounded_write(resp, line, self.limits.write_timeout_s)
                 next_seq = result.next_seq
                 if result.events:
                     continue
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=15.0)
                 except TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
+                    await bounded_write(resp, b": keep-alive\n\n", self.limits.write_timeout_s)
         except (ConnectionResetError, ConnectionError):
             pass
+        except TimeoutError:  # a subscriber that does not read: drop it, free its slot
+            node.security.guard.write_timeouts += 1
+            if request.transport is not None:
+                request.transport.close()
         finally:
             unsubscribe()
             self._tail_wakers.discard(wake)

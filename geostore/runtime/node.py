@@ -44,15 +44,19 @@ from aiohttp import web
 
 from geostore.codec import CodecLimits
 from geostore.config import Config, Topology
+from geostore.config.tokens import TokenTable
 from geostore.errors import ConfigError, GeostoreError
 from geostore.geo import GeoEnvelope
 from geostore.ids import GroupId, NodeId, RegionId
 from geostore.runtime.geo import GeoHost, fill_homes, load_wan_routes
 from geostore.runtime.group import GroupRuntime, GroupSpec
+from geostore.runtime.guard import GuardedSite, server_options
 from geostore.runtime.meta import META_GROUP, MetaHost
 from geostore.runtime.metrics import NodeMetrics
 from geostore.runtime.placement import LeaderPlacement
+from geostore.runtime.security import NodeSecurity
 from geostore.runtime.wire import PeerDecoder, encode_peer_message
+from geostore.transport.certs import NodeTls
 from geostore.transport.peer import PeerTransport
 from geostore.transport.settings import TransportSettings
 
@@ -98,6 +102,8 @@ class NodeRuntime:
         join: bool = False,
         wan_routes: str | None = None,
         leader_region: str | None = None,
+        tls: NodeTls | None = None,
+        tokens: TokenTable | None = None,
     ) -> None:
         self.topology = topology
         self.node_id = node_id
@@ -139,8 +145,21 @@ class NodeRuntime:
         # the topology wins over the book: a restart may give listed nodes new ports
         self.peer_urls: dict[NodeId, str] = self._load_peer_book()
         self.peer_urls.update({n: node_url(topology, n) for n in region_nodes})
-        peers = {n: u for n, u in self.peer_urls.items() if n != node_id}
         lim = config.limits
+        # certificates and tokens (none: plain HTTP); every URL this node calls follows suit
+        self.security = NodeSecurity(
+            topology,
+            node_id,
+            self.region,
+            lim,
+            self.metrics,
+            tls=tls,
+            tokens=tokens,
+            single_leader=single,
+            known=lambda n: n in self.peer_urls,
+        )
+        self.peer_urls = {n: self.security.url(u) for n, u in self.peer_urls.items()}
+        peers = {n: u for n, u in self.peer_urls.items() if n != node_id}
         settings = TransportSettings(frame_bytes_max=max(lim.frame_bytes_max, 2 << 20))
         routes = load_wan_routes(wan_routes)
         self.transport = PeerTransport(
@@ -152,6 +171,8 @@ class NodeRuntime:
             on_message=self._on_message,
             settings=settings,
             rng=random.Random(self.rng.random()),
+            tls=tls,
+            members=self.security.is_member,
         )
         if single:  # one group: every node of every region votes, WAN-sized timeouts
             gid = GLOBAL_GROUP
@@ -182,6 +203,7 @@ class NodeRuntime:
         self.data_group.on_fatal = self._group_failed
         # the leaders of the other regions are reached through the WAN proxies
         self.geo = GeoHost(self, routes, active=not single)
+        self.geo.remote_urls = {n: self.security.url(u) for n, u in self.geo.remote_urls.items()}
         if single:  # Raft peers and forwarded requests take the proxies too
             self.peer_urls.update(self.geo.remote_urls)
         if self.geo.remote_urls:
@@ -214,8 +236,12 @@ class NodeRuntime:
         self.exit_code = 0
         self.tick_ms = self.data_group.tick_ms
         self.session: aiohttp.ClientSession | None = None
-        self.app = web.Application(client_max_size=lim.body_bytes_max + 1)
-        from geostore.runtime.api import Api  # the API module imports this one's types
+        from geostore.runtime.api import FORWARDED_HEADER, REGION_HEADER, Api
+
+        self.app = web.Application(
+            client_max_size=lim.body_bytes_max + 1,
+            middlewares=self.security.middlewares((FORWARDED_HEADER, REGION_HEADER)),
+        )
 
         self.api = Api(self)
         self.api.attach(self.app)
@@ -229,6 +255,8 @@ class NodeRuntime:
     # -- peer input ------------------------------------------------------------------------
 
     def _on_message(self, peer: NodeId, msg: object) -> None:
+        if not self.security.admit(peer, msg):
+            return  # counted and logged: a sender saying what it may not
         if type(msg) is GeoEnvelope:
             self.geo.on_envelope(peer, msg)
             return
@@ -249,6 +277,7 @@ class NodeRuntime:
 
     def add_peer(self, node: NodeId, url: str) -> None:
         """Learn (durably) the address of a node that joined after the topology was written."""
+        url = self.security.url(url)
         self.peer_urls[node] = url
         extra = self._load_peer_book()
         extra[node] = url
@@ -274,23 +303,37 @@ class NodeRuntime:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        tls = self.security.tls
+        # the node's own calls (forwarded requests) present its certificate: mTLS
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=0, ssl=tls.client_ctx if tls else True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
         )
-        self.runner = web.AppRunner(self.app, shutdown_timeout=2.0, access_log=None)
+        lim = self.config.limits
+        self.runner = web.AppRunner(
+            self.app, shutdown_timeout=2.0, access_log=None, **server_options(lim)
+        )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        site = GuardedSite(
+            self.runner,
+            self.host,
+            self.port,
+            limits=lim,
+            stats=self.security.guard,
+            ssl_context=tls.server_ctx if tls else None,
+        )
         await site.start()
         await self.transport.start()
         log.info(
-            "node %s of region %s serving on http://%s:%d (mode %s, fsync %s)",
+            "node %s of region %s serving on %s://%s:%d (mode %s, fsync %s%s)",
             self.node_id,
             self.region,
+            "https" if tls else "http",
             self.host,
             self.port,
             self.mode,
             "off (UNSAFE)" if self.data_group.unsafe_no_fsync else "on",
+            ", tokens required" if self.security.tokens is not None else "",
         )
 
     async def run(self, *, handle_signals: bool = True) -> None:

@@ -477,7 +477,7 @@ class PeerTransport:
                     exc.reason,
                     exc.message,
                 )
-            except _LINK_ERRORS as exc:
+            except _LINK_LOST_ERRORS as exc:  # LinkLost: the acceptor closed mid-handshake
                 c.connect_failures += 1
                 c.last_error = _describe(exc)
                 log.debug("link %s -> %s: connect failed: %s", self._node_id, link.peer, exc)

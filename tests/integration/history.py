@@ -395,7 +395,8 @@ class Region:
         (self.root / "topology.toml").write_text(topology.to_toml())
         (self.root / "config.toml").write_text(self.config_toml)
         args = ["cluster", "up", "--topology", str(self.root / "topology.toml"), "--dir",
-                str(self.folder), "--config", str(self.root / "config.toml"), "--timeout", "120"]  # fmt: skip
+                str(self.folder), "--config", str(self.root / "config.toml"), "--timeout", "120",
+                "--insecure"]  # fmt: skip
         if self.unsafe_no_fsync:
             args.append("--unsafe-no-fsync")
         out = geostore(*args)

@@ -5,8 +5,16 @@ with a schema; no answer is a 500 or an undocumented 5xx, and every status code,
 and body is the one the document promises. The SSE tail (an endless answer) is probed apart
 with malformed requests.
 
-Examples per operation and mode: ``GEOSTORE_FUZZ_EXAMPLES`` (default 50, for ``make test``;
-``GEOSTORE_FUZZ_EXAMPLES=1000`` is the full run the security issue asks for)."""
+The node runs as ``cluster up`` starts one by default: HTTPS with its node certificate, and a
+token table; the fuzzer calls with an admin token (so requests reach the handlers) and trusts
+the cluster CA. ``GEOSTORE_FUZZ_POSTURES=tls,plain`` fuzzes a plain-HTTP node without tokens
+as well (default ``tls``).
+
+Examples per operation and mode: ``GEOSTORE_FUZZ_EXAMPLES`` (default 50, for ``make test``).
+``GEOSTORE_FUZZ_GROUP_REQUESTS=1000`` instead spreads at least that many generated requests
+over each endpoint group (the OpenAPI tag: streams, events, operations), each operation and
+mode of a group getting an equal share: the full run the security issue asks for, sized to
+finish on a small machine. Each operation prints its count (``pytest -s``)."""
 
 from __future__ import annotations
 
@@ -36,14 +44,21 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from geostore.client.tls import client_ssl
 from geostore.config import config_from_dict, topology_from_dict
+from geostore.config.tokens import ROLES, hash_secret, parse_tokens, token_toml
 from geostore.ids import NodeId
 from geostore.runtime.api import ROUTES, openapi_document
 from geostore.runtime.node import NodeRuntime
+from geostore.transport.certs import CA_CERT, init_certs, load_node_tls
 from geostore.transport.wire import PEER_PATH, encode_batch, hello_text
 
 EXAMPLES = int(os.environ.get("GEOSTORE_FUZZ_EXAMPLES", "50"))
-pytestmark = pytest.mark.timeout(max(120, EXAMPLES * 3))
+GROUP_REQUESTS = int(os.environ.get("GEOSTORE_FUZZ_GROUP_REQUESTS", "0"))
+POSTURES = [p for p in os.environ.get("GEOSTORE_FUZZ_POSTURES", "tls").split(",") if p]
+assert set(POSTURES) <= {"tls", "plain"}, POSTURES
+ADMIN_SECRET = "gst_fuzz-admin-0123456789abcdef0123456789"
+pytestmark = pytest.mark.timeout(max(120, max(EXAMPLES, GROUP_REQUESTS) * 3 * len(POSTURES)))
 
 STREAM = "fuzzed"
 STREAM_DEF: dict[str, Any] = {
@@ -116,7 +131,7 @@ class NodeThread:
     """A real one-node region, run on its own event loop in a thread, so the synchronous
     schemathesis calls (requests) never block it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, posture: str = "tls") -> None:
         port = _free_port()
         topo = topology_from_dict(
             {
@@ -126,16 +141,31 @@ class NodeThread:
                 ],
             }
         )
+        self.session = requests.Session()
+        tls = tokens = None
+        self.ca: Path | None = None
+        #: what requests checks the server with (schemathesis passes it per call)
+        self.verify: str | bool = True
+        if posture == "tls":
+            certs = data_dir / "certs"
+            init_certs(topo, certs)
+            tls = load_node_tls(certs, "n1", require_client_cert=False)
+            tokens = parse_tokens(token_toml("admin", hash_secret(ADMIN_SECRET), ROLES))
+            self.ca = certs / CA_CERT
+            self.session.verify = self.verify = str(self.ca)
+            # else requests lets $REQUESTS_CA_BUNDLE override the session's CA
+            self.session.trust_env = False
+            self.session.headers["Authorization"] = f"Bearer {ADMIN_SECRET}"
         # Fsync off: this is about the API's answers, not durability, and it keeps examples fast.
         self.node = NodeRuntime(
-            topo, NodeId("n1"), CONFIG, str(data_dir), unsafe_no_fsync=True, seed=1, bootstrap=True
-        )
-        self.url = f"http://127.0.0.1:{port}"
+            topo, NodeId("n1"), CONFIG, str(data_dir / "data"), unsafe_no_fsync=True, seed=1,
+            bootstrap=True, tls=tls, tokens=tokens,
+        )  # fmt: skip
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self.loop = asyncio.new_event_loop()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        self.session = requests.Session()
         for _ in range(600):
             assert self.thread.is_alive(), self.error
             try:
@@ -176,15 +206,18 @@ def _seed(node: NodeThread) -> None:
     assert r.status_code == 200, r.text
 
 
-@pytest.fixture(scope="module")
-def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeThread]:
-    node = NodeThread(tmp_path_factory.mktemp("fuzz-node"))
+@pytest.fixture(scope="module", params=POSTURES)
+def shared_node(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[NodeThread]:
+    node = NodeThread(tmp_path_factory.mktemp("fuzz-node"), request.param)
     try:
         _seed(node)
         yield node
     finally:
         node.stop()
         print(f"\nschemathesis requests per operation/mode: {dict(sorted(COUNTS.items()))}")
+        COUNTS.clear()
 
 
 #: Operations with nothing to negate (no parameters, no body) get positive cases only.
@@ -206,12 +239,24 @@ def _cases() -> list[Any]:
     return params
 
 
+def _examples(op_id: str) -> int:
+    """Examples per mode of ``op_id``: EXAMPLES, or its share of GROUP_REQUESTS."""
+    if not GROUP_REQUESTS:
+        return EXAMPLES
+    (tag,) = _TAG[op_id]
+    shares = sum(2 for o in _NEGATABLE if _TAG[o] == (tag,) and o not in SKIPPED)
+    return -(-GROUP_REQUESTS // max(1, shares))
+
+
+_TAG = {r.handler: r.tags for r in ROUTES}
+
+
 def _fuzz(node: NodeThread, op_id: str, mode: GenerationMode) -> None:
     operation = OPERATIONS[op_id]
     strategy = operation.as_strategy(generation_mode=mode)
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=_examples(op_id),
         deadline=None,
         database=None,
         derandomize=True,
@@ -221,7 +266,9 @@ def _fuzz(node: NodeThread, op_id: str, mode: GenerationMode) -> None:
     def run(case: Any, known: bool) -> None:
         if known and case.path_parameters and "s" in case.path_parameters:
             case.path_parameters["s"] = STREAM  # reach past the stream lookup half the time
-        response = case.call(base_url=node.url, session=node.session, timeout=15)
+        response = case.call(
+            base_url=node.url, session=node.session, timeout=15, verify=node.verify
+        )
         COUNTS[f"{op_id}/{mode.value}"] += 1
         status = response.status_code
         assert status != 500, f"500 for {case.method} {case.formatted_path}: {response.text[:300]}"
@@ -233,6 +280,8 @@ def _fuzz(node: NodeThread, op_id: str, mode: GenerationMode) -> None:
         case.validate_response(response, checks=CHECKS)
 
     run()
+    # one line per operation and mode, so a long run reports as it goes (pytest -s)
+    print(f"\nfuzzed {op_id}/{mode.value}: {COUNTS[f'{op_id}/{mode.value}']} requests", flush=True)
 
 
 @pytest.mark.parametrize(("op_id", "mode"), [c for c in _cases() if c.values[0] not in ADMIN])
@@ -248,7 +297,7 @@ def test_operation_answers_as_documented(
 def test_admin_operation_answers_as_documented(
     tmp_path: Path, op_id: str, mode: GenerationMode
 ) -> None:
-    node = NodeThread(tmp_path / "n1")
+    node = NodeThread(tmp_path / "n1", POSTURES[0])
     try:
         _fuzz(node, op_id, mode)
         assert node.thread.is_alive()
@@ -263,7 +312,9 @@ def test_every_operation_is_fuzzed_or_probed() -> None:
 
 def test_creating_an_identical_stream_answers_as_documented(shared_node: NodeThread) -> None:
     case = OPERATIONS["create_stream"].Case(body=STREAM_DEF, media_type="application/json")
-    response = case.call(base_url=shared_node.url, session=shared_node.session, timeout=10)
+    response = case.call(
+        base_url=shared_node.url, session=shared_node.session, timeout=10, verify=shared_node.verify
+    )
     assert response.status_code == 200  # the stream exists with this very definition
     case.validate_response(response, checks=CHECKS)
 
@@ -325,11 +376,15 @@ def test_tail_refuses_malformed_requests(shared_node: NodeThread, query: str) ->
         r.close()
 
 
-async def _peer_probe(url: str, first: str | bytes) -> dict[str, Any]:
+async def _peer_probe(url: str, first: str | bytes, ca: Path | None) -> dict[str, Any]:
     """Open the peer WebSocket, send ``first`` in place of a hello, return the answer."""
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(url + PEER_PATH, timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws,
+        session.ws_connect(
+            url + PEER_PATH,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            ssl=client_ssl(ca) if ca is not None else True,
+        ) as ws,
     ):
         if isinstance(first, bytes):
             await ws.send_bytes(first)
@@ -362,7 +417,7 @@ async def _peer_probe(url: str, first: str | bytes) -> dict[str, Any]:
 def test_peer_socket_refuses_malformed_hellos(
     shared_node: NodeThread, first: str | bytes, reason: str
 ) -> None:
-    answer = asyncio.run(_peer_probe(shared_node.url, first))
+    answer = asyncio.run(_peer_probe(shared_node.url, first, shared_node.ca))
     assert answer["type"] == "refused" and answer["reason"] == reason
     r = shared_node.session.get(shared_node.url + PEER_PATH, timeout=5)  # not a WebSocket
     assert 400 <= r.status_code < 500

@@ -20,6 +20,7 @@ import pytest
 
 from geostore.client import GeostoreClient, RequestFailed
 from geostore.errors import ErrorCode
+from tests.integration import secure
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,7 +59,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _nodes(folder: Path) -> list[dict[str, Any]]:
-    doc = json.loads((folder / "cluster.json").read_text())
+    doc = secure.register(folder)
     nodes: list[dict[str, Any]] = doc["regions"]["r1"]["nodes"]
     return nodes
 

@@ -3,7 +3,8 @@ leader and writes cluster.json; a stream is created and appended to through a fo
 (forwarded to the leader) and read back by seq (regional and local), by time range and as
 an aggregate; SIGKILL of the leader elects a new one and every acknowledged event is still
 there; bad input gets the catalogue's answer while the nodes keep serving; ``cluster
-status`` shows the table and ``cluster down`` stops every process."""
+status`` shows the table and ``cluster down`` stops every process. The cluster runs as
+``cluster up`` starts it by default: HTTPS, node certificates, an admin token."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration import secure
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -58,7 +61,7 @@ def call(url: str, method: str = "GET", body: Any = None, raw: bytes | None = No
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with secure.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -107,7 +110,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                   "--config", str(root / "cfg.toml"), "--no-netem", "--timeout", "120")  # fmt: skip
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        data = json.loads((folder / "cluster.json").read_text())
+        data = secure.register(folder)  # the default: TLS and an admin token
+        assert data["tls"] is True and all(
+            n["api"].startswith("https://") for n in data["regions"]["r1"]["nodes"]
+        )
         data["_dir"] = str(folder)
         yield data
     finally:
@@ -142,7 +148,7 @@ def test_cluster_json_has_the_contract_fields(cluster: dict[str, Any]) -> None:
     nodes = nodes_of(cluster)
     assert [n["id"] for n in nodes] == ["n1", "n2", "n3"]
     for n in nodes:
-        assert n["api"].startswith("http://127.0.0.1:")
+        assert n["api"].startswith("https://127.0.0.1:")
         assert isinstance(n["pid"], int) and alive(n["pid"])
     leader, _ = leader_and_follower(cluster)
     assert cluster["leaders"]["r1"] in {n["id"] for n in nodes}
@@ -204,7 +210,7 @@ def test_openapi_and_metrics_from_a_process(cluster: dict[str, Any]) -> None:
     status, doc = call(n["api"] + "/v1/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
     assert {"/v1/streams", "/v1/streams/{s}/events", "/metrics"} <= set(doc["paths"])
-    with urllib.request.urlopen(n["api"] + "/metrics", timeout=30) as r:
+    with secure.urlopen(n["api"] + "/metrics", timeout=30) as r:
         text = r.read().decode()
     assert "# TYPE geostore_raft_commit_index gauge" in text
     assert 'geostore_raft_term{group="data-r1"}' in text

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration import secure
+
 pytestmark = pytest.mark.timeout(240)
 
 TOPOLOGY = """
@@ -47,7 +49,7 @@ def call(url: str, body: Any = None) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with secure.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -78,7 +80,7 @@ def test_replace_brings_a_fresh_identity_that_catches_up_by_snapshot(tmp_path: P
     out = geostore("cluster", "up", "--topology", str(tmp_path / "topo.toml"), "--dir",
                    str(folder), "--config", str(tmp_path / "cfg.toml"), "--timeout", "120")  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    cluster = json.loads((folder / "cluster.json").read_text())
+    cluster = secure.register(folder)
     old = {n["id"]: n for n in cluster["regions"]["r1"]["nodes"]}
     try:
         api = old["n1"]["api"]
@@ -100,7 +102,7 @@ def test_replace_brings_a_fresh_identity_that_catches_up_by_snapshot(tmp_path: P
         out = geostore("node", "replace", "--cluster", str(folder), "--node", "n3",
                        "--new-id", "n4", "--timeout", "120")  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
-        cluster = json.loads((folder / "cluster.json").read_text())
+        cluster = secure.register(folder)
         nodes = {n["id"]: n for n in cluster["regions"]["r1"]["nodes"]}
         assert sorted(nodes) == ["n1", "n2", "n4"]
         assert cluster["removed"] == ["n3"]
@@ -125,7 +127,7 @@ def test_replace_brings_a_fresh_identity_that_catches_up_by_snapshot(tmp_path: P
         out = geostore("cluster", "up", "--topology", str(tmp_path / "topo.toml"), "--dir",
                        str(folder), "--config", str(tmp_path / "cfg.toml"), "--timeout", "120")  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
-        cluster = json.loads((folder / "cluster.json").read_text())
+        cluster = secure.register(folder)
         nodes = {n["id"]: n for n in cluster["regions"]["r1"]["nodes"]}
         assert sorted(nodes) == ["n1", "n2", "n4"]
         s, page = call(nodes["n4"]["api"] + "/v1/streams/m/events")

@@ -10,11 +10,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration import secure
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,7 +50,7 @@ def alive(pid: int) -> bool:
 
 
 def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as r:
+    with secure.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
 
 
@@ -60,7 +61,7 @@ def test_up_starts_netem_and_records_proxies(tmp_path: Path) -> None:
                    str(folder), "--timeout", "120")  # fmt: skip
     try:
         assert out.returncode == 0, out.stdout + out.stderr
-        cluster = json.loads((folder / "cluster.json").read_text())
+        cluster = secure.register(folder)
         assert cluster["netem"].startswith("http://127.0.0.1:")
         assert alive(cluster["netem_pid"])
         a1 = cluster["regions"]["a"]["nodes"][0]
@@ -74,7 +75,7 @@ def test_up_starts_netem_and_records_proxies(tmp_path: Path) -> None:
     finally:
         down = geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
         assert down.returncode == 0, down.stderr
-    cluster = json.loads((folder / "cluster.json").read_text())
+    cluster = secure.register(folder)
     deadline = time.monotonic() + 30
     while alive(cluster["netem_pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from geostore.runtime.http import make_token
+from tests.integration import secure
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -70,7 +71,7 @@ def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with secure.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
@@ -97,7 +98,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                   "--config", str(root / "geo.toml"), "--timeout", "90")  # fmt: skip
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        info: dict[str, Any] = json.loads((folder / "cluster.json").read_text())
+        info: dict[str, Any] = secure.register(folder)
         info["folder"] = str(folder)
         yield info
     finally:
@@ -269,7 +270,7 @@ def test_streams_exist_in_every_region_and_status_shows_lag(cluster: dict[str, A
     assert incoming[("s", 1)]["source"] == "b" and ("s", 0) not in incoming
     again = ok(f"{a}/v1/streams", {"name": "made-in-b", "partitions": 3})
     assert {h["partition"]: h["home"] for h in again["homes"]} == homes
-    metrics = urllib.request.urlopen(f"{a}/metrics", timeout=10).read().decode()
+    metrics = secure.urlopen(f"{a}/metrics", timeout=10).read().decode()
     assert 'geostore_geo_lag_events{destination="b",partition="0",stream="s"}' in metrics
     out = geostore("cluster", "status", "--dir", cluster["folder"], timeout=60)
     assert out.returncode == 0, out.stderr

@@ -31,6 +31,7 @@ import pytest
 from geostore.client import GeostoreClient
 from geostore.config import Topology, load_topology
 from netem.links import NetemControl
+from tests.integration import secure
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -317,7 +318,8 @@ async def wait_lag_zero(c: Cluster, http: aiohttp.ClientSession, run: Run) -> No
 
 async def scenario(c: Cluster) -> Run:
     run = Run()
-    async with aiohttp.ClientSession() as http:
+    # the default cluster: HTTPS with the cluster CA and the admin token
+    async with aiohttp.ClientSession(**secure.aiohttp_kwargs(c.folder)) as http:
         control = NetemControl(c.topology, c.doc["netem"])
         tasks = [
             asyncio.create_task(writer(c, run, region, k))

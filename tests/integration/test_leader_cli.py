@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 from geostore.config import load_topology
+from tests.integration import secure
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def _geostore(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _role(api: str) -> str:
-    with urllib.request.urlopen(api + "/v1/status", timeout=5) as resp:
+    with secure.urlopen(api + "/v1/status", timeout=5) as resp:
         status = json.loads(resp.read())
     return str(next(iter(status["groups"].values()))["role"])
 
@@ -33,7 +33,7 @@ def test_leader_transfer_to_named_node(tmp_path: Path) -> None:
     up = _geostore("cluster", "up", "--topology", str(topo), "--dir", str(cluster), "--no-netem")
     try:
         assert up.returncode == 0, up.stderr
-        nodes = json.loads((cluster / "cluster.json").read_text())["regions"]["r1"]["nodes"]
+        nodes = secure.register(cluster)["regions"]["r1"]["nodes"]
         leader = next(n for n in nodes if _role(n["api"]) == "leader")
         target = next(n for n in nodes if n["id"] != leader["id"])
         moved = _geostore(

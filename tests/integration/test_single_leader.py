@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration import secure
+
 pytestmark = pytest.mark.timeout(180)
 
 # region a (preferred: the first) has two voters, b three: a quorum of 3 of 5 always needs b,
@@ -62,7 +64,7 @@ def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with secure.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
@@ -91,7 +93,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                   "--mode", "single-leader", "--timeout", "60")  # fmt: skip
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        info: dict[str, Any] = json.loads((folder / "cluster.json").read_text())
+        info: dict[str, Any] = secure.register(folder)
         info["folder"] = str(folder)
         yield info
     finally:
@@ -176,13 +178,15 @@ def restart(cluster: dict[str, Any], node: dict[str, Any]) -> None:
     cmd = [sys.executable, "-m", "geostore", "node", "--topology", cluster["topology_resolved"],
            "--node", node["id"], "--dir", node["dir"], "--mode", "single-leader",
            "--wan", str(folder / "wan.json")]  # fmt: skip
+    if cluster.get("tls"):  # as cluster up started it: its certificate and the token table
+        cmd += ["--certs", str(folder / "certs"), "--tokens", str(folder / cluster["tokens"])]
     with open(os.path.join(node["dir"], "process.log"), "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     node["pid"] = proc.pid
     threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it exits
     # cluster down stops what cluster.json names: keep the new pid there
-    data = json.loads((folder / "cluster.json").read_text())
+    data = secure.register(folder)
     for info in data["regions"].values():
         for n in info["nodes"]:
             if n["id"] == node["id"]:

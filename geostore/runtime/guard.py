@@ -1,0 +1,380 @@
+"""Slow and greedy clients: connection cap, header, body and write deadlines of the node's port.
+
+Theory of operation
+-------------------
+aiohttp bounds what one request may hold (request line and header field sizes, header count,
+body size through ``client_max_size``, decompressed size because it checks the body size on
+the decompressed bytes) but not how *long* or how *many*: a client that trickles its headers
+one byte every few seconds, never finishes its body, or never reads its answer holds a
+connection, a handler and buffers for as long as it likes, and nothing caps the number of
+connections. This module adds what is missing, each check before any work is done:
+
+* :class:`GuardedSite`, a ``TCPSite`` whose protocol factory wraps aiohttp's request handler
+  in a :class:`_GuardedProtocol`: a connection over ``limits.connections_max`` is answered
+  ``503`` (a complete, parseable HTTP answer with the ``unavailable`` error body) and closed
+  before aiohttp sees a byte; a new connection that has not sent the end of its first request
+  head (``\\r\\n\\r\\n``) within ``limits.header_timeout_s`` is closed. The TLS handshake,
+  which runs before the protocol sees the connection, has the same deadline
+  (``ssl_handshake_timeout``). On a keep-alive connection the deadline is armed again once
+  an answer was written, from the first byte of the next request (an idle connection is left
+  to aiohttp's keep-alive timeout); a pipelined head that arrived before the previous answer
+  went out is not timed.
+* :func:`body_deadline_middleware`: a request with a body has it read, within
+  ``limits.body_timeout_s``, after the caller was authorised and before the handler runs (the
+  body is cached by aiohttp, so the handler's own read returns it at once). Too large: 413.
+  Too slow: 400 ``malformed`` and the connection is closed.
+* :func:`write_deadline_middleware` (outermost): the answer is written within
+  ``limits.write_timeout_s``, or the connection is closed; a client that does not read cannot
+  hold a handler. Streamed answers (the live tail, the peer WebSocket) prepare themselves;
+  the tail bounds each write on its own with the same deadline.
+
+Refusals are counted in :class:`GuardStats` (``/v1/status`` ``guard`` and the metrics) and
+logged at most once per interval per kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from geostore.config.settings import LimitsSettings
+from geostore.errors import ApiError, ErrorCode
+from geostore.runtime.http import error_response
+
+log = logging.getLogger("geostore.runtime")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_HEAD_END = b"\r\n\r\n"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(slots=True)
+class GuardStats:
+    """What the guard refused, by kind. Mutable, owned by the node's event loop."""
+
+    connections: int = 0  # open now
+    connections_refused: int = 0  # over connections_max: 503 and closed
+    header_timeouts: int = 0  # first request head not complete in time
+    body_timeouts: int = 0  # body not read in time: 408
+    write_timeouts: int = 0  # answer not written in time: connection closed
+    #: id(transport) -> "an answer was written, the next bytes start a new request head"
+    awaiting_head: dict[int, Callable[[], None]] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "connections": self.connections,
+            "connections_refused": self.connections_refused,
+            "header_timeouts": self.header_timeouts,
+            "body_timeouts": self.body_timeouts,
+            "write_timeouts": self.write_timeouts,
+        }
+
+
+class LogEvery:
+    """One warning per kind per interval, with the count it hid."""
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, kind: str, fmt: str, *args: object) -> None:
+        now = time.monotonic()
+        last, hidden = self._last.get(kind, (-math.inf, 0))
+        if now - last < self._interval_s:
+            self._last[kind] = (last, hidden + 1)
+            return
+        self._last[kind] = (now, 0)
+        suffix = f" ({hidden} similar since the last report)" if hidden else ""
+        log.warning(fmt + suffix, *args)
+
+
+_LOG = LogEvery()
+
+
+def _refusal_bytes() -> bytes:
+    body = (
+        b'{"error":{"code":"unavailable","message":"too many connections to this node",'
+        b'"retry_after_s":1}}'
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+_REFUSAL = _refusal_bytes()
+#: How long a refused connection stays half-closed so the client reads the 503 (s).
+_REFUSAL_LINGER_S = 1.0
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """Forwards a connection to aiohttp's handler, under the cap and the header deadline."""
+
+    def __init__(self, inner: asyncio.Protocol, stats: GuardStats, limits: LimitsSettings) -> None:
+        self._inner = inner
+        self._stats = stats
+        self._limits = limits
+        self._counted = False
+        self._refused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""  # the last bytes seen, to find a head's end across reads
+        self._in_head = True  # the next bytes belong to a request head
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        if self._stats.connections >= self._limits.connections_max:
+            self._refused = True
+            self._stats.connections_refused += 1
+            _LOG.warning(
+                "refused",
+                "refused a connection from %s: %d open, at most %d",
+                transport.get_extra_info("peername"),
+                self._stats.connections,
+                self._limits.connections_max,
+            )
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_REFUSAL)
+            # Half-close, and close a moment later: closing with the client's request unread
+            # would reset the connection, and the client could lose the answer with it.
+            if transport.can_write_eof():
+                transport.write_eof()
+            asyncio.get_running_loop().call_later(_REFUSAL_LINGER_S, transport.close)
+            return
+        self._stats.connections += 1
+        self._counted = True
+        self._stats.awaiting_head[id(transport)] = self.expect_head
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
+        self._inner.connection_made(transport)
+
+    def expect_head(self) -> None:
+        """An answer went out: the next request's head, once it starts, has the deadline too
+        (from its first byte, so an idle keep-alive connection is left to the keep-alive
+        timeout)."""
+        self._in_head = True
+        self._tail = b""
+
+    def _header_deadline(self) -> None:
+        self._timer = None
+        self._stats.header_timeouts += 1
+        _LOG.warning(
+            "header",
+            "closed a connection from %s: no request head within %g s",
+            self._transport.get_extra_info("peername") if self._transport else None,
+            self._limits.header_timeout_s,
+        )
+        if isinstance(self._transport, asyncio.Transport):
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            if self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
+            seen = self._tail + data
+            if _HEAD_END in seen:
+                self._timer.cancel()
+                self._timer = None
+                self._tail = b""
+                self._in_head = False
+            else:
+                self._tail = seen[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return None
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._counted:
+            self._counted = False
+            self._stats.connections -= 1
+            if self._transport is not None:
+                self._stats.awaiting_head.pop(id(self._transport), None)
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if not self._refused:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if not self._refused:
+            self._inner.resume_writing()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose connections pass through :class:`_GuardedProtocol`."""
+
+    __slots__ = ("_guard_limits", "_guard_stats")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        limits: LimitsSettings,
+        stats: GuardStats,
+        ssl_context: Any = None,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        self._guard_limits = limits
+        self._guard_stats = stats
+
+    async def start(self) -> None:
+        # BaseSite.start registers the site; TCPSite.start's create_server is replaced
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        limits, stats = self._guard_limits, self._guard_stats
+
+        def factory() -> asyncio.Protocol:
+            return _GuardedProtocol(server(), stats, limits)
+
+        extra: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            extra["ssl_handshake_timeout"] = limits.header_timeout_s
+        self._server = await loop.create_server(
+            factory,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=True,
+            **extra,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+def server_options(limits: LimitsSettings) -> dict[str, Any]:
+    """aiohttp request-handler options (``web.AppRunner(**...)``) from the limits."""
+    return {
+        "max_line_size": limits.header_bytes_max,
+        "max_field_size": limits.header_bytes_max,
+        "max_headers": limits.headers_max,
+        "keepalive_timeout": limits.keepalive_timeout_s,
+    }
+
+
+def _close(request: web.Request) -> None:
+    transport = request.transport
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
+
+
+def write_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Middleware:
+    """Outermost: write the handler's answer within ``write_timeout_s`` or drop the client."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if response.prepared:  # streamed (tail, WebSocket): bounded where it is written
+            return response
+        try:
+            async with asyncio.timeout(limits.write_timeout_s):
+                await response.prepare(request)
+                await response.write_eof()
+            if request.transport is not None:  # keep-alive: the next head has a deadline too
+                expect_head = stats.awaiting_head.get(id(request.transport))
+                if expect_head is not None:
+                    expect_head()
+        except TimeoutError:
+            stats.write_timeouts += 1
+            _LOG.warning(
+                "write",
+                "dropped %s: the answer to %s %s was not taken within %g s",
+                request.remote,
+                request.method,
+                request.path,
+                limits.write_timeout_s,
+            )
+            _close(request)
+        return response
+
+    return middleware
+
+
+def body_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Middleware:
+    """Read a request body within ``body_timeout_s`` before the handler runs (cached)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in _BODY_METHODS and request.can_read_body:
+            try:
+                async with asyncio.timeout(limits.body_timeout_s):
+                    await request.read()
+            except TimeoutError:
+                stats.body_timeouts += 1
+                _LOG.warning(
+                    "body",
+                    "dropped %s: the body of %s %s did not arrive within %g s",
+                    request.remote,
+                    request.method,
+                    request.path,
+                    limits.body_timeout_s,
+                )
+                response = error_response(
+                    request,
+                    ApiError(
+                        ErrorCode.MALFORMED,
+                        f"the request body did not arrive within {limits.body_timeout_s:g} s",
+                    ),
+                )
+                # answer at once and close: aiohttp would otherwise linger, reading the rest
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    async with asyncio.timeout(limits.write_timeout_s):
+                        await response.prepare(request)
+                        await response.write_eof()
+                if request.transport is not None:
+                    request.transport.close()  # flushes what is buffered, then closes
+                return response
+            except web.HTTPRequestEntityTooLarge:
+                return error_response(
+                    request,
+                    ApiError(
+                        ErrorCode.TOO_LARGE,
+                        f"request body over {limits.body_bytes_max} bytes",
+                        limit=limits.body_bytes_max,
+                    ),
+                )
+        return await handler(request)
+
+    return middleware
+
+
+async def bounded_write(response: web.StreamResponse, data: bytes, timeout_s: float) -> None:
+    """One streamed write within ``timeout_s``; TimeoutError when the client does not read."""
+    async with asyncio.timeout(timeout_s):
+        await response.write(data)
+
+
+__all__ = [
+    "GuardStats",
+    "GuardedSite",
+    "LogEvery",
+    "body_deadline_middleware",
+    "bounded_write",
+    "server_options",
+    "write_deadline_middleware",
+]
