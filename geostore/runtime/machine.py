@@ -42,14 +42,45 @@ class StoreMachine:
         return None
 
     def snapshot(self) -> bytes:
-        return b"".join(self.store.snapshot_chunks(SNAPSHOT_CHUNK_BYTES, include_blocks=True))
+        """The state with its sealed blocks by reference (flushed first, so a restart over
+        this node's block files finds them): its size follows the block index, not the
+        data, so the snapshots the host keeps in memory stay small as the store grows."""
+        self.store.blocks.flush()
+        return b"".join(self.store.snapshot_chunks(SNAPSHOT_CHUNK_BYTES, include_blocks=False))
+
+    def transfer_snapshot(self, data: bytes) -> bytes:
+        """``data`` (one of this node's snapshots) as a follower needs it: self-contained."""
+        return b"".join(self.store.self_contained_chunks([data], SNAPSHOT_CHUNK_BYTES))
 
     def restore(self, data: bytes, meta: SnapshotMeta) -> None:
         self.store.restore_from_chunks([data])
 
 
 class RuntimeHost(RaftHost):
-    """A RaftHost that takes inputs in batches and drains once (group commit)."""
+    """A RaftHost that takes inputs in batches and drains once (group commit).
+
+    Snapshot transfers: with a machine that keeps its snapshots by reference (it has
+    ``transfer_snapshot``), the chunks a follower gets come from the self-contained form,
+    made when a transfer starts and dropped once its last chunk was read (at most one at a
+    time; the same snapshot always expands to the same bytes, so a restart of it is safe).
+    """
+
+    _transfer: tuple[SnapshotMeta, bytes] | None = None
+
+    def _snapshot_source(self, meta: SnapshotMeta, offset: int, max_bytes: int) -> bytes | None:
+        expand: Callable[[bytes], bytes] | None = getattr(self.machine, "transfer_snapshot", None)
+        if expand is None:
+            return super()._snapshot_source(meta, offset, max_bytes)
+        held = self._transfer
+        if held is None or held[0] != meta:
+            local = next((d for m, d in self._snapshot_cache if m == meta), None)
+            if local is None:
+                return None
+            held = self._transfer = (meta, expand(local))
+        data = held[1]
+        if offset + max_bytes >= len(data):
+            self._transfer = None  # the last chunk: a later transfer expands it again
+        return data[offset : offset + max_bytes]
 
     def step_many(self, msgs: Sequence[Message]) -> None:
         for msg in msgs:

@@ -1205,6 +1205,32 @@ class EventStore:
             yield from out.add(["producers", producers[k : k + 256]])
         yield from out.finish()
 
+    def self_contained_chunks(self, chunks: Iterable[bytes], chunk_bytes: int) -> Iterator[bytes]:
+        """A snapshot that references its sealed blocks, rewritten to carry them.
+
+        A node keeps its own snapshots by reference (``include_blocks=False``: the block
+        index, not the data, so a snapshot costs memory and disk in proportion to the index)
+        and expands one only when a follower needs it: each block record follows the index
+        records naming it, read from this store's BlockStore (sealed blocks never change,
+        so the result is the snapshot ``include_blocks=True`` would have given). A snapshot
+        that already carries its blocks comes out as it went in. Raises CodecError or
+        StorageError (a referenced block is missing).
+        """
+        out = FrameWriter(chunk_bytes)
+        by_reference = False
+        for rec in read_records(chunks):
+            if rec[0] == "header":
+                by_reference = rec[4] is False
+                rec = [*rec[:4], True]
+            yield from out.add(rec)
+            if rec[0] == "metas" and by_reference:
+                _, stream, part, metas = rec
+                for raw in metas:
+                    block_no = raw[0]
+                    data = self.blocks.get(StreamName(stream), PartitionId(part), block_no)
+                    yield from out.add(["block", stream, part, block_no, data])
+        yield from out.finish()
+
     def restore_from_chunks(self, chunks: Iterable[bytes]) -> None:
         """Replace the whole state with a snapshot's (Raft InstallSnapshot, or a restart).
 
