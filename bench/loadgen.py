@@ -165,6 +165,7 @@ class PhaseStats:
     histogram: HdrHistogram = field(default_factory=new_histogram)
     cpu_us_per_event: dict[str, float] = field(default_factory=dict)
     rss_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    rss_series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
     @property
     def requests_per_s(self) -> float:
@@ -195,6 +196,7 @@ class PhaseStats:
             "late": self.late,
             "cpu_us_per_event": dict(self.cpu_us_per_event),
             "rss_bytes": dict(self.rss_bytes),
+            "rss_series": [{"t_s": t, "rss_bytes": rss} for t, rss in self.rss_series],
         }
 
 
@@ -326,14 +328,18 @@ def rss_bytes(pid: int) -> int:
 
 
 class CpuSampler:
-    """CPU time and RSS of named processes at the window's edges (taken by a timer task)."""
+    """CPU time and RSS of named processes at the window's edges (taken by a timer task),
+    and with ``rss_every_s`` the RSS every so often in between (soak runs)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], rss_every_s: float | None = None) -> None:
         self.pids = pids
+        self.rss_every_s = rss_every_s
         self.start: dict[str, float] = {}
         self.end: dict[str, float] = {}
         self.rss_start: dict[str, int] = {}
         self.rss_end: dict[str, int] = {}
+        #: (seconds into the window, RSS per process), from the window's start to its end
+        self.rss_series: list[tuple[float, dict[str, int]]] = []
 
     def _rss(self) -> dict[str, int]:
         out = {}
@@ -356,8 +362,16 @@ class CpuSampler:
     async def around(self, clock: Clock, start: float, end: float) -> None:
         await clock.sleep_until(start)
         self.start, self.rss_start = self._sample(), self._rss()
+        self.rss_series.append((0.0, self.rss_start))
+        if self.rss_every_s:
+            at = start + self.rss_every_s
+            while at < end:
+                await clock.sleep_until(at)
+                self.rss_series.append((at - start, self._rss()))
+                at += self.rss_every_s
         await clock.sleep_until(end)
         self.end, self.rss_end = self._sample(), self._rss()
+        self.rss_series.append((end - start, self.rss_end))
 
     def rss(self) -> dict[str, dict[str, int]]:
         """Per process: RSS at the window's start and end, bytes."""
@@ -464,7 +478,7 @@ async def run(args: argparse.Namespace) -> list[PhaseStats]:
     out: list[PhaseStats] = []
     try:
         for phase in args.phase:
-            sampler = CpuSampler(pids)
+            sampler = CpuSampler(pids, args.rss_every)
             start = clock.now() + args.warmup
             sampling = asyncio.ensure_future(sampler.around(clock, start, start + args.duration))
             stats = await run_phase(
@@ -473,6 +487,7 @@ async def run(args: argparse.Namespace) -> list[PhaseStats]:
             await sampling
             stats.cpu_us_per_event = sampler.per_event_us(stats.events_ok)
             stats.rss_bytes = sampler.rss()
+            stats.rss_series = sampler.rss_series
             out.append(stats)
             print(_line(stats), file=sys.stderr, flush=True)
     finally:
@@ -531,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per request (s)")
     p.add_argument("--outstanding-max", type=int, default=1024, help="open-loop in-flight cap")
     p.add_argument("--cpu-pids", type=int, nargs="*", default=[], help="processes to sample")
+    p.add_argument("--rss-every", type=float, default=None,
+                   help="also sample the processes' RSS every so many seconds of the window")  # fmt: skip
     p.add_argument("--cpu-names", nargs="*", default=[], help="names for --cpu-pids")
     p.add_argument("--name", default="loadgen", help="result name")
     p.add_argument("--json-out", type=Path, default=None)

@@ -83,6 +83,8 @@ def _loadgen(
     ]  # fmt: skip
     for phase in args.phases:
         cmd += ["--phase", phase]
+    if args.soak_minutes is not None:
+        cmd += ["--rss-every", "60"]
     print(f"[{name}] load generator: {len(args.phases)} phases", file=sys.stderr, flush=True)
     proc = subprocess.run(
         cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=sys.stderr, text=True,
@@ -292,6 +294,30 @@ def comparison_table(docs: dict[str, dict[str, Any] | None]) -> str:
     return "\n".join(lines)
 
 
+def rss_table(docs: dict[str, dict[str, Any] | None]) -> str:
+    """Soak: each node's RSS (MiB) per minute of the measured window, and its growth."""
+    lines = []
+    for system, doc in docs.items():
+        for name, p in _phases(doc).items():
+            series = p.get("rss_series", [])
+            if not series:
+                continue
+            procs = sorted(series[0]["rss_bytes"])
+            lines.append(f"{system} {name}: RSS MiB, minutes into the measured window")
+            lines.append("t_min   " + "  ".join(f"{n:>8}" for n in procs))
+            for row in series:
+                rss = row["rss_bytes"]
+                cells = "  ".join(f"{rss.get(n, 0) / 2**20:8.1f}" for n in procs)
+                lines.append(f"{row['t_s'] / 60:5.1f}   {cells}")
+            first, last = series[0]["rss_bytes"], series[-1]["rss_bytes"]
+            growth = "  ".join(
+                f"{(last[n] - first[n]) * 100 / first[n]:7.1f}%" if first.get(n) else "       -"
+                for n in procs
+            )
+            lines.append(f"growth  {growth}")
+    return "\n".join(lines)
+
+
 def to_result(
     docs: dict[str, dict[str, Any] | None], config: dict[str, Any], *, soak: bool = False
 ) -> Result:
@@ -422,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(comparison_table(docs))
     print()
+    if args.soak_minutes is not None:
+        print(rss_table(docs))
+        print()
     if args.soak_minutes is not None:
         config["soak_minutes"] = args.soak_minutes
     emit(to_result(docs, config, soak=args.soak_minutes is not None), json_out=args.json_out)
