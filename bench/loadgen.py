@@ -38,6 +38,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -413,10 +414,65 @@ def _event_source(workload: str, seed: int) -> Iterator[dict[str, Any]]:
     return itertools.cycle(pool)
 
 
+class RawHttp:
+    """A lean HTTP/1.1 keep-alive client: one connection per outstanding request, reused.
+
+    The load generator shares the machine with the nodes it measures, so every microsecond
+    it spends per request is taken from them; an aiohttp client request costs a few hundred.
+    This one writes the request bytes and reads a ``Content-Length`` answer (what aiohttp
+    servers send), nothing else: no redirects, no chunked answers, no TLS.
+    """
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "http" or parsed.hostname is None:
+            raise ValueError(f"the raw client speaks plain http only, not {url!r}")
+        self.host, self.port = parsed.hostname, parsed.port or 80
+        self.timeout_s = timeout_s
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        """POST ``body``; the answer's status and body. Raises on a broken connection."""
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._open.add(writer)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: {content_type}\r\nAccept: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                writer.write(head.encode() + body)
+                answer = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in answer.split(b"\r\n")[1:]:
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                data = await reader.readexactly(length)
+        except BaseException:
+            self._open.discard(writer)
+            writer.close()
+            raise
+        self._idle.append((reader, writer))
+        return int(answer[9:12]), data
+
+    async def close(self) -> None:
+        for writer in list(self._open):
+            writer.close()
+        self._open.clear()
+        self._idle.clear()
+
+
 async def geostore_target(
     args: argparse.Namespace, events: Iterator[dict[str, Any]]
 ) -> tuple[Operation, Callable[[], Awaitable[None]]]:
-    """Appends through GeostoreClient (idempotent producer, one aiohttp session)."""
+    """Appends through GeostoreClient (idempotent producer, one aiohttp session), or with
+    ``--client raw`` through :class:`RawHttp` to the node the client picked (the leader
+    with ``--to-leader``), JSON bodies with an idempotent producer as the client sends them."""
     from geostore.client import GeostoreClient
 
     if args.cluster:
@@ -433,6 +489,11 @@ async def geostore_target(
         leader = await client.find_leader()
         print(f"loadgen: sending to the leader at {leader}", file=sys.stderr)
 
+    if args.client == "raw":
+        url = client.urls[client._current]
+        await client.close()
+        return _raw_append(args, events, url)
+
     async def op(batch: int) -> int:
         chunk = list(itertools.islice(events, batch))
         result = await client.append(args.stream, chunk)
@@ -443,10 +504,53 @@ async def geostore_target(
     return op, client.close
 
 
+def _raw_append(
+    args: argparse.Namespace, events: Iterator[dict[str, Any]], url: str
+) -> tuple[Operation, Callable[[], Awaitable[None]]]:
+    raw = RawHttp(url, args.timeout)
+    path = f"/v1/streams/{urllib.parse.quote(args.stream, safe='')}/events"
+    producer = f"loadgen-{os.getpid()}"
+    seqs = itertools.count()
+
+    async def op(batch: int) -> int:
+        body = {
+            "events": list(itertools.islice(events, batch)),
+            "producer": {"id": producer, "seq": next(seqs)},
+        }
+        status, data = await raw.post(path, json.dumps(body).encode(), "application/json")
+        answer = json.loads(data)
+        if status != 200:
+            raise RuntimeError(answer.get("error", {}).get("code", f"http_{status}"))
+        count = 0
+        for item in answer["results"]:
+            if "error" in item:
+                raise RuntimeError(item["error"].get("code", "error"))
+            count += item["last_seq"] - item["first_seq"] + 1
+        return count
+
+    return op, raw.close
+
+
 async def http_list_target(
     args: argparse.Namespace, events: Iterator[dict[str, Any]]
 ) -> tuple[Operation, Callable[[], Awaitable[None]]]:
     """``POST {url}/append`` ``{"events": [...]}`` round-robin over ``--url``s (PySyncObj)."""
+    if args.client == "raw":
+        clients = itertools.cycle([RawHttp(u, args.timeout) for u in args.url])
+
+        async def raw_op(batch: int) -> int:
+            body = json.dumps({"events": list(itertools.islice(events, batch))}).encode()
+            status, data = await next(clients).post("/append", body, "application/json")
+            if status != 200:
+                raise RuntimeError(f"http {status}: {data[:200]!r}")
+            return int(json.loads(data)["count"])
+
+        async def close_all() -> None:
+            for _ in args.url:
+                await next(clients).close()
+
+        return raw_op, close_all
+
     import aiohttp
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
@@ -538,6 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--to-leader", action="store_true", help="send to the region's leader (no forwarding)"
     )
     p.add_argument("--content-type", choices=("json", "cbor"), default="json")
+    p.add_argument(
+        "--client",
+        choices=("client", "raw"),
+        default="client",
+        help="client: GeostoreClient / aiohttp; raw: the lean keep-alive HTTP client (JSON)",
+    )
     p.add_argument("--workload", choices=("synthetic", "flights"), default="synthetic")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--phase", type=Phase.parse, action="append", required=True)
@@ -577,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "content_type": args.content_type,
+        "client": args.client,
         "stream": args.stream,
         "wall_s": round(time.time() - started, 2),
     }

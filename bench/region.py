@@ -5,7 +5,9 @@ What it runs, on this machine, in one go:
 1. geostore: a one-region topology of three nodes started with ``geostore cluster up``
    (each node its own process, file log with fsync and group commit), a stream with one
    partition, and the load generator (bench/loadgen.py) in its own process sending to the
-   region's leader through the Python client (JSON over HTTP, idempotent producer).
+   region's leader (JSON over HTTP, idempotent producer; ``--client raw``, the default: a
+   lean keep-alive HTTP client, so the load generator takes less of the two cores from the
+   nodes; ``--client client``: the Python client, GeostoreClient over aiohttp).
 2. PySyncObj, the Raft library a Python user would pick instead: three processes of this
    module (``_pysyncobj-node``), each a ``SyncObj`` holding a replicated append-only list,
    behind a small aiohttp endpoint ``POST /append {"events": [...]}`` that answers once
@@ -79,6 +81,7 @@ def _loadgen(
         _python(), "-m", "bench.loadgen", *target_args,
         "--duration", str(args.duration), "--warmup", str(args.warmup),
         "--workload", args.workload, "--name", name, "--json-out", str(out), "--quiet",
+        "--client", args.client,
         "--cpu-pids", *[str(p) for p in pids.values()], "--cpu-names", *pids.keys(),
     ]  # fmt: skip
     for phase in args.phases:
@@ -386,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per phase")
     p.add_argument("--phases", nargs="+", default=list(PHASES), help="loadgen phases")
     p.add_argument("--workload", choices=("synthetic", "flights"), default="synthetic")
+    p.add_argument("--client", choices=("raw", "client"), default="raw",
+                   help="load generator's HTTP client: raw (lean keep-alive, the default) or "
+                   "client (GeostoreClient / aiohttp, a few hundred us more CPU a request)")  # fmt: skip
     p.add_argument("--systems", nargs="+", choices=("geostore", "pysyncobj"),
                    default=["geostore", "pysyncobj"])  # fmt: skip
     p.add_argument("--no-journal", dest="journal", action="store_false",
@@ -441,7 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         "durability": DURABILITY,
         "pysyncobj_journal": "mmap file" if args.journal else "memory",
         "pysyncobj_append_entries_use_batch": args.pysyncobj_batch,
-        "client": "bench.loadgen in its own process; geostore via GeostoreClient to the leader",
+        "client": (
+            "bench.loadgen in its own process, to the geostore leader; "
+            + ("lean keep-alive HTTP/1.1, JSON" if args.client == "raw" else "GeostoreClient")
+        ),
         "errors": errors,
         "wall_s": round(time.time() - started, 1),
         "runs": {k: v["config"]["phases"] if v else None for k, v in docs.items()},
