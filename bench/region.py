@@ -24,7 +24,8 @@ every node process and the load generator (from /proc, over the measured window)
 
 ``--quick`` runs each phase for 2 s after a 0.5 s warm-up (about a minute in all).
 ``--soak-minutes 10`` replaces the phases by one constant open-loop load and reports each
-node's RSS growth between minute 2 and the end (the target: under 10%).
+node's RSS growth between minute 2 and the end (the target: under 10%), with a table of
+every node's RSS at each minute of the measured window.
 """
 
 from __future__ import annotations
