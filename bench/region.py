@@ -110,9 +110,16 @@ def run_geostore(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     (work / "region.toml").write_text(topo.to_toml())
     cluster = work / "geostore"
     geostore = [_python(), "-m", "geostore"]
+    config: list[str] = []
+    if args.soak_minutes is not None and args.soak_snapshot_entries:
+        # snapshots during the soak: where memory used to grow with the data
+        (work / "soak.toml").write_text(
+            f"[raft]\nsnapshot_threshold_entries = {args.soak_snapshot_entries}\n"
+        )
+        config = ["--config", str(work / "soak.toml")]
     up = subprocess.run(
         [*geostore, "cluster", "up", "--topology", str(work / "region.toml"),
-         "--dir", str(cluster), "--no-netem", "--timeout", "60"],
+         "--dir", str(cluster), "--no-netem", "--timeout", "60", *config],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     try:
@@ -412,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--soak-rate", type=float, default=200.0, help="soak: requests/s")
     p.add_argument("--soak-batch", type=int, default=10, help="soak: events per request")
+    p.add_argument("--soak-snapshot-entries", type=int, default=10_000,
+                   help="soak: the nodes' raft.snapshot_threshold_entries, so snapshots are "
+                   "taken during the soak (0: the configured default)")  # fmt: skip
     p.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--json-out", type=Path, default=None)
@@ -463,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if args.soak_minutes is not None:
         config["soak_minutes"] = args.soak_minutes
+        config["soak_snapshot_entries"] = args.soak_snapshot_entries
     emit(to_result(docs, config, soak=args.soak_minutes is not None), json_out=args.json_out)
     return 1 if errors else 0
 
