@@ -48,3 +48,41 @@ def test_by_reference_snapshots_grow_with_the_index_not_the_data() -> None:
     small_full = len(b"".join(_filled(500).snapshot_chunks(1 << 16, include_blocks=True)))
     large_full = len(b"".join(_filled(5_000).snapshot_chunks(1 << 16, include_blocks=True)))
     assert large - small < (large_full - small_full) / 4
+
+
+def test_host_serves_transfer_chunks_in_order_with_resends_and_restarts() -> None:
+    from types import SimpleNamespace
+
+    from geostore.ids import Term
+    from geostore.raft.types import ConfState, SnapshotMeta
+    from geostore.runtime.machine import RuntimeHost, StoreMachine
+
+    src = _filled(2_000)
+    meta = SnapshotMeta(index=LogIndex(40), term=Term(1), conf=ConfState())
+    machine = StoreMachine(src)
+    local = b"".join(src.snapshot_chunks(1 << 16, include_blocks=False))
+    host = SimpleNamespace(
+        machine=machine, _snapshot_cache=[(meta, local)], _cursors=None, TRANSFER_CURSORS=4
+    )
+    full = b"".join(src.snapshot_chunks(1 << 16, include_blocks=True))
+    size = 5000
+
+    def source(offset: int) -> bytes | None:
+        return RuntimeHost._snapshot_source(host, meta, offset, size)  # type: ignore[arg-type]
+
+    got = b""
+    offset = 0
+    while True:
+        chunk = source(offset)
+        assert chunk is not None
+        assert source(offset) == chunk  # a resend of the same chunk
+        got += chunk
+        offset += len(chunk)
+        if len(chunk) < size:
+            break
+    assert got == full
+    assert source(3 * size) == full[3 * size : 4 * size]  # a jump back: a fresh pass
+    assert source(4 * size) == full[4 * size : 5 * size]
+    assert len(host._cursors) <= 4
+    unknown = SnapshotMeta(index=LogIndex(41), term=Term(1), conf=ConfState())
+    assert RuntimeHost._snapshot_source(host, unknown, 0, size) is None  # type: ignore[arg-type]
