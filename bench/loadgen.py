@@ -414,6 +414,14 @@ def _event_source(workload: str, seed: int) -> Iterator[dict[str, Any]]:
     return itertools.cycle(pool)
 
 
+class RawFailure(Exception):
+    """A request the raw client got a refusal for; ``code`` is the API's error code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class RawHttp:
     """A lean HTTP/1.1 keep-alive client: one connection per outstanding request, reused.
 
@@ -520,11 +528,11 @@ def _raw_append(
         status, data = await raw.post(path, json.dumps(body).encode(), "application/json")
         answer = json.loads(data)
         if status != 200:
-            raise RuntimeError(answer.get("error", {}).get("code", f"http_{status}"))
+            raise RawFailure(str(answer.get("error", {}).get("code", f"http_{status}")))
         count = 0
         for item in answer["results"]:
             if "error" in item:
-                raise RuntimeError(item["error"].get("code", "error"))
+                raise RawFailure(str(item["error"].get("code", "error")))
             count += item["last_seq"] - item["first_seq"] + 1
         return count
 
