@@ -48,6 +48,14 @@ class StoreMachine:
         self.store.blocks.flush()
         return b"".join(self.store.snapshot_chunks(SNAPSHOT_CHUNK_BYTES, include_blocks=False))
 
+    def kept_form(self, data: bytes) -> bytes:
+        """What the host keeps in memory of a snapshot it just restored or took: blocks by
+        reference (a restored one carries them, and the restore put them into the block
+        store), so the copy costs the index, not the data."""
+        if not self.store.snapshot_carries_blocks(data):
+            return data
+        return b"".join(self.store.by_reference_chunks([data], SNAPSHOT_CHUNK_BYTES))
+
     def transfer_chunks(self, data: bytes, chunk_bytes: int) -> Iterator[bytes]:
         """``data`` (one of this node's snapshots) as a follower needs it, self-contained,
         in chunks of exactly ``chunk_bytes`` (the last shorter), made as they are read."""
@@ -70,6 +78,10 @@ class RuntimeHost(RaftHost):
 
     TRANSFER_CURSORS = 4
     _cursors: list[_Cursor] | None = None
+
+    def _remember(self, meta: SnapshotMeta, data: bytes) -> None:
+        slim: Callable[[bytes], bytes] | None = getattr(self.machine, "kept_form", None)
+        super()._remember(meta, data if slim is None else slim(data))
 
     def _snapshot_source(self, meta: SnapshotMeta, offset: int, max_bytes: int) -> bytes | None:
         chunker: Callable[[bytes, int], Iterator[bytes]] | None = getattr(

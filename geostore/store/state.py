@@ -126,7 +126,7 @@ from .model import (
     too_large,
 )
 from .remote import decide_remote
-from .snapshot import FrameWriter, read_records
+from .snapshot import FrameWriter, first_record, read_records
 
 ApplyResult = StreamInfo | AppendResult | HomeResult | RemoteResult | Rejected
 TailCallback = Callable[[StreamName, PartitionId, Seq], None]
@@ -1229,6 +1229,30 @@ class EventStore:
                     block_no = raw[0]
                     data = self.blocks.get(StreamName(stream), PartitionId(part), block_no)
                     yield from out.add(["block", stream, part, block_no, data])
+        yield from out.finish()
+
+    @staticmethod
+    def snapshot_carries_blocks(data: bytes) -> bool:
+        """Whether a whole snapshot carries its sealed blocks (from its header alone)."""
+        head = first_record(data)
+        if head[0] != "header" or len(head) != 5:
+            raise CodecError("snapshot does not start with its header")
+        return head[4] is True
+
+    def by_reference_chunks(self, chunks: Iterable[bytes], chunk_bytes: int) -> Iterator[bytes]:
+        """A self-contained snapshot without its block records: the blocks by reference.
+
+        For a snapshot this store restored (its blocks are in this store's BlockStore), so
+        that a copy kept in memory costs what the index costs; the inverse of
+        :meth:`self_contained_chunks`.
+        """
+        out = FrameWriter(chunk_bytes)
+        for rec in read_records(chunks):
+            if rec[0] == "block":
+                continue
+            if rec[0] == "header":
+                rec = [*rec[:4], False]
+            yield from out.add(rec)
         yield from out.finish()
 
     def restore_from_chunks(self, chunks: Iterable[bytes]) -> None:

@@ -86,3 +86,22 @@ def test_host_serves_transfer_chunks_in_order_with_resends_and_restarts() -> Non
     assert len(host._cursors) <= 4
     unknown = SnapshotMeta(index=LogIndex(41), term=Term(1), conf=ConfState())
     assert RuntimeHost._snapshot_source(host, unknown, 0, size) is None  # type: ignore[arg-type]
+
+
+def test_a_restored_snapshot_is_kept_by_reference() -> None:
+    from geostore.runtime.machine import SNAPSHOT_CHUNK_BYTES, StoreMachine
+
+    src = _filled(1_000)
+    full = b"".join(src.snapshot_chunks(SNAPSHOT_CHUNK_BYTES, include_blocks=True))
+    by_ref = b"".join(src.snapshot_chunks(SNAPSHOT_CHUNK_BYTES, include_blocks=False))
+    fresh = EventStore(MemoryBlockStore(), tuning=StoreTuning(block_events_max=16))
+    fresh.restore_from_chunks([full])
+    machine = StoreMachine(fresh)
+    kept = machine.kept_form(full)
+    assert kept == by_ref and machine.kept_form(by_ref) is by_ref
+    assert EventStore.snapshot_carries_blocks(full)
+    assert not EventStore.snapshot_carries_blocks(kept)
+    # and it expands back to the bytes a follower needs
+    assert b"".join(machine.transfer_chunks(kept, 4096)) == b"".join(
+        src.snapshot_chunks(4096, include_blocks=True)
+    )
