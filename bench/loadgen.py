@@ -38,6 +38,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,7 @@ class PhaseStats:
     histogram: HdrHistogram = field(default_factory=new_histogram)
     cpu_us_per_event: dict[str, float] = field(default_factory=dict)
     rss_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    rss_series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
     @property
     def requests_per_s(self) -> float:
@@ -195,6 +197,7 @@ class PhaseStats:
             "late": self.late,
             "cpu_us_per_event": dict(self.cpu_us_per_event),
             "rss_bytes": dict(self.rss_bytes),
+            "rss_series": [{"t_s": t, "rss_bytes": rss} for t, rss in self.rss_series],
         }
 
 
@@ -326,14 +329,18 @@ def rss_bytes(pid: int) -> int:
 
 
 class CpuSampler:
-    """CPU time and RSS of named processes at the window's edges (taken by a timer task)."""
+    """CPU time and RSS of named processes at the window's edges (taken by a timer task),
+    and with ``rss_every_s`` the RSS every so often in between (soak runs)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], rss_every_s: float | None = None) -> None:
         self.pids = pids
+        self.rss_every_s = rss_every_s
         self.start: dict[str, float] = {}
         self.end: dict[str, float] = {}
         self.rss_start: dict[str, int] = {}
         self.rss_end: dict[str, int] = {}
+        #: (seconds into the window, RSS per process), from the window's start to its end
+        self.rss_series: list[tuple[float, dict[str, int]]] = []
 
     def _rss(self) -> dict[str, int]:
         out = {}
@@ -356,8 +363,16 @@ class CpuSampler:
     async def around(self, clock: Clock, start: float, end: float) -> None:
         await clock.sleep_until(start)
         self.start, self.rss_start = self._sample(), self._rss()
+        self.rss_series.append((0.0, self.rss_start))
+        if self.rss_every_s:
+            at = start + self.rss_every_s
+            while at < end:
+                await clock.sleep_until(at)
+                self.rss_series.append((at - start, self._rss()))
+                at += self.rss_every_s
         await clock.sleep_until(end)
         self.end, self.rss_end = self._sample(), self._rss()
+        self.rss_series.append((end - start, self.rss_end))
 
     def rss(self) -> dict[str, dict[str, int]]:
         """Per process: RSS at the window's start and end, bytes."""
@@ -380,20 +395,92 @@ class CpuSampler:
 # --- targets -----------------------------------------------------------------------------
 
 
+#: Events made before the first phase and then sent round and round (see _event_source).
+EVENT_POOL = 20_000
+
+
 def _event_source(workload: str, seed: int) -> Iterator[dict[str, Any]]:
-    """The workload's events, primed: its first event is made before any phase starts, so
-    loading a data set never runs inside a measured window."""
+    """The workload's events, made before any phase starts and then cycled.
+
+    Making an event (random numbers, a dict) costs the load generator about as much CPU as
+    the leader spends storing it; on a 2-core machine that CPU is taken from the nodes under
+    test. So the first ``EVENT_POOL`` events are made up front (loading a data set never runs
+    inside a measured window either) and sent again in the same order; the store does not
+    care that bodies repeat.
+    """
     from bench.workloads import endless
 
-    events = endless(workload, seed)
-    first = next(events)
-    return itertools.chain([first], events)
+    pool = list(itertools.islice(endless(workload, seed), EVENT_POOL))
+    return itertools.cycle(pool)
+
+
+class RawFailure(Exception):
+    """A request the raw client got a refusal for; ``code`` is the API's error code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class RawHttp:
+    """A lean HTTP/1.1 keep-alive client: one connection per outstanding request, reused.
+
+    The load generator shares the machine with the nodes it measures, so every microsecond
+    it spends per request is taken from them; an aiohttp client request costs a few hundred.
+    This one writes the request bytes and reads a ``Content-Length`` answer (what aiohttp
+    servers send), nothing else: no redirects, no chunked answers, no TLS.
+    """
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "http" or parsed.hostname is None:
+            raise ValueError(f"the raw client speaks plain http only, not {url!r}")
+        self.host, self.port = parsed.hostname, parsed.port or 80
+        self.timeout_s = timeout_s
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        """POST ``body``; the answer's status and body. Raises on a broken connection."""
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._open.add(writer)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: {content_type}\r\nAccept: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                writer.write(head.encode() + body)
+                answer = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in answer.split(b"\r\n")[1:]:
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                data = await reader.readexactly(length)
+        except BaseException:
+            self._open.discard(writer)
+            writer.close()
+            raise
+        self._idle.append((reader, writer))
+        return int(answer[9:12]), data
+
+    async def close(self) -> None:
+        for writer in list(self._open):
+            writer.close()
+        self._open.clear()
+        self._idle.clear()
 
 
 async def geostore_target(
     args: argparse.Namespace, events: Iterator[dict[str, Any]]
 ) -> tuple[Operation, Callable[[], Awaitable[None]]]:
-    """Appends through GeostoreClient (idempotent producer, one aiohttp session)."""
+    """Appends through GeostoreClient (idempotent producer, one aiohttp session), or with
+    ``--client raw`` through :class:`RawHttp` to the node the client picked (the leader
+    with ``--to-leader``), JSON bodies with an idempotent producer as the client sends them."""
     from geostore.client import GeostoreClient
 
     if args.cluster:
@@ -410,6 +497,11 @@ async def geostore_target(
         leader = await client.find_leader()
         print(f"loadgen: sending to the leader at {leader}", file=sys.stderr)
 
+    if args.client == "raw":
+        url = client.urls[client._current]
+        await client.close()
+        return _raw_append(args, events, url)
+
     async def op(batch: int) -> int:
         chunk = list(itertools.islice(events, batch))
         result = await client.append(args.stream, chunk)
@@ -420,10 +512,53 @@ async def geostore_target(
     return op, client.close
 
 
+def _raw_append(
+    args: argparse.Namespace, events: Iterator[dict[str, Any]], url: str
+) -> tuple[Operation, Callable[[], Awaitable[None]]]:
+    raw = RawHttp(url, args.timeout)
+    path = f"/v1/streams/{urllib.parse.quote(args.stream, safe='')}/events"
+    producer = f"loadgen-{os.getpid()}"
+    seqs = itertools.count()
+
+    async def op(batch: int) -> int:
+        body = {
+            "events": list(itertools.islice(events, batch)),
+            "producer": {"id": producer, "seq": next(seqs)},
+        }
+        status, data = await raw.post(path, json.dumps(body).encode(), "application/json")
+        answer = json.loads(data)
+        if status != 200:
+            raise RawFailure(str(answer.get("error", {}).get("code", f"http_{status}")))
+        count = 0
+        for item in answer["results"]:
+            if "error" in item:
+                raise RawFailure(str(item["error"].get("code", "error")))
+            count += item["last_seq"] - item["first_seq"] + 1
+        return count
+
+    return op, raw.close
+
+
 async def http_list_target(
     args: argparse.Namespace, events: Iterator[dict[str, Any]]
 ) -> tuple[Operation, Callable[[], Awaitable[None]]]:
     """``POST {url}/append`` ``{"events": [...]}`` round-robin over ``--url``s (PySyncObj)."""
+    if args.client == "raw":
+        clients = itertools.cycle([RawHttp(u, args.timeout) for u in args.url])
+
+        async def raw_op(batch: int) -> int:
+            body = json.dumps({"events": list(itertools.islice(events, batch))}).encode()
+            status, data = await next(clients).post("/append", body, "application/json")
+            if status != 200:
+                raise RuntimeError(f"http {status}: {data[:200]!r}")
+            return int(json.loads(data)["count"])
+
+        async def close_all() -> None:
+            for _ in args.url:
+                await next(clients).close()
+
+        return raw_op, close_all
+
     import aiohttp
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
@@ -455,7 +590,7 @@ async def run(args: argparse.Namespace) -> list[PhaseStats]:
     out: list[PhaseStats] = []
     try:
         for phase in args.phase:
-            sampler = CpuSampler(pids)
+            sampler = CpuSampler(pids, args.rss_every)
             start = clock.now() + args.warmup
             sampling = asyncio.ensure_future(sampler.around(clock, start, start + args.duration))
             stats = await run_phase(
@@ -464,6 +599,7 @@ async def run(args: argparse.Namespace) -> list[PhaseStats]:
             await sampling
             stats.cpu_us_per_event = sampler.per_event_us(stats.events_ok)
             stats.rss_bytes = sampler.rss()
+            stats.rss_series = sampler.rss_series
             out.append(stats)
             print(_line(stats), file=sys.stderr, flush=True)
     finally:
@@ -514,6 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--to-leader", action="store_true", help="send to the region's leader (no forwarding)"
     )
     p.add_argument("--content-type", choices=("json", "cbor"), default="json")
+    p.add_argument(
+        "--client",
+        choices=("client", "raw"),
+        default="client",
+        help="client: GeostoreClient / aiohttp; raw: the lean keep-alive HTTP client (JSON)",
+    )
     p.add_argument("--workload", choices=("synthetic", "flights"), default="synthetic")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--phase", type=Phase.parse, action="append", required=True)
@@ -522,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per request (s)")
     p.add_argument("--outstanding-max", type=int, default=1024, help="open-loop in-flight cap")
     p.add_argument("--cpu-pids", type=int, nargs="*", default=[], help="processes to sample")
+    p.add_argument("--rss-every", type=float, default=None,
+                   help="also sample the processes' RSS every so many seconds of the window")  # fmt: skip
     p.add_argument("--cpu-names", nargs="*", default=[], help="names for --cpu-pids")
     p.add_argument("--name", default="loadgen", help="result name")
     p.add_argument("--json-out", type=Path, default=None)
@@ -551,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "content_type": args.content_type,
+        "client": args.client,
         "stream": args.stream,
         "wall_s": round(time.time() - started, 2),
     }

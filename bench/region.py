@@ -5,7 +5,9 @@ What it runs, on this machine, in one go:
 1. geostore: a one-region topology of three nodes started with ``geostore cluster up``
    (each node its own process, file log with fsync and group commit), a stream with one
    partition, and the load generator (bench/loadgen.py) in its own process sending to the
-   region's leader through the Python client (JSON over HTTP, idempotent producer).
+   region's leader (JSON over HTTP, idempotent producer; ``--client raw``, the default: a
+   lean keep-alive HTTP client, so the load generator takes less of the two cores from the
+   nodes; ``--client client``: the Python client, GeostoreClient over aiohttp).
 2. PySyncObj, the Raft library a Python user would pick instead: three processes of this
    module (``_pysyncobj-node``), each a ``SyncObj`` holding a replicated append-only list,
    behind a small aiohttp endpoint ``POST /append {"events": [...]}`` that answers once
@@ -22,7 +24,8 @@ every node process and the load generator (from /proc, over the measured window)
 
 ``--quick`` runs each phase for 2 s after a 0.5 s warm-up (about a minute in all).
 ``--soak-minutes 10`` replaces the phases by one constant open-loop load and reports each
-node's RSS growth between minute 2 and the end (the target: under 10%).
+node's RSS growth between minute 2 and the end (the target: under 10%), with a table of
+every node's RSS at each minute of the measured window.
 """
 
 from __future__ import annotations
@@ -79,10 +82,13 @@ def _loadgen(
         _python(), "-m", "bench.loadgen", *target_args,
         "--duration", str(args.duration), "--warmup", str(args.warmup),
         "--workload", args.workload, "--name", name, "--json-out", str(out), "--quiet",
+        "--client", args.client,
         "--cpu-pids", *[str(p) for p in pids.values()], "--cpu-names", *pids.keys(),
     ]  # fmt: skip
     for phase in args.phases:
         cmd += ["--phase", phase]
+    if args.soak_minutes is not None:
+        cmd += ["--rss-every", "60"]
     print(f"[{name}] load generator: {len(args.phases)} phases", file=sys.stderr, flush=True)
     proc = subprocess.run(
         cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=sys.stderr, text=True,
@@ -104,9 +110,16 @@ def run_geostore(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     (work / "region.toml").write_text(topo.to_toml())
     cluster = work / "geostore"
     geostore = [_python(), "-m", "geostore"]
+    config: list[str] = []
+    if args.soak_minutes is not None and args.soak_snapshot_entries:
+        # snapshots during the soak: where memory used to grow with the data
+        (work / "soak.toml").write_text(
+            f"[raft]\nsnapshot_threshold_entries = {args.soak_snapshot_entries}\n"
+        )
+        config = ["--config", str(work / "soak.toml")]
     up = subprocess.run(
         [*geostore, "cluster", "up", "--topology", str(work / "region.toml"),
-         "--dir", str(cluster), "--no-netem", "--timeout", "60",
+         "--dir", str(cluster), "--no-netem", "--timeout", "60", *config,
          *([] if args.tls else ["--insecure"])],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -293,6 +306,30 @@ def comparison_table(docs: dict[str, dict[str, Any] | None]) -> str:
     return "\n".join(lines)
 
 
+def rss_table(docs: dict[str, dict[str, Any] | None]) -> str:
+    """Soak: each node's RSS (MiB) per minute of the measured window, and its growth."""
+    lines = []
+    for system, doc in docs.items():
+        for name, p in _phases(doc).items():
+            series = p.get("rss_series", [])
+            if not series:
+                continue
+            procs = sorted(series[0]["rss_bytes"])
+            lines.append(f"{system} {name}: RSS MiB, minutes into the measured window")
+            lines.append("t_min   " + "  ".join(f"{n:>8}" for n in procs))
+            for row in series:
+                rss = row["rss_bytes"]
+                cells = "  ".join(f"{rss.get(n, 0) / 2**20:8.1f}" for n in procs)
+                lines.append(f"{row['t_s'] / 60:5.1f}   {cells}")
+            first, last = series[0]["rss_bytes"], series[-1]["rss_bytes"]
+            growth = "  ".join(
+                f"{(last[n] - first[n]) * 100 / first[n]:7.1f}%" if first.get(n) else "       -"
+                for n in procs
+            )
+            lines.append(f"growth  {growth}")
+    return "\n".join(lines)
+
+
 def to_result(
     docs: dict[str, dict[str, Any] | None], config: dict[str, Any], *, soak: bool = False
 ) -> Result:
@@ -361,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per phase")
     p.add_argument("--phases", nargs="+", default=list(PHASES), help="loadgen phases")
     p.add_argument("--workload", choices=("synthetic", "flights"), default="synthetic")
+    p.add_argument("--client", choices=("raw", "client"), default="raw",
+                   help="load generator's HTTP client: raw (lean keep-alive, the default) or "
+                   "client (GeostoreClient / aiohttp, a few hundred us more CPU a request)")  # fmt: skip
     p.add_argument("--systems", nargs="+", choices=("geostore", "pysyncobj"),
                    default=["geostore", "pysyncobj"])  # fmt: skip
     p.add_argument("--no-journal", dest="journal", action="store_false",
@@ -387,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         help="geostore as cluster up starts it by default: HTTPS, node certificates (mTLS "
         "between nodes) and a bearer token; --no-tls runs it --insecure (plain HTTP)",
     )
+    p.add_argument("--soak-snapshot-entries", type=int, default=10_000,
+                   help="soak: the nodes' raft.snapshot_threshold_entries, so snapshots are "
+                   "taken during the soak (0: the configured default)")  # fmt: skip
     p.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--json-out", type=Path, default=None)
@@ -424,7 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         "pysyncobj_journal": "mmap file" if args.journal else "memory",
         "geostore_tls": args.tls,
         "pysyncobj_append_entries_use_batch": args.pysyncobj_batch,
-        "client": "bench.loadgen in its own process; geostore via GeostoreClient to the leader",
+        "client": (
+            "bench.loadgen in its own process, to the geostore leader; "
+            + ("lean keep-alive HTTP/1.1, JSON" if args.client == "raw" else "GeostoreClient")
+        ),
         "errors": errors,
         "wall_s": round(time.time() - started, 1),
         "runs": {k: v["config"]["phases"] if v else None for k, v in docs.items()},
@@ -432,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     print(comparison_table(docs))
     print()
     if args.soak_minutes is not None:
+        print(rss_table(docs))
+        print()
+    if args.soak_minutes is not None:
         config["soak_minutes"] = args.soak_minutes
+        config["soak_snapshot_entries"] = args.soak_snapshot_entries
     emit(to_result(docs, config, soak=args.soak_minutes is not None), json_out=args.json_out)
     return 1 if errors else 0
 

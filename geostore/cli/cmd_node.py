@@ -28,6 +28,9 @@ certificate, requires node certificates on peer links and dials peers with mTLS;
 ``--unsafe-no-fsync`` acknowledges appends without fsync: it exists ONLY so a fault test can
 show that the checks catch lost acknowledged writes. Never use it otherwise.
 
+With ``GEOSTORE_PROFILE=DIR`` in its environment a node runs its event loop under cProfile
+and writes ``DIR/<node>.prof`` when it exits (benchmarks use it to find hot paths).
+
 Membership of a cluster started with ``geostore cluster up`` (one change at a time):
 
 - ``node add --cluster DIR --region R --id NEW``: start a node under a fresh identity with
@@ -43,6 +46,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 HELP = "run one node (geostore node --topology FILE --node ID --dir DIR)"
 
@@ -118,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is None:
             print(f"geostore node: --{flag} is required to run a node", file=sys.stderr)
             return 2
-    import asyncio
     import os
 
     from geostore.config import load_config, load_topology
@@ -174,11 +178,46 @@ def run(args: argparse.Namespace) -> int:
         await node.run()
         return node.exit_code
 
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if profile_dir:
+        return _profiled(main, os.path.join(profile_dir, f"{args.node}.prof"))
+    return _run_loop(main)
+
+
+#: Set to a directory, a node profiles its event loop thread with cProfile and writes
+#: ``<dir>/<node>.prof`` (pstats format) when it exits: how the benchmarks find hot paths.
+PROFILE_ENV = "GEOSTORE_PROFILE"
+#: ``wall`` profiles wall time instead of the loop thread's CPU time.
+PROFILE_CLOCK_ENV = "GEOSTORE_PROFILE_CLOCK"
+
+
+def _run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
         return asyncio.run(main())
     return uvloop.run(main())
+
+
+def _profiled(main: Callable[[], Coroutine[Any, Any, int]], path: str) -> int:
+    import cProfile
+    import os
+    import time
+
+    # CPU time of the loop thread by default: wall time would charge a socket write with
+    # the time the woken peer process ran on this core (2-core machines).
+    if os.environ.get(PROFILE_CLOCK_ENV, "cpu") == "wall":
+        prof = cProfile.Profile()
+    else:
+        prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    try:
+        return _run_loop(main)
+    finally:
+        prof.disable()
+        prof.dump_stats(path)
 
 
 # --- membership ------------------------------------------------------------------------------

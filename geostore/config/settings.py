@@ -210,6 +210,25 @@ class LimitsSettings:
         minimum=0,
         min_open=True,
     )
+    producer_window: int = _f(
+        1024,
+        "Recent seqs remembered per idempotent producer and partition; older ones are refused "
+        "(same on every node of a region).",
+    )
+    producer_idle_entries: int = _f(
+        1_000_000,
+        "A producer idle for this many log entries is forgotten (same on every node of a region).",
+    )
+    producers_max: int = _f(
+        10_000,
+        "Producers remembered per region; the least recently used is forgotten beyond it "
+        "(same on every node of a region).",
+    )
+    producer_outcomes_max: int = _f(
+        100_000,
+        "Append outcomes remembered over all producers, about 200 bytes each: the memory bound "
+        "of the dedup table (same on every node of a region).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +455,12 @@ def _check_cross_fields(c: Config, values: _Values) -> None:
             ("limits.event_bytes_max", "geo.batch_bytes_max"),
             f"event_bytes_max ({c.limits.event_bytes_max}) must be <= geo.batch_bytes_max "
             f"({c.geo.batch_bytes_max}): a largest event could never be shipped",
+        ),
+        (
+            c.limits.producer_window <= c.limits.producer_outcomes_max,
+            ("limits.producer_window", "limits.producer_outcomes_max"),
+            f"producer_window ({c.limits.producer_window}) must be <= producer_outcomes_max "
+            f"({c.limits.producer_outcomes_max}): one producer's window must fit",
         ),
     ]
     for ok, paths, reason in rules:

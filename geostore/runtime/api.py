@@ -84,6 +84,7 @@ LEADER_WAIT_S = 5.0
 FORWARD_TIMEOUT_S = 15.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_APPEND_FIELDS = frozenset({"events", "producer"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +340,8 @@ class Api:
     async def _await_all(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
         try:
             async with asyncio.timeout(APPEND_TIMEOUT_S):
+                if len(futures) == 1:  # the usual append: no gathering future needed
+                    return [await futures[0]]
                 return await asyncio.gather(*futures)
         except TimeoutError:
             raise ApiError(
@@ -449,8 +452,8 @@ class Api:
             return forwarded
         if not isinstance(body, dict):
             raise ApiError(ErrorCode.MALFORMED, 'the body must be an object {"events": [...]}')
-        extra = set(body) - {"events", "producer"}
-        if extra:
+        if not body.keys() <= _APPEND_FIELDS:
+            extra = set(body) - _APPEND_FIELDS
             raise ApiError(ErrorCode.MALFORMED, f"unknown fields {sorted(map(str, extra))}")
         if "events" not in body:
             raise ApiError(ErrorCode.MALFORMED, "events is missing", field="events")

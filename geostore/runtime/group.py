@@ -59,7 +59,7 @@ from geostore.runtime.blocks import FileBlockStore
 from geostore.runtime.machine import RuntimeHost, StoreMachine
 from geostore.runtime.metrics import NodeMetrics
 from geostore.storage import FileLogStore, HardStateStore, open_storage
-from geostore.store import EventStore, StoreLimits
+from geostore.store import EventStore, StoreLimits, StoreTuning
 
 log = logging.getLogger("geostore.runtime")
 
@@ -222,6 +222,11 @@ def store_limits(config: Config) -> StoreLimits:
     return StoreLimits.from_settings(config.limits)
 
 
+def store_tuning(config: Config) -> StoreTuning:
+    """The replicated store's tuning (the dedup bounds are configured; the rest fixed)."""
+    return StoreTuning.from_settings(config.limits)
+
+
 class GroupRuntime:
     """One hosted Raft group (see the module docstring)."""
 
@@ -275,7 +280,9 @@ class GroupRuntime:
         self.blocks = FileBlockStore(
             os.path.join(spec.data_dir, "blocks"), fsync=not self.unsafe_no_fsync
         )
-        self.store = EventStore(self.blocks, limits=store_limits(config))
+        self.store = EventStore(
+            self.blocks, limits=store_limits(config), tuning=store_tuning(config)
+        )
         self.machine = StoreMachine(self.store)
         empty = (
             self.storage.log.last_index() == 0

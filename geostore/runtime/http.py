@@ -10,6 +10,7 @@ can carry, appear in JSON as base64url strings). Every error answer is
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from typing import Any
 
@@ -31,6 +32,10 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+#: One encoder for every JSON answer (``json.dumps`` with options builds one per call).
+_JSON_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+
+
 def wants_cbor(request: web.Request) -> bool:
     return CBOR in request.headers.get("Accept", "")
 
@@ -38,11 +43,14 @@ def wants_cbor(request: web.Request) -> bool:
 def respond(
     request: web.Request, status: int, body: Any, headers: dict[str, str] | None = None
 ) -> web.Response:
+    """The answer ``body`` in the encoding the request accepts (bytes built once, here)."""
     if wants_cbor(request):
         data = cbor2.dumps(body)
         return web.Response(status=status, body=data, content_type=CBOR, headers=headers)
-    text = json.dumps(body, default=_json_default, separators=(",", ":"))
-    return web.Response(status=status, text=text, content_type=JSON, headers=headers)
+    data = _JSON_ENCODER.encode(body).encode()
+    return web.Response(
+        status=status, body=data, content_type=JSON, charset="utf-8", headers=headers
+    )
 
 
 def error_response(request: web.Request, err: GeostoreError) -> web.Response:
@@ -110,9 +118,18 @@ def int_param(
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def _token_head(stream: str) -> str:
+    return '{"s":' + json.dumps(stream) + ',"p":['
+
+
 def make_token(stream: str, parts: list[tuple[int, int, int]]) -> str:
-    """An opaque read-your-writes token: the stream and (partition, epoch, seq) written."""
-    raw = json.dumps({"s": stream, "p": [list(p) for p in parts]}, separators=(",", ":"))
+    """An opaque read-your-writes token: the stream and (partition, epoch, seq) written.
+
+    The JSON ``{"s": stream, "p": [[partition, epoch, seq], ...]}`` (compact), base64url
+    without padding; written by hand since it runs once per append.
+    """
+    raw = _token_head(stream) + ",".join(f"[{p},{e},{q}]" for p, e, q in parts) + "]}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 

@@ -13,7 +13,7 @@ client proposals, and only then one drain, so one Ready (one fsync) covers them 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from geostore.node.raft_host import OnProposal, RaftHost, _Pending
 from geostore.raft.messages import Message
@@ -42,14 +42,73 @@ class StoreMachine:
         return None
 
     def snapshot(self) -> bytes:
-        return b"".join(self.store.snapshot_chunks(SNAPSHOT_CHUNK_BYTES, include_blocks=True))
+        """The state with its sealed blocks by reference (flushed first, so a restart over
+        this node's block files finds them): its size follows the block index, not the
+        data, so the snapshots the host keeps in memory stay small as the store grows."""
+        self.store.blocks.flush()
+        return b"".join(self.store.snapshot_chunks(SNAPSHOT_CHUNK_BYTES, include_blocks=False))
+
+    def kept_form(self, data: bytes) -> bytes:
+        """What the host keeps in memory of a snapshot it just restored or took: blocks by
+        reference (a restored one carries them, and the restore put them into the block
+        store), so the copy costs the index, not the data."""
+        if not self.store.snapshot_carries_blocks(data):
+            return data
+        return b"".join(self.store.by_reference_chunks([data], SNAPSHOT_CHUNK_BYTES))
+
+    def transfer_chunks(self, data: bytes, chunk_bytes: int) -> Iterator[bytes]:
+        """``data`` (one of this node's snapshots) as a follower needs it, self-contained,
+        in chunks of exactly ``chunk_bytes`` (the last shorter), made as they are read."""
+        return self.store.self_contained_chunks([data], chunk_bytes)
 
     def restore(self, data: bytes, meta: SnapshotMeta) -> None:
         self.store.restore_from_chunks([data])
 
 
 class RuntimeHost(RaftHost):
-    """A RaftHost that takes inputs in batches and drains once (group commit)."""
+    """A RaftHost that takes inputs in batches and drains once (group commit).
+
+    Snapshot transfers: with a machine that keeps its snapshots by reference (it has
+    ``transfer_chunks``), a follower gets the self-contained form, made chunk by chunk as
+    the core asks for them (a cursor per transfer remembers where it is and its last chunk,
+    for a resend), so a transfer holds one chunk and one block in memory, never the data.
+    An offset no cursor is at starts a fresh pass (the same snapshot always expands to the
+    same bytes), and at most ``TRANSFER_CURSORS`` transfers keep a cursor.
+    """
+
+    TRANSFER_CURSORS = 4
+    _cursors: list[_Cursor] | None = None
+
+    def _remember(self, meta: SnapshotMeta, data: bytes) -> None:
+        slim: Callable[[bytes], bytes] | None = getattr(self.machine, "kept_form", None)
+        super()._remember(meta, data if slim is None else slim(data))
+
+    def _snapshot_source(self, meta: SnapshotMeta, offset: int, max_bytes: int) -> bytes | None:
+        chunker: Callable[[bytes, int], Iterator[bytes]] | None = getattr(
+            self.machine, "transfer_chunks", None
+        )
+        if chunker is None:
+            return super()._snapshot_source(meta, offset, max_bytes)
+        cursors = self._cursors
+        if cursors is None:
+            cursors = self._cursors = []
+        for cur in cursors:
+            if cur.meta == meta and cur.size == max_bytes:
+                if offset == cur.last_offset:
+                    return cur.last
+                if offset == cur.pos:
+                    return cur.advance()
+        local = next((d for m, d in self._snapshot_cache if m == meta), None)
+        if local is None or offset % max_bytes:
+            return None
+        cur = _Cursor(meta, max_bytes, chunker(local, max_bytes))
+        while cur.pos < offset:
+            if not cur.advance():
+                break
+        cursors.append(cur)
+        if len(cursors) > self.TRANSFER_CURSORS:
+            del cursors[0]
+        return cur.advance() if cur.pos == offset else b""
 
     def step_many(self, msgs: Sequence[Message]) -> None:
         for msg in msgs:
@@ -70,3 +129,24 @@ class RuntimeHost(RaftHost):
                 )
         self._drain()
         return result
+
+
+class _Cursor:
+    """Where one snapshot transfer is: the chunks still to come and the last one given."""
+
+    __slots__ = ("chunks", "last", "last_offset", "meta", "pos", "size")
+
+    def __init__(self, meta: SnapshotMeta, size: int, chunks: Iterator[bytes]) -> None:
+        self.meta = meta
+        self.size = size
+        self.chunks = chunks
+        self.pos = 0
+        self.last_offset = -1
+        self.last = b""
+
+    def advance(self) -> bytes:
+        """The chunk at ``pos`` (empty past the end), remembered for a resend."""
+        chunk = next(self.chunks, b"")
+        self.last_offset, self.last = self.pos, chunk
+        self.pos += len(chunk)
+        return chunk

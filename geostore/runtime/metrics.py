@@ -12,6 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 LabelKey = tuple[tuple[str, str], ...]
+#: Label sets one counter or histogram keeps; further ones add to the overflow series, so a
+#: label fed from requests (a route, a status) can never grow a node's memory without bound.
+SERIES_MAX = 512
+OVERFLOW: LabelKey = (("overflow", "true"),)
 
 #: Latency buckets in seconds (0.5 ms .. 10 s).
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -79,7 +83,10 @@ class Counter(_Metric):
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
-        self._values[key] = self._values.get(key, 0.0) + amount
+        values = self._values
+        if key not in values and len(values) >= SERIES_MAX:
+            key = OVERFLOW
+        values[key] = values.get(key, 0.0) + amount
 
     def render(self) -> list[str]:
         out = super().render()
@@ -125,8 +132,12 @@ class Histogram(_Metric):
         key = tuple(sorted(labels.items()))
         series = self._series.get(key)
         if series is None:
-            series = ([0] * (len(self._bounds) + 1), [0.0])
-            self._series[key] = series
+            if len(self._series) >= SERIES_MAX:
+                key = OVERFLOW
+                series = self._series.get(key)
+            if series is None:
+                series = ([0] * (len(self._bounds) + 1), [0.0])
+                self._series[key] = series
         counts, total = series
         counts[bisect.bisect_left(self._bounds, value)] += count
         total[0] += value * count

@@ -11,7 +11,7 @@ rejected with a typed :class:`~geostore.errors.CodecError` rather than misread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from geostore.errors import CodecError, GeostoreError
@@ -44,6 +44,11 @@ class AppendBatch:
 
     ``epoch`` is the partition epoch the proposer validated against (None: do not check);
     apply refuses the batch with ``superseded_epoch`` when the epoch moved on meanwhile.
+
+    ``crc`` (crc32 of ``events``) is set only by
+    :meth:`~geostore.store.EventStore.validate_append`, which checked every event when it
+    encoded the batch: apply then checks the bytes against the crc and the columns' shape,
+    and not every value again (validate once). A batch without it gets the full check.
     """
 
     stream: StreamName
@@ -52,6 +57,7 @@ class AppendBatch:
     record_count: int
     producer: ProducerRef | None = None
     epoch: Epoch | None = None
+    crc: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,8 @@ def encode_command(cmd: Command) -> bytes:
                 prod,
                 cmd.epoch,
             ]
+            if cmd.crc is not None:
+                body.append(cmd.crc)
         case FenceHome():
             body = ["fence", cmd.stream, cmd.partition, cmd.epoch, cmd.fenced]
         case SetHome():
@@ -186,18 +194,26 @@ def decode_command(data: bytes) -> Command:
         raise CodecError("not a version-1 store command")
     kind, n = raw[1], len(raw)
     try:
-        if kind == "append" and n == 8:
-            _, _, stream, part, events, count, prod, epoch = raw
-            _need(type(stream) is str and type(part) is int and type(count) is int, "header")
-            _need(type(events) is bytes, "events")
+        if kind == "append" and (n == 8 or n == 9):
+            # 9 fields: a validated batch with the crc of its events (see AppendBatch)
+            stream, part, events, count, prod, epoch = raw[2:8]
+            crc = raw[8] if n == 9 else None
+            _need(
+                type(stream) is str
+                and type(part) is int
+                and type(count) is int
+                and type(events) is bytes
+                and (epoch is None or type(epoch) is int)
+                and (crc is None or type(crc) is int),
+                "header",
+            )
             pr = None
             if prod is not None:
                 _need(type(prod) is list and len(prod) == 2, "producer")
                 pid, pseq = prod
                 _need(type(pid) is str and type(pseq) is int, "producer")
                 pr = ProducerRef(pid, pseq)
-            _need(epoch is None or type(epoch) is int, "epoch")
-            return AppendBatch(stream, part, events, count, pr, epoch)
+            return AppendBatch(stream, part, events, count, pr, epoch, crc)
         if kind == "create" and n == 7:
             _, _, name, parts, key_field, schema, homes = raw
             _need(type(name) is str and type(parts) is int and type(homes) is list, "header")

@@ -128,14 +128,25 @@ class StoreTuning:
     #: Recent sequence numbers remembered per producer (older ones are refused).
     producer_window: int = 1_024
     #: A producer idle for more than this many log entries is forgotten.
-    producer_idle_entries: int = 10_000_000
+    producer_idle_entries: int = 1_000_000
     #: Producers remembered per store; beyond it the least recently used is forgotten.
     producers_max: int = 10_000
-    #: Remembered outcomes over all producers (about 200 bytes each); beyond it whole least
-    #: recently used producers are forgotten. Bounds memory when many producers fill windows.
-    producer_outcomes_max: int = 1_000_000
+    #: Remembered outcomes over all producers (about 200 bytes each, so about 20 MB); beyond
+    #: it whole least recently used producers are forgotten. Bounds memory when many
+    #: producers fill their windows.
+    producer_outcomes_max: int = 100_000
     #: Sealed blocks per segment of the upper index level.
     index_fanout: int = 64
+
+    @staticmethod
+    def from_settings(settings: LimitsSettings) -> StoreTuning:
+        """The tuning with the dedup table's bounds from the ``[limits]`` section."""
+        return StoreTuning(
+            producer_window=settings.producer_window,
+            producer_idle_entries=settings.producer_idle_entries,
+            producers_max=settings.producers_max,
+            producer_outcomes_max=settings.producer_outcomes_max,
+        )
 
     def __post_init__(self) -> None:
         assert self.block_events_max >= 1

@@ -91,3 +91,16 @@ def read_records(chunks: Iterable[bytes]) -> Iterator[list[Any]]:
             yield record
     if buf or not ended:
         raise CodecError("snapshot is truncated")
+
+
+def first_record(data: bytes) -> list[Any]:
+    """The first record of a snapshot (its header), read without reading the rest."""
+    if len(data) < _LEN.size:
+        raise CodecError("snapshot is truncated")
+    (length,) = _LEN.unpack_from(data)
+    if length > RECORD_BYTES_MAX or len(data) < _LEN.size + length:
+        raise CodecError("snapshot's first record is truncated or over the limit")
+    record = _cbor.loads(data[_LEN.size : _LEN.size + length])
+    if not isinstance(record, list) or not record:
+        raise CodecError("snapshot record is not [kind, ...]")
+    return record

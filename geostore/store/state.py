@@ -77,6 +77,7 @@ from .blocks import (
     Segment,
     block_from_open_bytes,
     decode_batch,
+    decode_batch_validated,
     decode_block,
     encode_batch,
 )
@@ -127,7 +128,7 @@ from .model import (
     too_large,
 )
 from .remote import decide_remote
-from .snapshot import FrameWriter, read_records
+from .snapshot import FrameWriter, first_record, read_records
 
 ApplyResult = StreamInfo | AppendResult | HomeResult | RemoteResult | Rejected
 TailCallback = Callable[[StreamName, PartitionId, Seq], None]
@@ -525,82 +526,90 @@ class EventStore:
         bodies: list[bytes] = []
         attr_cols: dict[str, list[Number | None]] = {n: [] for n in indexed}
         attr_lists = [(n, attr_cols[n]) for n in indexed]
-        for i, ev in enumerate(events):
-            if type(ev) is not dict and not isinstance(ev, Mapping):
-                raise malformed(f"events[{i}] must be an object", path=f"events[{i}]")
-            if len(ev) > 4 or not ev.keys() <= _EVENT_FIELDS or "body" not in ev:
-                _event_shape_error(i, ev)
-            body = ev["body"]
-            ts = ev.get("ts")
-            if ts is None:
-                ts = now_us
-            elif type(ts) is not int or not INT64_MIN <= ts <= INT64_MAX:
-                raise malformed(
-                    f"events[{i}].ts must be an integer (microseconds since the Unix epoch)",
-                    path=f"events[{i}].ts",
-                )
-            body_is_map = type(body) is dict or isinstance(body, Mapping)
-            key = ev.get("key")
-            if key is None and key_field is not None and body_is_map:
-                kv = body.get(key_field)
-                if type(kv) is str or type(kv) is int:
-                    key = str(kv)
-                elif kv is not None:
+        fast = None
+        if schema is None and key_field is None:
+            fast = _fast_columns(events, now_us, nparts, rr, event_bytes_max, key_bytes_max)
+        if fast is not None:
+            parts, ts_col, keys, bodies, rr = fast
+        else:
+            for i, ev in enumerate(events):
+                if type(ev) is not dict and not isinstance(ev, Mapping):
+                    raise malformed(f"events[{i}] must be an object", path=f"events[{i}]")
+                if len(ev) > 4 or not ev.keys() <= _EVENT_FIELDS or "body" not in ev:
+                    _event_shape_error(i, ev)
+                body = ev["body"]
+                ts = ev.get("ts")
+                if ts is None:
+                    ts = now_us
+                elif type(ts) is not int or not INT64_MIN <= ts <= INT64_MAX:
                     raise malformed(
-                        f"events[{i}].body.{key_field} is the key field: it must be a string "
-                        "or an integer",
-                        path=f"events[{i}].body.{key_field}",
+                        f"events[{i}].ts must be an integer (microseconds since the Unix epoch)",
+                        path=f"events[{i}].ts",
                     )
-            key_bytes = 0
-            if key is not None:
-                if type(key) is not str:
-                    raise malformed(f"events[{i}].key must be a string", path=f"events[{i}].key")
-                kb = key.encode()
-                key_bytes = len(kb)
-                if key_bytes > key_bytes_max:
-                    raise too_large(
-                        f"events[{i}].key has {key_bytes} bytes, at most {key_bytes_max}",
-                        path=f"events[{i}].key",
-                    )
-            part = ev.get("partition")
-            if part is None:
+                body_is_map = type(body) is dict or isinstance(body, Mapping)
+                key = ev.get("key")
+                if key is None and key_field is not None and body_is_map:
+                    kv = body.get(key_field)
+                    if type(kv) is str or type(kv) is int:
+                        key = str(kv)
+                    elif kv is not None:
+                        raise malformed(
+                            f"events[{i}].body.{key_field} is the key field: it must be a string "
+                            "or an integer",
+                            path=f"events[{i}].body.{key_field}",
+                        )
+                key_bytes = 0
                 if key is not None:
-                    part = zlib.crc32(kb) % nparts
-                else:
-                    part = rr % nparts
-                    rr += 1
-            elif type(part) is not int or not 0 <= part < nparts:
-                raise ApiError(
-                    ErrorCode.UNKNOWN_PARTITION,
-                    f"events[{i}].partition: stream {d.name!r} has partitions "
-                    f"0..{nparts - 1}, not {part!r}",
-                    path=f"events[{i}].partition",
-                    stream=d.name,
-                )
-            if fast_checks and not (
-                body_is_map and all(check(body.get(name)) for name, check in fast_checks)
-            ):
-                assert schema is not None
-                schema.validate_body(body, f"events[{i}].body")  # raises with the path
-                raise AssertionError("the fast and the full schema checks disagree")
-            try:
-                body_bytes = dumps(body)
-            except Exception as exc:  # cbor2 raises several types for unencodable values
-                raise malformed(
-                    f"events[{i}].body cannot be encoded: {exc}", path=f"events[{i}].body"
-                ) from exc
-            if len(body_bytes) + key_bytes > event_bytes_max:
-                raise too_large(
-                    f"events[{i}] is {len(body_bytes) + key_bytes} bytes encoded, "
-                    f"at most {event_bytes_max}",
-                    path=f"events[{i}]",
-                )
-            parts.append(part)
-            ts_col.append(ts)
-            keys.append(key)
-            bodies.append(body_bytes)
-            for n, col in attr_lists:
-                col.append(body.get(n))
+                    if type(key) is not str:
+                        raise malformed(
+                            f"events[{i}].key must be a string", path=f"events[{i}].key"
+                        )
+                    kb = key.encode()
+                    key_bytes = len(kb)
+                    if key_bytes > key_bytes_max:
+                        raise too_large(
+                            f"events[{i}].key has {key_bytes} bytes, at most {key_bytes_max}",
+                            path=f"events[{i}].key",
+                        )
+                part = ev.get("partition")
+                if part is None:
+                    if key is not None:
+                        part = zlib.crc32(kb) % nparts
+                    else:
+                        part = rr % nparts
+                        rr += 1
+                elif type(part) is not int or not 0 <= part < nparts:
+                    raise ApiError(
+                        ErrorCode.UNKNOWN_PARTITION,
+                        f"events[{i}].partition: stream {d.name!r} has partitions "
+                        f"0..{nparts - 1}, not {part!r}",
+                        path=f"events[{i}].partition",
+                        stream=d.name,
+                    )
+                if fast_checks and not (
+                    body_is_map and all(check(body.get(name)) for name, check in fast_checks)
+                ):
+                    assert schema is not None
+                    schema.validate_body(body, f"events[{i}].body")  # raises with the path
+                    raise AssertionError("the fast and the full schema checks disagree")
+                try:
+                    body_bytes = dumps(body)
+                except Exception as exc:  # cbor2 raises several types for unencodable values
+                    raise malformed(
+                        f"events[{i}].body cannot be encoded: {exc}", path=f"events[{i}].body"
+                    ) from exc
+                if len(body_bytes) + key_bytes > event_bytes_max:
+                    raise too_large(
+                        f"events[{i}] is {len(body_bytes) + key_bytes} bytes encoded, "
+                        f"at most {event_bytes_max}",
+                        path=f"events[{i}]",
+                    )
+                parts.append(part)
+                ts_col.append(ts)
+                keys.append(key)
+                bodies.append(body_bytes)
+                for n, col in attr_lists:
+                    col.append(body.get(n))
         groups: dict[int, list[int]] = {}
         if nparts == 1:
             groups[0] = list(range(len(parts)))
@@ -611,15 +620,18 @@ class EventStore:
         positions: list[tuple[int, ...]] = []
         for pno in sorted(groups):
             idx = groups[pno]
-            data = encode_batch(
-                [ts_col[i] for i in idx],
-                [keys[i] for i in idx],
-                [bodies[i] for i in idx],
-                {n: [col[i] for i in idx] for n, col in attr_cols.items()},
-            )
+            if len(groups) == 1:  # one partition: the columns as they are
+                data = encode_batch(ts_col, keys, bodies, attr_cols)
+            else:
+                data = encode_batch(
+                    [ts_col[i] for i in idx],
+                    [keys[i] for i in idx],
+                    [bodies[i] for i in idx],
+                    {n: [col[i] for i in idx] for n, col in attr_cols.items()},
+                )
             pid = PartitionId(pno)
             epoch = self._partitions[(d.name, pid)].epoch
-            batches.append(AppendBatch(d.name, pid, data, len(idx), prod, epoch))
+            batches.append(AppendBatch(d.name, pid, data, len(idx), prod, epoch, zlib.crc32(data)))
             positions.append(tuple(idx))
         return PreparedAppend(
             tuple(batches), tuple(positions), rr_counter if prod is not None else rr
@@ -842,7 +854,10 @@ class EventStore:
                 epoch=p.mark.epoch,
             )
         try:
-            cols = decode_batch(cmd.events, cmd.record_count, p.indexed)
+            if cmd.crc is not None:
+                cols = decode_batch_validated(cmd.events, cmd.crc, cmd.record_count, p.indexed)
+            else:
+                cols = decode_batch(cmd.events, cmd.record_count, p.indexed)
         except CodecError as exc:
             raise malformed(f"append to {p.stream}/{p.partition}: {exc.message}") from exc
         first = p.next_seq
@@ -917,7 +932,8 @@ class EventStore:
 
     def _fill_blocks(self, p: _Partition, cols: Columns, epoch: Epoch) -> None:
         t = self.tuning
-        n, ends = len(cols), cols.ends
+        ends = cols.ends
+        n = len(ends)
         i = 0
         while i < n:
             ob = p.open
@@ -1377,6 +1393,56 @@ class EventStore:
             yield from out.add(["producers", producers[k : k + 256]])
         yield from out.finish()
 
+    def self_contained_chunks(self, chunks: Iterable[bytes], chunk_bytes: int) -> Iterator[bytes]:
+        """A snapshot that references its sealed blocks, rewritten to carry them.
+
+        A node keeps its own snapshots by reference (``include_blocks=False``: the block
+        index, not the data, so a snapshot costs memory and disk in proportion to the index)
+        and expands one only when a follower needs it: each block record follows the index
+        records naming it, read from this store's BlockStore (sealed blocks never change,
+        so the result is the snapshot ``include_blocks=True`` would have given). A snapshot
+        that already carries its blocks comes out as it went in. Raises CodecError or
+        StorageError (a referenced block is missing).
+        """
+        out = FrameWriter(chunk_bytes)
+        by_reference = False
+        for rec in read_records(chunks):
+            if rec[0] == "header":
+                by_reference = rec[4] is False
+                rec = [*rec[:4], True]
+            yield from out.add(rec)
+            if rec[0] == "metas" and by_reference:
+                _, stream, part, metas = rec
+                for raw in metas:
+                    block_no = raw[0]
+                    data = self.blocks.get(StreamName(stream), PartitionId(part), block_no)
+                    yield from out.add(["block", stream, part, block_no, data])
+        yield from out.finish()
+
+    @staticmethod
+    def snapshot_carries_blocks(data: bytes) -> bool:
+        """Whether a whole snapshot carries its sealed blocks (from its header alone)."""
+        head = first_record(data)
+        if head[0] != "header" or len(head) != 5:
+            raise CodecError("snapshot does not start with its header")
+        return head[4] is True
+
+    def by_reference_chunks(self, chunks: Iterable[bytes], chunk_bytes: int) -> Iterator[bytes]:
+        """A self-contained snapshot without its block records: the blocks by reference.
+
+        For a snapshot this store restored (its blocks are in this store's BlockStore), so
+        that a copy kept in memory costs what the index costs; the inverse of
+        :meth:`self_contained_chunks`.
+        """
+        out = FrameWriter(chunk_bytes)
+        for rec in read_records(chunks):
+            if rec[0] == "block":
+                continue
+            if rec[0] == "header":
+                rec = [*rec[:4], False]
+            yield from out.add(rec)
+        yield from out.finish()
+
     def restore_from_chunks(self, chunks: Iterable[bytes]) -> None:
         """Replace the whole state with a snapshot's (Raft InstallSnapshot, or a restart).
 
@@ -1507,6 +1573,76 @@ class EventStore:
 
     def producer_count(self) -> int:
         return len(self._producers)
+
+
+_GET_BODY = operator.itemgetter("body")
+_GET_TS = operator.methodcaller("get", "ts")
+_GET_KEY = operator.methodcaller("get", "key")
+_GET_PARTITION = operator.methodcaller("get", "partition")
+_INT_TYPE = frozenset({int})
+_KEY_TYPES = frozenset({str, type(None)})
+
+
+def _fast_columns(
+    events: list[Any],
+    now_us: int,
+    nparts: int,
+    rr: int,
+    event_bytes_max: int,
+    key_bytes_max: int,
+) -> tuple[list[int], list[int], list[str | None], list[bytes], int] | None:
+    """The columns of an append in whole-column passes (C-level ``map``), or None.
+
+    For the common request (plain dict events, no schema, no key field, no explicit
+    partition) this does what the per-event loop of ``validate_append`` does at a fraction
+    of the cost. Anything unusual answers None and the loop runs instead: it gives the exact
+    error, so this path never decides an error and never accepts what the loop refuses.
+    Returns partitions, ts, keys, encoded bodies and the round-robin counter after them.
+    """
+    if set(map(type, events)) != {dict} or not all(map(_EVENT_FIELDS.issuperset, events)):
+        return None
+    try:
+        raw_bodies = list(map(_GET_BODY, events))
+    except KeyError:
+        return None
+    ts_col = list(map(_GET_TS, events))
+    if None in ts_col:
+        ts_col = [now_us if t is None else t for t in ts_col]
+    if (
+        not set(map(type, ts_col)) <= _INT_TYPE
+        or min(ts_col) < INT64_MIN
+        or max(ts_col) > INT64_MAX
+    ):
+        return None
+    if set(map(_GET_PARTITION, events)) != {None}:
+        return None
+    keys: list[str | None] = list(map(_GET_KEY, events))
+    if not set(map(type, keys)) <= _KEY_TYPES:
+        return None
+    named = [k for k in keys if k is not None]
+    # UTF-8 takes at most 4 bytes a character: under this bound no key can be too long
+    key_bound = 4 * max(map(len, named)) if named else 0
+    if key_bound > key_bytes_max:
+        return None
+    try:
+        bodies = list(map(cbor2.dumps, raw_bodies))
+    except Exception:  # cbor2 raises several types; the loop reports it with the path
+        return None
+    if max(map(len, bodies)) + key_bound > event_bytes_max:
+        return None
+    if nparts == 1:
+        parts = [0] * len(events)
+        rr += len(keys) - len(named)
+    else:
+        parts = []
+        crc = zlib.crc32
+        for k in keys:
+            if k is None:
+                parts.append(rr % nparts)
+                rr += 1
+            else:
+                parts.append(crc(k.encode()) % nparts)
+    return parts, ts_col, keys, bodies, rr
 
 
 def _event_shape_error(i: int, ev: Mapping[Any, Any]) -> NoReturn:
