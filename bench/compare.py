@@ -27,10 +27,14 @@ with ``validate_comparison`` before it is written.
 The functions that turn samples into the schema (``machine_cpu_pct``, ``fsync_percentiles``,
 ``link_results``, ``build_result``...) are pure, so they are tested on their own.
 
-WAN bytes per link: a home's shipper counts bytes for all its destinations together; the
-runner splits them evenly across the destinations (every batch goes to every destination,
-resends aside). The emulator's counters (``wan_bytes_wire``) are per link and include
-framing, heartbeats, acks and, in single-leader mode, all Raft traffic.
+WAN bytes per link: the emulator's proxies count the bytes they carry per proxy and
+direction; ``wan_bytes_wire`` of link SRC -> DST is every byte that crossed it that way
+(requests on connections SRC opened, answers on those DST opened; :func:`wire_bytes_per_link`),
+so it includes framing, heartbeats, acks and, in single-leader mode, all Raft traffic and
+forwarded client requests. The shipper's raw (CBOR) and compressed (zstd) payload counters
+are per home region, summed over its destinations; the shipper builds every batch for each
+destination separately, so the runner splits them evenly across the destinations (exact
+when no link resent more than another).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from bench.compare_schema import (
     SCHEMA,
     validate_comparison,
 )
+from bench.workloads import WORKLOADS
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAM = "compare"
@@ -67,6 +72,8 @@ STREAM_WAIT_S = 60.0
 #: cluster up: seconds to wait for leaders, and how often to try a start
 UP_TIMEOUT_S = 90
 UP_ATTEMPTS = 2
+#: open loop: requests in flight per region at most (a send that finds no slot is "late")
+OPEN_OUTSTANDING_MAX = 256
 
 Progress = Callable[[str], None]
 
@@ -305,32 +312,45 @@ def _read_cpu(pids: Mapping[str, int]) -> dict[str, float]:
     return out
 
 
-def _netem_wire(
-    netem_url: str | None, node_region: Mapping[str, str]
+def wire_bytes_per_link(
+    metrics_text: str, node_region: Mapping[str, str]
 ) -> dict[tuple[str, str], int]:
-    """Bytes the emulator's proxies carried from the source region toward a node, per region
-    pair (its ``upstream`` counters)."""
-    if not netem_url:
-        return {}
-    try:
-        text = _get(f"{netem_url}/metrics")
-    except OSError:
-        return {}
+    """Bytes the emulator carried per directed region pair, from its Prometheus text.
+
+    Proxy ``"SRC->NODE"`` carries the connections region SRC opens to NODE (of region DST):
+    what it read on its ``upstream`` stream went SRC -> DST (requests), what it read on its
+    ``downstream`` stream went DST -> SRC (answers). Both count, so a link's figure is every
+    byte that crossed the emulated WAN in that direction, whoever opened the connection."""
     out: dict[tuple[str, str], int] = {}
-    for line in text.splitlines():
+    for line in metrics_text.splitlines():
         if not line.startswith("toxiproxy_proxy_received_bytes_total{"):
             continue
         labels_text, value = line[line.index("{") + 1 :].rsplit("} ", 1)
         labels = dict(
             item.split("=", 1) for item in labels_text.replace('"', "").split(",") if "=" in item
         )
-        if labels.get("direction") != "upstream" or "->" not in labels.get("proxy", ""):
+        if "->" not in labels.get("proxy", ""):
             continue
         src, node = labels["proxy"].split("->", 1)
         dst = node_region.get(node)
-        if dst is not None:
-            out[(src, dst)] = out.get((src, dst), 0) + int(float(value))
+        direction = labels.get("direction")
+        if dst is None or direction not in ("upstream", "downstream"):
+            continue
+        key = (src, dst) if direction == "upstream" else (dst, src)
+        out[key] = out.get(key, 0) + int(float(value))
     return out
+
+
+def _netem_wire(
+    netem_url: str | None, node_region: Mapping[str, str]
+) -> dict[tuple[str, str], int]:
+    if not netem_url:
+        return {}
+    try:
+        text = _get(f"{netem_url}/metrics")
+    except OSError:
+        return {}
+    return wire_bytes_per_link(text, node_region)
 
 
 class _Cluster:
@@ -464,6 +484,8 @@ def run_mode(
     leader_region: str | None = None,
     out_dir: str | Path,
     progress: Progress | None = _print,
+    loop: str = "closed",
+    rate_per_region: float | None = None,
     rtt_scale: float = 1.0,
     remote_write_share: float = 0.0,
     config: Mapping[str, Any] | None = None,
@@ -472,12 +494,19 @@ def run_mode(
 ) -> dict[str, Any]:
     """Run ``mode`` on the topology; return the comparison result (also written as JSON to
     ``out_dir/<topology>[-xSCALE]-<mode>.json``). ``config`` overrides the result's config.
+    ``loop="open"`` offers ``rate_per_region`` requests/s in every region on a fixed schedule
+    (latency from each request's intended send time) instead of the closed loop's
+    ``concurrency_per_region`` outstanding requests.
     The run's folder (cluster data, node and load-generator logs) is removed after a
     successful run unless ``keep_work``; after a failure it stays for its logs."""
     from bench.results import environment
     from geostore.config import load_topology
 
     assert mode in ("multi-leader", "single-leader"), mode
+    assert loop in ("closed", "open"), loop
+    assert loop == "closed" or (rate_per_region is not None and rate_per_region > 0), (
+        rate_per_region
+    )
     say = progress or (lambda _line: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -493,12 +522,15 @@ def run_mode(
         "workload": workload,
         "duration_s": duration_s,
         "warmup_s": warmup_s,
-        "loop": "closed",
-        "concurrency_per_region": concurrency_per_region,
+        "loop": loop,
         "batch": batch,
         "remote_write_share": remote_write_share,
         "topology_toml": Path(topology_path).read_text(),
     }
+    if loop == "closed":
+        cfg["concurrency_per_region"] = concurrency_per_region
+    else:
+        cfg["rate_per_region"] = rate_per_region
     if mode == "single-leader":
         cfg["leader_region"] = leader_region or regions[0]
     cfg.update(config or {})
@@ -536,6 +568,7 @@ def run_mode(
                 "--cluster", str(cluster_dir), "--region", region,
                 "--partition", str(i), "--partitions", str(len(regions)),
                 "--concurrency", str(concurrency_per_region), "--batch", str(batch),
+                "--loop", loop, "--rate", str(rate_per_region or 0),
                 "--duration", str(duration_s), "--warmup", str(warmup_s),
                 "--workload", workload, "--seed", str(seed + i),
                 "--remote-share", str(remote_write_share),
@@ -659,8 +692,6 @@ def run_experiment(
     written: list[Path] = []
     runs = exp.runs()
     for i, spec in enumerate(runs, 1):
-        if spec.workload.loop != "closed":
-            raise ValueError(f"{exp.name}: the runner drives closed loops only")
         if progress:
             progress(
                 f"run {i}/{len(runs)}: {spec.topology.name} x{spec.rtt_scale:g} {spec.mode}"
@@ -684,6 +715,8 @@ def run_experiment(
             leader_region=spec.leader_region,
             out_dir=out,
             progress=progress,
+            loop=spec.workload.loop,
+            rate_per_region=spec.workload.rate_per_region,
             rtt_scale=spec.rtt_scale,
             remote_write_share=spec.remote_write_share,
             config=config,
@@ -740,12 +773,20 @@ async def _worker(args: argparse.Namespace) -> int:
             print(f"n {completed}", flush=True)
             await asyncio.sleep(0.5)
 
+    # send to the region's leader of the data group when it is in this region (multi-leader:
+    # always; single-leader: only in the leader's region, elsewhere a local node forwards
+    # over the WAN as it must), saving every request the forwarding hop inside the region
+    await client.find_leader(timeout_s=10.0)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)  # "go": every region starts together
     reporter = asyncio.ensure_future(report())
     try:
-        phase = Phase("closed", float(args.concurrency), args.batch)
-        stats = await run_phase(op, phase, args.duration, args.warmup, LoopClock())
+        level = float(args.concurrency) if args.loop == "closed" else args.rate
+        phase = Phase(args.loop, level, args.batch)
+        # open loop: at most OPEN_OUTSTANDING_MAX in flight; a send that waits counts late
+        stats = await run_phase(
+            op, phase, args.duration, args.warmup, LoopClock(), OPEN_OUTSTANDING_MAX
+        )
     finally:
         reporter.cancel()
         await client.close()
@@ -762,6 +803,8 @@ def _worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--partitions", type=int, required=True)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--loop", choices=("closed", "open"), default="closed")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: requests/s")
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--workload", default="flights")
@@ -790,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--workload", default="flights", choices=("flights", "synthetic"))
+    p.add_argument("--workload", default="flights", choices=WORKLOADS)
     p.add_argument("--leader-region", default=None)
     p.add_argument("--out", default="bench-results")
     a = p.parse_args(args)

@@ -67,6 +67,7 @@ class RegionResult(TypedDict):
     throughput_requests_per_s: NotRequired[float]
     requests_ok: NotRequired[int]
     requests_failed: NotRequired[int]
+    requests_late: NotRequired[int]  # open loop: sends that waited for a free slot
     latency_ms: Percentiles
     latency_cdf: NotRequired[list[list[float]]]  # [[latency_ms, fraction <= it], ...]
     latency_hdr: NotRequired[str]  # hdrhistogram's encode(), microseconds
@@ -227,6 +228,8 @@ def region_from_phase(stats: Any) -> RegionResult:
         "requests_failed": int(sum(stats.failed.values())),
         "latency_ms": stats.latency_ms(),
     }
+    if stats.phase.mode == "open":
+        out["requests_late"] = int(stats.late)
     if hist.get_total_count():
         out["latency_cdf"] = cdf_from_histogram(hist)
         out["latency_hdr"] = hist.encode().decode("ascii")
