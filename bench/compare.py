@@ -649,15 +649,81 @@ def run_mode(
             w.stop()
         if cluster_dir.exists():
             _geostore("cluster", "down", "--dir", str(cluster_dir), "--timeout", "20", timeout_s=90)
-    scale = f"-x{rtt_scale:g}" if rtt_scale != 1.0 else ""
-    share = f"-remote{remote_write_share:g}" if remote_write_share else ""
-    path = out / f"{topology.name}{scale}{share}-{mode}.json"
+    path = out / result_name(topology.name, mode, rtt_scale, remote_write_share)
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     for region in regions:
         say(summary_line(mode, region, doc["regions"][region]))
     return doc
+
+
+def one_region_baseline(
+    topology_path: str | Path,
+    region: str,
+    *,
+    duration_s: float,
+    warmup_s: float,
+    concurrency_per_region: int,
+    batch: int,
+    workload: str,
+    out_dir: str | Path,
+    progress: Progress | None = _print,
+) -> dict[str, Any]:
+    """The one-region figure the multi-leader local append is held against: ``region``'s
+    nodes alone (the topology cut to that region: no WAN, no geo layer), the same closed
+    loop from one load generator, on the same machine just after. Returns the ``one_region``
+    object of a comparison result (bench/compare_schema.py)."""
+    from geostore.config import load_topology
+
+    base = load_topology(topology_path)
+    folder = Path(tempfile.mkdtemp(prefix="one-region-", dir=out_dir))
+    try:
+        sub = folder / f"{base.name}.toml"
+        sub.write_text(base.subset([region]).to_toml())
+        doc = run_mode(
+            sub,
+            "multi-leader",
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            concurrency_per_region=concurrency_per_region,
+            batch=batch,
+            workload=workload,
+            out_dir=folder,
+            progress=progress,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    measured = doc["regions"][region]
+    out: dict[str, Any] = {
+        "region": region,
+        "duration_s": duration_s,
+        "concurrency": concurrency_per_region,
+        "throughput_events_per_s": measured["throughput_events_per_s"],
+        "latency_ms": measured["latency_ms"],
+    }
+    if "fsync_ms" in doc:
+        out["fsync_ms"] = doc["fsync_ms"]
+    if "machine_cpu_pct" in (doc.get("cpu") or {}):
+        out["machine_cpu_pct"] = doc["cpu"]["machine_cpu_pct"]
+    return out
+
+
+def attach_one_region(result_path: str | Path, baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """Add the ``one_region`` baseline to a multi-leader result file (validated, rewritten)."""
+    path = Path(result_path)
+    doc: dict[str, Any] = json.loads(path.read_text())
+    doc["one_region"] = dict(baseline)
+    validate_comparison(doc, str(path))
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return doc
+
+
+def result_name(topology: str, mode: str, rtt_scale: float = 1.0, share: float = 0.0) -> str:
+    """The file name run_mode writes its result under."""
+    scale = f"-x{rtt_scale:g}" if rtt_scale != 1.0 else ""
+    remote = f"-remote{share:g}" if share else ""
+    return f"{topology}{scale}{remote}-{mode}.json"
 
 
 def _bar(frac: float, width: int = 24) -> str:
@@ -721,9 +787,26 @@ def run_experiment(
             remote_write_share=spec.remote_write_share,
             config=config,
         )
-        scale = f"-x{spec.rtt_scale:g}" if spec.rtt_scale != 1.0 else ""
-        share = f"-remote{spec.remote_write_share:g}" if spec.remote_write_share else ""
-        written.append(out / f"{spec.topology.name}{scale}{share}-{spec.mode}.json")
+        written.append(
+            out / result_name(spec.topology.name, spec.mode, spec.rtt_scale,
+                              spec.remote_write_share)
+        )  # fmt: skip
+        if spec.mode == "multi-leader" and exp.one_region_baseline_s > 0:
+            region = str(spec.topology.region_names()[0])
+            if progress:
+                progress(f"one-region baseline: {region} alone, same load")
+            baseline = one_region_baseline(
+                topo_path,
+                region,
+                duration_s=exp.one_region_baseline_s,
+                warmup_s=spec.warmup_s,
+                concurrency_per_region=concurrency,
+                batch=spec.workload.batch,
+                workload=spec.workload.name,
+                out_dir=out,
+                progress=progress,
+            )
+            attach_one_region(written[-1], baseline)
     return written
 
 

@@ -93,6 +93,19 @@ class CpuResult(TypedDict):
     cpu_bound: NotRequired[bool]  # machine_cpu_pct > CPU_BOUND_PCT (derived when absent)
 
 
+class OneRegion(TypedDict):
+    """Multi-leader runs only: the first region's nodes alone (no WAN, no geo layer), the same
+    closed loop, measured on the same machine right after: the "one-region figure"."""
+
+    region: str
+    duration_s: float
+    concurrency: NotRequired[int]
+    throughput_events_per_s: float
+    latency_ms: Percentiles
+    fsync_ms: NotRequired[Percentiles]
+    machine_cpu_pct: NotRequired[float]
+
+
 class ComparisonResult(TypedDict):
     schema: str
     config: RunConfig
@@ -101,6 +114,7 @@ class ComparisonResult(TypedDict):
     links: NotRequired[dict[str, LinkResult]]  # key "SRC->DST"
     cpu: NotRequired[CpuResult]
     fsync_ms: NotRequired[Percentiles]  # fsync latency measured in the same run
+    one_region: NotRequired[OneRegion]  # multi-leader: the one-region baseline
 
 
 def is_comparison(doc: Mapping[str, Any]) -> bool:
@@ -173,6 +187,13 @@ def validate_comparison(doc: Any, file: str = "<result>") -> ComparisonResult:
             _check_pairs(file, f"{where}.lag_samples", link["lag_samples"])
     if "fsync_ms" in doc:
         _check_percentiles(file, "fsync_ms", doc["fsync_ms"])
+    if "one_region" in doc:
+        one = doc["one_region"]
+        if not isinstance(one, Mapping) or not isinstance(one.get("region"), str):
+            raise ComparisonError(file, "one_region", "must be an object with a region")
+        if not _number(one.get("throughput_events_per_s")):
+            raise ComparisonError(file, "one_region.throughput_events_per_s", "missing")
+        _check_percentiles(file, "one_region.latency_ms", one.get("latency_ms"))
     cpu = doc.get("cpu", {})
     if not isinstance(cpu, Mapping):
         raise ComparisonError(file, "cpu", "must be an object")

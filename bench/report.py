@@ -51,6 +51,7 @@ NOT_MEASURED = "not measured"
 TARGET_THROUGHPUT_X = 10.0
 TARGET_SINGLE_P50_RATIO = 1.3
 TARGET_LAG_SLACK_MS = 50.0
+TARGET_LOCAL_VS_ONE_REGION_X = 2.0
 MODE_COLORS = {"multi-leader": "tab:blue", "single-leader": "tab:orange"}
 MODE_STYLES = {"multi-leader": "-", "single-leader": "--"}
 
@@ -549,6 +550,22 @@ def _targets(runs: Sequence[Run]) -> list[str]:
             )
         else:
             lines.append(f"- single-leader p50 / floor: {NOT_MEASURED}")
+    if multi and isinstance(multi.doc.get("one_region"), Mapping):
+        one = multi.doc["one_region"]
+        base = float(one["latency_ms"]["p50"])
+        local = {
+            r: float(multi.doc["regions"][r]["latency_ms"]["p50"]) for r in multi.region_names()
+        }
+        worst_region = max(local, key=lambda r: local[r])
+        x = ratio(local[worst_region], base)
+        if x is not None:
+            verdict = "met" if x <= TARGET_LOCAL_VS_ONE_REGION_X else "NOT met"
+            lines.append(
+                f"- multi-leader local append p50 / one-region p50: {x:.2f}x, worst region "
+                f"{worst_region} ({local[worst_region]:.1f} ms against {base:.1f} ms: "
+                f"{one['region']} alone, same load; target ≤ {TARGET_LOCAL_VS_ONE_REGION_X:g}x: "
+                f"{verdict})"
+            )
     for run in runs:
         slack = []
         for link in run.doc.get("links", {}).values():
@@ -585,7 +602,8 @@ def _link_tables(runs: Sequence[Run]) -> list[str]:
             )
             raw, packed = link.get("wan_bytes_raw"), link.get("wan_bytes_compressed")
             squeeze = f"{raw / packed:.1f}x" if raw and packed else NOT_MEASURED
-            wan_rows.append([key, run.label, _bytes(raw), _bytes(packed), squeeze])
+            wire = link.get("wan_bytes_wire")
+            wan_rows.append([key, run.label, _bytes(raw), _bytes(packed), squeeze, _bytes(wire)])
     out = ["#### Replication lag", ""]
     if lag_rows:
         out += _table(
@@ -604,7 +622,13 @@ def _link_tables(runs: Sequence[Run]) -> list[str]:
         out.append(NOT_MEASURED)
     out += ["", "#### WAN bytes", ""]
     if wan_rows:
-        out += _table(["link", "mode", "raw", "compressed", "ratio"], wan_rows)
+        out += [
+            "Raw and compressed: the geo shipper's batch payloads (CBOR, then zstd); wire: every "
+            "byte the WAN emulator carried on the link in that direction (framing, heartbeats, "
+            "acks and, single-leader, all Raft traffic and forwarded requests included).",
+            "",
+        ]
+        out += _table(["link", "mode", "raw", "compressed", "ratio", "wire"], wan_rows)
     else:
         out.append(NOT_MEASURED)
     return [*out, ""]

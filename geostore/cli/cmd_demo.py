@@ -4,7 +4,9 @@ What it runs (``make demo``): ``regions/three-continents.toml`` (9 node processe
 emulator on every inter-region link with the measured RTTs, jitter and bandwidth), once in
 each mode for ``--duration`` seconds (default 60) after a short warm-up: multi-leader (per
 region Raft groups, partition *i* homed in region *i*, the geo layer shipping between them)
-and single-leader (one global Raft group led from ``--leader-region``). In both, one
+and single-leader (one global Raft group led from ``--leader-region``); after the multi-leader
+run, ``--baseline`` seconds of the first region's nodes alone (no WAN, no geo layer) under
+the same load give the one-region figure the local appends are held against. In both, one
 load-generator process per region keeps 4 appends of real 2013 flights outstanding (closed
 loop). The runner is bench/compare.py; a progress bar shows each run. Then it prints the
 side-by-side table per region (p50/p99 append latency and throughput per mode, each p50
@@ -58,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, default=4, help="outstanding appends per region (4)"
     )
     parser.add_argument("--leader-region", default=None, help="single-leader's region (first)")
+    parser.add_argument(
+        "--baseline",
+        type=float,
+        default=20.0,
+        help="measured seconds of the one-region baseline after multi-leader (20; 0: none)",
+    )
     parser.add_argument(
         "--out", default=None, help="report folder (default: a new temp folder, printed)"
     )
@@ -428,6 +436,17 @@ def comparison_tables(docs: dict[str, dict[str, Any]], topology: Any) -> str:
     if len(totals) == 2 and totals["single-leader"] > 0:
         x = totals["multi-leader"] / totals["single-leader"]
         out.append(f"  multi-leader / single-leader aggregate throughput: {x:.1f}x")
+    one = (docs.get("multi-leader") or {}).get("one_region")
+    if one:
+        base = float(one["latency_ms"]["p50"])
+        local = {r: float(docs["multi-leader"]["regions"][r]["latency_ms"]["p50"]) for r in regions}
+        worst = max(local, key=lambda r: local[r]) if local else None
+        if worst is not None and base > 0:
+            out.append(
+                f"  multi-leader local p50 / one-region p50: {local[worst] / base:.2f}x "
+                f"(worst region {worst}, {local[worst]:.1f} ms; {one['region']} alone, same "
+                f"load: p50 {base:.1f} ms, {float(one['throughput_events_per_s']):.0f} events/s)"
+            )
     for m in modes:
         fs = docs[m].get("fsync_ms")
         cpu = docs[m].get("cpu") or {}
@@ -484,7 +503,7 @@ def comparison_tables(docs: dict[str, dict[str, Any]], topology: Any) -> str:
 
 def _run_comparison(args: argparse.Namespace) -> int:
     root = _bench_root()
-    from bench.compare import run_mode
+    from bench.compare import attach_one_region, one_region_baseline, result_name, run_mode
     from bench.report import render_report, written_files
     from geostore.config import load_topology
 
@@ -519,6 +538,21 @@ def _run_comparison(args: argparse.Namespace) -> int:
             out_dir=results,
             progress=progress,
         )
+        if mode == "multi-leader" and args.baseline > 0:
+            first = str(topology.region_names()[0])
+            print(f"\n[{i}/2] one-region baseline: {first}'s nodes alone (no WAN), same load")
+            baseline = one_region_baseline(
+                topology_path,
+                first,
+                duration_s=args.baseline,
+                warmup_s=args.warmup,
+                concurrency_per_region=args.concurrency,
+                batch=1,
+                workload="flights",
+                out_dir=out,
+                progress=progress,
+            )
+            docs[mode] = attach_one_region(results / result_name(topology.name, mode), baseline)
     print(comparison_tables(docs, topology))
     report = render_report(sorted(results.glob("*.json")), out)
     images = len(written_files(report)) - 1

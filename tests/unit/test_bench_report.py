@@ -248,7 +248,7 @@ def test_report_renders_comparison(results_dir: tuple[Path, list[Path]]) -> None
     assert "Lag over time: not measured." in text
     assert "| mode | p50 (ms) | p99 (ms) | floor (ms) | p50 / floor | p99 / floor |" in text
     assert "| link | mode | p50 (ms) | p99 (ms) | one-way floor (ms) |" in text
-    assert "| link | mode | raw | compressed | ratio |" in text
+    assert "| link | mode | raw | compressed | ratio | wire |" in text
     assert "## three-continents, RTT x1" in text and "## RTT sweep, three-continents" in text
     assert "**ap-southeast-1**" in text and "## Environment" in text
     # the floor printed beside the p50 is the one bench/floor.py computes from the run's fsync
@@ -275,6 +275,33 @@ def test_report_cpu_bound_flag(results_dir: tuple[Path, list[Path]], tmp_path: P
     text = report.read_text()
     assert "**CPU-bound**" in text and "| yes |" in text  # the overview's CPU-bound column
     assert written_files(report) == [report]  # tables only
+
+
+def test_report_states_the_one_region_target(
+    results_dir: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    _, paths = results_dir
+    doc = json.loads(paths[0].read_text())  # multi-leader, x1
+    assert doc["config"]["mode"] == "multi-leader"
+    worst = max(doc["regions"], key=lambda r: doc["regions"][r]["latency_ms"]["p50"])
+    p50 = doc["regions"][worst]["latency_ms"]["p50"]
+    doc["one_region"] = {
+        "region": "us-east-1",
+        "duration_s": 1.0,
+        "throughput_events_per_s": 10.0,
+        "latency_ms": {"p50": p50 / 4, "p99": p50},  # the worst region at 4x: not met
+    }
+    doc["links"]["us-east-1->eu-west-1"]["wan_bytes_wire"] = 123_456
+    validate_comparison(doc)
+    p = tmp_path / "ml.json"
+    p.write_text(json.dumps(doc))
+    text = render_report([p], tmp_path / "out", plots=False).read_text()
+    assert f"one-region p50: 4.00x, worst region {worst}" in text
+    assert "target ≤ 2x: NOT met" in text
+    assert "| 120.6 KiB |" in text  # the emulator's wire bytes of that link
+    doc["one_region"] = {"region": "us-east-1"}  # no figures
+    with pytest.raises(ComparisonError, match="one_region"):
+        validate_comparison(doc)
 
 
 def test_report_minimal_comparison_says_not_measured(tmp_path: Path) -> None:
