@@ -18,7 +18,8 @@ loadgen's HDR histogram, encoded) as JSON at the end.
 While the workers run, the runner samples, once a second, the replication lag per link from
 the home leaders' ``/v1/status`` (multi-leader: the age of the oldest committed event the
 destination has not acknowledged), and at the measured window's two edges: CPU seconds of
-every node process (``/proc/PID/stat``), the machine's busy share (``/proc/stat``), every
+every node process (``/proc/PID/stat``) and the time its threads waited for a core
+(``/proc/PID/task/*/schedstat``), the machine's busy share (``/proc/stat``), every
 node's ``geostore_fsync_seconds`` histogram (``/metrics``), the shippers' raw and compressed
 byte counters and the WAN emulator's wire bytes per directed link. Window deltas of these
 go into the result. The cluster always comes down (``finally``). The document is checked
@@ -206,9 +207,14 @@ def cpu_result(
     machine_start: tuple[float, float],
     machine_end: tuple[float, float],
     window_s: float,
+    runq_start: Mapping[str, float] | None = None,
+    runq_end: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The ``cpu`` object: CPU seconds (and % of one core) per process, machine CPU%."""
-    procs = {
+    """The ``cpu`` object: CPU seconds (and % of one core) per process, machine CPU%, and
+    when given (``parse_schedstat`` sums) the seconds each process's threads were ready to
+    run but waited for a core: on an overloaded machine that wait, not the code, is where a
+    request's time goes."""
+    procs: dict[str, dict[str, float]] = {
         name: {
             "cpu_s": round(end[name] - start[name], 3),
             "cpu_pct": round(100.0 * (end[name] - start[name]) / window_s, 1) if window_s else 0.0,
@@ -216,6 +222,9 @@ def cpu_result(
         for name in sorted(start)
         if name in end
     }
+    for name, proc in procs.items():
+        if runq_start and runq_end and name in runq_start and name in runq_end:
+            proc["runq_wait_s"] = round(max(0.0, runq_end[name] - runq_start[name]), 3)
     pct = machine_cpu_pct(machine_start, machine_end)
     return {"processes": procs, "machine_cpu_pct": round(pct, 1), "cpu_bound": pct > CPU_BOUND_PCT}
 
@@ -299,6 +308,30 @@ def _geostore(*args: str, timeout_s: float = 240) -> subprocess.CompletedProcess
         check=False,
         env=_env(),
     )
+
+
+def parse_schedstat(text: str) -> float:
+    """Seconds spent waiting on a run queue, from the text of /proc/PID/task/TID/schedstat
+    (three numbers: ns on a CPU, ns waiting to run, time slices)."""
+    return int(text.split()[1]) / 1e9
+
+
+def _read_runq(pids: Mapping[str, int]) -> dict[str, float]:
+    """Per process: run-queue wait summed over its threads (the fsync and HTTP threads too)."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        total = 0.0
+        for tid in tasks:
+            try:
+                total += parse_schedstat(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text())
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that ended meanwhile
+        out[name] = total
+    return out
 
 
 def _read_cpu(pids: Mapping[str, int]) -> dict[str, float]:
@@ -641,7 +674,9 @@ def run_mode(
             environment(),
             region_results,
             links=link_results(lag, geo, dests, wire),
-            cpu=cpu_result(s["cpu"], e["cpu"], s["machine"], e["machine"], window_s),
+            cpu=cpu_result(
+                s["cpu"], e["cpu"], s["machine"], e["machine"], window_s, s["runq"], e["runq"]
+            ),
             fsync_ms=fsync_percentiles(bucket_delta(s["fsync"], e["fsync"])),
         )
     finally:
@@ -735,6 +770,7 @@ def _snapshot(cluster: _Cluster, pids: Mapping[str, int], urls: Sequence[str]) -
     return {
         "at": time.monotonic(),
         "cpu": _read_cpu(pids),
+        "runq": _read_runq(pids),
         "machine": parse_proc_stat(Path("/proc/stat").read_text()),
         "fsync": _fsync_buckets(urls),
         "geo": _geo_bytes(cluster),

@@ -85,6 +85,7 @@ class LinkResult(TypedDict):
 class ProcessCpu(TypedDict):
     cpu_s: float
     cpu_pct: NotRequired[float]  # of one core
+    runq_wait_s: NotRequired[float]  # ready to run but waiting for a core (all its threads)
 
 
 class CpuResult(TypedDict):

@@ -557,11 +557,11 @@ def _targets(runs: Sequence[Run]) -> list[str]:
             r: float(multi.doc["regions"][r]["latency_ms"]["p50"]) for r in multi.region_names()
         }
         worst_region = max(local, key=lambda r: local[r])
-        x = ratio(local[worst_region], base)
-        if x is not None:
-            verdict = "met" if x <= TARGET_LOCAL_VS_ONE_REGION_X else "NOT met"
+        local_x = ratio(local[worst_region], base)
+        if local_x is not None:
+            verdict = "met" if local_x <= TARGET_LOCAL_VS_ONE_REGION_X else "NOT met"
             lines.append(
-                f"- multi-leader local append p50 / one-region p50: {x:.2f}x, worst region "
+                f"- multi-leader local append p50 / one-region p50: {local_x:.2f}x, worst region "
                 f"{worst_region} ({local[worst_region]:.1f} ms against {base:.1f} ms: "
                 f"{one['region']} alone, same load; target ≤ {TARGET_LOCAL_VS_ONE_REGION_X:g}x: "
                 f"{verdict})"
@@ -651,13 +651,26 @@ def _cpu_lines(runs: Sequence[Run]) -> list[str]:
             flag = f"machine at {_num(pct)}% CPU (not CPU-bound)"
         out.append(f"- {run.label}: {flag}")
         procs = cpu.get("processes") or {}
+        waits = [float(p["runq_wait_s"]) for p in procs.values() if "runq_wait_s" in p]
+        oncpu = [float(p["cpu_s"]) for p in procs.values() if "runq_wait_s" in p]
+        if waits and sum(oncpu) > 0:
+            out.append(
+                f"- {run.label}: the measured processes waited {sum(waits):,.1f} s for a core "
+                f"while they ran {sum(oncpu):,.1f} s ({sum(waits) / sum(oncpu):.1f} s waiting per "
+                "second of CPU): time a request spends queued behind other processes"
+            )
         if procs:
             out += [
                 "",
                 *_table(
-                    ["process", "CPU seconds", "CPU % of one core"],
+                    ["process", "CPU seconds", "CPU % of one core", "run-queue wait (s)"],
                     [
-                        [name, _num(p.get("cpu_s"), 2), _num(p.get("cpu_pct"))]
+                        [
+                            name,
+                            _num(p.get("cpu_s"), 2),
+                            _num(p.get("cpu_pct")),
+                            _num(p.get("runq_wait_s"), 2),
+                        ]
                         for name, p in sorted(procs.items())
                     ],
                 ),

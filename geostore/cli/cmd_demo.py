@@ -454,6 +454,11 @@ def comparison_tables(docs: dict[str, dict[str, Any]], topology: Any) -> str:
         if "machine_cpu_pct" in cpu:
             flag = "  CPU-BOUND (figures limited by this machine)" if cpu.get("cpu_bound") else ""
             out[-1] += f"; machine CPU {cpu['machine_cpu_pct']:.0f}%{flag}"
+        procs = [p for p in (cpu.get("processes") or {}).values() if "runq_wait_s" in p]
+        ran = sum(float(p["cpu_s"]) for p in procs)
+        if ran > 0:
+            waited = sum(float(p["runq_wait_s"]) for p in procs)
+            out[-1] += f"; processes waited {waited / ran:.1f} s for a core per CPU second"
     link_rows: list[list[Any]] = []
     for m in modes:
         for key, link in sorted((docs[m].get("links") or {}).items()):

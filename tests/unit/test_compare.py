@@ -24,6 +24,7 @@ from bench.compare import (
     parse_histogram,
     parse_proc_pid_stat,
     parse_proc_stat,
+    parse_schedstat,
     percentiles_of,
     summary_line,
     wire_bytes_per_link,
@@ -36,9 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _spin(seconds: float) -> int:
-    end = time.monotonic() + seconds
+    """Burn ``seconds`` of this process's CPU time (not wall time: on a loaded machine a
+    wall-clock spin may get little CPU)."""
+    end = time.process_time() + seconds
     n = 0
-    while time.monotonic() < end:
+    while time.process_time() < end:
         n += 1
     return n
 
@@ -172,3 +175,22 @@ async def test_wire_bytes_count_both_streams_of_every_proxy_per_direction() -> N
         ("a", "b"): 100,
         ("b", "a"): 7,
     }
+
+
+def test_run_queue_wait_from_real_schedstat_reads() -> None:
+    path = Path(f"/proc/self/task/{os.getpid()}/schedstat")
+    if not path.exists():
+        pytest.skip("kernel without schedstats")
+    first = parse_schedstat(path.read_text())
+    _spin(0.05)
+    second = parse_schedstat(path.read_text())
+    assert 0 <= first <= second  # a counter of seconds, only growing
+    cpu = cpu_result(
+        {"n": 1.0}, {"n": 1.5}, (0, 100), (50, 200), 1.0, {"n": first}, {"n": first + 0.25}
+    )
+    assert cpu["processes"]["n"] == {"cpu_s": 0.5, "cpu_pct": 50.0, "runq_wait_s": 0.25}
+    assert cpu["machine_cpu_pct"] == 50.0 and cpu["cpu_bound"] is False
+    assert (
+        "runq_wait_s"
+        not in cpu_result({"n": 1.0}, {"n": 2.0}, (0, 1), (1, 2), 1.0)["processes"]["n"]
+    )
