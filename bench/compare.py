@@ -783,9 +783,11 @@ def run_experiment(
     out_dir: str | Path,
     *,
     duration_s: float | None = None,
+    warmup_s: float | None = None,
     progress: Progress | None = _print,
 ) -> list[Path]:
-    """Run every RunSpec of the experiment file; returns the result files written."""
+    """Run every RunSpec of the experiment file; returns the result files written.
+    ``duration_s`` / ``warmup_s`` override the file's (the quick form of a sweep)."""
     from bench.experiments import load_experiment
 
     exp = load_experiment(path)
@@ -805,12 +807,14 @@ def run_experiment(
         config = spec.config()
         duration = duration_s if duration_s is not None else spec.duration_s
         config["duration_s"] = duration
+        warmup = warmup_s if warmup_s is not None else spec.warmup_s
+        config["warmup_s"] = warmup
         concurrency = spec.workload.concurrency_per_region or 4
         run_mode(
             topo_path,
             spec.mode,
             duration_s=duration,
-            warmup_s=spec.warmup_s,
+            warmup_s=warmup,
             concurrency_per_region=concurrency,
             batch=spec.workload.batch,
             workload=spec.workload.name,
@@ -834,8 +838,8 @@ def run_experiment(
             baseline = one_region_baseline(
                 topo_path,
                 region,
-                duration_s=exp.one_region_baseline_s,
-                warmup_s=spec.warmup_s,
+                duration_s=min(exp.one_region_baseline_s, duration),
+                warmup_s=warmup,
                 concurrency_per_region=concurrency,
                 batch=spec.workload.batch,
                 workload=spec.workload.name,
