@@ -684,7 +684,8 @@ def run_mode(
             w.stop()
         if cluster_dir.exists():
             _geostore("cluster", "down", "--dir", str(cluster_dir), "--timeout", "20", timeout_s=90)
-    path = out / result_name(topology.name, mode, rtt_scale, remote_write_share)
+    # the configured (unscaled) topology name: a scaled file is named NAME-xSCALE already
+    path = out / result_name(str(cfg["topology"]), mode, rtt_scale, remote_write_share)
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

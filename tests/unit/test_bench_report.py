@@ -24,7 +24,7 @@ from bench.compare_schema import (
     region_from_phase,
     validate_comparison,
 )
-from bench.floor import append_floor_ms, lag_floor_ms, quorum_rtt_ms, ratio
+from bench.floor import append_floor_ms, lag_ack_floor_ms, lag_floor_ms, quorum_rtt_ms, ratio
 from bench.report import ReportError, render_report, written_files
 from bench.results import Metric, Result, environment, percentiles
 from geostore.codec import compress, dumps_plain
@@ -92,6 +92,8 @@ def test_floors_follow_rtt_scale_and_region_sizes() -> None:
 def test_lag_floor_and_ratio() -> None:
     assert lag_floor_ms(THREE, "us-east-1", "ap-southeast-1") == pytest.approx(109.45)
     assert lag_floor_ms(THREE.scaled(2), "us-east-1", "eu-west-1") == pytest.approx(69.6)
+    # measured at the home, to the acknowledgement: the floor is the round trip
+    assert lag_ack_floor_ms(THREE, "us-east-1", "ap-southeast-1") == pytest.approx(218.9)
     assert ratio(6.0, 3.0) == 2.0
     assert ratio(None, 3.0) is None and ratio(1.0, None) is None and ratio(1.0, 0.0) is None
 
@@ -247,7 +249,7 @@ def test_report_renders_comparison(results_dir: tuple[Path, list[Path]]) -> None
     assert not (work / "out" / "lag-three-continents-x0.png").exists()
     assert "Lag over time: not measured." in text
     assert "| mode | p50 (ms) | p99 (ms) | floor (ms) | p50 / floor | p99 / floor |" in text
-    assert "| link | mode | p50 (ms) | p99 (ms) | one-way floor (ms) |" in text
+    assert "| link | mode | p50 (ms) | p99 (ms) | floor: RTT (ms) |" in text
     assert "| link | mode | raw | compressed | ratio | wire |" in text
     assert "## three-continents, RTT x1" in text and "## RTT sweep, three-continents" in text
     assert "**ap-southeast-1**" in text and "## Environment" in text
