@@ -591,20 +591,23 @@ def _targets(runs: Sequence[Run]) -> list[str]:
 def _link_tables(runs: Sequence[Run]) -> list[str]:
     lag_rows, wan_rows = [], []
     for run in runs:
+        # single-leader has no geo layer, so no lag: its rows would only say "not measured"
+        has_lag = any("lag_ms" in v for v in run.doc.get("links", {}).values())
         for key, link in sorted(run.doc.get("links", {}).items()):
             floor = run.lag_floor_ms(link["src"], link["dst"])
             p50, p99 = _get(link, "lag_ms", "p50"), _get(link, "lag_ms", "p99")
-            lag_rows.append(
-                [
-                    key,
-                    run.label,
-                    _num(p50, 2),
-                    _num(p99, 2),
-                    _num(floor, 2),
-                    _vs_floor(p50, floor),
-                    _vs_floor(p99, floor),
-                ]
-            )
+            if has_lag or run.mode != "single-leader":
+                lag_rows.append(
+                    [
+                        key,
+                        run.label,
+                        _num(p50, 2),
+                        _num(p99, 2),
+                        _num(floor, 2),
+                        _vs_floor(p50, floor),
+                        _vs_floor(p99, floor),
+                    ]
+                )
             raw, packed = link.get("wan_bytes_raw"), link.get("wan_bytes_compressed")
             squeeze = f"{raw / packed:.1f}x" if raw and packed else NOT_MEASURED
             wire = link.get("wan_bytes_wire")
@@ -688,6 +691,7 @@ def _environment_lines(paths_envs: Sequence[tuple[Path, Mapping[str, Any]]]) -> 
     rows = []
     for path, env in paths_envs:
         commit = env.get("git_commit")
+        load = env.get("load_average")
         rows.append(
             [
                 path.name,
@@ -696,12 +700,14 @@ def _environment_lines(paths_envs: Sequence[tuple[Path, Mapping[str, Any]]]) -> 
                 str(env.get("python", NOT_MEASURED)),
                 commit[:12] if isinstance(commit, str) else NOT_MEASURED,
                 str(env.get("timestamp_utc", NOT_MEASURED)),
+                " / ".join(f"{x:g}" for x in load) if isinstance(load, list) else NOT_MEASURED,
             ]
         )
+    headers = ["result file", "CPUs", "platform", "Python", "commit", "UTC time"]
     return [
         "## Environment",
         "",
-        *_table(["result file", "CPUs", "platform", "Python", "commit", "UTC time"], rows),
+        *_table([*headers, "load average 1/5/15 min"], rows),
         "",
     ]
 

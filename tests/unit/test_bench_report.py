@@ -253,6 +253,7 @@ def test_report_renders_comparison(results_dir: tuple[Path, list[Path]]) -> None
     assert "| link | mode | raw | compressed | ratio | wire |" in text
     assert "## three-continents, RTT x1" in text and "## RTT sweep, three-continents" in text
     assert "**ap-southeast-1**" in text and "## Environment" in text
+    assert "load average 1/5/15 min" in text and " / " in text.split("## Environment")[1]
     # the floor printed beside the p50 is the one bench/floor.py computes from the run's fsync
     doc = json.loads(paths[1].read_text())  # single-leader, x1
     floor = append_floor_ms(
