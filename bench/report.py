@@ -311,10 +311,23 @@ def _plot_cdf(runs: Sequence[Run], regions: Sequence[str], title: str, path: Pat
                 )
                 lows.append(floor)
                 highs.append(floor)
+        for run in runs:
+            one = run.doc.get("one_region")
+            if run.mode == "multi-leader" and isinstance(one, Mapping):
+                base = float(one["latency_ms"]["p50"])
+                ax.axvline(
+                    base,
+                    color="dimgray",
+                    linestyle="-.",
+                    linewidth=1.0,
+                    label=f"one-region p50 ({one['region']} alone): {base:.1f} ms",
+                )
+                lows.append(base)
+                highs.append(base)
         ax.set_title(region)
         ax.set_xlabel("append latency (ms)")
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")  # a CDF leaves its upper left empty
     # one scale for every region, so the panels compare at a glance
     log = bool(lows and highs) and max(highs) / max(min(lows), 1e-9) > 30
     for ax in axes[0]:
@@ -325,6 +338,7 @@ def _plot_cdf(runs: Sequence[Run], regions: Sequence[str], title: str, path: Pat
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
             ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlim(min(lows) * 0.8, max(highs) * 1.25)  # the same range in every panel
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel("fraction of appends ≤ latency")
     fig.suptitle(title + (" (log latency axis)" if log else ""))
