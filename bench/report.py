@@ -452,7 +452,7 @@ def _plot_sweep(runs: Sequence[Run], title: str, path: Path) -> None:
     left.grid(True, alpha=0.3)
     right.set_xlabel("RTT scale (x the topology's RTTs)")
     right.set_ylabel("append latency p50 (ms)")
-    right.set_title("p50 against RTT scale (solid: multi-leader, dashed: single-leader)")
+    right.set_title("p50 against RTT scale (solid: multi-, dashed: single-leader)")
     right.legend(fontsize=7, loc="upper left")
     right.grid(True, alpha=0.3)
     fig.suptitle(title)
