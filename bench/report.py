@@ -417,6 +417,44 @@ def _plot_lag(runs: Sequence[Run], title: str, path: Path) -> bool:
     return True
 
 
+def _plot_overview(groups: Mapping[tuple[str, float, float], Sequence[Run]], path: Path) -> None:
+    """Every setting side by side (region counts, write mixes, scales): aggregate throughput
+    and the worst region's p50, one bar per mode."""
+    plt = _pyplot()
+    # fewest regions first, so a region-count sweep reads left to right
+    keys = sorted(groups, key=lambda k: (max(len(r.doc["regions"]) for r in groups[k]), k))
+    labels = [_group_title(k).replace(", ", "\n", 1) for k in keys]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 2.4 * len(keys) + 3), 4.6))
+    modes = [m for m in MODES if any(r.mode == m for k in keys for r in groups[k])]
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        xs = [g + (i - (len(modes) - 1) / 2) * width for g in range(len(keys))]
+        tput, worst = [], []
+        for k in keys:
+            run = next((r for r in groups[k] if r.mode == mode), None)
+            tput.append(run.total_throughput() if run else 0.0)
+            p50s = (
+                [float(v["latency_ms"]["p50"]) for v in run.doc["regions"].values()] if run else []
+            )
+            worst.append(max(p50s, default=0.0))
+        color = MODE_COLORS.get(mode)
+        bars = left.bar(xs, tput, width, label=mode, color=color)
+        left.bar_label(bars, labels=[f"{v:,.0f}" for v in tput], fontsize=7, padding=2)
+        bars = right.bar(xs, worst, width, label=mode, color=color)
+        right.bar_label(bars, labels=[f"{v:,.0f}" for v in worst], fontsize=7, padding=2)
+    for ax, ylabel, title in (
+        (left, "aggregate throughput (events/s)", "throughput, all regions"),
+        (right, "append latency p50 (ms), worst region", "p50 of the slowest region"),
+    ):
+        ax.set_xticks(range(len(keys)), labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("Every setting, both modes")
+    _save(fig, path)
+
+
 def _plot_sweep(runs: Sequence[Run], title: str, path: Path) -> None:
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
@@ -810,6 +848,10 @@ def render_report(
             rows,
         )
         lines.append("")
+        if plots and len(groups) >= 2:
+            png = "overview.png"
+            _plot_overview(groups, out / png)
+            lines += [f"![throughput and worst p50 per setting]({png})", ""]
 
     for key, runs in sorted(groups.items()):
         title = _group_title(key)

@@ -241,11 +241,12 @@ def test_report_renders_comparison(results_dir: tuple[Path, list[Path]]) -> None
         "latency-cdf-three-continents-x0.png",
         "throughput-three-continents-x0.png",
         "sweep-three-continents.png",
+        "overview.png",  # two settings (RTT x1 and x0): every setting side by side
     ):
         _assert_png(work / "out" / png)
         assert f"({png})" in text
     files = written_files(report)
-    assert len(files) == 7 and all(f.exists() for f in files)  # report + 6 plots
+    assert len(files) == 8 and all(f.exists() for f in files)  # report + 7 plots
     assert not (work / "out" / "lag-three-continents-x0.png").exists()
     assert "Lag over time: not measured." in text
     assert "| mode | p50 (ms) | p99 (ms) | floor (ms) | p50 / floor | p99 / floor |" in text
