@@ -423,7 +423,7 @@ def _plot_overview(groups: Mapping[tuple[str, float, float], Sequence[Run]], pat
     plt = _pyplot()
     # fewest regions first, so a region-count sweep reads left to right
     keys = sorted(groups, key=lambda k: (max(len(r.doc["regions"]) for r in groups[k]), k))
-    labels = [_group_title(k).replace(", ", "\n", 1) for k in keys]
+    labels = [_group_title(k).replace(", ", "\n") for k in keys]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 2.4 * len(keys) + 3), 4.6))
     modes = [m for m in MODES if any(r.mode == m for k in keys for r in groups[k])]
     width = 0.8 / max(1, len(modes))
