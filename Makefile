@@ -32,6 +32,7 @@ test: lint typecheck unit
 sim: $(STAMP)
 	$(VENV)/bin/geostore sim --seeds 20000
 	$(VENV)/bin/geostore sim --geo --seeds 5000
+	$(VENV)/bin/geostore sim --failover --seeds 1000
 
 # The benchmarks (quick forms; each prints a table and one JSON line into results/).
 bench: $(STAMP)

@@ -32,6 +32,7 @@ class ErrorCode(enum.StrEnum):
     FENCED = "fenced"
     MOVING = "moving"
     SUPERSEDED_EPOCH = "superseded_epoch"
+    REPLICATION_LAG = "replication_lag"  #: the stream's RPO bound would be exceeded
     WAIT_TIMEOUT = "wait_timeout"
     LEASE_LAPSED = "lease_lapsed"
     UNAVAILABLE = "unavailable"
@@ -61,6 +62,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NO_QUORUM: 503,
     ErrorCode.FENCED: 503,
     ErrorCode.MOVING: 503,
+    ErrorCode.REPLICATION_LAG: 503,
     ErrorCode.LEASE_LAPSED: 503,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.WAIT_TIMEOUT: 504,

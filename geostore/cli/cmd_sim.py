@@ -57,6 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="with --geo, a negative control: accept_noncontiguous or watermark_not_durable",
     )
+    parser.add_argument(
+        "--failover",
+        action="store_true",
+        help="simulate region loss, failover, failback with quarantine and planned moves",
+    )
+    parser.add_argument(
+        "--failover-unsafe",
+        default=None,
+        help="with --failover, a negative control: no_lease_wait, no_quarantine or stale_watermark",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from geostore.sim.simulation import L1_TIMEOUTS_P99, SeedOutcome, l1_p99
 
+    if args.failover:
+        return _run_failover(args)
     if args.geo:
         return _run_geo(args)
     nodes = None if args.nodes == "auto" else int(args.nodes)
@@ -191,3 +203,70 @@ def _run_geo(args: argparse.Namespace) -> int:
     )
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def _run_failover(args: argparse.Namespace) -> int:
+    """``--failover``: seeds of the failover simulation (region losses under load, lease-gated
+    failover, failback with quarantine, planned moves; checkers G5-G8)."""
+    from geostore.sim.failover import (
+        FO_UNSAFE,
+        FoRunResult,
+        format_failure,
+        missing_coverage,
+        run_failover_range,
+    )
+    from geostore.sim.runner import commit_start_seed, default_jobs
+
+    if args.failover_unsafe is not None and args.failover_unsafe not in FO_UNSAFE:
+        print(f"geostore sim: error: --failover-unsafe must be one of {', '.join(FO_UNSAFE)}")
+        return 2
+    start = args.start if args.start is not None else 0
+    if args.ci:
+        start = commit_start_seed(Path.cwd())
+    jobs = args.jobs or default_jobs()
+    began = time.monotonic()
+    done = 0
+    tty = sys.stderr.isatty()
+
+    def report(result: FoRunResult) -> None:
+        nonlocal done
+        done += 1
+        if not result.passed:
+            print(format_failure(result), flush=True)
+        elif args.verbose:
+            print(f"ok seed {result.seed}: {result.plan}")
+        if tty and (done % 10 == 0 or done == args.seeds):
+            rate = done / max(time.monotonic() - began, 1e-9)
+            print(
+                f"\r{done}/{args.seeds} failover runs, {rate:.1f} seeds/s", end="", file=sys.stderr
+            )
+
+    results = run_failover_range(start, args.seeds, args.failover_unsafe, jobs, report)
+    elapsed = time.monotonic() - began
+    if tty:
+        print(file=sys.stderr)
+    totals: dict[str, int] = {}
+    for r in results:
+        for name, n in r.coverage.items():
+            totals[name] = totals.get(name, 0) + n
+    for name in sorted(totals):
+        print(f"  {name:28} {totals[name]:>10}")
+    rpo = sorted(x for r in results for x in r.rpo_ms)
+    pauses = sorted(x for r in results for x in r.pauses_ms)
+    if rpo:
+        print(f"failover RPO ms: p50 {rpo[len(rpo) // 2]} max {rpo[-1]} over {len(rpo)} failovers")
+    if pauses:
+        print(
+            f"planned move pause ms: p50 {pauses[len(pauses) // 2]} max {pauses[-1]} "
+            f"over {len(pauses)} moves"
+        )
+    zero = missing_coverage(results)
+    if zero and len(results) >= 60:
+        print(f"coverage: never reached: {', '.join(zero)}")
+    failed = [r for r in results if not r.passed]
+    print(
+        f"{len(results)} failover runs in {elapsed:.1f} s with {jobs} jobs: "
+        f"{len(results) / max(elapsed, 1e-9):.1f} seeds/s"
+    )
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed or (zero and len(results) >= 60) else 0

@@ -597,6 +597,7 @@ _RETRY_PARTITION = frozenset(
         ErrorCode.NOT_LEADER,
         ErrorCode.NO_QUORUM,
         ErrorCode.MOVING,
+        ErrorCode.REPLICATION_LAG,
         ErrorCode.LEASE_LAPSED,
         ErrorCode.UNAVAILABLE,
     }

@@ -23,6 +23,7 @@ RETRYABLE_CODES = frozenset(
         ErrorCode.NOT_LEADER,
         ErrorCode.NO_QUORUM,
         ErrorCode.MOVING,
+        ErrorCode.REPLICATION_LAG,
         ErrorCode.LEASE_LAPSED,
         ErrorCode.UNAVAILABLE,
         ErrorCode.FENCED,

@@ -1,14 +1,21 @@
 """Building and opening geo batches: CBOR entry lists, zstandard, CRC-32, strict checks.
 
 Theory of operation: a batch's payload is the CBOR array of its entries, each
-``[record_count, events, producer_id, producer_seq]`` (the entries' seqs are implied by
-``src_start`` and the counts, so they are not sent), then compressed with zstandard (level
+``[record_count, events, producer_id, producer_seq, epoch]`` (the entries' seqs are implied
+by ``src_start`` and the counts, so they are not sent; ``epoch`` is the epoch the entry was
+written under, null for the batch's own epoch), then compressed with zstandard (level
 and dictionary chosen by the shipper). The CRC-32 covers every header field and the payload,
 so a damaged range, count or codec is as detectable as a damaged payload. Opening a batch
 (:func:`open_batch`) checks, in order: the CRC, the range against ``record_count``, the
 decompressed size bound and the dictionary, the CBOR shape, and that the entries hold exactly
 ``record_count`` events; any failure is one :class:`BatchError` (or
 :class:`~geostore.codec.UnknownDictionaryError`), never a partial result (G10).
+
+Entry epochs: a 4-element entry (the format before entries carried their epoch) decodes
+with ``epoch=None``, which every consumer reads as "the batch's epoch": that was the only
+epoch such a sender could have meant, since it never shipped across a change of home. A
+5-element entry's epoch, when not null, must lie in ``0..batch.epoch`` and never decrease
+along the batch (a log's epochs only grow), else the batch is corrupt.
 """
 
 from __future__ import annotations
@@ -61,8 +68,10 @@ def batch_crc(
 
 
 def encode_entries(entries: Sequence[GeoEntry]) -> bytes:
-    """The uncompressed payload: CBOR of ``[[count, events, producer_id, producer_seq], ...]``."""
-    return dumps_plain([[e.record_count, e.events, e.producer_id, e.producer_seq] for e in entries])
+    """The uncompressed payload: CBOR of ``[[count, events, pid, pseq, epoch], ...]``."""
+    return dumps_plain(
+        [[e.record_count, e.events, e.producer_id, e.producer_seq, e.epoch] for e in entries]
+    )
 
 
 def make_batch(
@@ -151,17 +160,23 @@ def open_batch(
         raise BatchError("batch entries must be a non-empty array")
     entries: list[GeoEntry] = []
     seq = batch.src_start
+    prev_epoch = 0
     for item in plain:
-        if type(item) is not list or len(item) != 4:
-            raise BatchError("a batch entry is [count, events, producer_id, producer_seq]")
-        n, events, pid, pseq = item
+        if type(item) is not list or not 4 <= len(item) <= 5:
+            raise BatchError("a batch entry is [count, events, producer_id, producer_seq, epoch]")
+        n, events, pid, pseq = item[:4]
+        epoch = item[4] if len(item) == 5 else None
+        if epoch is not None:
+            if type(epoch) is not int or not prev_epoch <= epoch <= batch.epoch:
+                raise BatchError("a batch entry's epoch must grow, up to the batch's epoch")
+            prev_epoch = epoch
         if type(n) is not int or n < 1 or type(events) is not bytes:
             raise BatchError("a batch entry has a bad count or events")
         if (pid is None) != (pseq is None):
             raise BatchError("a batch entry names half a producer")
         if pid is not None and (type(pid) is not str or type(pseq) is not int):
             raise BatchError("a batch entry has a bad producer")
-        entries.append(GeoEntry(Seq(seq), n, events, pid, pseq))
+        entries.append(GeoEntry(Seq(seq), n, events, pid, pseq, _epoch(epoch)))
         seq = Seq(seq + n)
         if seq - batch.src_start > count:
             break
@@ -170,6 +185,10 @@ def open_batch(
             f"batch declares {count} records, its entries hold {seq - batch.src_start}"
         )
     return tuple(entries)
+
+
+def _epoch(raw: int | None) -> Epoch | None:
+    return Epoch(raw) if raw is not None else None
 
 
 def _dict_id_of(payload: bytes) -> int:

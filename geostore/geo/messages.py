@@ -64,7 +64,10 @@ class GeoEntry:
 
     ``seq`` is the seq of its first event; ``events`` the encoded batch exactly as the home
     store holds it; the producer id and seq travel with it so the receiving store dedups
-    retries exactly as the home did.
+    retries exactly as the home did. ``epoch`` is the epoch the events were written under
+    (None: the batch's epoch). After a change of home the new home ships events it holds
+    from the old epoch (before the fork) under its new batch epoch; the entry keeps their
+    own epoch so every copy stores, and hashes, the same per-event epochs.
     """
 
     seq: Seq
@@ -72,6 +75,7 @@ class GeoEntry:
     events: bytes
     producer_id: str | None = None
     producer_seq: int | None = None
+    epoch: Epoch | None = None
 
     @property
     def last_seq(self) -> Seq:

@@ -62,6 +62,28 @@ class FileBlockStore:
     def has(self, stream: StreamName, partition: PartitionId, block_no: int) -> bool:
         return os.path.exists(self._path(stream, partition, block_no))
 
+    def discard(self, stream: StreamName, partition: PartitionId, block_no: int) -> None:
+        """Remove the files of blocks ``block_no`` and after (a failback rewound the partition;
+        their numbers are used again with other bytes). Durable with the next ``flush``."""
+        folder = os.path.dirname(self._path(stream, partition, block_no))
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"listing blocks in {folder} failed: {exc}") from exc
+        for name in names:
+            stem, dot, ext = name.partition(".")
+            if dot and ext == "blk" and stem.isdigit() and int(stem) >= block_no:
+                path = os.path.join(folder, name)
+                try:
+                    os.unlink(path)
+                except OSError as exc:
+                    raise StorageError(f"removing block {path} failed: {exc}") from exc
+                if path in self._dirty_files:
+                    self._dirty_files.remove(path)
+        self._dirty_dirs.add(folder)
+
     def flush(self) -> None:
         files, dirs = self._dirty_files, self._dirty_dirs
         self._dirty_files, self._dirty_dirs = [], set()

@@ -140,7 +140,7 @@ class StoreLog:
         if not entries:
             raise GeoLogError(f"{stream}/{partition}: nothing applied at seq {from_seq}")
         return [
-            GeoEntry(e.seq, e.record_count, e.events, e.producer_id, e.producer_seq)
+            GeoEntry(e.seq, e.record_count, e.events, e.producer_id, e.producer_seq, e.epoch)
             for e in entries
         ]
 
@@ -155,7 +155,7 @@ def to_apply_remote(cmd: GeoApply) -> ApplyRemote:
         cmd.src_end,
         cmd.crc,
         tuple(
-            RemoteEntry(e.seq, e.record_count, e.events, e.producer_id, e.producer_seq)
+            RemoteEntry(e.seq, e.record_count, e.events, e.producer_id, e.producer_seq, e.epoch)
             for e in cmd.entries
         ),
     )

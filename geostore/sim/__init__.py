@@ -5,7 +5,9 @@
 - :mod:`~geostore.sim.checker`, :mod:`~geostore.sim.history`: online Raft invariants over
   ghost state, and client-history anomalies;
 - :mod:`~geostore.sim.faults`, :mod:`~geostore.sim.network`: swarm fault plans, the network;
-- :mod:`~geostore.sim.coverage`: coverage counters of faults and rare paths.
+- :mod:`~geostore.sim.coverage`: coverage counters of faults and rare paths;
+- :mod:`~geostore.sim.geo`, :mod:`~geostore.sim.failover`: the geo core over a WAN, and
+  region loss, failover, failback with quarantine and planned moves over the real store.
 
 Never imports asyncio or aiohttp (``geostore sim`` runs without them).
 """

@@ -52,7 +52,8 @@ class BlockStore(Protocol):
     """Where sealed blocks live (the storage layer gives file implementations).
 
     Contract: ``put`` of an existing ``(stream, partition, block_no)`` only ever repeats the same
-    bytes (replay after a restart), so it may overwrite. ``get`` returns exactly the bytes put
+    bytes (replay after a restart), so it may overwrite; except after ``discard`` (a failback
+    rewound the partition), when the numbers from ``block_no`` on are used again. ``get`` returns exactly the bytes put
     or raises :class:`~geostore.errors.StorageError` (missing block) or a subclass.
     ``flush`` makes every ``put`` so far durable: the runtime calls it before it persists a
     snapshot that references blocks (``include_blocks=False``) and compacts its log.
@@ -65,6 +66,10 @@ class BlockStore(Protocol):
     def get(self, stream: StreamName, partition: PartitionId, block_no: int) -> bytes: ...
 
     def has(self, stream: StreamName, partition: PartitionId, block_no: int) -> bool: ...
+
+    def discard(self, stream: StreamName, partition: PartitionId, block_no: int) -> None:
+        """Blocks ``block_no`` and after left the partition (a failback rewound it)."""
+        ...
 
     def flush(self) -> None: ...
 
@@ -93,6 +98,10 @@ class MemoryBlockStore:
 
     def has(self, stream: StreamName, partition: PartitionId, block_no: int) -> bool:
         return (stream, partition, block_no) in self._blocks
+
+    def discard(self, stream: StreamName, partition: PartitionId, block_no: int) -> None:
+        for key in [k for k in self._blocks if k[:2] == (stream, partition) and k[2] >= block_no]:
+            del self._blocks[key]
 
     def flush(self) -> None:
         return None

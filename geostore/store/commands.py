@@ -56,12 +56,36 @@ class AppendBatch:
 
 @dataclass(frozen=True, slots=True)
 class SetHome:
-    """Move a partition's home, with a strictly larger epoch (the geo layer proposes it)."""
+    """Move a partition's home, with a strictly larger epoch (the geo layer proposes it).
+
+    ``fork_seq`` is the last seq the new epoch keeps of the old ones (the new home's
+    watermark at the move): the new epoch writes from ``fork_seq + 1``. A region that holds
+    events beyond it moves them to its quarantine when this applies (a failback; see
+    :mod:`geostore.store.failover`). None (the older form): the fork is wherever this
+    region's log ends, which is right only where nothing beyond the fork was written.
+    """
 
     stream: StreamName
     partition: PartitionId
     home: RegionId | None
     epoch: Epoch
+    fork_seq: Seq | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FenceHome:
+    """Stop (``fenced``) or resume appends at a partition's home under ``epoch``.
+
+    The first phase of a planned move, proposed into the old home region's own log so that
+    every leader of that region refuses appends (503 ``moving``) from then on; the answer's
+    ``fork_seq`` is the exact last seq, the fork of the move. The move's ``SetHome`` lifts it
+    (so does ``fenced=False``, when a move is abandoned before the bump).
+    """
+
+    stream: StreamName
+    partition: PartitionId
+    epoch: Epoch
+    fenced: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +130,7 @@ class ApplyRemote:
     entries: tuple[RemoteEntry, ...]
 
 
-Command = CreateStream | AppendBatch | SetHome | ApplyRemote
+Command = CreateStream | AppendBatch | SetHome | ApplyRemote | FenceHome
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -126,8 +150,12 @@ def encode_command(cmd: Command) -> bytes:
                 prod,
                 cmd.epoch,
             ]
+        case FenceHome():
+            body = ["fence", cmd.stream, cmd.partition, cmd.epoch, cmd.fenced]
         case SetHome():
             body = ["home", cmd.stream, cmd.partition, cmd.home, cmd.epoch]
+            if cmd.fork_seq is not None:
+                body.append(cmd.fork_seq)
         case ApplyRemote():
             entries = [
                 [e.seq, e.record_count, e.events, e.producer_id, e.producer_seq, e.epoch]
@@ -194,11 +222,18 @@ def decode_command(data: bytes) -> Command:
                 _need(eepoch is None or type(eepoch) is int, "entry epoch")
                 entries.append(RemoteEntry(seq, count, events, pid, pseq, eepoch))
             return ApplyRemote(stream, part, epoch, start, end, crc, tuple(entries))
-        if kind == "home" and n == 6:
-            _, _, stream, part, home, epoch = raw
+        if kind == "fence" and n == 6:
+            _, _, stream, part, epoch, fenced = raw
+            _need(type(stream) is str and type(part) is int and type(epoch) is int, "header")
+            _need(type(fenced) is bool, "fenced")
+            return FenceHome(stream, part, epoch, fenced)
+        if kind == "home" and n in (6, 7):
+            _, _, stream, part, home, epoch = raw[:6]
+            fork = raw[6] if n == 7 else None
             _need(type(stream) is str and type(part) is int and type(epoch) is int, "header")
             _need(home is None or type(home) is str, "home")
-            return SetHome(stream, part, home, epoch)
+            _need(fork is None or (type(fork) is int and fork >= -1), "fork seq")
+            return SetHome(stream, part, home, epoch, fork)
     except CodecError:
         raise
     except (ValueError, TypeError, GeostoreError) as exc:  # GeostoreError: a bad schema

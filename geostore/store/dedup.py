@@ -127,6 +127,22 @@ class ProducerTable:
             return
         self.record(key, seq, outcome, index)
 
+    def forget_from(self, stream: StreamName, partition: PartitionId, first_seq: int) -> None:
+        """Forget the outcomes of requests stored at ``first_seq`` or later in a partition.
+
+        A failback moved those events to the quarantine: a producer's retry of such a request
+        must be applied anew (it is not in the partition), not answered as a duplicate of
+        seqs that now hold other events. ``max_seq`` stays: seqs below the window stay
+        refused, as they may have been applied before. O(producers), run only on failback.
+        """
+        for key, st in self._producers.items():
+            if key[0] != stream or key[1] != partition:
+                continue
+            gone = [s for s, o in st.results.items() if o[0] >= first_seq]
+            for s in gone:
+                del st.results[s]
+            self.outcomes -= len(gone)
+
     def _forget_oldest(self) -> None:
         _, st = self._producers.popitem(last=False)
         self.outcomes -= len(st.results)

@@ -451,14 +451,23 @@ class AppendResult:
         }
 
 
+_SEQ_NONE = Seq(-1)
+
+
 @dataclass(frozen=True, slots=True)
 class HomeResult:
-    """The answer to a change of home."""
+    """The answer to a change of home.
+
+    ``fork_seq`` is where the new epoch starts from (its first seq is ``fork_seq + 1``);
+    ``quarantined`` how many events this region moved to its quarantine (a failback).
+    """
 
     stream: StreamName
     partition: PartitionId
     home: RegionId | None
     epoch: Epoch
+    fork_seq: Seq = _SEQ_NONE
+    quarantined: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,11 +85,13 @@ from .commands import (
     ApplyRemote,
     Command,
     CreateStream,
+    FenceHome,
     RemoteEntry,
     SetHome,
     decode_command,
 )
 from .dedup import ProducerTable
+from .failover import EpochHistory, QuarantinedRun
 from .model import (
     APPLY_LIMITS,
     FIRST_EPOCH,
@@ -170,7 +172,9 @@ class PreparedAppend:
 class _Partition:
     __slots__ = (
         "epoch",
+        "fenced",
         "first_seqs",
+        "history",
         "home",
         "indexed",
         "log_hash",
@@ -179,6 +183,7 @@ class _Partition:
         "open",
         "open_hash",
         "partition",
+        "quarantine",
         "runs",
         "sealed",
         "segments",
@@ -210,6 +215,13 @@ class _Partition:
         self.mark = WATERMARK_NONE
         #: The most recent append batches' boundaries, dense up to next_seq (for shipping).
         self.runs: list[_Run] = []
+        #: (epoch, first seq) of each epoch of the partition's log (see store/failover.py).
+        self.history = EpochHistory.first(epoch)
+        #: Events this region held beyond a fork when it learned the new epoch (failback).
+        #: Bounded by what the region wrote past the fork: at most its lease and lag bound.
+        self.quarantine: list[QuarantinedRun] = []
+        #: A planned move fenced the home: appends answer 503 moving until the SetHome.
+        self.fenced = False
 
     def add_sealed(self, meta: BlockMeta, fanout: int) -> None:
         assert meta.block_no == len(self.sealed)
@@ -360,6 +372,55 @@ class EventStore:
     def watermark(self, stream: str, partition: int) -> StoreWatermark:
         """What the partition has applied, local or shipped: ``(epoch, last seq)``."""
         return self._partition(stream, partition).mark
+
+    def is_fenced(self, stream: str, partition: int) -> bool:
+        """Is a planned move holding the partition's appends (the API answers 503 moving)?"""
+        return self._partition(stream, partition).fenced
+
+    def history(self, stream: str, partition: int) -> EpochHistory:
+        """The partition's epochs and where each starts (raises 404s)."""
+        return self._partition(stream, partition).history
+
+    def check_position(self, stream: str, partition: int, epoch: int, seq: int) -> None:
+        """Raise 409 ``superseded_epoch`` when a token's ``(epoch, seq)`` was orphaned by a
+        fork (the runtime calls it before waiting on a token, and with each read naming an
+        epoch): waiting for it would never end, and the seq now holds another event."""
+        self._partition(stream, partition).history.check(stream, partition, epoch, seq)
+
+    def quarantine(
+        self, stream: str | None = None, partition: int | None = None
+    ) -> list[QuarantinedRun]:
+        """Quarantined runs (of one stream or partition, or all), in (stream, partition, seq)
+        order. Never part of any read: listed and exported only."""
+        out: list[QuarantinedRun] = []
+        for (s, part), p in sorted(self._partitions.items()):
+            if (stream is None or s == stream) and (partition is None or part == partition):
+                out.extend(p.quarantine)
+        return out
+
+    def quarantine_events(
+        self, stream: str | None = None, partition: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The quarantined events as JSON objects (one per line in an export), re-appendable
+        as they are: ``ts``, ``key``, ``body``, plus where they came from."""
+        for run in self.quarantine(stream, partition):
+            d = self._streams[run.stream]
+            indexed = d.schema.indexed if d.schema is not None else ()
+            cols = decode_batch(run.events, run.record_count, indexed)
+            for i in range(len(cols)):
+                yield {
+                    "stream": run.stream,
+                    "partition": run.partition,
+                    "seq": run.first_seq + i,
+                    "epoch": run.epoch,
+                    "superseded_by": run.superseded_by,
+                    "fork_seq": run.fork_seq,
+                    "producer_id": run.producer_id,
+                    "producer_seq": run.producer_seq,
+                    "ts": cols.ts[i],
+                    "key": cols.keys[i],
+                    "body": _cbor.loads_fast(cols.body_bytes(i)),
+                }
 
     def watermarks(self) -> dict[tuple[StreamName, PartitionId], StoreWatermark]:
         """Every partition's watermark (what a Receiver is built from after a leader change)."""
@@ -601,6 +662,8 @@ class EventStore:
                     return self._apply_append(index, command)
                 case SetHome():
                     return self._apply_home(command)
+                case FenceHome():
+                    return self._apply_fence(command)
                 case ApplyRemote():
                     return self._apply_remote(index, command)
         except ApiError as err:
@@ -630,6 +693,12 @@ class EventStore:
         return StreamInfo(d, self.stream_info(d.name).homes, created=True)
 
     def _apply_home(self, cmd: SetHome) -> HomeResult:
+        """A change of home: record the fork in the history, and fail back if needed.
+
+        Events this region holds beyond ``cmd.fork_seq`` written under an older epoch were
+        orphaned by the fork: they move to the partition's quarantine and the log is rewound
+        to the fork, so the region follows the new home from there (see store/failover.py).
+        """
         p = self._partition(cmd.stream, cmd.partition)
         if cmd.epoch <= p.epoch:
             raise ApiError(
@@ -637,8 +706,105 @@ class EventStore:
                 f"{cmd.stream}/{cmd.partition} is at epoch {p.epoch}; epoch {cmd.epoch} is stale",
                 epoch=p.epoch,
             )
-        p.home, p.epoch = cmd.home, cmd.epoch
-        return HomeResult(p.stream, p.partition, p.home, p.epoch)
+        fork = cmd.fork_seq if cmd.fork_seq is not None else p.next_seq - 1
+        if fork < -1:
+            raise malformed(f"fork seq {fork} of {cmd.stream}/{cmd.partition} is below -1")
+        quarantined = 0
+        if fork + 1 < p.next_seq and self._epoch_at(p, fork + 1) < cmd.epoch:
+            quarantined = self._rewind(p, fork, cmd.epoch)
+        p.history = p.history.fork(cmd.epoch, Seq(fork))
+        p.home, p.epoch, p.fenced = cmd.home, cmd.epoch, False
+        return HomeResult(p.stream, p.partition, p.home, p.epoch, Seq(fork), quarantined)
+
+    def _apply_fence(self, cmd: FenceHome) -> HomeResult:
+        """Fence (or unfence) the partition's appends for a planned move; the answer's
+        ``fork_seq`` is the last seq at the fence: the fork of the move."""
+        p = self._partition(cmd.stream, cmd.partition)
+        if cmd.epoch != p.epoch:
+            raise ApiError(
+                ErrorCode.SUPERSEDED_EPOCH,
+                f"{cmd.stream}/{cmd.partition} is at epoch {p.epoch}, not {cmd.epoch}",
+                epoch=p.epoch,
+            )
+        p.fenced = cmd.fenced
+        return HomeResult(p.stream, p.partition, p.home, p.epoch, Seq(p.next_seq - 1))
+
+    def _epoch_at(self, p: _Partition, seq: int) -> Epoch:
+        bd = _BlockCursor(self, p).block_at(seq)
+        return bd.epoch_at(seq - bd.first_seq)
+
+    def _rewind(self, p: _Partition, fork: int, new_epoch: Epoch) -> int:
+        """Move events ``fork+1..`` to the quarantine and cut the log back to ``fork``.
+
+        Afterwards the partition is exactly what a region that applied only ``..fork`` holds:
+        the same sealed blocks, open block, rolling hash and batch index (block layout depends
+        only on the event sequence), so the new home's batches continue it byte for byte.
+        Costs one pass over the sealed blocks (the hash is re-chained); failbacks are rare.
+        """
+        keep = fork + 1
+        last = p.next_seq - 1
+        seq = keep
+        while seq <= last:
+            for e in self.committed_entries(p.stream, p.partition, seq, last, 1 << 16, 1 << 24):
+                p.quarantine.append(
+                    QuarantinedRun(
+                        p.stream,
+                        p.partition,
+                        Epoch(e.epoch if e.epoch is not None else p.epoch),
+                        new_epoch,
+                        Seq(fork),
+                        e.seq,
+                        e.record_count,
+                        e.events,
+                        e.producer_id,
+                        e.producer_seq,
+                    )
+                )
+                seq = e.last_seq + 1
+        t = self.tuning
+        # The block that holds ``keep`` (or the open one), and whether the one before it
+        # must reopen: it was sealed only because the event at ``keep`` did not fit.
+        k = bisect.bisect_right(p.first_seqs, keep) - 1 if p.sealed else -1
+        if k >= 0 and p.sealed[k].end_seq <= keep:
+            k += 1  # keep is past block k: in the open block (k == len(sealed)) or next
+        k = max(k, 0)
+        first = p.sealed[k].first_seq if k < len(p.sealed) else p.open.meta.first_seq
+        if first == keep and k > 0:
+            prev = p.sealed[k - 1]
+            if prev.count < t.block_events_max and prev.body_bytes < t.block_bytes_max:
+                k -= 1
+                first = prev.first_seq
+        meta = p.sealed[k] if k < len(p.sealed) else p.open.meta
+        bd = self._load(p, meta)
+        ob = OpenBlock(meta.block_no, first, p.indexed)
+        for i, (run_first, epoch) in enumerate(bd.epochs):
+            lo = run_first - first
+            hi = bd.epochs[i + 1][0] - first if i + 1 < len(bd.epochs) else len(bd.cols)
+            hi = min(hi, keep - first)
+            if lo < hi:
+                ob.append(bd.cols, lo, hi, Epoch(epoch))
+        dropped = len(p.sealed) - k
+        if dropped:
+            self.blocks.discard(p.stream, p.partition, k)
+        sealed = p.sealed[:k]
+        p.sealed, p.first_seqs, p.segments = [], [], []
+        h = _EMPTY_HASH
+        for m in sealed:
+            h = _chain(h, self.blocks.get(p.stream, p.partition, m.block_no))
+            p.add_sealed(m, t.index_fanout)
+        p.log_hash, p.open_hash, p.open = h, None, ob
+        n = last - fork
+        p.next_seq = keep
+        runs = p.runs
+        while runs and runs[-1][0] >= keep:
+            runs.pop()
+        if runs and runs[-1][0] + runs[-1][1] > keep:
+            r = runs.pop()  # a batch cut by the fork keeps its head, without its producer
+            runs.append((r[0], keep - r[0], r[2], None, None))
+        self._producers.forget_from(p.stream, p.partition, keep)
+        epoch = self._epoch_at(p, fork) if fork >= 0 else Epoch(0)
+        p.mark = StoreWatermark(epoch, Seq(fork))
+        return n
 
     def _apply_append(self, index: LogIndex, cmd: AppendBatch) -> AppendResult:
         p = self._partition(cmd.stream, cmd.partition)
@@ -658,6 +824,13 @@ class EventStore:
                 f"{p.stream}/{p.partition} moved to epoch {p.epoch} (the append was for "
                 f"epoch {cmd.epoch}); retry",
                 epoch=p.epoch,
+            )
+        if p.fenced:
+            raise ApiError(
+                ErrorCode.MOVING,
+                f"{p.stream}/{p.partition} is moving to another region; retry shortly",
+                epoch=p.epoch,
+                retry_after_ms=50,
             )
         if p.mark.epoch > p.epoch:
             # Batches of a newer home were applied here before this region learned of the
@@ -707,6 +880,14 @@ class EventStore:
         mark, verdict = decide_remote(p.mark, cmd.epoch, cmd.src_start, cmd.src_end, p.epoch)
         if verdict is not RemoteVerdict.APPLIED:
             return RemoteResult(p.stream, p.partition, p.mark, verdict)
+        first_epoch = cmd.entries[0].epoch if cmd.entries[0].epoch is not None else cmd.epoch
+        if first_epoch > max(p.epoch, p.mark.epoch) and p.next_seq:
+            # The batch opens an epoch this region has not learned: only the SetHome says
+            # where it forks, and events held here past that fork must go to quarantine
+            # first; applied now, they would sit under the new epoch's seqs (G7). A gap for
+            # the sender, which resends once the SetHome applied here. (An empty log holds
+            # nothing that a fork could orphan.)
+            return RemoteResult(p.stream, p.partition, p.mark, RemoteVerdict.GAP)
         assert p.next_seq == cmd.src_start, "the watermark is always the last applied seq"
         # Decode every entry before storing any: a damaged batch is never partly applied (G10).
         decoded: list[Columns] = []
@@ -852,7 +1033,7 @@ class EventStore:
         """Applied append batches from the one starting at ``from_seq``, for shipping.
 
         The read side of the geo Shipper's ``CommittedLog`` port (the runtime turns each
-        :class:`RemoteEntry` into a ``GeoEntry``, dropping ``epoch`` until geo carries it).
+        :class:`RemoteEntry` into a ``GeoEntry``, epoch included).
         Only applied events are returned (``through_seq`` is clipped to the last applied seq;
         the runtime applies committed entries only), none past ``through_seq``: at least one
         entry, then more while under ``events_max`` events and ``bytes_max`` bytes of events.
@@ -1142,6 +1323,7 @@ class EventStore:
                 ]
             )
         parts: list[tuple[list[Any], list[BlockMeta], list[Any]]] = []
+        extra: list[list[Any]] = []  # epoch histories and quarantines (after the partitions)
         for key in sorted(self._partitions):
             p = self._partitions[key]
             rec = [
@@ -1156,8 +1338,11 @@ class EventStore:
                 p.open.encode(),
             ]
             parts.append((rec, list(p.sealed), [p.mark.epoch, p.mark.seq, *p.runs]))
+            if len(p.history.starts) > 1 or p.quarantine or p.fenced:
+                extra.append(["failover", p.stream, p.partition, p.history.to_wire(), p.fenced])
+                extra += [["quarantine", *_run_wire(q)] for q in p.quarantine]
         producers = self._producers.to_wire()
-        return self._snapshot_gen(chunk_bytes, head, parts, producers, include_blocks)
+        return self._snapshot_gen(chunk_bytes, head, parts, producers, include_blocks, extra)
 
     def _snapshot_gen(
         self,
@@ -1166,6 +1351,7 @@ class EventStore:
         parts: list[tuple[list[Any], list[BlockMeta], list[Any]]],
         producers: list[Any],
         include_blocks: bool,
+        extra: list[list[Any]],
     ) -> Iterator[bytes]:
         out = FrameWriter(chunk_bytes)
         for rec in head:
@@ -1185,6 +1371,8 @@ class EventStore:
                 for m in metas:
                     data = self.blocks.get(stream, part, m.block_no)
                     yield from out.add(["block", stream, part, m.block_no, data])
+        for rec in extra:
+            yield from out.add(rec)
         for k in range(0, len(producers), 256):
             yield from out.add(["producers", producers[k : k + 256]])
         yield from out.finish()
@@ -1236,6 +1424,8 @@ class EventStore:
                 d = streams[StreamName(stream)]
                 indexed = d.schema.indexed if d.schema is not None else ()
                 p = _Partition(d.name, PartitionId(part), indexed, home, Epoch(epoch))
+                if epoch > FIRST_EPOCH:  # replaced by its "failover" record when it has one
+                    p.history = EpochHistory(((FIRST_EPOCH, Seq(0)), (Epoch(epoch), next_seq)))
                 p.next_seq, p.log_hash = next_seq, log_hash
                 p.open, _ = block_from_open_bytes(open_bytes, open_no, indexed)
                 partitions[(p.stream, p.partition)] = p
@@ -1271,6 +1461,17 @@ class EventStore:
                     p.runs.append((first, count, epoch, pid, pseq))
             elif kind == "producers":
                 producers.load_wire(rec[1])
+            elif kind == "failover":
+                _, stream, part, hist, fenced = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                p.fenced = fenced is True
+                try:
+                    p.history = EpochHistory.from_wire(hist)
+                except (AssertionError, TypeError, ValueError) as exc:
+                    raise CodecError(f"snapshot epoch history is bad: {exc}") from exc
+            elif kind == "quarantine":
+                q = _run_from_wire(rec[1:])
+                partitions[(q.stream, q.partition)].quarantine.append(q)
             else:
                 raise CodecError(f"unknown snapshot record {kind!r}")
         assert applied is not None
@@ -1426,6 +1627,41 @@ def _check_remote_shape(cmd: ApplyRemote, where: str) -> None:
         seq += e.record_count
     if seq != cmd.src_end + 1:
         raise malformed(f"{where}: entries end at {seq - 1}, not at src_end")
+
+
+def _run_wire(q: QuarantinedRun) -> list[Any]:
+    return [
+        q.stream,
+        q.partition,
+        q.epoch,
+        q.superseded_by,
+        q.fork_seq,
+        q.first_seq,
+        q.record_count,
+        q.events,
+        q.producer_id,
+        q.producer_seq,
+    ]
+
+
+def _run_from_wire(raw: list[Any]) -> QuarantinedRun:
+    try:
+        stream, part, epoch, by, fork, first, count, events, pid, pseq = raw
+        assert type(events) is bytes and type(count) is int and count >= 1
+        return QuarantinedRun(
+            StreamName(stream),
+            PartitionId(part),
+            Epoch(epoch),
+            Epoch(by),
+            Seq(fork),
+            Seq(first),
+            count,
+            events,
+            pid,
+            pseq,
+        )
+    except (AssertionError, TypeError, ValueError) as exc:
+        raise CodecError(f"snapshot quarantine record is bad: {exc}") from exc
 
 
 def _chain(h: bytes, block: bytes) -> bytes:

@@ -1,0 +1,33 @@
+"""Both block stores drop the blocks a failback rewound (from a block number on, one partition only), so their numbers can be put again with other bytes, on disk durably with the next flush."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geostore.errors import StorageError
+from geostore.ids import PartitionId, StreamName
+from geostore.runtime.blocks import FileBlockStore
+from geostore.store import MemoryBlockStore
+
+S = StreamName("s")
+P0, P1 = PartitionId(0), PartitionId(1)
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+def test_discard_drops_blocks_from_a_number_on_in_one_partition(kind: str, tmp_path: Path) -> None:
+    store = MemoryBlockStore() if kind == "memory" else FileBlockStore(str(tmp_path))
+    for n in range(4):
+        store.put(S, P0, n, f"p0-{n}".encode())
+        store.put(S, P1, n, f"p1-{n}".encode())
+    store.flush()
+    store.discard(S, P0, 2)
+    store.flush()
+    assert [store.has(S, P0, n) for n in range(4)] == [True, True, False, False]
+    assert all(store.has(S, P1, n) for n in range(4))
+    with pytest.raises(StorageError):
+        store.get(S, P0, 2)
+    store.put(S, P0, 2, b"other bytes")  # the number is free again
+    assert store.get(S, P0, 2) == b"other bytes"
+    store.discard(StreamName("nothing-here"), P0, 0)  # nothing to drop is fine
