@@ -47,3 +47,30 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The experiments of bench/experiments/ in full (real clusters under the WAN emulator, one
+# result JSON per run and a report per experiment in results/NAME/). Long: CI runs none of
+# them; the committed quick forms are in docs/results/.
+.PHONY: bench-modes bench-rtt-sweep bench-region-count bench-remote-writes bench-open-loop bench-sweeps
+
+bench-modes: $(STAMP)
+	$(VENV)/bin/geostore bench run-experiment bench/experiments/modes-three-continents.toml --out results/modes-three-continents
+	$(VENV)/bin/geostore bench report results/modes-three-continents/*.json --out results/modes-three-continents/report
+
+bench-rtt-sweep: $(STAMP)
+	$(VENV)/bin/geostore bench run-experiment bench/experiments/rtt-sweep.toml --out results/rtt-sweep
+	$(VENV)/bin/geostore bench report results/rtt-sweep/*.json --out results/rtt-sweep/report
+
+bench-region-count: $(STAMP)
+	$(VENV)/bin/geostore bench run-experiment bench/experiments/region-count.toml --out results/region-count
+	$(VENV)/bin/geostore bench report results/region-count/*.json --out results/region-count/report
+
+bench-remote-writes: $(STAMP)
+	$(VENV)/bin/geostore bench run-experiment bench/experiments/remote-writes.toml --out results/remote-writes
+	$(VENV)/bin/geostore bench report results/remote-writes/*.json --out results/remote-writes/report
+
+bench-open-loop: $(STAMP)
+	$(VENV)/bin/geostore bench run-experiment bench/experiments/open-loop-weather.toml --out results/open-loop-weather
+	$(VENV)/bin/geostore bench report results/open-loop-weather/*.json --out results/open-loop-weather/report
+
+bench-sweeps: bench-modes bench-rtt-sweep bench-region-count bench-remote-writes bench-open-loop

@@ -18,7 +18,8 @@ loadgen's HDR histogram, encoded) as JSON at the end.
 While the workers run, the runner samples, once a second, the replication lag per link from
 the home leaders' ``/v1/status`` (multi-leader: the age of the oldest committed event the
 destination has not acknowledged), and at the measured window's two edges: CPU seconds of
-every node process (``/proc/PID/stat``), the machine's busy share (``/proc/stat``), every
+every node process (``/proc/PID/stat``) and the time its threads waited for a core
+(``/proc/PID/task/*/schedstat``), the machine's busy share (``/proc/stat``), every
 node's ``geostore_fsync_seconds`` histogram (``/metrics``), the shippers' raw and compressed
 byte counters and the WAN emulator's wire bytes per directed link. Window deltas of these
 go into the result. The cluster always comes down (``finally``). The document is checked
@@ -27,10 +28,14 @@ with ``validate_comparison`` before it is written.
 The functions that turn samples into the schema (``machine_cpu_pct``, ``fsync_percentiles``,
 ``link_results``, ``build_result``...) are pure, so they are tested on their own.
 
-WAN bytes per link: a home's shipper counts bytes for all its destinations together; the
-runner splits them evenly across the destinations (every batch goes to every destination,
-resends aside). The emulator's counters (``wan_bytes_wire``) are per link and include
-framing, heartbeats, acks and, in single-leader mode, all Raft traffic.
+WAN bytes per link: the emulator's proxies count the bytes they carry per proxy and
+direction; ``wan_bytes_wire`` of link SRC -> DST is every byte that crossed it that way
+(requests on connections SRC opened, answers on those DST opened; :func:`wire_bytes_per_link`),
+so it includes framing, heartbeats, acks and, in single-leader mode, all Raft traffic and
+forwarded client requests. The shipper's raw (CBOR) and compressed (zstd) payload counters
+are per home region, summed over its destinations; the shipper builds every batch for each
+destination separately, so the runner splits them evenly across the destinations (exact
+when no link resent more than another).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from bench.compare_schema import (
     SCHEMA,
     validate_comparison,
 )
+from bench.workloads import WORKLOADS
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAM = "compare"
@@ -67,6 +73,8 @@ STREAM_WAIT_S = 60.0
 #: cluster up: seconds to wait for leaders, and how often to try a start
 UP_TIMEOUT_S = 90
 UP_ATTEMPTS = 2
+#: open loop: requests in flight per region at most (a send that finds no slot is "late")
+OPEN_OUTSTANDING_MAX = 256
 
 Progress = Callable[[str], None]
 
@@ -199,9 +207,14 @@ def cpu_result(
     machine_start: tuple[float, float],
     machine_end: tuple[float, float],
     window_s: float,
+    runq_start: Mapping[str, float] | None = None,
+    runq_end: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The ``cpu`` object: CPU seconds (and % of one core) per process, machine CPU%."""
-    procs = {
+    """The ``cpu`` object: CPU seconds (and % of one core) per process, machine CPU%, and
+    when given (``parse_schedstat`` sums) the seconds each process's threads were ready to
+    run but waited for a core: on an overloaded machine that wait, not the code, is where a
+    request's time goes."""
+    procs: dict[str, dict[str, float]] = {
         name: {
             "cpu_s": round(end[name] - start[name], 3),
             "cpu_pct": round(100.0 * (end[name] - start[name]) / window_s, 1) if window_s else 0.0,
@@ -209,6 +222,9 @@ def cpu_result(
         for name in sorted(start)
         if name in end
     }
+    for name, proc in procs.items():
+        if runq_start and runq_end and name in runq_start and name in runq_end:
+            proc["runq_wait_s"] = round(max(0.0, runq_end[name] - runq_start[name]), 3)
     pct = machine_cpu_pct(machine_start, machine_end)
     return {"processes": procs, "machine_cpu_pct": round(pct, 1), "cpu_bound": pct > CPU_BOUND_PCT}
 
@@ -303,6 +319,30 @@ def _geostore(*args: str, timeout_s: float = 240) -> subprocess.CompletedProcess
     )
 
 
+def parse_schedstat(text: str) -> float:
+    """Seconds spent waiting on a run queue, from the text of /proc/PID/task/TID/schedstat
+    (three numbers: ns on a CPU, ns waiting to run, time slices)."""
+    return int(text.split()[1]) / 1e9
+
+
+def _read_runq(pids: Mapping[str, int]) -> dict[str, float]:
+    """Per process: run-queue wait summed over its threads (the fsync and HTTP threads too)."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        total = 0.0
+        for tid in tasks:
+            try:
+                total += parse_schedstat(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text())
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that ended meanwhile
+        out[name] = total
+    return out
+
+
 def _read_cpu(pids: Mapping[str, int]) -> dict[str, float]:
     tck = float(os.sysconf("SC_CLK_TCK"))
     out: dict[str, float] = {}
@@ -314,32 +354,45 @@ def _read_cpu(pids: Mapping[str, int]) -> dict[str, float]:
     return out
 
 
-def _netem_wire(
-    netem_url: str | None, node_region: Mapping[str, str]
+def wire_bytes_per_link(
+    metrics_text: str, node_region: Mapping[str, str]
 ) -> dict[tuple[str, str], int]:
-    """Bytes the emulator's proxies carried from the source region toward a node, per region
-    pair (its ``upstream`` counters)."""
-    if not netem_url:
-        return {}
-    try:
-        text = _get(f"{netem_url}/metrics")
-    except OSError:
-        return {}
+    """Bytes the emulator carried per directed region pair, from its Prometheus text.
+
+    Proxy ``"SRC->NODE"`` carries the connections region SRC opens to NODE (of region DST):
+    what it read on its ``upstream`` stream went SRC -> DST (requests), what it read on its
+    ``downstream`` stream went DST -> SRC (answers). Both count, so a link's figure is every
+    byte that crossed the emulated WAN in that direction, whoever opened the connection."""
     out: dict[tuple[str, str], int] = {}
-    for line in text.splitlines():
+    for line in metrics_text.splitlines():
         if not line.startswith("toxiproxy_proxy_received_bytes_total{"):
             continue
         labels_text, value = line[line.index("{") + 1 :].rsplit("} ", 1)
         labels = dict(
             item.split("=", 1) for item in labels_text.replace('"', "").split(",") if "=" in item
         )
-        if labels.get("direction") != "upstream" or "->" not in labels.get("proxy", ""):
+        if "->" not in labels.get("proxy", ""):
             continue
         src, node = labels["proxy"].split("->", 1)
         dst = node_region.get(node)
-        if dst is not None:
-            out[(src, dst)] = out.get((src, dst), 0) + int(float(value))
+        direction = labels.get("direction")
+        if dst is None or direction not in ("upstream", "downstream"):
+            continue
+        key = (src, dst) if direction == "upstream" else (dst, src)
+        out[key] = out.get(key, 0) + int(float(value))
     return out
+
+
+def _netem_wire(
+    netem_url: str | None, node_region: Mapping[str, str]
+) -> dict[tuple[str, str], int]:
+    if not netem_url:
+        return {}
+    try:
+        text = _get(f"{netem_url}/metrics")
+    except OSError:
+        return {}
+    return wire_bytes_per_link(text, node_region)
 
 
 class _Cluster:
@@ -479,6 +532,8 @@ def run_mode(
     leader_region: str | None = None,
     out_dir: str | Path,
     progress: Progress | None = _print,
+    loop: str = "closed",
+    rate_per_region: float | None = None,
     rtt_scale: float = 1.0,
     remote_write_share: float = 0.0,
     config: Mapping[str, Any] | None = None,
@@ -487,12 +542,19 @@ def run_mode(
 ) -> dict[str, Any]:
     """Run ``mode`` on the topology; return the comparison result (also written as JSON to
     ``out_dir/<topology>[-xSCALE]-<mode>.json``). ``config`` overrides the result's config.
+    ``loop="open"`` offers ``rate_per_region`` requests/s in every region on a fixed schedule
+    (latency from each request's intended send time) instead of the closed loop's
+    ``concurrency_per_region`` outstanding requests.
     The run's folder (cluster data, node and load-generator logs) is removed after a
     successful run unless ``keep_work``; after a failure it stays for its logs."""
     from bench.results import environment
     from geostore.config import load_topology
 
     assert mode in ("multi-leader", "single-leader"), mode
+    assert loop in ("closed", "open"), loop
+    assert loop == "closed" or (rate_per_region is not None and rate_per_region > 0), (
+        rate_per_region
+    )
     say = progress or (lambda _line: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -508,12 +570,15 @@ def run_mode(
         "workload": workload,
         "duration_s": duration_s,
         "warmup_s": warmup_s,
-        "loop": "closed",
-        "concurrency_per_region": concurrency_per_region,
+        "loop": loop,
         "batch": batch,
         "remote_write_share": remote_write_share,
         "topology_toml": Path(topology_path).read_text(),
     }
+    if loop == "closed":
+        cfg["concurrency_per_region"] = concurrency_per_region
+    else:
+        cfg["rate_per_region"] = rate_per_region
     if mode == "single-leader":
         cfg["leader_region"] = leader_region or regions[0]
     cfg.update(config or {})
@@ -551,6 +616,7 @@ def run_mode(
                 "--cluster", str(cluster_dir), "--region", region,
                 "--partition", str(i), "--partitions", str(len(regions)),
                 "--concurrency", str(concurrency_per_region), "--batch", str(batch),
+                "--loop", loop, "--rate", str(rate_per_region or 0),
                 "--duration", str(duration_s), "--warmup", str(warmup_s),
                 "--workload", workload, "--seed", str(seed + i),
                 "--remote-share", str(remote_write_share),
@@ -623,7 +689,9 @@ def run_mode(
             environment(),
             region_results,
             links=link_results(lag, geo, dests, wire),
-            cpu=cpu_result(s["cpu"], e["cpu"], s["machine"], e["machine"], window_s),
+            cpu=cpu_result(
+                s["cpu"], e["cpu"], s["machine"], e["machine"], window_s, s["runq"], e["runq"]
+            ),
             fsync_ms=fsync_percentiles(bucket_delta(s["fsync"], e["fsync"])),
         )
     finally:
@@ -631,15 +699,82 @@ def run_mode(
             w.stop()
         if cluster_dir.exists():
             _geostore("cluster", "down", "--dir", str(cluster_dir), "--timeout", "20", timeout_s=90)
-    scale = f"-x{rtt_scale:g}" if rtt_scale != 1.0 else ""
-    share = f"-remote{remote_write_share:g}" if remote_write_share else ""
-    path = out / f"{topology.name}{scale}{share}-{mode}.json"
+    # the configured (unscaled) topology name: a scaled file is named NAME-xSCALE already
+    path = out / result_name(str(cfg["topology"]), mode, rtt_scale, remote_write_share)
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     for region in regions:
         say(summary_line(mode, region, doc["regions"][region]))
     return doc
+
+
+def one_region_baseline(
+    topology_path: str | Path,
+    region: str,
+    *,
+    duration_s: float,
+    warmup_s: float,
+    concurrency_per_region: int,
+    batch: int,
+    workload: str,
+    out_dir: str | Path,
+    progress: Progress | None = _print,
+) -> dict[str, Any]:
+    """The one-region figure the multi-leader local append is held against: ``region``'s
+    nodes alone (the topology cut to that region: no WAN, no geo layer), the same closed
+    loop from one load generator, on the same machine just after. Returns the ``one_region``
+    object of a comparison result (bench/compare_schema.py)."""
+    from geostore.config import load_topology
+
+    base = load_topology(topology_path)
+    folder = Path(tempfile.mkdtemp(prefix="one-region-", dir=out_dir))
+    try:
+        sub = folder / f"{base.name}.toml"
+        sub.write_text(base.subset([region]).to_toml())
+        doc = run_mode(
+            sub,
+            "multi-leader",
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            concurrency_per_region=concurrency_per_region,
+            batch=batch,
+            workload=workload,
+            out_dir=folder,
+            progress=progress,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    measured = doc["regions"][region]
+    out: dict[str, Any] = {
+        "region": region,
+        "duration_s": duration_s,
+        "concurrency": concurrency_per_region,
+        "throughput_events_per_s": measured["throughput_events_per_s"],
+        "latency_ms": measured["latency_ms"],
+    }
+    if "fsync_ms" in doc:
+        out["fsync_ms"] = doc["fsync_ms"]
+    if "machine_cpu_pct" in (doc.get("cpu") or {}):
+        out["machine_cpu_pct"] = doc["cpu"]["machine_cpu_pct"]
+    return out
+
+
+def attach_one_region(result_path: str | Path, baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """Add the ``one_region`` baseline to a multi-leader result file (validated, rewritten)."""
+    path = Path(result_path)
+    doc: dict[str, Any] = json.loads(path.read_text())
+    doc["one_region"] = dict(baseline)
+    validate_comparison(doc, str(path))
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return doc
+
+
+def result_name(topology: str, mode: str, rtt_scale: float = 1.0, share: float = 0.0) -> str:
+    """The file name run_mode writes its result under."""
+    scale = f"-x{rtt_scale:g}" if rtt_scale != 1.0 else ""
+    remote = f"-remote{share:g}" if share else ""
+    return f"{topology}{scale}{remote}-{mode}.json"
 
 
 def _bar(frac: float, width: int = 24) -> str:
@@ -651,6 +786,7 @@ def _snapshot(cluster: _Cluster, pids: Mapping[str, int], urls: Sequence[str]) -
     return {
         "at": time.monotonic(),
         "cpu": _read_cpu(pids),
+        "runq": _read_runq(pids),
         "machine": parse_proc_stat(Path("/proc/stat").read_text()),
         "fsync": _fsync_buckets(urls),
         "geo": _geo_bytes(cluster),
@@ -663,9 +799,11 @@ def run_experiment(
     out_dir: str | Path,
     *,
     duration_s: float | None = None,
+    warmup_s: float | None = None,
     progress: Progress | None = _print,
 ) -> list[Path]:
-    """Run every RunSpec of the experiment file; returns the result files written."""
+    """Run every RunSpec of the experiment file; returns the result files written.
+    ``duration_s`` / ``warmup_s`` override the file's (the quick form of a sweep)."""
     from bench.experiments import load_experiment
 
     exp = load_experiment(path)
@@ -674,8 +812,6 @@ def run_experiment(
     written: list[Path] = []
     runs = exp.runs()
     for i, spec in enumerate(runs, 1):
-        if spec.workload.loop != "closed":
-            raise ValueError(f"{exp.name}: the runner drives closed loops only")
         if progress:
             progress(
                 f"run {i}/{len(runs)}: {spec.topology.name} x{spec.rtt_scale:g} {spec.mode}"
@@ -687,25 +823,46 @@ def run_experiment(
         config = spec.config()
         duration = duration_s if duration_s is not None else spec.duration_s
         config["duration_s"] = duration
+        warmup = warmup_s if warmup_s is not None else spec.warmup_s
+        config["warmup_s"] = warmup
         concurrency = spec.workload.concurrency_per_region or 4
         run_mode(
             topo_path,
             spec.mode,
             duration_s=duration,
-            warmup_s=spec.warmup_s,
+            warmup_s=warmup,
             concurrency_per_region=concurrency,
             batch=spec.workload.batch,
             workload=spec.workload.name,
             leader_region=spec.leader_region,
             out_dir=out,
             progress=progress,
+            loop=spec.workload.loop,
+            rate_per_region=spec.workload.rate_per_region,
             rtt_scale=spec.rtt_scale,
             remote_write_share=spec.remote_write_share,
             config=config,
         )
-        scale = f"-x{spec.rtt_scale:g}" if spec.rtt_scale != 1.0 else ""
-        share = f"-remote{spec.remote_write_share:g}" if spec.remote_write_share else ""
-        written.append(out / f"{spec.topology.name}{scale}{share}-{spec.mode}.json")
+        written.append(
+            out / result_name(spec.topology.name, spec.mode, spec.rtt_scale,
+                              spec.remote_write_share)
+        )  # fmt: skip
+        if spec.mode == "multi-leader" and exp.one_region_baseline_s > 0:
+            region = str(spec.topology.region_names()[0])
+            if progress:
+                progress(f"one-region baseline: {region} alone, same load")
+            baseline = one_region_baseline(
+                topo_path,
+                region,
+                duration_s=min(exp.one_region_baseline_s, duration),
+                warmup_s=warmup,
+                concurrency_per_region=concurrency,
+                batch=spec.workload.batch,
+                workload=spec.workload.name,
+                out_dir=out,
+                progress=progress,
+            )
+            attach_one_region(written[-1], baseline)
     return written
 
 
@@ -755,12 +912,20 @@ async def _worker(args: argparse.Namespace) -> int:
             print(f"n {completed}", flush=True)
             await asyncio.sleep(0.5)
 
+    # send to the region's leader of the data group when it is in this region (multi-leader:
+    # always; single-leader: only in the leader's region, elsewhere a local node forwards
+    # over the WAN as it must), saving every request the forwarding hop inside the region
+    await client.find_leader(timeout_s=10.0)
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)  # "go": every region starts together
     reporter = asyncio.ensure_future(report())
     try:
-        phase = Phase("closed", float(args.concurrency), args.batch)
-        stats = await run_phase(op, phase, args.duration, args.warmup, LoopClock())
+        level = float(args.concurrency) if args.loop == "closed" else args.rate
+        phase = Phase(args.loop, level, args.batch)
+        # open loop: at most OPEN_OUTSTANDING_MAX in flight; a send that waits counts late
+        stats = await run_phase(
+            op, phase, args.duration, args.warmup, LoopClock(), OPEN_OUTSTANDING_MAX
+        )
     finally:
         reporter.cancel()
         await client.close()
@@ -777,6 +942,8 @@ def _worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--partitions", type=int, required=True)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--loop", choices=("closed", "open"), default="closed")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: requests/s")
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--workload", default="flights")
@@ -805,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--workload", default="flights", choices=("flights", "synthetic"))
+    p.add_argument("--workload", default="flights", choices=WORKLOADS)
     p.add_argument("--leader-region", default=None)
     p.add_argument("--out", default="bench-results")
     a = p.parse_args(args)

@@ -67,6 +67,7 @@ class RegionResult(TypedDict):
     throughput_requests_per_s: NotRequired[float]
     requests_ok: NotRequired[int]
     requests_failed: NotRequired[int]
+    requests_late: NotRequired[int]  # open loop: sends that waited for a free slot
     latency_ms: Percentiles
     latency_cdf: NotRequired[list[list[float]]]  # [[latency_ms, fraction <= it], ...]
     latency_hdr: NotRequired[str]  # hdrhistogram's encode(), microseconds
@@ -84,12 +85,26 @@ class LinkResult(TypedDict):
 class ProcessCpu(TypedDict):
     cpu_s: float
     cpu_pct: NotRequired[float]  # of one core
+    runq_wait_s: NotRequired[float]  # ready to run but waiting for a core (all its threads)
 
 
 class CpuResult(TypedDict):
     processes: NotRequired[dict[str, ProcessCpu]]
     machine_cpu_pct: NotRequired[float]  # of all cores, over the measured window
     cpu_bound: NotRequired[bool]  # machine_cpu_pct > CPU_BOUND_PCT (derived when absent)
+
+
+class OneRegion(TypedDict):
+    """Multi-leader runs only: the first region's nodes alone (no WAN, no geo layer), the same
+    closed loop, measured on the same machine right after: the "one-region figure"."""
+
+    region: str
+    duration_s: float
+    concurrency: NotRequired[int]
+    throughput_events_per_s: float
+    latency_ms: Percentiles
+    fsync_ms: NotRequired[Percentiles]
+    machine_cpu_pct: NotRequired[float]
 
 
 class ComparisonResult(TypedDict):
@@ -100,6 +115,7 @@ class ComparisonResult(TypedDict):
     links: NotRequired[dict[str, LinkResult]]  # key "SRC->DST"
     cpu: NotRequired[CpuResult]
     fsync_ms: NotRequired[Percentiles]  # fsync latency measured in the same run
+    one_region: NotRequired[OneRegion]  # multi-leader: the one-region baseline
 
 
 def is_comparison(doc: Mapping[str, Any]) -> bool:
@@ -172,6 +188,13 @@ def validate_comparison(doc: Any, file: str = "<result>") -> ComparisonResult:
             _check_pairs(file, f"{where}.lag_samples", link["lag_samples"])
     if "fsync_ms" in doc:
         _check_percentiles(file, "fsync_ms", doc["fsync_ms"])
+    if "one_region" in doc:
+        one = doc["one_region"]
+        if not isinstance(one, Mapping) or not isinstance(one.get("region"), str):
+            raise ComparisonError(file, "one_region", "must be an object with a region")
+        if not _number(one.get("throughput_events_per_s")):
+            raise ComparisonError(file, "one_region.throughput_events_per_s", "missing")
+        _check_percentiles(file, "one_region.latency_ms", one.get("latency_ms"))
     cpu = doc.get("cpu", {})
     if not isinstance(cpu, Mapping):
         raise ComparisonError(file, "cpu", "must be an object")
@@ -227,6 +250,8 @@ def region_from_phase(stats: Any) -> RegionResult:
         "requests_failed": int(sum(stats.failed.values())),
         "latency_ms": stats.latency_ms(),
     }
+    if stats.phase.mode == "open":
+        out["requests_late"] = int(stats.late)
     if hist.get_total_count():
         out["latency_cdf"] = cdf_from_histogram(hist)
         out["latency_hdr"] = hist.encode().decode("ascii")

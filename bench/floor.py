@@ -25,7 +25,10 @@ So for an append from region ``r`` whose group is led from region ``L``::
 - single-leader: the voters are every node of every region, ``L`` the leader region.
 
 A replication lag floor is the link's one-way delay (half its RTT): data cannot reach the
-other region sooner.
+other region sooner. The runner measures lag at the home, as the age of the oldest committed
+event the destination has not *acknowledged*; that adds the acknowledgement's trip back, so
+the floor of the measured figure is the round trip (:func:`lag_ack_floor_ms`), and the
+issue's "lag p99 under one-way + 50 ms" reads as measured p99 under RTT + 50 ms.
 
 ``intra_rtt_ms`` overrides every region's intra-region RTT: a local cluster whose WAN emulator
 delays only the links between regions has loopback, not a LAN, inside a region, and passes
@@ -104,6 +107,12 @@ def append_floor_ms(
 def lag_floor_ms(topology: Topology, src: str, dst: str) -> float:
     """The least replication lag on the link ``src -> dst``: its one-way delay."""
     return topology.one_way_ms(src, dst)
+
+
+def lag_ack_floor_ms(topology: Topology, src: str, dst: str) -> float:
+    """The least *acknowledged* lag on ``src -> dst``: the data's one-way trip plus the
+    acknowledgement's way back, one RTT."""
+    return topology.one_way_ms(src, dst) + topology.one_way_ms(dst, src)
 
 
 def ratio(measured: float | None, floor: float | None) -> float | None:

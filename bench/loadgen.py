@@ -68,10 +68,13 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """The event loop's monotonic clock."""
+    """The monotonic clock, read fresh at every call; sleeps are the event loop's.
+
+    Not ``loop.time()``: uvloop's is libuv's cached loop time, in whole milliseconds and
+    frozen for a loop iteration, which rounded every few-ms latency to 1 ms steps."""
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return time.monotonic()
 
     async def sleep_until(self, when: float) -> None:
         delay = when - self.now()
@@ -656,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="client",
         help="client: GeostoreClient / aiohttp; raw: the lean keep-alive HTTP client (JSON)",
     )
-    p.add_argument("--workload", choices=("synthetic", "flights"), default="synthetic")
+    p.add_argument("--workload", choices=("synthetic", "flights", "weather"), default="synthetic")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--phase", type=Phase.parse, action="append", required=True)
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")

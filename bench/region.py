@@ -397,10 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per phase")
     p.add_argument("--phases", nargs="+", default=list(PHASES), help="loadgen phases")
-    p.add_argument("--workload", choices=("synthetic", "flights"), default="synthetic")
     p.add_argument("--client", choices=("raw", "client"), default="raw",
                    help="load generator's HTTP client: raw (lean keep-alive, the default) or "
                    "client (GeostoreClient / aiohttp, a few hundred us more CPU a request)")  # fmt: skip
+    p.add_argument("--workload", choices=("synthetic", "flights", "weather"), default="synthetic")
     p.add_argument("--systems", nargs="+", choices=("geostore", "pysyncobj"),
                    default=["geostore", "pysyncobj"])  # fmt: skip
     p.add_argument("--no-journal", dest="journal", action="store_false",

@@ -8,7 +8,7 @@ benchmarks write, and renders both into ``out_dir/report.md`` plus PNGs beside i
 - **comparison results** (bench/compare_schema.py, one file per mode per setting) are grouped
   by setting - topology, RTT scale, remote write share - so the modes of one setting sit side
   by side. Per group: a table per region (mode, p50, p99, the physical floor, both ratios to
-  it, throughput), the issue's target figures, replication lag per link beside its one-way
+  it, throughput), the issue's target figures, replication lag per link beside its RTT
   floor, WAN bytes raw and compressed, CPU (a run whose machine was over 80% busy is flagged
   CPU-bound), and plots: latency CDF per region per mode, throughput per mode, lag over
   time per link. Settings that differ only in RTT scale also get throughput and p50 against
@@ -40,7 +40,7 @@ from bench.compare_schema import (
     is_comparison,
     validate_comparison,
 )
-from bench.floor import MODES, append_floor_ms, lag_floor_ms, ratio
+from bench.floor import MODES, append_floor_ms, lag_ack_floor_ms, ratio
 from geostore.config import Topology, load_topology, parse_topology
 from geostore.errors import ConfigError, GeostoreError
 
@@ -51,6 +51,7 @@ NOT_MEASURED = "not measured"
 TARGET_THROUGHPUT_X = 10.0
 TARGET_SINGLE_P50_RATIO = 1.3
 TARGET_LAG_SLACK_MS = 50.0
+TARGET_LOCAL_VS_ONE_REGION_X = 2.0
 MODE_COLORS = {"multi-leader": "tab:blue", "single-leader": "tab:orange"}
 MODE_STYLES = {"multi-leader": "-", "single-leader": "--"}
 
@@ -122,10 +123,11 @@ class Run:
         )
 
     def lag_floor_ms(self, src: str, dst: str) -> float | None:
+        """The floor of the measured (commit to acknowledgement) lag: one RTT."""
         if self.topology is None:
             return None
         try:
-            return lag_floor_ms(self.topology, src, dst)
+            return lag_ack_floor_ms(self.topology, src, dst)
         except (KeyError, AssertionError):
             return None
 
@@ -309,10 +311,23 @@ def _plot_cdf(runs: Sequence[Run], regions: Sequence[str], title: str, path: Pat
                 )
                 lows.append(floor)
                 highs.append(floor)
+        for run in runs:
+            one = run.doc.get("one_region")
+            if run.mode == "multi-leader" and isinstance(one, Mapping):
+                base = float(one["latency_ms"]["p50"])
+                ax.axvline(
+                    base,
+                    color="dimgray",
+                    linestyle="-.",
+                    linewidth=1.0,
+                    label=f"one-region p50 ({one['region']} alone): {base:.1f} ms",
+                )
+                lows.append(base)
+                highs.append(base)
         ax.set_title(region)
         ax.set_xlabel("append latency (ms)")
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")  # a CDF leaves its upper left empty
     # one scale for every region, so the panels compare at a glance
     log = bool(lows and highs) and max(highs) / max(min(lows), 1e-9) > 30
     for ax in axes[0]:
@@ -323,6 +338,7 @@ def _plot_cdf(runs: Sequence[Run], regions: Sequence[str], title: str, path: Pat
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
             ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlim(min(lows) * 0.8, max(highs) * 1.25)  # the same range in every panel
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel("fraction of appends ≤ latency")
     fig.suptitle(title + (" (log latency axis)" if log else ""))
@@ -380,17 +396,18 @@ def _plot_lag(runs: Sequence[Run], title: str, path: Path) -> bool:
             if floor is not None:
                 pair = " / ".join(sorted((link["src"], link["dst"])))
                 floors.setdefault(round(floor, 3), pair)
-        for value, pair in sorted(floors.items()):
-            ax.axhline(value, color="gray", linestyle=":", linewidth=1.0)
-            ax.annotate(
-                f"one-way floor {pair}: {value:.1f} ms",
-                xy=(0.01, value),
-                xycoords=("axes fraction", "data"),
-                fontsize=7,
+        # in the legend, one dash pattern each: labels written on the plot overlapped where
+        # two region pairs have near floors
+        dashes = [(1, 2), (4, 2), (4, 2, 1, 2), (1, 5), (6, 3, 1, 3, 1, 3)]
+        for j, (value, pair) in enumerate(sorted(floors.items())):
+            ax.axhline(
+                value,
                 color="dimgray",
-                va="bottom",
+                linewidth=1.0,
+                dashes=dashes[j % len(dashes)],
+                label=f"floor (RTT) {pair}: {value:.1f} ms",
             )
-        ax.set_title(f"{run.label} (dotted: one-way delay floor per region pair)")
+        ax.set_title(f"{run.label}: commit to acknowledgement (gray: its floor, one RTT)")
         ax.set_xlabel("time since the measured window began (s)")
         ax.set_ylabel("replication lag (ms)")
         ax.grid(True, alpha=0.3)
@@ -398,6 +415,44 @@ def _plot_lag(runs: Sequence[Run], title: str, path: Path) -> bool:
     fig.suptitle(title)
     _save(fig, path)
     return True
+
+
+def _plot_overview(groups: Mapping[tuple[str, float, float], Sequence[Run]], path: Path) -> None:
+    """Every setting side by side (region counts, write mixes, scales): aggregate throughput
+    and the worst region's p50, one bar per mode."""
+    plt = _pyplot()
+    # fewest regions first, so a region-count sweep reads left to right
+    keys = sorted(groups, key=lambda k: (max(len(r.doc["regions"]) for r in groups[k]), k))
+    labels = [_group_title(k).replace(", ", "\n") for k in keys]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10.0, 2.4 * len(keys) + 3), 4.6))
+    modes = [m for m in MODES if any(r.mode == m for k in keys for r in groups[k])]
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        xs = [g + (i - (len(modes) - 1) / 2) * width for g in range(len(keys))]
+        tput, worst = [], []
+        for k in keys:
+            run = next((r for r in groups[k] if r.mode == mode), None)
+            tput.append(run.total_throughput() if run else 0.0)
+            p50s = (
+                [float(v["latency_ms"]["p50"]) for v in run.doc["regions"].values()] if run else []
+            )
+            worst.append(max(p50s, default=0.0))
+        color = MODE_COLORS.get(mode)
+        bars = left.bar(xs, tput, width, label=mode, color=color)
+        left.bar_label(bars, labels=[f"{v:,.0f}" for v in tput], fontsize=7, padding=2)
+        bars = right.bar(xs, worst, width, label=mode, color=color)
+        right.bar_label(bars, labels=[f"{v:,.0f}" for v in worst], fontsize=7, padding=2)
+    for ax, ylabel, title in (
+        (left, "aggregate throughput (events/s)", "throughput, all regions"),
+        (right, "append latency p50 (ms), worst region", "p50 of the slowest region"),
+    ):
+        ax.set_xticks(range(len(keys)), labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("Every setting, both modes")
+    _save(fig, path)
 
 
 def _plot_sweep(runs: Sequence[Run], title: str, path: Path) -> None:
@@ -435,7 +490,7 @@ def _plot_sweep(runs: Sequence[Run], title: str, path: Path) -> None:
     left.grid(True, alpha=0.3)
     right.set_xlabel("RTT scale (x the topology's RTTs)")
     right.set_ylabel("append latency p50 (ms)")
-    right.set_title("p50 against RTT scale (solid: multi-leader, dashed: single-leader)")
+    right.set_title("p50 against RTT scale (solid: multi-, dashed: single-leader)")
     right.legend(fontsize=7, loc="upper left")
     right.grid(True, alpha=0.3)
     fig.suptitle(title)
@@ -549,6 +604,22 @@ def _targets(runs: Sequence[Run]) -> list[str]:
             )
         else:
             lines.append(f"- single-leader p50 / floor: {NOT_MEASURED}")
+    if multi and isinstance(multi.doc.get("one_region"), Mapping):
+        one = multi.doc["one_region"]
+        base = float(one["latency_ms"]["p50"])
+        local = {
+            r: float(multi.doc["regions"][r]["latency_ms"]["p50"]) for r in multi.region_names()
+        }
+        worst_region = max(local, key=lambda r: local[r])
+        local_x = ratio(local[worst_region], base)
+        if local_x is not None:
+            verdict = "met" if local_x <= TARGET_LOCAL_VS_ONE_REGION_X else "NOT met"
+            lines.append(
+                f"- multi-leader local append p50 / one-region p50: {local_x:.2f}x, worst region "
+                f"{worst_region} ({local[worst_region]:.1f} ms against {base:.1f} ms: "
+                f"{one['region']} alone, same load; target ≤ {TARGET_LOCAL_VS_ONE_REGION_X:g}x: "
+                f"{verdict})"
+            )
     for run in runs:
         slack = []
         for link in run.doc.get("links", {}).values():
@@ -560,8 +631,11 @@ def _targets(runs: Sequence[Run]) -> list[str]:
             worst = max(slack)
             verdict = "met" if worst < TARGET_LAG_SLACK_MS else "NOT met"
             lines.append(
-                f"- {run.label}: replication lag p99 minus one-way delay, worst link: "
-                f"{worst:.1f} ms (target < {TARGET_LAG_SLACK_MS:g} ms: {verdict})"
+                f"- {run.label}: replication lag p99 minus RTT, worst link: {worst:.1f} ms "
+                f"(target < {TARGET_LAG_SLACK_MS:g} ms: {verdict}; the lag is measured to the "
+                "acknowledgement, so its p99 minus the ack's way back is under one-way + "
+                f"{TARGET_LAG_SLACK_MS:g} ms exactly when its p99 is under RTT + "
+                f"{TARGET_LAG_SLACK_MS:g} ms)"
             )
     return lines
 
@@ -569,23 +643,27 @@ def _targets(runs: Sequence[Run]) -> list[str]:
 def _link_tables(runs: Sequence[Run]) -> list[str]:
     lag_rows, wan_rows = [], []
     for run in runs:
+        # single-leader has no geo layer, so no lag: its rows would only say "not measured"
+        has_lag = any("lag_ms" in v for v in run.doc.get("links", {}).values())
         for key, link in sorted(run.doc.get("links", {}).items()):
             floor = run.lag_floor_ms(link["src"], link["dst"])
             p50, p99 = _get(link, "lag_ms", "p50"), _get(link, "lag_ms", "p99")
-            lag_rows.append(
-                [
-                    key,
-                    run.label,
-                    _num(p50, 2),
-                    _num(p99, 2),
-                    _num(floor, 2),
-                    _vs_floor(p50, floor),
-                    _vs_floor(p99, floor),
-                ]
-            )
+            if has_lag or run.mode != "single-leader":
+                lag_rows.append(
+                    [
+                        key,
+                        run.label,
+                        _num(p50, 2),
+                        _num(p99, 2),
+                        _num(floor, 2),
+                        _vs_floor(p50, floor),
+                        _vs_floor(p99, floor),
+                    ]
+                )
             raw, packed = link.get("wan_bytes_raw"), link.get("wan_bytes_compressed")
             squeeze = f"{raw / packed:.1f}x" if raw and packed else NOT_MEASURED
-            wan_rows.append([key, run.label, _bytes(raw), _bytes(packed), squeeze])
+            wire = link.get("wan_bytes_wire")
+            wan_rows.append([key, run.label, _bytes(raw), _bytes(packed), squeeze, _bytes(wire)])
     out = ["#### Replication lag", ""]
     if lag_rows:
         out += _table(
@@ -594,7 +672,7 @@ def _link_tables(runs: Sequence[Run]) -> list[str]:
                 "mode",
                 "p50 (ms)",
                 "p99 (ms)",
-                "one-way floor (ms)",
+                "floor: RTT (ms)",
                 "p50 / floor",
                 "p99 / floor",
             ],
@@ -604,7 +682,13 @@ def _link_tables(runs: Sequence[Run]) -> list[str]:
         out.append(NOT_MEASURED)
     out += ["", "#### WAN bytes", ""]
     if wan_rows:
-        out += _table(["link", "mode", "raw", "compressed", "ratio"], wan_rows)
+        out += [
+            "Raw and compressed: the geo shipper's batch payloads (CBOR, then zstd); wire: every "
+            "byte the WAN emulator carried on the link in that direction (framing, heartbeats, "
+            "acks and, single-leader, all Raft traffic and forwarded requests included).",
+            "",
+        ]
+        out += _table(["link", "mode", "raw", "compressed", "ratio", "wire"], wan_rows)
     else:
         out.append(NOT_MEASURED)
     return [*out, ""]
@@ -627,13 +711,26 @@ def _cpu_lines(runs: Sequence[Run]) -> list[str]:
             flag = f"machine at {_num(pct)}% CPU (not CPU-bound)"
         out.append(f"- {run.label}: {flag}")
         procs = cpu.get("processes") or {}
+        waits = [float(p["runq_wait_s"]) for p in procs.values() if "runq_wait_s" in p]
+        oncpu = [float(p["cpu_s"]) for p in procs.values() if "runq_wait_s" in p]
+        if waits and sum(oncpu) > 0:
+            out.append(
+                f"- {run.label}: the measured processes waited {sum(waits):,.1f} s for a core "
+                f"while they ran {sum(oncpu):,.1f} s ({sum(waits) / sum(oncpu):.1f} s waiting per "
+                "second of CPU): time a request spends queued behind other processes"
+            )
         if procs:
             out += [
                 "",
                 *_table(
-                    ["process", "CPU seconds", "CPU % of one core"],
+                    ["process", "CPU seconds", "CPU % of one core", "run-queue wait (s)"],
                     [
-                        [name, _num(p.get("cpu_s"), 2), _num(p.get("cpu_pct"))]
+                        [
+                            name,
+                            _num(p.get("cpu_s"), 2),
+                            _num(p.get("cpu_pct")),
+                            _num(p.get("runq_wait_s"), 2),
+                        ]
                         for name, p in sorted(procs.items())
                     ],
                 ),
@@ -646,6 +743,7 @@ def _environment_lines(paths_envs: Sequence[tuple[Path, Mapping[str, Any]]]) -> 
     rows = []
     for path, env in paths_envs:
         commit = env.get("git_commit")
+        load = env.get("load_average")
         rows.append(
             [
                 path.name,
@@ -654,12 +752,14 @@ def _environment_lines(paths_envs: Sequence[tuple[Path, Mapping[str, Any]]]) -> 
                 str(env.get("python", NOT_MEASURED)),
                 commit[:12] if isinstance(commit, str) else NOT_MEASURED,
                 str(env.get("timestamp_utc", NOT_MEASURED)),
+                " / ".join(f"{x:g}" for x in load) if isinstance(load, list) else NOT_MEASURED,
             ]
         )
+    headers = ["result file", "CPUs", "platform", "Python", "commit", "UTC time"]
     return [
         "## Environment",
         "",
-        *_table(["result file", "CPUs", "platform", "Python", "commit", "UTC time"], rows),
+        *_table([*headers, "load average 1/5/15 min"], rows),
         "",
     ]
 
@@ -748,6 +848,10 @@ def render_report(
             rows,
         )
         lines.append("")
+        if plots and len(groups) >= 2:
+            png = "overview.png"
+            _plot_overview(groups, out / png)
+            lines += [f"![throughput and worst p50 per setting]({png})", ""]
 
     for key, runs in sorted(groups.items()):
         title = _group_title(key)

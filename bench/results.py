@@ -56,6 +56,8 @@ def environment() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "git_commit": _git_commit(),
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # how busy the machine was (runnable and disk-waiting tasks, 1/5/15 min averages)
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 

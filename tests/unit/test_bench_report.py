@@ -24,7 +24,7 @@ from bench.compare_schema import (
     region_from_phase,
     validate_comparison,
 )
-from bench.floor import append_floor_ms, lag_floor_ms, quorum_rtt_ms, ratio
+from bench.floor import append_floor_ms, lag_ack_floor_ms, lag_floor_ms, quorum_rtt_ms, ratio
 from bench.report import ReportError, render_report, written_files
 from bench.results import Metric, Result, environment, percentiles
 from geostore.codec import compress, dumps_plain
@@ -92,6 +92,8 @@ def test_floors_follow_rtt_scale_and_region_sizes() -> None:
 def test_lag_floor_and_ratio() -> None:
     assert lag_floor_ms(THREE, "us-east-1", "ap-southeast-1") == pytest.approx(109.45)
     assert lag_floor_ms(THREE.scaled(2), "us-east-1", "eu-west-1") == pytest.approx(69.6)
+    # measured at the home, to the acknowledgement: the floor is the round trip
+    assert lag_ack_floor_ms(THREE, "us-east-1", "ap-southeast-1") == pytest.approx(218.9)
     assert ratio(6.0, 3.0) == 2.0
     assert ratio(None, 3.0) is None and ratio(1.0, None) is None and ratio(1.0, 0.0) is None
 
@@ -239,18 +241,20 @@ def test_report_renders_comparison(results_dir: tuple[Path, list[Path]]) -> None
         "latency-cdf-three-continents-x0.png",
         "throughput-three-continents-x0.png",
         "sweep-three-continents.png",
+        "overview.png",  # two settings (RTT x1 and x0): every setting side by side
     ):
         _assert_png(work / "out" / png)
         assert f"({png})" in text
     files = written_files(report)
-    assert len(files) == 7 and all(f.exists() for f in files)  # report + 6 plots
+    assert len(files) == 8 and all(f.exists() for f in files)  # report + 7 plots
     assert not (work / "out" / "lag-three-continents-x0.png").exists()
     assert "Lag over time: not measured." in text
     assert "| mode | p50 (ms) | p99 (ms) | floor (ms) | p50 / floor | p99 / floor |" in text
-    assert "| link | mode | p50 (ms) | p99 (ms) | one-way floor (ms) |" in text
-    assert "| link | mode | raw | compressed | ratio |" in text
+    assert "| link | mode | p50 (ms) | p99 (ms) | floor: RTT (ms) |" in text
+    assert "| link | mode | raw | compressed | ratio | wire |" in text
     assert "## three-continents, RTT x1" in text and "## RTT sweep, three-continents" in text
     assert "**ap-southeast-1**" in text and "## Environment" in text
+    assert "load average 1/5/15 min" in text and " / " in text.split("## Environment")[1]
     # the floor printed beside the p50 is the one bench/floor.py computes from the run's fsync
     doc = json.loads(paths[1].read_text())  # single-leader, x1
     floor = append_floor_ms(
@@ -275,6 +279,33 @@ def test_report_cpu_bound_flag(results_dir: tuple[Path, list[Path]], tmp_path: P
     text = report.read_text()
     assert "**CPU-bound**" in text and "| yes |" in text  # the overview's CPU-bound column
     assert written_files(report) == [report]  # tables only
+
+
+def test_report_states_the_one_region_target(
+    results_dir: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    _, paths = results_dir
+    doc = json.loads(paths[0].read_text())  # multi-leader, x1
+    assert doc["config"]["mode"] == "multi-leader"
+    worst = max(doc["regions"], key=lambda r: doc["regions"][r]["latency_ms"]["p50"])
+    p50 = doc["regions"][worst]["latency_ms"]["p50"]
+    doc["one_region"] = {
+        "region": "us-east-1",
+        "duration_s": 1.0,
+        "throughput_events_per_s": 10.0,
+        "latency_ms": {"p50": p50 / 4, "p99": p50},  # the worst region at 4x: not met
+    }
+    doc["links"]["us-east-1->eu-west-1"]["wan_bytes_wire"] = 123_456
+    validate_comparison(doc)
+    p = tmp_path / "ml.json"
+    p.write_text(json.dumps(doc))
+    text = render_report([p], tmp_path / "out", plots=False).read_text()
+    assert f"one-region p50: 4.00x, worst region {worst}" in text
+    assert "target ≤ 2x: NOT met" in text
+    assert "| 120.6 KiB |" in text  # the emulator's wire bytes of that link
+    doc["one_region"] = {"region": "us-east-1"}  # no figures
+    with pytest.raises(ComparisonError, match="one_region"):
+        validate_comparison(doc)
 
 
 def test_report_minimal_comparison_says_not_measured(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def test_result_captures_environment() -> None:
     env = doc["environment"]
     assert env["cpu_count"] >= 1 and env["python"].count(".") == 2
     assert env["timestamp_utc"].endswith("Z")
+    assert len(env["load_average"]) == 3 and all(x >= 0 for x in env["load_average"])
     assert "git_commit" in env  # None outside a git checkout
 
 

@@ -24,8 +24,10 @@ from bench.compare import (
     parse_histogram,
     parse_proc_pid_stat,
     parse_proc_stat,
+    parse_schedstat,
     percentiles_of,
     summary_line,
+    wire_bytes_per_link,
 )
 from bench.compare_schema import ComparisonError, validate_comparison
 from geostore.config import parse_topology
@@ -35,9 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _spin(seconds: float) -> int:
-    end = time.monotonic() + seconds
+    """Burn ``seconds`` of this process's CPU time (not wall time: on a loaded machine a
+    wall-clock spin may get little CPU)."""
+    end = time.process_time() + seconds
     n = 0
-    while time.monotonic() < end:
+    while time.process_time() < end:
         n += 1
     return n
 
@@ -143,3 +147,50 @@ def test_compare_stream_is_homed_once_per_region() -> None:
     assert spec.partitions == 3
     homes = {int(p): str(r) for p, r in dict(spec.homes).items()}
     assert homes == {0: "us-east-1", 1: "eu-west-1", 2: "ap-southeast-1"}
+
+
+async def test_wire_bytes_count_both_streams_of_every_proxy_per_direction() -> None:
+    """The emulator's own metrics text: proxy "a->b1" carries connections region a opened to
+    node b1; its upstream bytes went a -> b, its downstream bytes (answers) b -> a."""
+    from netem.api import Netem
+
+    netem = Netem()
+    for name in ("a->b1", "a->b2", "b->a1"):
+        await netem.create({"name": name, "listen": "127.0.0.1:0", "upstream": "x:1",
+                            "enabled": False})  # fmt: skip
+    counts = {
+        ("a->b1", "upstream"): 100,
+        ("a->b1", "downstream"): 7,
+        ("a->b2", "upstream"): 50,
+        ("b->a1", "upstream"): 30,
+        ("b->a1", "downstream"): 3,
+    }
+    for (name, stream), value in counts.items():
+        netem.proxies[name].counters[stream].received = value
+        netem.proxies[name].counters[stream].sent = value + 1000  # not what is counted
+    wire = wire_bytes_per_link(netem.metrics_text(), {"b1": "b", "b2": "b", "a1": "a"})
+    assert wire == {("a", "b"): 100 + 50 + 3, ("b", "a"): 7 + 30}
+    # a proxy whose node the cluster does not know is left out
+    assert wire_bytes_per_link(netem.metrics_text(), {"b1": "b"}) == {
+        ("a", "b"): 100,
+        ("b", "a"): 7,
+    }
+
+
+def test_run_queue_wait_from_real_schedstat_reads() -> None:
+    path = Path(f"/proc/self/task/{os.getpid()}/schedstat")
+    if not path.exists():
+        pytest.skip("kernel without schedstats")
+    first = parse_schedstat(path.read_text())
+    _spin(0.05)
+    second = parse_schedstat(path.read_text())
+    assert 0 <= first <= second  # a counter of seconds, only growing
+    cpu = cpu_result(
+        {"n": 1.0}, {"n": 1.5}, (0, 100), (50, 200), 1.0, {"n": first}, {"n": first + 0.25}
+    )
+    assert cpu["processes"]["n"] == {"cpu_s": 0.5, "cpu_pct": 50.0, "runq_wait_s": 0.25}
+    assert cpu["machine_cpu_pct"] == 50.0 and cpu["cpu_bound"] is False
+    assert (
+        "runq_wait_s"
+        not in cpu_result({"n": 1.0}, {"n": 2.0}, (0, 1), (1, 2), 1.0)["processes"]["n"]
+    )

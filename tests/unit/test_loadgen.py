@@ -14,6 +14,7 @@ import pytest
 
 from bench.loadgen import (
     CpuSampler,
+    LoopClock,
     Phase,
     PhaseStats,
     VirtualClock,
@@ -209,3 +210,39 @@ def test_flights_workload_reads_the_real_rows() -> None:
     assert first["ts"] == 1_357_035_300_000_000  # 2013-01-01 05:15 New York
     assert second["body"]["origin"] == second["key"]
     assert all(type(v) in (int, str, type(None)) for v in first["body"].values())
+
+
+def test_weather_workload_reads_the_real_rows_in_hour_order() -> None:
+    from bench.workloads import WEATHER_ROWS, endless, weather
+
+    events = list(weather())
+    assert len(events) == WEATHER_ROWS
+    first = events[0]
+    # the file's first row: EWR, 2013-01-01 01:00 local = 06:00 UTC
+    assert first["key"] == "EWR" and first["body"]["time_hour"] == "2013-01-01T06:00:00Z"
+    assert first["ts"] == 1_357_020_000_000_000
+    assert first["body"]["wind_gust"] is None and first["body"]["temp"] == 39.02
+    assert [e["key"] for e in events[:3]] == ["EWR", "JFK", "LGA"]  # stations interleave
+    assert all(a["ts"] <= b["ts"] for a, b in itertools.pairwise(events))
+    assert {e["key"] for e in events} == {"EWR", "JFK", "LGA"}
+    looped = list(itertools.islice(endless("weather"), WEATHER_ROWS + 2))
+    assert looped[WEATHER_ROWS] == first  # endless wraps around to the first observation
+    with pytest.raises(ValueError, match="weather"):
+        endless("nope")
+
+
+def test_loop_clock_reads_below_a_millisecond() -> None:
+    """uvloop's loop.time() moves in whole milliseconds; the load generator's clock must not."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def smallest_step() -> float:
+        clock = LoopClock()
+        steps = []
+        for _ in range(50):  # the smallest of many, so a preemption between reads is harmless
+            a = clock.now()
+            while (b := clock.now()) == a:
+                pass
+            steps.append(b - a)
+        return min(steps)
+
+    assert uvloop.run(smallest_step()) < 0.0005
