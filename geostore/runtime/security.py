@@ -23,7 +23,8 @@ Whatever the posture, an authenticated link only proves *who* sent a message, so
 inbound message is checked against what that sender may say (:meth:`NodeSecurity.admit`):
 
 * a Raft message must name its link's peer as ``src`` (no relaying, no spoofing), and in
-  multi-leader mode come from a node of this region (the regional group's members);
+  multi-leader mode come from a node of this region (the regional group's members), unless
+  it belongs to the metadata group, whose members span every region;
 * a geo envelope must come from a node of the envelope's ``src_region``.
 
 A refused message changes nothing; it is counted per reason
@@ -54,6 +55,7 @@ from geostore.runtime.guard import (
     write_deadline_middleware,
 )
 from geostore.runtime.http import error_response
+from geostore.runtime.meta import META_GROUP
 from geostore.runtime.metrics import NodeMetrics
 from geostore.transport.auth import PRINCIPAL, Handler, auth_middleware, certificate_principal
 from geostore.transport.certs import NodeTls
@@ -165,6 +167,8 @@ class NodeSecurity:
         src = getattr(msg, "src", None)
         if src is not None and src != peer:
             return self._refuse(REFUSED_SPOOFED, peer, f"a message naming {src!r} as its sender")
+        if getattr(msg, "group", None) == META_GROUP and self.is_member(peer):
+            return True  # the metadata group spans every region: any member may speak in it
         if not self.single_leader and self.peer_region(peer) != self.region:
             return self._refuse(REFUSED_FOREIGN, peer, "a Raft message for another region")
         return True

@@ -1,6 +1,7 @@
 """Proves the sender checks of a node (NodeSecurity.admit) over generated senders and messages:
 a geo envelope is admitted only from a node of its source region, a Raft message only when its
-src is the link's peer and (multi-leader) the peer is of this region; every refusal is counted
+src is the link's peer and (multi-leader) the peer is of this region, except in the metadata
+group, whose members span the regions; every refusal is counted
 by reason in the metrics; and a token file without certificates is refused at construction."""
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def test_raft_messages_only_from_their_sender_and_region(peer: str, src: str, si
     expected = src == peer and (single or region_of(peer) == "a")
     assert admitted == expected
     assert sum(sec.refused.values()) == (0 if admitted else 1)
+
+
+@given(peer=st.sampled_from(PEERS), src=st.sampled_from(PEERS))
+def test_metadata_group_messages_from_any_member(peer: str, src: str) -> None:
+    sec = security()
+    vote = RequestVote(GroupId("meta"), NodeId(src), NodeId("a1"), 5, 0, 0, False, False)
+    admitted = sec.admit(NodeId(peer), vote)
+    assert admitted == (src == peer and region_of(peer) is not None)
 
 
 def test_refusals_reach_the_metrics() -> None:
