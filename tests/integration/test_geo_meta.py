@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration import secure
+
 pytestmark = pytest.mark.timeout(150)
 
 TOPOLOGY = """
@@ -80,7 +82,7 @@ def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with secure.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
@@ -119,7 +121,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     info: dict[str, Any] = {}
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        info = json.loads((folder / "cluster.json").read_text())
+        info = secure.register(folder)  # TLS and the admin token, as cluster up made them
         info["folder"] = str(folder)
         yield info
     finally:
