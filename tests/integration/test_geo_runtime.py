@@ -225,7 +225,7 @@ def test_small_batches_name_a_trained_dictionary_and_apply_lag_is_measured(
     (row,) = [r for r in status["replication_lag"] if r["direction"] == "in"
               and (r["stream"], r["partition"], r["source"]) == ("s", 0, "a")]  # fmt: skip
     assert row["events_measured"] >= 20 and row["p99_ms"] >= row["p50_ms"] >= 15, row
-    metrics = urllib.request.urlopen(f"{b['api']}/metrics", timeout=10).read().decode()
+    metrics = secure.urlopen(f"{b['api']}/metrics", timeout=10).read().decode()
     assert 'geostore_geo_apply_lag_seconds_count{partition="0",source="a",stream="s"}' in metrics
 
 
