@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 HELP = "seeded deterministic simulation runs with invariant checkers"
 
@@ -150,59 +152,82 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed or l1_failed else 0
 
 
+class _Progress:
+    """Per finished seed: print a failure at once (with its replay line), and on a terminal a
+    running seeds/s line; ``finish`` prints the coverage totals and returns the elapsed time."""
+
+    def __init__(self, label: str, total: int, format_failure: Any, verbose: bool) -> None:
+        self.label = label
+        self.total = total
+        self.format_failure = format_failure
+        self.verbose = verbose
+        self.began = time.monotonic()
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, result: Any) -> None:
+        self.done += 1
+        if not result.passed:
+            print(self.format_failure(result), flush=True)
+        elif self.verbose:
+            print(f"ok seed {result.seed}: {result.plan}")
+        if self.tty and (self.done % 10 == 0 or self.done == self.total):
+            rate = self.done / max(time.monotonic() - self.began, 1e-9)
+            print(
+                f"\r{self.done}/{self.total} {self.label} runs, {rate:.1f} seeds/s",
+                end="",
+                file=sys.stderr,
+            )
+
+    def finish(self, results: Sequence[Any]) -> float:
+        elapsed = time.monotonic() - self.began
+        if self.tty:
+            print(file=sys.stderr)
+        totals: dict[str, int] = {}
+        for r in results:
+            for name, n in r.coverage.items():
+                totals[name] = totals.get(name, 0) + n
+        for name in sorted(totals):
+            print(f"  {name:28} {totals[name]:>10}")
+        return elapsed
+
+    def summary(self, results: Sequence[Any], elapsed: float, jobs: int) -> int:
+        """Print the closing lines; the number of failed seeds."""
+        failed = sum(1 for r in results if not r.passed)
+        print(
+            f"{len(results)} {self.label} runs in {elapsed:.1f} s with {jobs} jobs: "
+            f"{len(results) / max(elapsed, 1e-9):.1f} seeds/s"
+        )
+        print(f"{len(results) - failed} passed, {failed} failed")
+        return failed
+
+
+def _start_seed(args: argparse.Namespace) -> int:
+    from geostore.sim.runner import commit_start_seed
+
+    if args.ci:
+        return commit_start_seed(Path.cwd())
+    return args.start if args.start is not None else 0
+
+
 def _run_geo(args: argparse.Namespace) -> int:
     """``--geo``: seeds of the geo simulation (the geo core over a seeded WAN, crashes on both
     sides, link faults, corrupt and stale batches; checkers G1-G5, G9, G10)."""
-    from geostore.sim.geo import (
-        GEO_UNSAFE,
-        GeoRunResult,
-        format_failure,
-        missing_coverage,
-        run_geo_range,
-    )
-    from geostore.sim.runner import commit_start_seed, default_jobs
+    from geostore.sim.geo import GEO_UNSAFE, format_failure, missing_coverage, run_geo_range
+    from geostore.sim.runner import default_jobs
 
     if args.geo_unsafe is not None and args.geo_unsafe not in GEO_UNSAFE:
         print(f"geostore sim: error: --geo-unsafe must be one of {', '.join(GEO_UNSAFE)}")
         return 2
     mode = args.mode if args.mode in ("safety", "liveness") else None
-    start = args.start if args.start is not None else 0
-    if args.ci:
-        start = commit_start_seed(Path.cwd())
     jobs = args.jobs or default_jobs()
-    began = time.monotonic()
-    done = 0
-    tty = sys.stderr.isatty()
-
-    def report(result: GeoRunResult) -> None:
-        nonlocal done
-        done += 1
-        if not result.passed:
-            print(format_failure(result), flush=True)
-        if tty and (done % 10 == 0 or done == args.seeds):
-            rate = done / max(time.monotonic() - began, 1e-9)
-            print(f"\r{done}/{args.seeds} geo runs, {rate:.1f} seeds/s", end="", file=sys.stderr)
-
-    results = run_geo_range(start, args.seeds, mode, args.geo_unsafe, jobs, report)
-    elapsed = time.monotonic() - began
-    if tty:
-        print(file=sys.stderr)
-    totals: dict[str, int] = {}
-    for r in results:
-        for name, n in r.coverage.items():
-            totals[name] = totals.get(name, 0) + n
-    for name in sorted(totals):
-        print(f"  {name:28} {totals[name]:>10}")
+    progress = _Progress("geo", args.seeds, format_failure, verbose=False)
+    results = run_geo_range(_start_seed(args), args.seeds, mode, args.geo_unsafe, jobs, progress)
+    elapsed = progress.finish(results)
     zero = missing_coverage(results)
     if zero and len(results) >= 100:
         print(f"coverage: never reached: {', '.join(zero)}")
-    failed = [r for r in results if not r.passed]
-    print(
-        f"{len(results)} geo runs in {elapsed:.1f} s with {jobs} jobs: "
-        f"{len(results) / max(elapsed, 1e-9):.1f} seeds/s"
-    )
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
+    return 1 if progress.summary(results, elapsed, jobs) else 0
 
 
 def _run_failover(args: argparse.Namespace) -> int:
@@ -210,47 +235,21 @@ def _run_failover(args: argparse.Namespace) -> int:
     failover, failback with quarantine, planned moves; checkers G5-G8)."""
     from geostore.sim.failover import (
         FO_UNSAFE,
-        FoRunResult,
         format_failure,
         missing_coverage,
         run_failover_range,
     )
-    from geostore.sim.runner import commit_start_seed, default_jobs
+    from geostore.sim.runner import default_jobs
 
     if args.failover_unsafe is not None and args.failover_unsafe not in FO_UNSAFE:
         print(f"geostore sim: error: --failover-unsafe must be one of {', '.join(FO_UNSAFE)}")
         return 2
-    start = args.start if args.start is not None else 0
-    if args.ci:
-        start = commit_start_seed(Path.cwd())
     jobs = args.jobs or default_jobs()
-    began = time.monotonic()
-    done = 0
-    tty = sys.stderr.isatty()
-
-    def report(result: FoRunResult) -> None:
-        nonlocal done
-        done += 1
-        if not result.passed:
-            print(format_failure(result), flush=True)
-        elif args.verbose:
-            print(f"ok seed {result.seed}: {result.plan}")
-        if tty and (done % 10 == 0 or done == args.seeds):
-            rate = done / max(time.monotonic() - began, 1e-9)
-            print(
-                f"\r{done}/{args.seeds} failover runs, {rate:.1f} seeds/s", end="", file=sys.stderr
-            )
-
-    results = run_failover_range(start, args.seeds, args.failover_unsafe, jobs, report)
-    elapsed = time.monotonic() - began
-    if tty:
-        print(file=sys.stderr)
-    totals: dict[str, int] = {}
-    for r in results:
-        for name, n in r.coverage.items():
-            totals[name] = totals.get(name, 0) + n
-    for name in sorted(totals):
-        print(f"  {name:28} {totals[name]:>10}")
+    progress = _Progress("failover", args.seeds, format_failure, verbose=args.verbose)
+    results = run_failover_range(
+        _start_seed(args), args.seeds, args.failover_unsafe, jobs, progress
+    )
+    elapsed = progress.finish(results)
     rpo = sorted(x for r in results for x in r.rpo_ms)
     pauses = sorted(x for r in results for x in r.pauses_ms)
     if rpo:
@@ -263,10 +262,5 @@ def _run_failover(args: argparse.Namespace) -> int:
     zero = missing_coverage(results)
     if zero and len(results) >= 60:
         print(f"coverage: never reached: {', '.join(zero)}")
-    failed = [r for r in results if not r.passed]
-    print(
-        f"{len(results)} failover runs in {elapsed:.1f} s with {jobs} jobs: "
-        f"{len(results) / max(elapsed, 1e-9):.1f} seeds/s"
-    )
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    failed = progress.summary(results, elapsed, jobs)
     return 1 if failed or (zero and len(results) >= 60) else 0
