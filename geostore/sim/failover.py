@@ -53,7 +53,6 @@ import bisect
 import hashlib
 import heapq
 import math
-import multiprocessing
 import random
 import time
 from collections import Counter
@@ -63,6 +62,7 @@ from typing import Any
 
 from geostore.errors import ApiError, ErrorCode
 from geostore.ids import Epoch, LogIndex, PartitionId, RegionId, Seq, StreamName
+from geostore.sim.pool import run_pool
 from geostore.store import (
     AppendResult,
     ApplyRemote,
@@ -984,20 +984,7 @@ def run_failover_range(
 ) -> list[FoRunResult]:
     """Run seeds ``start .. start+count-1`` in ``jobs`` processes; results sorted by seed."""
     specs = [(s, unsafe) for s in range(start, start + count)]
-    out: list[FoRunResult] = []
-    if jobs <= 1 or count <= 1:
-        for spec in specs:
-            res = _run_spec(spec)
-            out.append(res)
-            if on_result is not None:
-                on_result(res)
-    else:
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(processes=min(jobs, count)) as pool:
-            for res in pool.imap_unordered(_run_spec, specs, chunksize=1):
-                out.append(res)
-                if on_result is not None:
-                    on_result(res)
+    out = run_pool(_run_spec, specs, jobs, on_result)
     out.sort(key=lambda r: r.seed)
     return out
 

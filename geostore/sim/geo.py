@@ -39,7 +39,6 @@ import bisect
 import dataclasses
 import hashlib
 import heapq
-import multiprocessing
 import random
 import sys
 import time
@@ -81,6 +80,7 @@ from geostore.geo import (
 )
 from geostore.ids import Epoch, NodeId, PartitionId, RegionId, Seq, StreamName
 from geostore.sim.network import SimNetwork
+from geostore.sim.pool import run_pool
 
 #: safety: 4-9 faults in the window, convergence within ``safety_catchup_ms`` of the heal;
 #: liveness: 2-5 faults, convergence (G9) within the tighter ``catchup_ms``.
@@ -990,21 +990,9 @@ def run_geo_range(
 ) -> list[GeoRunResult]:
     """Run seeds ``start .. start+count-1`` in ``jobs`` processes; results sorted by seed."""
     specs = [(s, mode, unsafe) for s in range(start, start + count)]
-    out: list[GeoRunResult] = []
-    if jobs <= 1 or count <= 1:
-        for spec in specs:
-            res = _run_spec(spec)
-            out.append(res)
-            if on_result is not None:
-                on_result(res)
-    else:
+    if jobs > 1 and count > 1:
         sim_dictionary()  # trained once, inherited by the forked workers
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(processes=min(jobs, count)) as pool:
-            for res in pool.imap_unordered(_run_spec, specs, chunksize=1):
-                out.append(res)
-                if on_result is not None:
-                    on_result(res)
+    out = run_pool(_run_spec, specs, jobs, on_result)
     out.sort(key=lambda r: r.seed)
     return out
 

@@ -11,12 +11,12 @@ the regression list (every seed that ever failed) always run too.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from geostore.sim.pool import run_pool
 from geostore.sim.simulation import MODES, UNSAFE_SWITCHES, SeedOutcome, SeedSpec, run_seed
 
 #: Used when git is unavailable (a source tarball), so the CI set is still fixed.
@@ -125,21 +125,7 @@ def run_many(
 ) -> list[SeedOutcome]:
     """Run every spec (``jobs`` processes; 1 runs in this process) and return their outcomes
     sorted by (seed, nodes, mode)."""
-    outcomes: list[SeedOutcome] = []
-
-    def collect(results: Iterable[SeedOutcome]) -> None:
-        for outcome in results:
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
-
-    if jobs <= 1 or len(specs) <= 1:
-        collect(run_seed(spec) for spec in specs)
-    else:
-        # fork: workers inherit the imported modules, so starting them costs milliseconds.
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(processes=min(jobs, len(specs))) as pool:
-            collect(pool.imap_unordered(run_seed, specs, chunksize=1))
+    outcomes = run_pool(run_seed, specs, jobs, on_outcome)
     outcomes.sort(key=lambda o: (o.spec.seed, o.spec.nodes, o.spec.mode))
     return outcomes
 
