@@ -481,7 +481,8 @@ class NodeRuntime:
             "node": self.node_id,
             "region": self.region,
             "mode": self.mode,
-            "api": f"http://{self.host}:{self.port}",
+            "api": self.security.url(f"http://{self.host}:{self.port}"),
+            "tls": self.security.secure,
             "uptime_s": round(time.time() - self.started_at, 3),
             "stopping": self.stopping,
             # data groups only: the metadata group is under "meta"

@@ -187,6 +187,8 @@ def test_cluster_up_made_owner_only_credentials(cluster: dict[str, Any]) -> None
     assert (folder / "certs").stat().st_mode & 0o777 == 0o700
     assert all(n["api"].startswith("https://") for i in cluster["regions"].values()
                for n in i["nodes"])  # fmt: skip
+    st = status(cluster, "a1")  # the node says how it serves, as cluster.json does
+    assert st["tls"] is True and st["api"].startswith("https://"), st["api"]
 
 
 def test_a_process_without_a_node_certificate_cannot_join_or_send(
