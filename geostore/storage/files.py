@@ -217,7 +217,9 @@ class FileSnapshotStore:
 
     def _remove_older_than(self, seq: int) -> None:
         removed = False
-        for name in self.fs.listdir(self.dir):
+        # meta files first: a crash part-way must leave data without its meta (never
+        # committed, removed at recovery), never a meta whose data is gone
+        for name in sorted(self.fs.listdir(self.dir), key=lambda n: not n.endswith(".snapmeta")):
             stem = name.split(".", 1)[0]
             if stem.isdigit() and int(stem) < seq:
                 self.fs.unlink(os.path.join(self.dir, name))
