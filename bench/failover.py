@@ -599,6 +599,9 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[MoveRow], list
             await _any_ok(http, c.apis(c.regions[0]), "POST", "/v1/streams", {
                 "name": STREAM, "partitions": len(homes),
                 "homes": {str(p): r for p, r in homes.items()}})  # fmt: skip
+            # every region holds the stream before its writer starts
+            for region in c.regions:
+                await mirrored(c, http, region, {p: 1 for p in homes})
             load = Load(c, args.rate, dict(homes))
             writers = [asyncio.create_task(load.writer(http, p)) for p in homes]
             try:
@@ -647,23 +650,24 @@ def to_result(
     check: dict[str, Any],
 ) -> Result:
     metrics: list[Metric] = []
-    pause = percentiles([m.pause_ms for m in moves])
-    metrics += [
-        Metric("move_pause_p50_ms", pause["p50"], "ms", MOVE_PAUSE_P50_MS, "lower"),
-        Metric("move_pause_p99_ms", pause["p99"], "ms", better="lower"),
-    ]
-    for phase in ("fencing", "draining", "bumping"):
-        got = percentiles([m.pauses_ms.get(phase, 0.0) for m in moves])
+    if moves:
+        pause = percentiles([m.pause_ms for m in moves])
         metrics += [
-            Metric(f"move_{phase}_p50_ms", got["p50"], "ms", better="lower"),
-            Metric(f"move_{phase}_p99_ms", got["p99"], "ms", better="lower"),
+            Metric("move_pause_p50_ms", pause["p50"], "ms", MOVE_PAUSE_P50_MS, "lower"),
+            Metric("move_pause_p99_ms", pause["p99"], "ms", better="lower"),
         ]
-    gap = percentiles([m.client_gap_ms for m in moves])
-    metrics += [
-        Metric("move_client_gap_p50_ms", gap["p50"], "ms", better="lower"),
-        Metric("move_client_gap_p99_ms", gap["p99"], "ms", better="lower"),
-        Metric("move_moving_503", sum(m.moving_503 for m in moves), "answers", better="lower"),
-    ]
+        for phase in ("fencing", "draining", "bumping"):
+            got = percentiles([m.pauses_ms.get(phase, 0.0) for m in moves])
+            metrics += [
+                Metric(f"move_{phase}_p50_ms", got["p50"], "ms", better="lower"),
+                Metric(f"move_{phase}_p99_ms", got["p99"], "ms", better="lower"),
+            ]
+        gap = percentiles([m.client_gap_ms for m in moves])
+        metrics += [
+            Metric("move_client_gap_p50_ms", gap["p50"], "ms", better="lower"),
+            Metric("move_client_gap_p99_ms", gap["p99"], "ms", better="lower"),
+            Metric("move_moving_503", sum(m.moving_503 for m in moves), "answers", better="lower"),
+        ]
     if failovers:
         over = [f.rpo_ms - f.bound_ms for f in failovers]
         metrics += [
