@@ -265,13 +265,18 @@ def test_streams_exist_in_every_region_and_status_shows_lag(cluster: dict[str, A
     lag = [r for r in status["replication_lag"] if r["stream"] == "s" and r["partition"] == 0]
     assert lag and lag[0]["destination"] == "b"
     assert {"events", "ms", "inflight_batches"} <= set(lag[0])
-    assert status["geo"]["shipper"]["bytes_raw"] > 0
+    shipper = status["geo"]["shipper"]
+    assert shipper["bytes_raw"] > 0
+    # two regions: b is a's only destination, so its own counters are the totals
+    assert set(shipper["destinations"]) == {"b"}
+    assert shipper["destinations"]["b"]["bytes_raw"] == shipper["bytes_raw"]
     incoming = {(r["stream"], r["partition"]): r for r in status["geo"]["incoming"]}
     assert incoming[("s", 1)]["source"] == "b" and ("s", 0) not in incoming
     again = ok(f"{a}/v1/streams", {"name": "made-in-b", "partitions": 3})
     assert {h["partition"]: h["home"] for h in again["homes"]} == homes
     metrics = secure.urlopen(f"{a}/metrics", timeout=10).read().decode()
     assert 'geostore_geo_lag_events{destination="b",partition="0",stream="s"}' in metrics
+    assert 'geostore_geo_shipped_bytes{destination="b",form="raw"}' in metrics
     out = geostore("cluster", "status", "--dir", cluster["folder"], timeout=60)
     assert out.returncode == 0, out.stderr
     assert "lag_events" in out.stdout and "shipping" in out.stdout
