@@ -784,6 +784,16 @@ class GeoHost:
                 "dictionaries_sent": s.dictionaries_sent,
                 "dictionary_nacks": s.dictionary_nacks,
                 "dictionaries": {str(k): v for k, v in shipper.dictionary_ids().items()},
+                "destinations": {
+                    str(dst): {
+                        "batches_sent": d.batches_sent,
+                        "events_sent": d.events_sent,
+                        "bytes_raw": d.bytes_raw,
+                        "bytes_compressed": d.bytes_payload,
+                        "retransmits": d.retransmits,
+                    }
+                    for dst, d in s.destinations.items()
+                },
             }
         if receiver is not None:
             out["incoming"] = self._incoming_rows(receiver)
@@ -827,11 +837,16 @@ class GeoHost:
                 )
         return rows
 
-    def bytes_shipped(self, kind: str) -> float:
+    def bytes_shipped(self, kind: str, dst: RegionId | None = None) -> float:
+        """Bytes this leader's shipper built into batches, ``raw`` or ``compressed``, for
+        ``dst`` (every destination when None); 0 on a node that does not ship."""
         shipper = self.shipper
         if shipper is None:
             return 0.0
-        return float(shipper.stats.bytes_raw if kind == "raw" else shipper.stats.bytes_payload)
+        stats = shipper.stats if dst is None else shipper.stats.destinations.get(dst)
+        if stats is None:
+            return 0.0
+        return float(stats.bytes_raw if kind == "raw" else stats.bytes_payload)
 
     def lag_of(self, stream: StreamName, partition: PartitionId, dst: RegionId, what: str) -> float:
         shipper = self.shipper
