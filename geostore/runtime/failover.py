@@ -36,6 +36,9 @@ drives them with the node's groups, its geo shipper and the metadata group):
   lost region minus the home commit time of the fork's event, as its commit marks told) and
   how long the lost region had been silent (what it acknowledged meanwhile is unknown here).
 
+- **Automatic failover** (``geo.auto_failover_after_ms`` > 0; off by default): see
+  :meth:`MoveOps.tick`.
+
 - **Failback** needs nothing here: a returning region's leader mirrors the moves it missed
   from the metadata group in epoch order (:mod:`.meta`), and its store moves what it wrote
   beyond each fork to the quarantine (``EventStore._apply_home``); the geo cores are
@@ -72,6 +75,8 @@ MOVE_TIMEOUT_MS_MAX = 60_000
 OPEN_WAIT_MS = 5_000
 #: Poll interval while waiting on a watermark or another region, seconds.
 POLL_S = 0.005
+#: How often the automatic failover policy looks at the leases, seconds.
+AUTO_CHECK_S = 0.5
 #: Finished moves kept for /v1/status.
 MOVES_KEPT = 16
 
@@ -109,6 +114,10 @@ class MoveOps:
         self.moves_done = 0
         self.moves_aborted = 0
         self.failovers = 0
+        self.auto_failovers = 0
+        self.last_auto: dict[str, Any] | None = None
+        self._auto_task: asyncio.Future[None] | None = None
+        self._auto_next = 0.0
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -374,6 +383,64 @@ class MoveOps:
         log.warning("region failover: %s", json.dumps(answer))
         return answer
 
+    # -- automatic policy ----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """The automatic failover policy (``geo.auto_failover_after_ms``; 0: off).
+
+        Run by every region's data-group leader while it holds its own lease (it hears the
+        metadata group, which has a majority). A region whose lease expired (plus drift)
+        ``auto_failover_after_ms`` ago and that still homes partitions is failed over to the
+        live region nearest to it (ties: by name); every leader computes the same choice
+        from the metadata it holds, only the chosen one acts, and should two act anyway the
+        metadata group's epoch check lets one move win.
+        """
+        after = self.node.config.geo.auto_failover_after_ms
+        meta = self.node.meta
+        if after <= 0 or meta is None or self._auto_task is not None:
+            return
+        now = time.monotonic()
+        if now < self._auto_next:
+            return
+        self._auto_next = now + AUTO_CHECK_S
+        if not self.node.data_group.is_leader or not meta.lease_valid():
+            return
+        here = self.node.region
+        topo = self.node.topology
+        names = topo.region_names()
+        homed = {h.home for s in meta.streams() for h in s.homes}
+        for region in names:
+            if region == here or region not in homed or meta.state.lease(region) is None:
+                continue
+            if meta.observed_remaining_ms(region) > -after:
+                continue
+            live = [
+                r for r in names if r != region and (r == here or meta.observed_remaining_ms(r) > 0)
+            ]
+            target = min(live, key=lambda r: (topo.rtt_ms(region, r), r))
+            if target != here:
+                continue
+            log.warning(
+                "automatic failover: region %s silent for %d ms past its lease; %s takes its homes",
+                region,
+                -meta.observed_remaining_ms(region),
+                here,
+            )
+            self._auto_task = asyncio.ensure_future(self._auto(RegionId(region)))
+            return
+
+    async def _auto(self, region: RegionId) -> None:
+        try:
+            answer = await self.failover(region, now=False)
+            self.auto_failovers += 1
+            self.last_auto = answer
+        except (GeostoreError, TimeoutError) as exc:
+            log.warning("automatic failover of %s failed (retried): %s", region, exc)
+        except Exception:  # a bug must not kill the tick loop
+            log.exception("automatic failover of %s failed", region)
+        finally:
+            self._auto_task = None
+
     # -- visibility ----------------------------------------------------------------------
 
     def status_json(self) -> dict[str, Any]:
@@ -381,6 +448,9 @@ class MoveOps:
             "moves_done": self.moves_done,
             "moves_aborted": self.moves_aborted,
             "failovers": self.failovers,
+            "auto_failover_after_ms": self.node.config.geo.auto_failover_after_ms,
+            "auto_failovers": self.auto_failovers,
+            "last_auto_failover": self.last_auto,
             "moves": [
                 {
                     "stream": r.move.stream,

@@ -380,6 +380,7 @@ class NodeRuntime:
                 self.placement.tick(stopping=self.stopping)
             if self.meta is not None:  # catalog, mirror, leases (it creates topology streams)
                 self.meta.tick()
+                self.moves.tick()
             group = self.data_group
             if (
                 self.meta is None
