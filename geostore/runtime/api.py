@@ -892,8 +892,9 @@ class Api:
         deadline = loop.time() + wait_ms / 1000
 
         def reached() -> bool:
-            for p, _epoch, seq in parts:
+            for p, epoch, seq in parts:
                 try:
+                    group.store.check_position(stream, p, epoch, seq)  # 409 superseded_epoch
                     if group.store.partition_info(stream, p).last_seq < seq:
                         return False
                 except ApiError as err:
