@@ -12,13 +12,14 @@ What it runs, on this machine, in one go:
    producer pair. Every acknowledged append is kept: partition, seq, epoch, value, ack time.
 2. ``--moves`` planned moves of partition 0 around the regions
    (``POST /v1/admin/partitions/failover/0/move``), ``--move-gap-s`` apart, under that
-   load. Per move: the answer's pause per phase (fencing, draining, bumping) and in all, the
-   503 ``moving`` answers the writer saw, and the writer's largest gap between two
-   acknowledgements around the move (the pause as a client sees it).
+   load. Per move: the answer's pause per phase (fencing, draining, bumping, opening) and
+   in all, the 503 ``moving`` answers the writer saw, and the writer's largest gap between
+   two acknowledgements around the move (the pause as a client sees it).
 3. ``--failovers`` region failovers, the victim rotating over the regions: SIGKILL of every
    process of the victim region under load, ``POST /v1/admin/regions/VICTIM/failover`` to the
-   next region (it waits out the victim's home lease plus the drift margin, then forks each
-   partition at the watermark the survivor holds), the victim's restart from its data dirs,
+   next region (asked again while it answers 409 ``lease_held``, until the victim's home
+   lease plus the drift margin ran out; it then forks each partition at the watermark the
+   survivor holds), the victim's restart from its data dirs,
    the wait until every node of it mirrored the new epoch (failback: its orphaned suffix goes
    to quarantine), then a planned move of the partition back home (the failback move).
    Per failover and partition: the acknowledged appends lost (those acknowledged under the
@@ -72,6 +73,8 @@ STREAM = "failover"
 RPO_SLACK_MS = 100.0
 #: the issue's target for a planned move's pause, p50
 MOVE_PAUSE_P50_MS = 1000.0
+#: the phases of a planned move as its answer names them (pauses_ms)
+PHASES = ("fencing", "draining", "bumping", "opening")
 #: bound of every wait for the cluster (9 nodes and the emulator on a shared machine)
 DEADLINE_S = 120.0
 APPEND_TIMEOUT_S = 10.0
@@ -468,6 +471,39 @@ async def quarantine_count(
     return None
 
 
+async def failover_call(
+    c: Cluster, http: aiohttp.ClientSession, victim: str, target: str
+) -> tuple[dict[str, Any], float]:
+    """``POST /v1/admin/regions/VICTIM/failover`` to a node of ``target`` until it is done,
+    waiting out 409 ``lease_held`` (``remaining_ms``) as the CLI does; the answer and the
+    time spent waiting for the lease, ms."""
+    started = time.monotonic()
+    waited_s = 0.0
+    last: object = None
+    while time.monotonic() - started < DEADLINE_S:
+        for api in c.apis(target):
+            try:
+                status, answer = await _call(http, "POST", f"{api}/v1/admin/regions/{victim}"
+                                             "/failover", {"to": target}, 60.0)  # fmt: skip
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                last = repr(exc)
+                continue
+            err = answer.get("error", {}) if isinstance(answer, dict) else {}
+            if status == 200:
+                return answer, waited_s * 1000
+            if status == 409 and err.get("code") == "lease_held":
+                pause = min(1.0, max(0.05, int(err.get("remaining_ms", 200)) / 1000))
+                await asyncio.sleep(pause)
+                waited_s = time.monotonic() - started
+                break
+            if status != 503:
+                raise RuntimeError(f"failover of {victim} to {target}: {status} {answer}")
+            last = (status, answer)
+        else:
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"failover of {victim} to {target} not done in {DEADLINE_S:g} s: {last}")
+
+
 async def failover(
     c: Cluster, http: aiohttp.ClientSession, load: Load, episode: int, victim: str, target: str
 ) -> tuple[list[FailoverRow], list[MoveRow]]:
@@ -478,8 +514,7 @@ async def failover(
     await c.wait_dead(victim)
     print(f"[failover {episode}] killed {victim}; failing over to {target}", file=sys.stderr)
     t0 = time.monotonic()
-    answer = await _any_ok(http, c.apis(target), "POST", f"/v1/admin/regions/{victim}/failover",
-                           {"to": target}, call_timeout_s=90.0)  # fmt: skip
+    answer, waited_ms = await failover_call(c, http, victim, target)
     call_ms = (time.monotonic() - t0) * 1000
     moved = {int(r["partition"]): r for r in answer["partitions"] if r["stream"] == STREAM}
     for p in moved:
@@ -511,7 +546,7 @@ async def failover(
                 lag_out,
                 int(r.get("lost_events", -1)),
                 float(r.get("rpo_ms", -1)),
-                float(answer.get("waited_ms", -1)),
+                waited_ms,
                 call_ms,
                 mirrored_ms,
                 await quarantine_count(c, http, victim, p),
@@ -656,7 +691,7 @@ def to_result(
             Metric("move_pause_p50_ms", pause["p50"], "ms", MOVE_PAUSE_P50_MS, "lower"),
             Metric("move_pause_p99_ms", pause["p99"], "ms", better="lower"),
         ]
-        for phase in ("fencing", "draining", "bumping"):
+        for phase in PHASES:
             got = percentiles([m.pauses_ms.get(phase, 0.0) for m in moves])
             metrics += [
                 Metric(f"move_{phase}_p50_ms", got["p50"], "ms", better="lower"),
@@ -715,13 +750,13 @@ def to_result(
 
 
 def tables(moves: list[MoveRow], failovers: list[FailoverRow], failbacks: list[MoveRow]) -> str:
-    lines = ["", "moves (ms)       fencing  draining  bumping    pause   client gap  503 moving"]
+    head = "".join(f"{p:>9}" for p in PHASES)
+    lines = ["", f"{'moves (ms)':<30}{head}    pause   client gap  503 moving"]
     for m in [*moves, *failbacks]:
-        ph = m.pauses_ms
+        cells = "".join(f"{m.pauses_ms.get(p, 0):9.0f}" for p in PHASES)
         lines.append(
-            f"{m.kind:<8} p{m.partition} {m.source[:7]:>7}->{m.target[:7]:<7} "
-            f"{ph.get('fencing', 0):7.0f} {ph.get('draining', 0):9.0f} {ph.get('bumping', 0):8.0f}"
-            f" {m.pause_ms:8.0f} {m.client_gap_ms:12.0f} {m.moving_503:11d}"
+            f"{m.kind:<8} p{m.partition} {m.source[:9]:>9}->{m.target[:9]:<9}"
+            f"{cells} {m.pause_ms:8.0f} {m.client_gap_ms:12.0f} {m.moving_503:11d}"
         )
     if failovers:
         lines += [
