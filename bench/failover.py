@@ -751,7 +751,7 @@ def to_result(
 
 def tables(moves: list[MoveRow], failovers: list[FailoverRow], failbacks: list[MoveRow]) -> str:
     head = "".join(f"{p:>9}" for p in PHASES)
-    lines = ["", f"{'moves (ms)':<30}{head}    pause   client gap  503 moving"]
+    lines = ["", f"{'moves (ms)':<32}{head}    pause   client gap  503 moving"]
     for m in [*moves, *failbacks]:
         cells = "".join(f"{m.pauses_ms.get(p, 0):9.0f}" for p in PHASES)
         lines.append(
