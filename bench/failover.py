@@ -19,25 +19,27 @@ What it runs, on this machine, in one go:
    process of the victim region under load, ``POST /v1/admin/regions/VICTIM/failover`` to the
    next region (asked again while it answers 409 ``lease_held``, until the victim's home
    lease plus the drift margin ran out; it then forks each partition at the watermark the
-   survivor holds), the victim's restart from its data dirs,
-   the wait until every node of it mirrored the new epoch (failback: its orphaned suffix goes
-   to quarantine), then a planned move of the partition back home (the failback move).
+   survivor holds), the victim's restart from its data dirs, the wait until every node of
+   it mirrored the new epoch (failback: its orphaned suffix goes to quarantine), then a
+   planned move of the partition back home (the failback move).
    Per failover and partition: the acknowledged appends lost (those acknowledged under the
    old epoch beyond the fork, counted by the writer) and the RPO in seconds (the kill's time
    minus the acknowledgement time of the oldest lost append, 0 when nothing was lost), next
    to the replication lag p99 at the moment of loss: the survivor's data-group leader's
    per-event apply lag of that partition (home commit wall clock to its own apply, one
-   machine, one clock: ``replication_lag`` rows ``direction: in`` of ``/v1/status``), read
-   just before the kill. The issue's bound: RPO <= that p99 + 100 ms. Also shown: the
-   failover answer's own ``lost_events`` and ``rpo_ms``, the lease wait, and how long the
-   failback took.
+   machine, one clock: ``geostore_geo_apply_lag_seconds``), p99 interpolated within the
+   histogram's buckets over the ``--load-before-loss-s`` window just before the kill (the
+   difference of two ``/metrics`` snapshots; the p99 since that leader started, from
+   ``/v1/status``, is shown beside it). The issue's bound: RPO <= that p99 + 100 ms. Also
+   shown: the failover answer's own ``lost_events`` and ``rpo_ms``, the lease wait, and how
+   long the failback took.
 4. At the end the writers stop, every node of every region must hold the same partitions
    (``/v1/debug/partitions``: home, epoch, last seq, rolling hash), and every acknowledged
    append must be in the final log at its seq, except exactly those a failover orphaned
    (their count is ``failover_lost_not_suffix``'s check: a lost append at or below a fork,
    or one beyond a fork still served, counts as a violation).
 
-``--quick``: 3 moves and 1 failover (about 2 minutes). The default lease (10 s) is the
+``--quick``: 3 moves and 1 failover (about a minute; the full run about 2.5). The default lease (10 s) is the
 configuration's; ``--lease-ms`` shortens it (renewal and drift scaled) for a faster run.
 
 Output: the result table and one JSON line (bench/results.py; ``--json-out``), then a table
@@ -64,6 +66,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.geo import _interpolated_quantile
 from bench.results import Metric, Result, emit, percentiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,7 +354,8 @@ class FailoverRow:
     fork_seq: int
     acked_lost: int
     rpo_ms: float
-    lag_p99_ms: float | None
+    lag_p99_ms: float | None  #: window before the loss (the bound's base)
+    lag_p99_total_ms: float | None
     lag_out_ms: float | None
     server_lost_events: int
     server_rpo_ms: float
@@ -387,8 +391,8 @@ async def move(
     )  # fmt: skip
 
 
-async def leader_status(c: Cluster, http: aiohttp.ClientSession, region: str) -> Any:
-    """``/v1/status`` of ``region``'s data-group leader."""
+async def leader_status(c: Cluster, http: aiohttp.ClientSession, region: str) -> tuple[str, Any]:
+    """The API address and ``/v1/status`` of ``region``'s data-group leader."""
     for _ in range(50):
         for api in c.apis(region):
             try:
@@ -396,28 +400,76 @@ async def leader_status(c: Cluster, http: aiohttp.ClientSession, region: str) ->
             except (aiohttp.ClientError, OSError, TimeoutError):
                 continue
             if status == 200 and body["groups"].get(f"data-{region}", {}).get("role") == "leader":
-                return body
+                return api, body
         await asyncio.sleep(0.2)
     raise RuntimeError(f"no data-group leader in {region}")
 
 
+LagBuckets = dict[tuple[int, str], dict[float, float]]
+
+
+async def apply_lag_buckets(c: Cluster, http: aiohttp.ClientSession, region: str) -> LagBuckets:
+    """Cumulative buckets of ``region``'s leader's ``geostore_geo_apply_lag_seconds`` of the
+    bench stream, by (partition, source region)."""
+    api, _ = await leader_status(c, http, region)
+    async with http.get(f"{api}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+        text = await r.text()
+    out: LagBuckets = {}
+    for line in text.splitlines():
+        if not line.startswith("geostore_geo_apply_lag_seconds_bucket{"):
+            continue
+        labels_text, value = line[line.index("{") + 1 :].rsplit("} ", 1)
+        labels = dict(item.split("=", 1) for item in labels_text.replace('"', "").split(","))
+        if labels.get("stream") != STREAM:
+            continue
+        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        out.setdefault((int(labels["partition"]), labels["source"]), {})[le] = float(value)
+    return out
+
+
+def window_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """p99 (ms) of the events counted between two snapshots of one cumulative histogram
+    (interpolated within its bucket); None when no event fell in the window."""
+    delta = {le: n - before.get(le, 0.0) for le, n in after.items()}
+    if any(n < 0 for n in delta.values()):  # another leader's counters: the window is lost
+        return None
+    return _interpolated_quantile(delta, 0.99)
+
+
+@dataclass(frozen=True, slots=True)
+class LagAtLoss:
+    """A partition's replication lag to the survivor just before the kill, ms."""
+
+    p99_window_ms: float | None  #: per-event apply lag p99 over the window before the loss
+    p99_total_ms: float | None  #: the same since the survivor's leader started
+    out_ms: float | None  #: the home's shipping lag: age of the oldest unacknowledged event
+
+
 async def before_loss(
-    c: Cluster, http: aiohttp.ClientSession, victim: str, target: str, partitions: list[int]
-) -> tuple[dict[int, tuple[float | None, float | None]], dict[int, int]]:
-    """Per partition, read just before the kill: the target leader's per-event apply lag p99
-    of events from ``victim`` and the victim leader's current shipping lag to the target (age
-    of the oldest event the target has not acknowledged), both ms; and the epoch the victim
+    c: Cluster,
+    http: aiohttp.ClientSession,
+    victim: str,
+    target: str,
+    partitions: list[int],
+    window_start: LagBuckets,
+) -> tuple[dict[int, LagAtLoss], dict[int, int]]:
+    """Per partition, read just before the kill: the survivor leader's per-event apply lag
+    of events from ``victim`` (p99 over the window since ``window_start`` and since it
+    started) and the victim leader's shipping lag to the survivor; and the epoch the victim
     writes under."""
-    into = await leader_status(c, http, target)
-    out_of = await leader_status(c, http, victim)
-    lag: dict[int, tuple[float | None, float | None]] = {}
+    window_end = await apply_lag_buckets(c, http, target)
+    _, into = await leader_status(c, http, target)
+    _, out_of = await leader_status(c, http, victim)
+    lag: dict[int, LagAtLoss] = {}
     for p in partitions:
         rows_in = [r for r in into["replication_lag"] if r["direction"] == "in"
                    and r["stream"] == STREAM and r["partition"] == p and r["source"] == victim]  # fmt: skip
         rows_out = [r for r in out_of["replication_lag"] if r["direction"] == "out"
                     and r["stream"] == STREAM and r["partition"] == p
                     and r["destination"] == target]  # fmt: skip
-        lag[p] = (
+        key = (p, victim)
+        lag[p] = LagAtLoss(
+            window_p99_ms(window_start.get(key, {}), window_end.get(key, {})),
             float(rows_in[0]["p99_ms"]) if rows_in else None,
             float(rows_out[0]["ms"]) if rows_out else None,
         )
@@ -505,10 +557,16 @@ async def failover_call(
 
 
 async def failover(
-    c: Cluster, http: aiohttp.ClientSession, load: Load, episode: int, victim: str, target: str
+    c: Cluster,
+    http: aiohttp.ClientSession,
+    load: Load,
+    episode: int,
+    victim: str,
+    target: str,
+    window_start: LagBuckets,
 ) -> tuple[list[FailoverRow], list[MoveRow]]:
     parts = sorted(p for p, r in load.homes.items() if r == victim)
-    lag, old_epochs = await before_loss(c, http, victim, target, parts)
+    lag, old_epochs = await before_loss(c, http, victim, target, parts, window_start)
     killed_s = time.monotonic()
     c.kill_region(victim)
     await c.wait_dead(victim)
@@ -530,7 +588,7 @@ async def failover(
         lost = [a for a in load.acks
                 if a.partition == p and a.epoch == old_epochs.get(p) and a.seq > fork]  # fmt: skip
         rpo_ms = (killed_s - min(a.ack_s for a in lost)) * 1000 if lost else 0.0
-        lag_p99, lag_out = lag.get(p, (None, None))
+        at_loss = lag.get(p, LagAtLoss(None, None, None))
         rows.append(
             FailoverRow(
                 episode,
@@ -542,8 +600,9 @@ async def failover(
                 fork,
                 len(lost),
                 rpo_ms,
-                lag_p99,
-                lag_out,
+                at_loss.p99_window_ms,
+                at_loss.p99_total_ms,
+                at_loss.out_ms,
                 int(r.get("lost_events", -1)),
                 float(r.get("rpo_ms", -1)),
                 waited_ms,
@@ -654,8 +713,9 @@ async def run(args: argparse.Namespace, work: Path) -> tuple[list[MoveRow], list
                 for k in range(args.failovers):
                     victim = c.regions[k % len(c.regions)]
                     target = c.regions[(k + 1) % len(c.regions)]
+                    window_start = await apply_lag_buckets(c, http, target)
                     await asyncio.sleep(args.load_before_loss_s)
-                    rows, backs = await failover(c, http, load, k + 1, victim, target)
+                    rows, backs = await failover(c, http, load, k + 1, victim, target, window_start)
                     failovers += rows
                     failbacks += backs
             finally:
@@ -762,17 +822,18 @@ def tables(moves: list[MoveRow], failovers: list[FailoverRow], failbacks: list[M
         lines += [
             "",
             "failovers        fork  lost(acked) lost(server)  RPO ms  server RPO  lag p99"
-            "  bound  met  lease wait  mirrored  quarantined",
+            " (total)  bound  met  lease wait  mirrored  quarantined",
         ]
         for f in failovers:
             bound = f"{f.bound_ms:.0f}"
             met = "yes" if f.rpo_ms <= f.bound_ms else "NO"
             lag = "-" if f.lag_p99_ms is None else f"{f.lag_p99_ms:.0f}"
+            total = "-" if f.lag_p99_total_ms is None else f"{f.lag_p99_total_ms:.0f}"
             quar = "-" if f.quarantined is None else str(f.quarantined)
             lines.append(
                 f"{f.episode} {f.victim[:7]:>7}->{f.target[:7]:<7} p{f.partition} {f.fork_seq:6d}"
                 f" {f.acked_lost:11d} {f.server_lost_events:12d} {f.rpo_ms:7.0f}"
-                f" {f.server_rpo_ms:11.0f} {lag:>8} {bound:>6} {met:>4} {f.waited_ms:11.0f}"
+                f" {f.server_rpo_ms:11.0f} {lag:>8} {total:>8} {bound:>6} {met:>4} {f.waited_ms:11.0f}"
                 f" {f.mirrored_after_restart_ms:9.0f} {quar:>12}"
             )
     return "\n".join(lines)

@@ -38,7 +38,7 @@ def _move(pause_ms: float, fencing_ms: float) -> MoveRow:
 
 
 def _failover(rpo_ms: float, lag_p99_ms: float | None) -> FailoverRow:
-    return FailoverRow(1, "a", "b", 0, 1, 2, 40, 5, rpo_ms, lag_p99_ms, 30.0, 5, rpo_ms, 10_500,
+    return FailoverRow(1, "a", "b", 0, 1, 2, 40, 5, rpo_ms, lag_p99_ms, 400.0, 30.0, 5, rpo_ms, 10_500,
                        11_000, 4_000, 5)  # fmt: skip
 
 
