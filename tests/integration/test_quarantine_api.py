@@ -44,10 +44,10 @@ async def setup(node: Running) -> list[dict[str, Any]]:
     s, b = await call(node.url + "/v1/streams", "POST", {"name": STREAM, "partitions": 2})
     assert s == 201, b
     ev = node.url + f"/v1/streams/{STREAM}/events"
-    bodies = [{"i": i, "text": "é" * (i % 3)} for i in range(10)]
+    bodies: list[dict[str, Any]] = [{"i": i, "text": "é" * (i % 3)} for i in range(10)]
     for k, chunk in enumerate((bodies[:6], bodies[6:])):
-        events = [{"partition": 0, "key": f"k{b['i']}", "body": b, "ts": 1000 + b["i"]}
-                  for b in chunk]  # fmt: skip
+        events = [{"partition": 0, "key": f"k{x['i']}", "body": x, "ts": 1000 + x["i"]}
+                  for x in chunk]  # fmt: skip
         s, b = await call(ev, "POST", {"events": events, "producer": {"id": "p", "seq": k}})
         assert s == 200, b
     s, b = await call(
