@@ -18,7 +18,9 @@ Theory of operation:
   an ack for a duplicate the watermark does not cover proves nothing (Pulsar #26113). A NACK
   GAP or CORRUPT for a batch in flight rewinds to ``watermark + 1``; nothing ever moves the
   cursor past what the receiver says it holds durably, so a gap is never skipped (Pulsar
-  #20128/#23697). NACK UNKNOWN_DICTIONARY queues the dictionary, then resends. NACK FENCED
+  #20128/#23697). A watermark *below* ``acked`` is followed only when it cannot be a stale
+  answer (a gap NACK about a batch in flight, a heartbeat reply with nothing in flight): a
+  failback rewound that receiver to a fork, and it needs the new home's events from there. NACK UNKNOWN_DICTIONARY queues the dictionary, then resends. NACK FENCED
   with a newer epoch stops the cursor: another region is home now.
 - Dictionaries: the host trains one per stream (see :mod:`geostore.geo.dictionary`) and
   hands it over with :meth:`Shipper.set_dictionary`; batches of at most
@@ -161,6 +163,7 @@ class ShipperStats:
     fenced: int = 0
     heartbeats_sent: int = 0
     stale_answers: int = 0  # answers about batches no longer in flight, or beyond the commit
+    receiver_rewinds: int = 0  # a receiver's watermark went back to a fork (failback)
     envelopes_sent: int = 0
 
 
@@ -303,8 +306,14 @@ class Shipper:
                 for pos in item.positions:
                     cur = self._cursors.get(((pos.stream, pos.partition), src))
                     if cur is not None:
+                        # with nothing in flight, a lower watermark is a receiver that went
+                        # back to a fork (failback), not a reordered answer
                         self._learn(
-                            cur, (pos.stream, pos.partition), Watermark(pos.epoch, pos.seq), now_ms
+                            cur,
+                            (pos.stream, pos.partition),
+                            Watermark(pos.epoch, pos.seq),
+                            now_ms,
+                            backward=not cur.inflight,
                         )
 
     def on_ack(self, ack: GeoAck, src: RegionId, now_ms: int) -> None:
@@ -327,15 +336,17 @@ class Shipper:
             else:
                 self.stats.stale_answers += 1
             return
-        self._learn(cur, key, nack.watermark, now_ms)
-        if cur.state is not CursorState.SHIPPING:
-            return
         in_flight = any(
             f.batch.src_start == nack.src_start
             and f.batch.src_end == nack.src_end
             and f.batch.epoch == nack.epoch
             for f in cur.inflight
         )
+        # A gap below what the receiver acknowledged before, about a batch in flight, means
+        # its durable watermark moved back: a failback rewound it to a fork. Follow it.
+        self._learn(cur, key, nack.watermark, now_ms, backward=in_flight)
+        if cur.state is not CursorState.SHIPPING:
+            return
         if nack.reason is NackReason.GAP:
             self.stats.gaps_nacked += 1
         elif nack.reason is NackReason.CORRUPT:
@@ -434,8 +445,21 @@ class Shipper:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _learn(self, cur: _Cursor, key: PartitionKey, wm: Watermark, now_ms: int) -> None:
-        """Take in a durable watermark the receiver reported (acks, nacks, heartbeat replies)."""
+    def _learn(
+        self,
+        cur: _Cursor,
+        key: PartitionKey,
+        wm: Watermark,
+        now_ms: int,
+        *,
+        backward: bool = False,
+    ) -> None:
+        """Take in a durable watermark the receiver reported (acks, nacks, heartbeat replies).
+
+        ``backward``: the report may move the cursor back (a receiver rewound to a fork by a
+        failback reports less than it acknowledged before); otherwise a lower report is a
+        stale answer and ignored.
+        """
         part = self._parts[key]
         if cur.state is CursorState.FENCED:
             return
@@ -452,6 +476,12 @@ class Shipper:
             cur.state = CursorState.SHIPPING
             cur.acked = wm.seq
             cur.next_seq = Seq(wm.seq + 1)
+            return
+        if wm.seq < cur.acked and backward and cur.state is CursorState.SHIPPING:
+            cur.acked = wm.seq
+            cur.inflight.clear()
+            cur.next_seq = Seq(wm.seq + 1)
+            self.stats.receiver_rewinds += 1
             return
         if wm.seq <= cur.acked:
             return

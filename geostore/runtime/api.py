@@ -501,6 +501,7 @@ class Api:
             if homes:
                 await self._admit_lag(stream, (b.partition for b in prepared.batches))
                 self._require_lease()
+                self._require_placement(group, stream, {b.partition for b in prepared.batches})
         group.rr_counter = prepared.rr_counter
         futures = group.propose([encode_command(b) for b in prepared.batches])
         first = await self._await_all(futures)
@@ -639,6 +640,7 @@ class Api:
         )
         await self._admit_lag(stream, (b.partition for b in prepared.batches))
         self._require_lease()
+        self._require_placement(group, stream, {b.partition for b in prepared.batches})
         outcomes = await self._await_all(
             group.propose([encode_command(b) for b in prepared.batches])
         )
@@ -666,6 +668,36 @@ class Api:
         """Partitions homed here take appends only under a valid home lease (503 otherwise)."""
         if self.node.meta is not None:
             self.node.meta.require_lease()
+
+    def _require_placement(
+        self, group: GroupRuntime, stream: str, partitions: Iterable[int]
+    ) -> None:
+        """Refuse (503 ``moving``) appends to a partition the metadata group moved on from.
+
+        The data path reads homes from this region's store, which follows the metadata
+        group a moment later (the leader mirrors each move). In that moment, and while a
+        region that was away catches up, the store still names this region: the metadata
+        epoch is the truth. With :meth:`MetaHost.lease_valid` (which waits until this
+        replica applied the renewal) every move committed before the lease is seen here.
+        """
+        meta = self.node.meta
+        if meta is None:
+            return
+        for part in partitions:
+            moved = meta.home_of(stream, part)
+            if moved is None:
+                continue
+            local = group.store.home_of(stream, part)
+            if moved.epoch > local.epoch:
+                raise ApiError(
+                    ErrorCode.MOVING,
+                    f"{stream}/{part} moved to {moved.home} (epoch {moved.epoch}); region "
+                    f"{self.node.region} is still at epoch {local.epoch} and applies the move "
+                    "shortly: retry (the client then writes to the new home)",
+                    home=moved.home,
+                    epoch=moved.epoch,
+                    retry_after_ms=100,
+                )
 
     def _lease_after_commit(self) -> None:
         """Committed while the lease was valid at proposal: durable here, answered as a

@@ -332,6 +332,7 @@ class GeoHost:
         self.receiver: Receiver | None = None
         self._leader_of: dict[RegionId, tuple[NodeId, int]] = {}
         self._term = -1
+        self._placement = -1
         self.dropped_not_leader = 0
         self.envelopes_in = 0
         self.envelopes_out = 0
@@ -371,9 +372,15 @@ class GeoHost:
         group = self.node.data_group
         leading = group.is_leader and group.failed is None and not self.node.stopping
         term = group.host.core.term
-        if leading and (self.shipper is None or term != self._term):
+        placement = group.store.placement_version
+        if leading and (self.shipper is None or term != self._term or placement != self._placement):
+            # A move (or failback) changes what this region ships and receives, and may
+            # rewind a receiver's watermark to a fork: fresh cores probe every destination
+            # and take the store's durable watermarks, as after a leader change.
             self._term = term
+            self._placement = placement
             geo = self.node.config.geo
+            previous = self.shipper
             self.shipper = Shipper(
                 self.region,
                 self.rtt_ms,
@@ -383,6 +390,8 @@ class GeoHost:
                 dictionaries=self._trained,
                 compression=True,
             )
+            if previous is not None:  # counters stay cumulative across a rebuild
+                self.shipper.stats = previous.stats
             # the receiver trusts only what the state machine holds durably
             marks = {
                 key: Watermark(wm.epoch, wm.seq) for key, wm in group.store.watermarks().items()

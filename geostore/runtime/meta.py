@@ -59,13 +59,14 @@ import aiohttp
 
 from geostore.config import Topology
 from geostore.errors import ApiError, ErrorCode, GeostoreError
-from geostore.ids import Epoch, GroupId, LogIndex, NodeId, RegionId
+from geostore.ids import Epoch, GroupId, LogIndex, NodeId, RegionId, StreamName
 from geostore.raft.records import ConfChange, ConfChangeOp
 from geostore.raft.types import Entry, EntryKind, SnapshotMeta
 from geostore.runtime.geo import fill_homes
 from geostore.runtime.group import GroupRuntime, GroupSpec
 from geostore.store import CreateStream, PartitionHome, Rejected, SetHome, encode_command
 from geostore.store.meta import (
+    MOVES_KEPT,
     Applied,
     LeaseRecord,
     MetaCommand,
@@ -193,6 +194,10 @@ class MetaHost:
         #: region -> (index of the renewal, monotonic s when this node applied it); set
         #: before the group exists: recovery applies the log while it is built
         self._observed: dict[RegionId, tuple[LogIndex, float]] = {}
+        #: partitions whose missed moves are no longer all remembered (logged once each)
+        self._unmirrorable: set[tuple[str, int]] = set()
+        #: meta log index of this node's last granted renewal (valid once applied here)
+        self._lease_index = 0
         self.machine = MetaMachine(self.state, self._lease_applied)
         self.group = GroupRuntime(
             GroupSpec(
@@ -266,8 +271,18 @@ class MetaHost:
         return int((until - time.monotonic()) * 1000)
 
     def lease_valid(self) -> bool:
-        """May this node acknowledge appends to partitions homed in its region now?"""
-        return self.node.data_group.is_leader and self.holder_remaining_ms() > 0
+        """May this node acknowledge appends to partitions homed in its region now?
+
+        Also only once this node's metadata replica applied the renewal itself: every move
+        committed before the lease was granted is then known here, so a region returning
+        after a failover never takes appends for a partition that moved away meanwhile
+        (the append path compares the metadata epoch with its store's).
+        """
+        return (
+            self.node.data_group.is_leader
+            and self.holder_remaining_ms() > 0
+            and self.state.applied_index >= self._lease_index
+        )
 
     def require_lease(self) -> None:
         """Raise the retryable 503 ``lease_lapsed`` unless :meth:`lease_valid`."""
@@ -583,7 +598,7 @@ class MetaHost:
         # a renewal that commits later than this would grant nothing: give up and resend
         timeout_s = max(0.05, (self.lease_ms - self.drift_ms) / 1000)
         try:
-            await self.submit(
+            answer = await self.submit(
                 MetaRenewLease(self.region, self.node.node_id, self.lease_ms), timeout_s
             )
         except (GeostoreError, asyncio.CancelledError) as exc:
@@ -600,6 +615,9 @@ class MetaHost:
         if data.is_leader and data.host.core.term == term:
             until = sent + (self.lease_ms - self.drift_ms) / 1000
             self._holder_until = max(self._holder_until or 0.0, until)
+            index = answer.get("index")
+            if isinstance(index, int):
+                self._lease_index = max(self._lease_index, index)
         self.renewals += 1
         self.m_renewals.inc()
 
@@ -648,12 +666,7 @@ class MetaHost:
                     continue  # another definition in this data group: logged when refused
                 for mh, lh in zip(ms.homes, local.homes, strict=True):
                     if mh.epoch > lh.epoch:
-                        fork = self.state.fork_of(d.name, mh.partition)
-                        moves.append(
-                            encode_command(
-                                SetHome(d.name, mh.partition, mh.home, Epoch(mh.epoch), fork)
-                            )
-                        )
+                        moves += self._missed_moves(d.name, mh, lh.epoch)
             for batch in (creates, moves):
                 if not batch or not group.is_leader:
                     continue
@@ -670,6 +683,40 @@ class MetaHost:
             self._mirror_wanted = True
         finally:
             self._mirroring = False
+
+    def _missed_moves(
+        self, stream: StreamName, home: PartitionHome, local_epoch: int
+    ) -> list[bytes]:
+        """The SetHome commands this region missed for one partition, in epoch order.
+
+        Each carries its own fork: a region that was away during two moves must rewind to
+        the first fork (what it wrote there is orphaned even if the second fork lies beyond
+        it), so applying only the latest move would keep orphaned events (G7).
+        """
+        kept = self.state.moves_of(stream, home.partition)
+        missed = [m for m in kept if m.epoch > local_epoch]
+        if not missed:  # moved by a command that named no fork record: the latest home only
+            return [encode_command(SetHome(stream, home.partition, home.home, Epoch(home.epoch)))]
+        if len(missed) == len(kept) >= MOVES_KEPT:  # older moves were forgotten
+            key = (stream, home.partition)
+            if key not in self._unmirrorable:
+                self._unmirrorable.add(key)
+                log.error(
+                    "%s/%s: region %s is at epoch %s but the metadata group remembers moves "
+                    "only from epoch %s on; the forks in between are unknown, so this region "
+                    "does not follow the partition (replace its nodes to rebuild it by "
+                    "snapshot)",
+                    stream,
+                    home.partition,
+                    self.region,
+                    local_epoch,
+                    missed[0].epoch,
+                )
+            return []
+        return [
+            encode_command(SetHome(stream, home.partition, m.home, m.epoch, m.fork_seq))
+            for m in missed
+        ]
 
     # -- visibility --------------------------------------------------------------------------
 

@@ -78,6 +78,10 @@ DICTIONARY_BYTES_MAX = 8 << 20
 DICTIONARIES_MAX = 256
 #: Most regions and nodes per region (bounded like everything else).
 REGIONS_MAX = 64
+#: Moves remembered per partition. A region that was away during more moves than this cannot
+#: fail back by itself (its leader logs that it refuses to guess the forks it missed and
+#: leaves the partition as it was); its nodes are then replaced and catch up by snapshot.
+MOVES_KEPT = 64
 NODES_PER_REGION_MAX = 256
 
 
@@ -104,6 +108,15 @@ class MetaMoveHome:
     home: RegionId
     epoch: Epoch
     fork_seq: Seq | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMove:
+    """One recorded change of a partition's home: the new home, its epoch and its fork."""
+
+    home: RegionId
+    epoch: Epoch
+    fork_seq: Seq | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +287,9 @@ class MetaState:
         self._regions: dict[RegionId, tuple[NodeId, ...]] = {}
         self._leases: dict[RegionId, LeaseRecord] = {}
         self._dicts: dict[int, bytes] = {}
-        #: the fork seq of each partition's last move (absent: never moved, or no fork given)
-        self._forks: dict[tuple[StreamName, PartitionId], Seq] = {}
+        #: each partition's moves, oldest first, at most ``MOVES_KEPT``: a region that missed
+        #: several (it was down) applies every one in epoch order, each with its own fork
+        self._moves: dict[tuple[StreamName, PartitionId], tuple[PartitionMove, ...]] = {}
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -292,7 +306,12 @@ class MetaState:
 
     def fork_of(self, stream: str, partition: int) -> Seq | None:
         """The fork seq of the partition's last move (None: not moved, or no fork named)."""
-        return self._forks.get((StreamName(stream), PartitionId(partition)))
+        moves = self._moves.get((StreamName(stream), PartitionId(partition)))
+        return moves[-1].fork_seq if moves else None
+
+    def moves_of(self, stream: str, partition: int) -> tuple[PartitionMove, ...]:
+        """The partition's recorded moves, oldest first (the last ``MOVES_KEPT``)."""
+        return self._moves.get((StreamName(stream), PartitionId(partition)), ())
 
     def regions(self) -> dict[RegionId, tuple[NodeId, ...]]:
         return dict(sorted(self._regions.items()))
@@ -397,10 +416,8 @@ class MetaState:
         homes[cmd.partition] = moved
         self._streams[cmd.stream] = MetaStream(s.definition, tuple(homes))
         key = (cmd.stream, cmd.partition)
-        if cmd.fork_seq is None:
-            self._forks.pop(key, None)
-        else:
-            self._forks[key] = cmd.fork_seq
+        record = PartitionMove(cmd.home, Epoch(cmd.epoch), cmd.fork_seq)
+        self._moves[key] = (*self._moves.get(key, ())[-(MOVES_KEPT - 1) :], record)
         return moved
 
     def _renew(self, index: LogIndex, cmd: MetaRenewLease) -> LeaseRecord:
@@ -473,7 +490,10 @@ class MetaState:
                     for r in self.leases().values()
                 ],
                 "dicts": [[i, self._dicts[i]] for i in sorted(self._dicts)],
-                "forks": [[s, p, f] for (s, p), f in sorted(self._forks.items())],
+                "moves": [
+                    [s, p, [[m.home, m.epoch, m.fork_seq] for m in ms]]
+                    for (s, p), ms in sorted(self._moves.items())
+                ],
             }
         )
 
@@ -498,13 +518,18 @@ class MetaState:
                 for r, h, ms, i, n in raw["leases"]
             }
             dicts = {int(i): bytes(b) for i, b in raw["dicts"]}
-            forks = {
-                (StreamName(str(st)), PartitionId(int(p))): Seq(int(f))
-                for st, p, f in raw.get("forks", [])
+            moves = {
+                (StreamName(str(st)), PartitionId(int(p))): tuple(
+                    PartitionMove(
+                        RegionId(str(h)), Epoch(int(e)), None if f is None else Seq(int(f))
+                    )
+                    for h, e, f in ms
+                )
+                for st, p, ms in raw.get("moves", [])
             }
             applied = LogIndex(int(raw["applied"]))
         except (KeyError, ValueError, TypeError, GeostoreError) as exc:
             raise CodecError(f"metadata snapshot has bad fields: {exc}") from exc
         self._streams, self._regions, self._leases, self._dicts = streams, regions, leases, dicts
-        self._forks = forks
+        self._moves = moves
         self.applied_index = applied

@@ -310,6 +310,9 @@ class EventStore:
         self._partitions: dict[tuple[StreamName, PartitionId], _Partition] = {}
         self._producers = self._new_producer_table()
         self._subscribers: dict[tuple[StreamName, PartitionId], list[TailCallback]] = {}
+        #: bumped whenever existing homes or epochs may have changed (a move, a restore): the
+        #: runtime rebuilds its geo cursors then (not replicated, never in snapshots)
+        self.placement_version = 0
 
     def _new_producer_table(self) -> ProducerTable:
         t = self.tuning
@@ -726,6 +729,7 @@ class EventStore:
             quarantined = self._rewind(p, fork, cmd.epoch)
         p.history = p.history.fork(cmd.epoch, Seq(fork))
         p.home, p.epoch, p.fenced = cmd.home, cmd.epoch, False
+        self.placement_version += 1
         return HomeResult(p.stream, p.partition, p.home, p.epoch, Seq(fork), quarantined)
 
     def _apply_fence(self, cmd: FenceHome) -> HomeResult:
@@ -1456,6 +1460,7 @@ class EventStore:
             self._restore(chunks)
         except (KeyError, IndexError, ValueError, TypeError, AssertionError) as exc:
             raise CodecError(f"snapshot is malformed: {exc!r}") from exc
+        self.placement_version += 1
 
     def _restore(self, chunks: Iterable[bytes]) -> None:
         streams: dict[StreamName, StreamDef] = {}

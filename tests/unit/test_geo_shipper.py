@@ -438,3 +438,32 @@ def test_timeout_adapts_to_a_receiver_slower_than_the_rtt() -> None:
         sh.on_envelope(reply(GeoAck(S, P, E, Seq(i), Seq(i), wm(i))), now)
         now += 1
     assert sh.stats.retransmits == resends_warm  # warmed up: no more spurious resends
+
+
+def test_receiver_rewound_by_a_failback_is_followed_back_to_its_fork() -> None:
+    """A receiver that acknowledged 0..7 and then failed back to fork 3 reports watermark 3:
+    a gap NACK about a batch in flight (or an idle heartbeat reply) moves the cursor back,
+    so seqs 4.. are shipped again; a stale lower answer with nothing to say is ignored."""
+    log = ListLog()
+    sh = started(log, 8, inflight_batches_max=1)
+    assert ranges(sh.tick(1)) == [(0, 3)]
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(3), wm(3))), 2)
+    assert ranges(sh.tick(3)) == [(4, 7)]
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(4), Seq(7), wm(7))), 4)
+    sh.on_committed(S, P, E, log.commit(P, 4), 5)
+    assert ranges(sh.tick(5)) == [(8, 11)]
+    # stale: a nack for a batch not in flight, with a lower watermark, changes nothing
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(4), Seq(7), NackReason.GAP, wm(3), E)), 6)
+    assert sh.lag(S, P, EU, 6).acked == 7 and sh.stats.receiver_rewinds == 0
+    # the receiver failed back to 3: its gap nack about the batch in flight moves us back
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(8), Seq(11), NackReason.GAP, wm(3), E)), 7)
+    assert sh.lag(S, P, EU, 7).acked == 3 and sh.stats.receiver_rewinds == 1
+    assert ranges(sh.tick(8)) == [(4, 7)]
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(4), Seq(7), wm(7))), 9)
+    assert ranges(sh.tick(10)) == [(8, 11)]
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(8), Seq(11), wm(11))), 11)
+    # idle, then a heartbeat reply says the receiver went back to 5: ship 6.. again
+    hb = GeoHeartbeat((GeoPosition(S, P, E, Seq(5)),), reply=True)
+    sh.on_envelope(reply(hb), 12)
+    assert sh.lag(S, P, EU, 12).acked == 5 and sh.stats.receiver_rewinds == 2
+    assert ranges(sh.tick(13)) == [(6, 9)]

@@ -13,6 +13,7 @@ from geostore.ids import Epoch, LogIndex, NodeId, PartitionId, RegionId, Seq, St
 from geostore.store import CreateStream, Rejected, Schema, StreamInfo
 from geostore.store.meta import (
     DICTIONARY_BYTES_MAX,
+    MOVES_KEPT,
     Applied,
     LeaseRecord,
     MetaCommand,
@@ -93,6 +94,23 @@ def test_homes_move_only_to_larger_epochs() -> None:
     restored = MetaState()
     restored.restore(log.state.snapshot())
     assert restored.fork_of("s", 0) == 41 and restored.home_of("s", 0) == log.state.home_of("s", 0)
+    # every move is remembered in order, each with its own fork (a region that missed both
+    # must rewind to the first fork), and a snapshot keeps them
+    assert [(m.home, m.epoch, m.fork_seq) for m in restored.moves_of("s", 0)] == [
+        ("b", 2, None),
+        ("c", 3, 41),
+    ]
+    assert restored.moves_of("s", 1) == ()
+
+
+def test_move_history_is_bounded() -> None:
+    log = Log()
+    log.apply(create())
+    for e in range(2, MOVES_KEPT + 12):
+        log.apply(MetaMoveHome(StreamName("s"), PartitionId(0), RegionId("b"), Epoch(e), Seq(e)))
+    moves = log.state.moves_of("s", 0)
+    assert len(moves) == MOVES_KEPT and moves[-1].epoch == MOVES_KEPT + 11
+    assert [m.epoch for m in moves] == list(range(12, MOVES_KEPT + 12))
 
 
 def test_leases_record_holder_duration_and_index() -> None:
