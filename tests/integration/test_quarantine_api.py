@@ -21,6 +21,7 @@ import pytest
 from geostore.cli.cmd_quarantine import reappend
 from geostore.client import GeostoreClient
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
+from geostore.runtime.api import EXPORT_CHUNK_BYTES
 from geostore.runtime.http import make_token
 from geostore.store import SetHome, encode_command
 from tests.integration.test_runtime import Running, call, free_port, start
@@ -44,7 +45,10 @@ async def setup(node: Running) -> list[dict[str, Any]]:
     s, b = await call(node.url + "/v1/streams", "POST", {"name": STREAM, "partitions": 2})
     assert s == 201, b
     ev = node.url + f"/v1/streams/{STREAM}/events"
-    bodies: list[dict[str, Any]] = [{"i": i, "text": "é" * (i % 3)} for i in range(10)]
+    # events 4..9 (the ones the fork orphans) are large: their export takes several chunks
+    bodies: list[dict[str, Any]] = [
+        {"i": i, "text": "é" * (i % 3), "pad": "x" * (14_000 if i >= 4 else 0)} for i in range(10)
+    ]
     for k, chunk in enumerate((bodies[:6], bodies[6:])):
         events = [{"partition": 0, "key": f"k{x['i']}", "body": x, "ts": 1000 + x["i"]}
                   for x in chunk]  # fmt: skip
@@ -98,9 +102,9 @@ async def test_quarantine_routes_tokens_and_reappend(tmp_path: Path) -> None:
         s, b = await call(u + "/v1/quarantine?partition=0")
         assert s == 400 and b["error"]["code"] == "malformed", b
 
-        # the export: exactly the orphaned events, one JSON object a line
+        # the export: exactly the orphaned events, one JSON object a line (over 64 KiB)
         s, text = await call(u + f"/v1/quarantine/export?stream={STREAM}")
-        assert s == 200
+        assert s == 200 and len(text.encode()) > EXPORT_CHUNK_BYTES
         lines = [json.loads(line) for line in text.splitlines()]
         assert [(x["seq"], x["body"], x["key"], x["ts"]) for x in lines] == [
             (i, bodies[i], f"k{i}", 1000 + i) for i in range(4, 10)
