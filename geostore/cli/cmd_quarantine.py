@@ -28,15 +28,18 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from geostore.client import GeostoreClient
 
 HELP = "list, export or re-append events quarantined by failback (NEW seqs when re-appended)"
 
+#: A re-append holds at most this much of the export in memory (the rest spills to disk).
+_SPOOL_BYTES_MAX = 8 * 1024 * 1024
 #: Below the server's producer id cap (256 bytes, "quarantine:" added).
 _PRODUCER_ID_BYTES_MAX = 200
 
@@ -158,14 +161,38 @@ async def reappend(
     """Re-append the region's quarantined events (see the module docstring); returns the
     counts: ``events`` read, ``appended`` (newly stored), ``duplicates`` (a rerun: already
     appended by an earlier run), ``requests``, ``failed`` (with ``errors``)."""
-    from geostore.client import Producer
-
     await client.find_leader()  # the region's latest copy of the quarantine
     counts: dict[str, Any] = {
         "region": region, "events": 0, "appended": 0, "duplicates": 0, "requests": 0,
         "failed": 0, "errors": [],
     }  # fmt: skip
-    async for chunk in chunks_of(client.quarantine_export(stream, partition), batch):
+    # The export is read to the end first, into a spool file (memory up to a bound, then
+    # disk): appending while the node streams it could stall the export past the node's
+    # write deadline, which drops a reader that does not read.
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES_MAX, mode="w+b") as spool:
+        async for ev in client.quarantine_export(stream, partition):
+            spool.write(json.dumps(ev, separators=(",", ":")).encode() + b"\n")
+        spool.seek(0)
+        await _append_chunks(client, region, spool, batch, counts, dry_run)
+    return counts
+
+
+async def _lines(spool: IO[bytes]) -> AsyncIterator[dict[str, Any]]:
+    for line in spool:
+        yield json.loads(line)
+
+
+async def _append_chunks(
+    client: GeostoreClient,
+    region: str,
+    spool: IO[bytes],
+    batch: int,
+    counts: dict[str, Any],
+    dry_run: bool,
+) -> None:
+    from geostore.client import Producer
+
+    async for chunk in chunks_of(_lines(spool), batch):
         counts["events"] += len(chunk.events)
         if dry_run:
             continue
@@ -190,7 +217,6 @@ async def reappend(
                 f"{chunk.stream}/{e.partition} run {chunk.run_first_seq} request {chunk.index}: "
                 f"{e.error.message} ({e.error.code})"
             )
-    return counts
 
 
 def run(args: argparse.Namespace) -> int:
