@@ -8,11 +8,13 @@ again (the shipped tail caught up).
 
 The cut link leaves the metadata group's leader with a majority (its region is the home
 written to, and the third region stays connected), so what refuses the appends is the lag
-bound and not a lapsed home lease."""
+bound and not a lapsed home lease. On the same (TLS, tokens) cluster the ``geostore
+quarantine`` commands reach every region through cluster.json's credentials."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -183,3 +185,19 @@ async def test_a_cut_link_refuses_appends_over_the_rpo_bound_until_it_heals(fold
         # healed: the tail ships, the lag falls under the bound, appends are taken again
         await until("an append after the heal", lambda: ok("bounded"))
         await until("the tail shipped after the heal", caught_up)
+
+
+def test_quarantine_commands_on_a_tls_cluster_with_tokens(folder: Path) -> None:
+    """The quarantine commands find the nodes, CA and token through cluster.json (the
+    quarantine is empty here: no failover happened)."""
+    out = geostore("quarantine", "list", "--cluster", str(folder), "--region", "b")
+    assert out.returncode == 0, out.stderr
+    assert "0 events in 0 runs in the quarantine of region b" in out.stdout, out.stdout
+    out = geostore("quarantine", "export", "--cluster", str(folder), "--region", "c", "bounded")
+    assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
+    out = geostore("quarantine", "reappend", "--cluster", str(folder), "--region", "a",
+                   "bounded/0", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["events"] == 0
+    out = geostore("quarantine", "list", "--cluster", str(folder), "--region", "a", "nope")
+    assert out.returncode == 1 and "unknown_stream" in out.stderr, out.stderr
