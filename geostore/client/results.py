@@ -45,7 +45,8 @@ class PartitionResult:
     last_seq: Seq
     epoch: Epoch
     #: a producer retry the server recognised: nothing new stored, the original result
-    duplicate: bool = False
+    #: (not compared: a duplicate answer equals the original one)
+    duplicate: bool = field(default=False, compare=False)
 
     @property
     def count(self) -> int:
