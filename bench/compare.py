@@ -33,9 +33,8 @@ direction; ``wan_bytes_wire`` of link SRC -> DST is every byte that crossed it t
 (requests on connections SRC opened, answers on those DST opened; :func:`wire_bytes_per_link`),
 so it includes framing, heartbeats, acks and, in single-leader mode, all Raft traffic and
 forwarded client requests. The shipper's raw (CBOR) and compressed (zstd) payload counters
-are per home region, summed over its destinations; the shipper builds every batch for each
-destination separately, so the runner splits them evenly across the destinations (exact
-when no link resent more than another).
+are per directed link: the home leader's ``/v1/status`` gives them per destination region
+(``geo.shipper.destinations``), as the shipper builds every batch for one destination.
 """
 
 from __future__ import annotations
@@ -175,14 +174,17 @@ def percentiles_of(values: Sequence[float]) -> dict[str, float]:
 
 def link_results(
     lag_samples: Mapping[tuple[str, str], Sequence[tuple[float, float]]],
-    geo_bytes: Mapping[str, tuple[int, int]],
+    geo_bytes: Mapping[tuple[str, str], tuple[int, int]],
     destinations: Mapping[str, Sequence[str]],
     wire_bytes: Mapping[tuple[str, str], int],
 ) -> dict[str, dict[str, Any]]:
-    """The ``links`` object: per directed link, lag samples and percentiles, shipper bytes
-    (a home's raw/compressed split evenly over its destinations) and emulator wire bytes."""
+    """The ``links`` object: per directed link, lag samples and percentiles, the shipper's
+    raw/compressed bytes for that link (``geo_bytes`` by (home, destination)) and emulator
+    wire bytes."""
     keys = set(lag_samples) | set(wire_bytes)
-    keys |= {(src, dst) for src, dsts in destinations.items() if src in geo_bytes for dst in dsts}
+    keys |= {
+        (src, dst) for src, dsts in destinations.items() for dst in dsts if (src, dst) in geo_bytes
+    }
     out: dict[str, dict[str, Any]] = {}
     for src, dst in sorted(keys):
         link: dict[str, Any] = {"src": src, "dst": dst}
@@ -190,11 +192,10 @@ def link_results(
         if samples:
             link["lag_samples"] = [[round(t, 3), float(ms)] for t, ms in samples]
             link["lag_ms"] = percentiles_of([ms for _, ms in samples])
-        dsts = destinations.get(src, ())
-        if src in geo_bytes and dst in dsts:
-            raw, compressed = geo_bytes[src]
-            link["wan_bytes_raw"] = int(raw // len(dsts))
-            link["wan_bytes_compressed"] = int(compressed // len(dsts))
+        if (src, dst) in geo_bytes and dst in destinations.get(src, ()):
+            raw, compressed = geo_bytes[(src, dst)]
+            link["wan_bytes_raw"] = int(raw)
+            link["wan_bytes_compressed"] = int(compressed)
         if (src, dst) in wire_bytes:
             link["wan_bytes_wire"] = int(wire_bytes[(src, dst)])
         out[f"{src}->{dst}"] = link
@@ -450,13 +451,14 @@ def _fsync_buckets(urls: Sequence[str]) -> dict[float, float]:
     return total
 
 
-def _geo_bytes(cluster: _Cluster) -> dict[str, tuple[int, int]]:
-    out: dict[str, tuple[int, int]] = {}
+def _geo_bytes(cluster: _Cluster) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per link (home, destination): the home shipper's raw and compressed bytes so far."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
     for region in cluster.regions:
         st = cluster.home_status(region)
-        shipper = ((st or {}).get("geo") or {}).get("shipper")
-        if shipper:
-            out[region] = (int(shipper["bytes_raw"]), int(shipper["bytes_compressed"]))
+        shipper = ((st or {}).get("geo") or {}).get("shipper") or {}
+        for dst, d in (shipper.get("destinations") or {}).items():
+            out[(region, str(dst))] = (int(d["bytes_raw"]), int(d["bytes_compressed"]))
     return out
 
 
@@ -674,11 +676,11 @@ def run_mode(
         s, e = snap["start"], snap["end"]
         window_s = e["at"] - s["at"]
         geo = {
-            r: (
-                e["geo"][r][0] - s["geo"].get(r, (0, 0))[0],
-                e["geo"][r][1] - s["geo"].get(r, (0, 0))[1],
+            k: (
+                e["geo"][k][0] - s["geo"].get(k, (0, 0))[0],
+                e["geo"][k][1] - s["geo"].get(k, (0, 0))[1],
             )
-            for r in e["geo"]
+            for k in e["geo"]
         }
         wire = {k: v - s["wire"].get(k, 0) for k, v in e["wire"].items()}
         dests = (

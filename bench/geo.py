@@ -28,12 +28,13 @@ What it runs, on this machine, in one go:
    of the shipper's direction (home region -> remote region: the geo envelopes with their
    frames, batches and heartbeats; the remote's acks travel the other way and are not
    counted) divided by the events the home's shipper built into batches for that destination
-   in the window (its ``events_sent`` over the destinations: the events appended, when the
-   links keep up). "Without
+   in the window (its ``events_sent`` for that destination, from the shipper's per-destination
+   stats: the events appended, when the link keeps up). "Without
    compression" cannot run in the same cluster (the runtime always compresses; the config
    has no off switch), so it is computed: wire bytes - compressed payload + raw payload (the
-   shipper's ``bytes_compressed`` and ``bytes_raw``, the difference scaled by the home's
-   resend rate, since a resent batch carries its payload again), i.e. the same frames
+   shipper's ``bytes_compressed`` and ``bytes_raw`` for that destination, the difference
+   scaled by the link's resend rate, since a resent batch carries its payload again;
+   :func:`link_wan_bytes`), i.e. the same frames
    carrying the uncompressed CBOR entries. The payload-only ratio (raw / compressed: no
    frames, heartbeats or resends) is in the JSON. Resent and duplicate-acknowledged batches
    are shown: resends inflate the wire bytes.
@@ -451,14 +452,6 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
         }
     wan: dict[str, dict[str, float]] = {}
     for home in HOMES:
-        s0, s1 = start.shipper[home], end.shipper[home]
-        raw = s1.get("bytes_raw", 0) - s0.get("bytes_raw", 0)
-        payload = s1.get("bytes_compressed", 0) - s0.get("bytes_compressed", 0)
-        shipped = s1.get("events_sent", 0) - s0.get("events_sent", 0)
-        batches = s1.get("batches_sent", 0) - s0.get("batches_sent", 0)
-        heartbeats = s1.get("heartbeats_sent", 0) - s0.get("heartbeats_sent", 0)
-        with_dict = s1.get("batches_with_dictionary", 0) - s0.get("batches_with_dictionary", 0)
-        retransmits = s1.get("retransmits", 0) - s0.get("retransmits", 0)
         appended = sum(1 for t in acks[HOMES[home]].values() if lo <= t <= hi)
         for remote in HOMES:
             if remote == home:
@@ -468,29 +461,9 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
                 for k in end.netem
                 if k[0] == home and node_region.get(k[1]) == remote
             )
-            share = 1 / (len(HOMES) - 1)  # raw and payload bytes count every destination
-            # a resent batch carries its payload again (the home's resend rate, all links)
-            sends = (1 + retransmits / batches) if batches else 1.0
-            # per event shipped to this destination in the window (equal to the events
-            # appended when the links keep up; under a backlog the two differ, and the
-            # wire bytes belong to what was shipped)
-            events = max(1.0, shipped * share)
-            with_zstd = wire / events
-            without = (wire + (raw - payload) * share * sends) / events
-            wan[f"{home}->{remote}"] = {
-                "wire_bytes": wire,
-                "events": appended,
-                "events_shipped_all_destinations": shipped,
-                "events_per_batch": shipped / batches if batches else 0.0,
-                "heartbeats_all_destinations": heartbeats,
-                "batches_all_destinations": batches,
-                "batches_with_dictionary_all_destinations": with_dict,
-                "payload_ratio_raw_over_zstd": raw / payload if payload else 0.0,
-                "retransmitted_batches_all_destinations": retransmits,
-                "with_zstd": with_zstd,
-                "without_zstd_computed": without,
-                "ratio": without / with_zstd if with_zstd else 0.0,
-            }
+            wan[f"{home}->{remote}"] = link_wan_bytes(
+                start.shipper[home], end.shipper[home], remote, wire, appended
+            )
     hist_ms: dict[str, dict[str, float | None]] = {}
     for home in HOMES:
         for remote, b1 in end.hist[home].items():
@@ -539,6 +512,50 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
             if name in sampler.end
         },
         "window_s": end.at - start.at,
+    }
+
+
+def link_wan_bytes(
+    s0: dict[str, Any], s1: dict[str, Any], remote: str, wire: int, appended: int
+) -> dict[str, float]:
+    """WAN bytes per event of the link home -> ``remote`` over the window: ``s0``/``s1`` are
+    the home shipper's stats at the window's edges (``/v1/status`` ``geo.shipper``), whose
+    ``destinations`` give the link's own batches, events, raw and compressed bytes and
+    resends; ``wire`` is the bytes the emulator carried that way, ``appended`` the events
+    the home acknowledged in the window."""
+    d0 = (s0.get("destinations") or {}).get(remote) or {}
+    d1 = (s1.get("destinations") or {}).get(remote) or {}
+
+    def delta(a: dict[str, Any], b: dict[str, Any], key: str) -> int:
+        return int(b.get(key, 0)) - int(a.get(key, 0))
+
+    raw = delta(d0, d1, "bytes_raw")
+    payload = delta(d0, d1, "bytes_compressed")
+    shipped = delta(d0, d1, "events_sent")
+    batches = delta(d0, d1, "batches_sent")
+    retransmits = delta(d0, d1, "retransmits")
+    # a resent batch carries its payload again (this link's resend rate)
+    sends = (1 + retransmits / batches) if batches else 1.0
+    # per event shipped to this destination in the window (equal to the events appended
+    # when the link keeps up; under a backlog the two differ, and the wire bytes belong to
+    # what was shipped)
+    events = max(1.0, float(shipped))
+    with_zstd = wire / events
+    without = (wire + (raw - payload) * sends) / events
+    return {
+        "wire_bytes": wire,
+        "events": appended,
+        "events_shipped": shipped,
+        "events_per_batch": shipped / batches if batches else 0.0,
+        "batches": batches,
+        "retransmitted_batches": retransmits,
+        "heartbeats_all_destinations": delta(s0, s1, "heartbeats_sent"),
+        "batches_all_destinations": delta(s0, s1, "batches_sent"),
+        "batches_with_dictionary_all_destinations": delta(s0, s1, "batches_with_dictionary"),
+        "payload_ratio_raw_over_zstd": raw / payload if payload else 0.0,
+        "with_zstd": with_zstd,
+        "without_zstd_computed": without,
+        "ratio": without / with_zstd if with_zstd else 0.0,
     }
 
 
@@ -698,8 +715,7 @@ def floor_table(
                      f"{w['with_zstd']:.1f} / {w['without_zstd_computed']:.1f} "
                      f"({w['ratio']:.1f}x)", ">= 6x fewer with zstd",
                      f"{w['events_per_batch']:.1f} events/batch, "
-                     f"{w['retransmitted_batches_all_destinations']} of "
-                     f"{w['batches_all_destinations']} batches resent (home, all dsts)"))  # fmt: skip
+                     f"{w['retransmitted_batches']} of {w['batches']} batches resent"))  # fmt: skip
     for link, g in dictionary_gain(geo, off).items():
         rows.append((f"WAN B/event {link} dict / no dict",
                      f"{g['with_dictionary']:.1f} / {g['without_dictionary']:.1f} "

@@ -35,6 +35,7 @@ class ErrorCode(enum.StrEnum):
     REPLICATION_LAG = "replication_lag"  #: the stream's RPO bound would be exceeded
     WAIT_TIMEOUT = "wait_timeout"
     LEASE_LAPSED = "lease_lapsed"
+    LEASE_HELD = "lease_held"  #: a failover must wait: the lost region may still hold its lease
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
     CODEC = "codec_error"
@@ -64,6 +65,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MOVING: 503,
     ErrorCode.REPLICATION_LAG: 503,
     ErrorCode.LEASE_LAPSED: 503,
+    ErrorCode.LEASE_HELD: 409,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.WAIT_TIMEOUT: 504,
     ErrorCode.INTERNAL: 500,

@@ -64,7 +64,7 @@ WAN_FILE = "wan.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{up,status,down}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{up,status,down,stop,start}")
     up = sub.add_parser("up", help="start every node of a topology as its own process")
     up.add_argument("--topology", required=True, help="topology TOML file (see regions/)")
     up.add_argument("--dir", required=True, help="cluster directory (data, logs, cluster.json)")
@@ -93,6 +93,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     down = sub.add_parser("down", help="stop the nodes gracefully (SIGTERM, then SIGKILL)")
     down.add_argument("--dir", required=True)
     down.add_argument("--timeout", type=float, default=20.0, help="seconds before SIGKILL")
+    for name, what in (("stop", "stop"), ("start", "restart")):
+        one = sub.add_parser(
+            name, help=f"{what} the nodes of one region (or one node) of a running cluster"
+        )
+        one.add_argument("--dir", required=True)
+        which = one.add_mutually_exclusive_group(required=True)
+        which.add_argument("--region", help="every node of this region")
+        which.add_argument("--node", help="this node only")
+        if name == "stop":
+            one.add_argument(
+                "--kill", action="store_true", help="SIGKILL at once (a crash), not SIGTERM"
+            )
+            one.add_argument("--timeout", type=float, default=20.0, help="seconds before SIGKILL")
+        else:
+            one.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
         return _up(args)
     if action == "status":
         return _status(args)
+    if action == "stop":
+        return _stop_some(args)
+    if action == "start":
+        return _start_some(args)
     return _down(args)
 
 
@@ -381,6 +400,8 @@ def _up(args: argparse.Namespace) -> int:
                     "pid": proc.pid,
                     "dir": node_dir,
                     "proxies": {},
+                    # how 'cluster start' restarts it: never as the cluster's first start
+                    "cmd": [a for a in cmd if a != "--bootstrap"],
                 }
             )
         cluster["regions"][r.name] = {"nodes": entries}
@@ -799,4 +820,86 @@ def _down(args: argparse.Namespace) -> int:
     print(f"stopped {len(live)} processes ({graceful} gracefully, {len(killed)} killed)")
     if killed:
         print(f"killed after {args.timeout:g} s: {', '.join(killed)}")
+    return 0
+
+
+# --- stop / start one region or node ---------------------------------------------------------
+
+
+def _selected(cluster: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from geostore.errors import ApiError, ErrorCode
+
+    chosen = [n for region, n in _nodes(cluster) if region == args.region or n["id"] == args.node]
+    if not chosen:
+        names = (
+            ", ".join(cluster.get("regions", {}))
+            if args.region
+            else ", ".join(n["id"] for _, n in _nodes(cluster))
+        )
+        raise ApiError(
+            ErrorCode.MALFORMED,
+            f"no {'region ' + args.region if args.region else 'node ' + args.node} in this "
+            f"cluster (there are: {names})",
+        )
+    return chosen
+
+
+def _stop_some(args: argparse.Namespace) -> int:
+    """Stop some nodes (an outage drill: ``--kill`` is a crash); the rest keeps running."""
+    cluster = _load_cluster(args.dir)
+    live = {n["id"]: n["pid"] for n in _selected(cluster, args) if _alive(n["pid"])}
+    sig = signal.SIGKILL if args.kill else signal.SIGTERM
+    for pid in live.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in live.values()):
+        time.sleep(0.05)
+    for pid in live.values():
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    how = "killed" if args.kill else "stopped"
+    print(f"{how} {len(live)} node(s): {', '.join(live) or 'none was running'}")
+    return 0
+
+
+def _start_some(args: argparse.Namespace) -> int:
+    """Restart stopped nodes from their own data (same identity, same arguments)."""
+    cluster = _load_cluster(args.dir)
+    _use_credentials(cluster, args.dir)
+    started = []
+    for node in _selected(cluster, args):
+        if _alive(node["pid"]):
+            continue
+        cmd = node.get("cmd")
+        if not cmd:
+            print(f"node {node['id']}: this cluster.json predates 'cluster start'; restart it "
+                  "with 'cluster down' and 'cluster up'", file=sys.stderr)  # fmt: skip
+            return 1
+        with open(os.path.join(node["dir"], "process.log"), "ab") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        node["pid"] = proc.pid
+        started.append(node)
+    cluster.pop("stopped", None)
+    _write_cluster(args.dir, cluster)
+    deadline = time.monotonic() + args.timeout
+    waiting = {n["id"]: n for n in started}
+    while waiting and time.monotonic() < deadline:
+        for nid, node in list(waiting.items()):
+            if not _alive(node["pid"]):
+                print(f"node {nid} exited; see {node['dir']}/process.log", file=sys.stderr)
+                return 1
+            try:
+                st = _get_json(node["api"] + "/v1/health", 1.0)
+            except (OSError, ValueError):
+                continue
+            if isinstance(st, dict) and st.get("status") == "ok":
+                del waiting[nid]
+        time.sleep(0.1)
+    if waiting:
+        print(f"started, not yet healthy after {args.timeout:g} s: {', '.join(waiting)}")
+        return 1
+    print(f"started {len(started)} node(s): {', '.join(n['id'] for n in started) or 'none'}")
     return 0

@@ -156,10 +156,9 @@ class _Progress:
     """Per finished seed: print a failure at once (with its replay line), and on a terminal a
     running seeds/s line; ``finish`` prints the coverage totals and returns the elapsed time."""
 
-    def __init__(self, label: str, total: int, format_failure: Any, verbose: bool) -> None:
+    def __init__(self, label: str, total: int, verbose: bool) -> None:
         self.label = label
         self.total = total
-        self.format_failure = format_failure
         self.verbose = verbose
         self.began = time.monotonic()
         self.done = 0
@@ -168,7 +167,9 @@ class _Progress:
     def __call__(self, result: Any) -> None:
         self.done += 1
         if not result.passed:
-            print(self.format_failure(result), flush=True)
+            from geostore.sim.pool import format_failure
+
+            print(format_failure(result), flush=True)
         elif self.verbose:
             print(f"ok seed {result.seed}: {result.plan}")
         if self.tty and (self.done % 10 == 0 or self.done == self.total):
@@ -213,7 +214,8 @@ def _start_seed(args: argparse.Namespace) -> int:
 def _run_geo(args: argparse.Namespace) -> int:
     """``--geo``: seeds of the geo simulation (the geo core over a seeded WAN, crashes on both
     sides, link faults, corrupt and stale batches; checkers G1-G5, G9, G10)."""
-    from geostore.sim.geo import GEO_UNSAFE, format_failure, missing_coverage, run_geo_range
+    from geostore.sim.geo import GEO_REQUIRED, GEO_UNSAFE, run_geo_range
+    from geostore.sim.pool import missing_coverage
     from geostore.sim.runner import default_jobs
 
     if args.geo_unsafe is not None and args.geo_unsafe not in GEO_UNSAFE:
@@ -221,10 +223,10 @@ def _run_geo(args: argparse.Namespace) -> int:
         return 2
     mode = args.mode if args.mode in ("safety", "liveness") else None
     jobs = args.jobs or default_jobs()
-    progress = _Progress("geo", args.seeds, format_failure, verbose=False)
+    progress = _Progress("geo", args.seeds, verbose=False)
     results = run_geo_range(_start_seed(args), args.seeds, mode, args.geo_unsafe, jobs, progress)
     elapsed = progress.finish(results)
-    zero = missing_coverage(results)
+    zero = missing_coverage(results, GEO_REQUIRED)
     if zero and len(results) >= 100:
         print(f"coverage: never reached: {', '.join(zero)}")
     return 1 if progress.summary(results, elapsed, jobs) else 0
@@ -233,19 +235,15 @@ def _run_geo(args: argparse.Namespace) -> int:
 def _run_failover(args: argparse.Namespace) -> int:
     """``--failover``: seeds of the failover simulation (region losses under load, lease-gated
     failover, failback with quarantine, planned moves; checkers G5-G8)."""
-    from geostore.sim.failover import (
-        FO_UNSAFE,
-        format_failure,
-        missing_coverage,
-        run_failover_range,
-    )
+    from geostore.sim.failover import FO_REQUIRED, FO_UNSAFE, run_failover_range
+    from geostore.sim.pool import missing_coverage
     from geostore.sim.runner import default_jobs
 
     if args.failover_unsafe is not None and args.failover_unsafe not in FO_UNSAFE:
         print(f"geostore sim: error: --failover-unsafe must be one of {', '.join(FO_UNSAFE)}")
         return 2
     jobs = args.jobs or default_jobs()
-    progress = _Progress("failover", args.seeds, format_failure, verbose=args.verbose)
+    progress = _Progress("failover", args.seeds, verbose=args.verbose)
     results = run_failover_range(
         _start_seed(args), args.seeds, args.failover_unsafe, jobs, progress
     )
@@ -259,7 +257,7 @@ def _run_failover(args: argparse.Namespace) -> int:
             f"planned move pause ms: p50 {pauses[len(pauses) // 2]} max {pauses[-1]} "
             f"over {len(pauses)} moves"
         )
-    zero = missing_coverage(results)
+    zero = missing_coverage(results, FO_REQUIRED)
     if zero and len(results) >= 60:
         print(f"coverage: never reached: {', '.join(zero)}")
     failed = progress.summary(results, elapsed, jobs)

@@ -159,6 +159,12 @@ class GeoSettings:
         "other node counts it held until this much after.",
         minimum=0,
     )
+    auto_failover_after_ms: int = _f(
+        0,
+        "Automatic region failover: this long after a region's home lease expired (plus the "
+        "drift margin) with no renewal, the nearest live region takes its homes, ms; 0: off.",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

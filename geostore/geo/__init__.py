@@ -59,6 +59,7 @@ from .receiver import (
 from .shipper import (
     CommittedLog,
     CursorState,
+    DestinationStats,
     GeoLogError,
     Lag,
     Shipper,
@@ -78,6 +79,7 @@ __all__ = [
     "BatchError",
     "CommittedLog",
     "CursorState",
+    "DestinationStats",
     "GeoAck",
     "GeoApply",
     "GeoApplyResult",

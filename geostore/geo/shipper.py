@@ -148,6 +148,18 @@ class Lag:
 
 
 @dataclass(slots=True)
+class DestinationStats:
+    """What the shipper built for one destination region (every batch is built per
+    destination, so these add up to the totals of :class:`ShipperStats`)."""
+
+    batches_sent: int = 0
+    events_sent: int = 0
+    bytes_raw: int = 0  # CBOR entries before compression
+    bytes_payload: int = 0  # batch payloads after compression
+    retransmits: int = 0  # batches sent again (go-back-N), not counted in the above
+
+
+@dataclass(slots=True)
 class ShipperStats:
     batches_sent: int = 0
     events_sent: int = 0
@@ -165,6 +177,29 @@ class ShipperStats:
     stale_answers: int = 0  # answers about batches no longer in flight, or beyond the commit
     receiver_rewinds: int = 0  # a receiver's watermark went back to a fork (failback)
     envelopes_sent: int = 0
+    #: per destination region; one entry per destination the shipper was built with (bounded
+    #: by the topology's regions)
+    destinations: dict[RegionId, DestinationStats] = field(default_factory=dict)
+
+    @classmethod
+    def for_destinations(cls, destinations: Sequence[RegionId]) -> ShipperStats:
+        return cls(destinations={d: DestinationStats() for d in destinations})
+
+    def count_batch(self, dst: RegionId, batch: GeoBatch, bytes_raw: int) -> None:
+        """A new batch built for ``dst`` from ``bytes_raw`` bytes of encoded events."""
+        per = self.destinations[dst]
+        self.batches_sent += 1
+        per.batches_sent += 1
+        self.events_sent += batch.record_count
+        per.events_sent += batch.record_count
+        self.bytes_raw += bytes_raw
+        per.bytes_raw += bytes_raw
+        self.bytes_payload += len(batch.payload)
+        per.bytes_payload += len(batch.payload)
+
+    def count_retransmits(self, dst: RegionId, batches: int) -> None:
+        self.retransmits += batches
+        self.destinations[dst].retransmits += batches
 
 
 @dataclass(slots=True)
@@ -260,7 +295,7 @@ class Shipper:
         self._codec = CODEC_ZSTD if compression else CODEC_NONE
         self._parts: dict[PartitionKey, _Partition] = {}
         self._cursors: dict[tuple[PartitionKey, RegionId], _Cursor] = {}
-        self.stats = ShipperStats()
+        self.stats = ShipperStats.for_destinations(self._dsts)
         self._latencies: deque[tuple[PartitionKey, RegionId, int, int]] = deque(
             maxlen=LATENCY_SAMPLES_MAX
         )
@@ -392,7 +427,7 @@ class Shipper:
                         f.sent_ms = now_ms
                         f.resent = True
                         items.append(f.batch)
-                    self.stats.retransmits += len(cur.inflight)
+                    self.stats.count_retransmits(dst, len(cur.inflight))
                     link.back_off()
                 while len(cur.inflight) < link.window and cur.next_seq <= part.commit:
                     pending = part.commit - cur.next_seq + 1
@@ -402,7 +437,7 @@ class Shipper:
                         and now_ms - self._commit_time(part, cur.next_seq) < s.linger_ms
                     ):
                         break
-                    batch = self._build(part, cur.next_seq)
+                    batch = self._build(part, cur.next_seq, dst)
                     cur.inflight.append(_Inflight(batch, now_ms))
                     cur.next_seq = Seq(batch.src_end + 1)
                     items.append(batch)
@@ -553,7 +588,7 @@ class Shipper:
             link.dictionaries.append(d)
             link.last_dictionary_ms = now_ms
 
-    def _build(self, part: _Partition, start: Seq) -> GeoBatch:
+    def _build(self, part: _Partition, start: Seq, dst: RegionId) -> GeoBatch:
         s = self.settings
         entries = self._log.read_committed(
             part.stream, part.partition, start, part.commit, s.batch_events_max, s.batch_bytes_max
@@ -582,10 +617,7 @@ class Shipper:
             batch = dataclasses.replace(batch, commit_marks=marks)
         if batch.dict_id > 0:
             self.stats.batches_with_dictionary += 1
-        self.stats.batches_sent += 1
-        self.stats.events_sent += batch.record_count
-        self.stats.bytes_raw += sum(len(e.events) for e in entries)
-        self.stats.bytes_payload += len(batch.payload)
+        self.stats.count_batch(dst, batch, sum(len(e.events) for e in entries))
         return batch
 
     def _heartbeat(self) -> GeoHeartbeat:

@@ -52,6 +52,7 @@ from geostore.errors import HTTP_STATUS, ApiError, ErrorCode, GeostoreError
 from geostore.geo import CursorState
 from geostore.ids import NodeId, PartitionId, RegionId, StreamName
 from geostore.raft.records import ConfChange, ConfChangeOp
+from geostore.runtime.failover import MOVE_TIMEOUT_MS, MOVE_TIMEOUT_MS_MAX
 from geostore.runtime.geo import fill_homes
 from geostore.runtime.group import GroupRuntime
 from geostore.runtime.guard import bounded_write
@@ -231,6 +232,20 @@ ROUTES: tuple[Route, ...] = (
         "POST", "/v1/admin/leader/transfer", "leader_transfer",
         "Hand this node's leadership of its data group to another voter",
         body="TransferRequest", ok_schema="Object", errors=(400, 503), tags=("operations",),
+    ),
+    Route(
+        "POST", "/v1/admin/partitions/{s}/{p}/move", "partition_move",
+        "Planned move of a partition's home to another region: fence, drain, bump, open",
+        params=(_S, Param("p", "path", "integer", "partition", True)),
+        body="MoveRequest", ok_schema="MoveResponse", errors=(400, 404, 503, 504),
+        tags=("operations",),
+    ),
+    Route(
+        "POST", "/v1/admin/regions/{r}/failover", "region_failover",
+        "Move every partition homed in a lost region to the region of this request's target",
+        params=(Param("r", "path", "string", "the lost region", True),),
+        body="FailoverRequest", ok_schema="FailoverResponse", errors=(400, 409, 503, 504),
+        tags=("operations",),
     ),
 )  # fmt: skip
 
@@ -806,6 +821,89 @@ class Api:
             raise ApiError(ErrorCode.UNAVAILABLE, "the transfer was refused", retry_after_s=1)
         return respond(request, 202, {"transferring_to": body["to"]})
 
+    # -- moves and failovers ---------------------------------------------------------------
+
+    async def region_call(
+        self, region: str, method: str, path_qs: str, data: bytes | None, ctype: str | None
+    ) -> tuple[int, bytes, str]:
+        """One request to another region's nodes as this node (see ``_region_call``)."""
+        return await self._region_call(region, method, path_qs, data, ctype)
+
+    async def _in_region(
+        self, request: web.Request, region: str, raw: bytes | None
+    ) -> web.StreamResponse | None:
+        """None when this node leads ``region``'s data group; else that leader's answer."""
+        if region != self.node.region:
+            if REGION_HEADER in request.headers:
+                raise ApiError(
+                    ErrorCode.MOVING,
+                    f"{self.node.region} was asked to act for {region}: placement is changing, "
+                    "retry shortly",
+                    retry_after_ms=200,
+                )
+            status, answer, ctype = await self._region_call(
+                region, request.method, request.path_qs, raw, JSON
+            )
+            return web.Response(status=status, body=answer, content_type=ctype)
+        return await self._leader_or_forward(request, self.node.data_group, raw)
+
+    async def partition_move(self, request: web.Request) -> web.StreamResponse:
+        raw, body = await read_body(request, self.limits.body_bytes_max)
+        moves = self.node.moves
+        stream = StreamName(request.match_info["s"])
+        try:
+            partition = PartitionId(int(request.match_info["p"]))
+        except ValueError:
+            raise ApiError(ErrorCode.MALFORMED, "partition must be an integer") from None
+        if not isinstance(body, dict) or not body.keys() <= {"to", "timeout_ms"}:
+            raise ApiError(ErrorCode.MALFORMED, 'body must be {"to": REGION, "timeout_ms": N?}')
+        to = moves.check_region(body.get("to"), "to")
+        timeout_ms = body.get("timeout_ms", MOVE_TIMEOUT_MS)
+        if type(timeout_ms) is not int or not 1 <= timeout_ms <= MOVE_TIMEOUT_MS_MAX:
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                f"timeout_ms must be an integer in 1..{MOVE_TIMEOUT_MS_MAX}",
+                field="timeout_ms",
+            )
+        meta = self.node.meta
+        if meta is None:
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                "moving a home needs multi-leader mode with two regions or more",
+            )
+        if meta.state.stream(stream) is None:
+            raise ApiError(ErrorCode.UNKNOWN_STREAM, f"no stream {stream!r}", stream=stream)
+        home = meta.home_of(stream, partition)
+        if home is None:
+            raise ApiError(
+                ErrorCode.UNKNOWN_PARTITION,
+                f"stream {stream!r} has no partition {partition}",
+                stream=stream,
+            )
+        if home.home is None:
+            raise ApiError(ErrorCode.MALFORMED, f"{stream}/{partition} has no home region")
+        answer = await self._in_region(request, home.home, raw)
+        if answer is not None:
+            return answer
+        return respond(request, 200, await moves.move(stream, partition, to, timeout_ms))
+
+    async def region_failover(self, request: web.Request) -> web.StreamResponse:
+        raw, body = await read_body(request, self.limits.body_bytes_max)
+        moves = self.node.moves
+        lost = moves.check_region(request.match_info["r"], "region")
+        if not isinstance(body, dict) or not body.keys() <= {"to", "now"}:
+            raise ApiError(ErrorCode.MALFORMED, 'body must be {"to": REGION, "now": bool?}')
+        to = moves.check_region(body.get("to"), "to")
+        now = body.get("now", False)
+        if type(now) is not bool:
+            raise ApiError(ErrorCode.MALFORMED, "now must be true or false", field="now")
+        if to == lost:
+            raise ApiError(ErrorCode.MALFORMED, "to must be another region than the lost one")
+        answer = await self._in_region(request, to, raw)
+        if answer is not None:
+            return answer
+        return respond(request, 200, await moves.failover(lost, now))
+
     # -- reads ------------------------------------------------------------------------------
 
     async def _consistent(
@@ -1253,6 +1351,51 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["to"],
         "properties": {"to": {"type": "string"}},
+    },
+    "MoveRequest": {
+        "type": "object",
+        "required": ["to"],
+        "properties": {
+            "to": {"type": "string", "description": "target region (the current home: unfence)"},
+            "timeout_ms": {"type": "integer", "minimum": 1, "maximum": MOVE_TIMEOUT_MS_MAX},
+        },
+    },
+    "MoveResponse": {
+        "type": "object",
+        "required": ["stream", "partition", "from", "to", "changed", "epoch"],
+        "properties": {
+            "stream": {"type": "string"},
+            "partition": {"type": "integer"},
+            "from": {"type": "string"},
+            "to": {"type": "string"},
+            "changed": {"type": "boolean"},
+            "epoch": {"type": "integer"},
+            "fork_seq": {"type": "integer"},
+            "pauses_ms": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "pause_ms": {"type": "integer"},
+            "opened": {"type": "boolean"},
+            "unfenced": {"type": "boolean"},
+        },
+    },
+    "FailoverRequest": {
+        "type": "object",
+        "required": ["to"],
+        "properties": {
+            "to": {"type": "string", "description": "the surviving region taking the homes"},
+            "now": {"type": "boolean", "description": "skip the lease wait (see docs)"},
+        },
+    },
+    "FailoverResponse": {
+        "type": "object",
+        "required": ["region", "to", "now", "partitions"],
+        "properties": {
+            "region": {"type": "string"},
+            "to": {"type": "string"},
+            "now": {"type": "boolean"},
+            "lease_remaining_ms": {"type": "integer"},
+            "warning": {"type": "string"},
+            "partitions": {"type": "array", "items": _OBJ},
+        },
     },
 }
 

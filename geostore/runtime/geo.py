@@ -70,8 +70,10 @@ from geostore.geo import (
     ApplyVerdict,
     GeoApply,
     GeoApplyResult,
+    GeoBatch,
     GeoEntry,
     GeoEnvelope,
+    GeoHeartbeat,
     GeoLogError,
     LearnDictionary,
     ProposeBatch,
@@ -108,6 +110,8 @@ LEADER_STALE_MS = 1000
 MARKS_PENDING_MAX = 4096
 #: (stream, partition, source) series of the per-event lag histogram kept on one node.
 LAG_SERIES_MAX = 4096
+#: Partitions whose source positions a node tracks for failover reports (more: unknown).
+SOURCE_KEYS_MAX = 65_536
 #: Most bytes of committed entries read as dictionary training samples.
 TRAIN_SAMPLE_BYTES_MAX = 8 * 1024 * 1024
 
@@ -354,6 +358,12 @@ class GeoHost:
         #: per-event lag at apply, per (stream, partition, source region)
         self.apply_lag: dict[tuple[str, int, str], QuantileHistogram] = {}
         self._training_tasks: set[asyncio.Task[None]] = set()
+        # What a failover reports (RPO): per partition homed elsewhere the highest seq its
+        # home said it committed (batches, heartbeats) and the home commit wall time of the
+        # last event applied here; per region the wall time of its last envelope.
+        self._source_known: dict[tuple[str, int], int] = {}
+        self._applied_marks: dict[tuple[str, int], tuple[int, int]] = {}
+        self._contact_wall: dict[RegionId, int] = {}
         if active:
             group = node.data_group
             group.machine.on_remote_applied = self._on_remote_applied
@@ -469,6 +479,8 @@ class GeoHost:
             return
         now = self._now_ms()
         self._leader_of[env.src_region] = (peer, now)
+        self._contact_wall[env.src_region] = _wall_ms()
+        self._note_source(env)
         self._sync_role()
         shipper, receiver = self.shipper, self.receiver
         if shipper is None or receiver is None:
@@ -479,6 +491,37 @@ class GeoHost:
         self._effects(receiver.on_envelope(env, now))
         for out in shipper.tick(now):
             self._send(out)
+
+    def _note_source(self, env: GeoEnvelope) -> None:
+        known = self._source_known
+        for item in env.items:
+            if type(item) is GeoBatch:
+                pairs: tuple[tuple[str, int, int], ...] = (
+                    (item.stream, item.partition, item.src_end),
+                )
+            elif type(item) is GeoHeartbeat and not item.reply:
+                pairs = tuple((p.stream, p.partition, p.seq) for p in item.positions)
+            else:
+                continue
+            for stream, part, seq in pairs:
+                key = (stream, part)
+                if key in known or len(known) < SOURCE_KEYS_MAX:
+                    known[key] = max(known.get(key, -1), seq)
+
+    def source_known(self, stream: str, partition: int) -> int | None:
+        """The highest seq of a partition homed elsewhere that its home said it committed
+        (None: nothing heard since this node started)."""
+        return self._source_known.get((stream, partition))
+
+    def contact_wall_ms(self, region: str) -> int | None:
+        """Wall ms of the last geo envelope this node got from ``region`` (None: never)."""
+        return self._contact_wall.get(RegionId(region))
+
+    def applied_commit_wall_ms(self, stream: str, partition: int, seq: int) -> int | None:
+        """The home commit wall time of the last event applied here, when that event is at
+        or before ``seq`` (what a failover forking at ``seq`` keeps); None when unknown."""
+        mark = self._applied_marks.get((stream, partition))
+        return None if mark is None or mark[0] > seq else mark[1]
 
     def _send(self, env: GeoEnvelope) -> None:
         dst = env.dst_region
@@ -642,6 +685,11 @@ class GeoHost:
     ) -> None:
         """Each event's lag: this leader's wall clock now minus its home commit wall time."""
         key = (str(cmd.stream), int(cmd.partition), str(src))
+        if marks:
+            pkey = (key[0], key[1])
+            if pkey in self._applied_marks or len(self._applied_marks) < SOURCE_KEYS_MAX:
+                last, wall = marks[-1]
+                self._applied_marks[pkey] = (min(last, cmd.src_end), wall)
         hist = self.apply_lag.get(key)
         if hist is None:
             if len(self.apply_lag) >= LAG_SERIES_MAX:
@@ -736,6 +784,16 @@ class GeoHost:
                 "dictionaries_sent": s.dictionaries_sent,
                 "dictionary_nacks": s.dictionary_nacks,
                 "dictionaries": {str(k): v for k, v in shipper.dictionary_ids().items()},
+                "destinations": {
+                    str(dst): {
+                        "batches_sent": d.batches_sent,
+                        "events_sent": d.events_sent,
+                        "bytes_raw": d.bytes_raw,
+                        "bytes_compressed": d.bytes_payload,
+                        "retransmits": d.retransmits,
+                    }
+                    for dst, d in s.destinations.items()
+                },
             }
         if receiver is not None:
             out["incoming"] = self._incoming_rows(receiver)
@@ -779,11 +837,16 @@ class GeoHost:
                 )
         return rows
 
-    def bytes_shipped(self, kind: str) -> float:
+    def bytes_shipped(self, kind: str, dst: RegionId | None = None) -> float:
+        """Bytes this leader's shipper built into batches, ``raw`` or ``compressed``, for
+        ``dst`` (every destination when None); 0 on a node that does not ship."""
         shipper = self.shipper
         if shipper is None:
             return 0.0
-        return float(shipper.stats.bytes_raw if kind == "raw" else shipper.stats.bytes_payload)
+        stats = shipper.stats if dst is None else shipper.stats.destinations.get(dst)
+        if stats is None:
+            return 0.0
+        return float(stats.bytes_raw if kind == "raw" else stats.bytes_payload)
 
     def lag_of(self, stream: StreamName, partition: PartitionId, dst: RegionId, what: str) -> float:
         shipper = self.shipper

@@ -319,9 +319,12 @@ class MetaHost:
     def observed_remaining_ms(self, region: str) -> int:
         """How long another region's lease may still be held, as this node saw it applied."""
         rec = self.state.lease(region)
-        seen = self._observed.get(RegionId(region))
-        if rec is None or seen is None:
+        if rec is None:
             return 0
+        seen = self._observed.get(RegionId(region))
+        if seen is None:
+            # known from a snapshot, never seen applied here: count from now (conservative)
+            seen = self._observed[RegionId(region)] = (rec.index, time.monotonic())
         until = seen[1] + (rec.duration_ms + self.drift_ms) / 1000
         return int((until - time.monotonic()) * 1000)
 

@@ -283,7 +283,8 @@ class NodeMetrics:
         )
         self.geo_bytes = r.gauge(
             "geostore_geo_shipped_bytes",
-            "Bytes shipped by this leader's shipper, raw (CBOR) and compressed (zstd).",
+            "Bytes shipped by this leader's shipper, raw (CBOR) and compressed (zstd), "
+            "by destination region.",
         )
         self.geo_replication = r.histogram(
             "geostore_geo_replication_seconds",
@@ -300,10 +301,14 @@ class NodeMetrics:
         self._geo_seen: set[tuple[str, int, str]] = set()
 
     def watch_geo(self, geo: Any) -> None:
-        """Register the shipper's byte counters (the lag series appear as partitions do)."""
+        """Register the shipper's byte counters, one series per form and destination region
+        (the lag series appear as partitions do)."""
         self._geo = geo
-        for kind in ("raw", "compressed"):
-            self.geo_bytes.set_source(_bind(geo.bytes_shipped, kind), form=kind)
+        for dst in geo.others:
+            for kind in ("raw", "compressed"):
+                self.geo_bytes.set_source(
+                    _bind(geo.bytes_shipped, kind, dst), form=kind, destination=dst
+                )
 
     def geo_partition(self, geo: Any, stream: str, partition: int, dst: str) -> None:
         """Series for one (partition, destination), once (bounded by partitions x regions)."""

@@ -48,6 +48,7 @@ from geostore.config.tokens import TokenTable
 from geostore.errors import ConfigError, GeostoreError
 from geostore.geo import GeoEnvelope
 from geostore.ids import GroupId, NodeId, RegionId
+from geostore.runtime.failover import MoveOps
 from geostore.runtime.geo import GeoHost, fill_homes, load_wan_routes
 from geostore.runtime.group import GroupRuntime, GroupSpec
 from geostore.runtime.guard import GuardedSite, server_options
@@ -243,6 +244,7 @@ class NodeRuntime:
             middlewares=self.security.middlewares((FORWARDED_HEADER, REGION_HEADER)),
         )
 
+        self.moves = MoveOps(self)
         self.api = Api(self)
         self.api.attach(self.app)
         self.transport.attach(self.app)
@@ -378,6 +380,7 @@ class NodeRuntime:
                 self.placement.tick(stopping=self.stopping)
             if self.meta is not None:  # catalog, mirror, leases (it creates topology streams)
                 self.meta.tick()
+                self.moves.tick()
             group = self.data_group
             if (
                 self.meta is None
@@ -490,6 +493,7 @@ class NodeRuntime:
             "partitions": [p.to_json() for p in self.data_group.store.partitions()],
             "replication_lag": self.geo.lag_rows(),
             "geo": self.geo.status_json(),
+            "moves": self.moves.status_json(),
             **({"placement": self.placement.status_json()} if self.placement else {}),
             **(
                 {"meta": self.meta.status_json(), "leases": self.meta.leases_json()}

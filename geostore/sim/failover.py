@@ -56,7 +56,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +135,10 @@ class FoRunResult:
     rpo_ms: list[int]
     pauses_ms: list[int]
     cpu_s: float
+
+    @property
+    def title(self) -> str:
+        return f"failover seed {self.seed}{' (unsafe ' + self.unsafe + ')' if self.unsafe else ''}"
 
     @property
     def replay(self) -> str:
@@ -987,18 +991,3 @@ def run_failover_range(
     out = run_pool(_run_spec, specs, jobs, on_result)
     out.sort(key=lambda r: r.seed)
     return out
-
-
-def missing_coverage(results: Sequence[FoRunResult]) -> list[str]:
-    total: Counter[str] = Counter()
-    for r in results:
-        total.update(r.coverage)
-    return [name for name in FO_REQUIRED if total.get(name, 0) == 0]
-
-
-def format_failure(r: FoRunResult) -> str:
-    return (
-        f"failover seed {r.seed}{' (unsafe ' + r.unsafe + ')' if r.unsafe else ''} failed:\n  "
-        + "\n  ".join(r.violations)
-        + f"\n  plan: {r.plan}\n  replay: {r.replay}"
-    )

@@ -80,7 +80,7 @@ from geostore.geo import (
 )
 from geostore.ids import Epoch, NodeId, PartitionId, RegionId, Seq, StreamName
 from geostore.sim.network import SimNetwork
-from geostore.sim.pool import run_pool
+from geostore.sim.pool import format_failure, run_pool
 
 #: safety: 4-9 faults in the window, convergence within ``safety_catchup_ms`` of the heal;
 #: liveness: 2-5 faults, convergence (G9) within the tighter ``catchup_ms``.
@@ -163,6 +163,12 @@ class GeoRunResult:
     events: int
     commits: int
     cpu_s: float
+
+    @property
+    def title(self) -> str:
+        return (
+            f"geo seed {self.seed} ({self.mode}{', unsafe ' + self.unsafe if self.unsafe else ''})"
+        )
 
     @property
     def replay(self) -> str:
@@ -995,22 +1001,6 @@ def run_geo_range(
     out = run_pool(_run_spec, specs, jobs, on_result)
     out.sort(key=lambda r: r.seed)
     return out
-
-
-def missing_coverage(results: Sequence[GeoRunResult]) -> list[str]:
-    """Required counters (:data:`GEO_REQUIRED`) that stayed at zero over ``results``."""
-    total: Counter[str] = Counter()
-    for r in results:
-        total.update(r.coverage)
-    return [name for name in GEO_REQUIRED if total.get(name, 0) == 0]
-
-
-def format_failure(r: GeoRunResult) -> str:
-    return (
-        f"geo seed {r.seed} ({r.mode}{', unsafe ' + r.unsafe if r.unsafe else ''}) failed:\n  "
-        + "\n  ".join(r.violations)
-        + f"\n  plan: {r.plan}\n  replay: {r.replay}"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

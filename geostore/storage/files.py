@@ -6,7 +6,8 @@ whole. A snapshot is written in chunks to a temp data file; committing fsyncs it
 into place and then atomically writes its meta file, which is the commit point: a snapshot
 without a meta file was never committed and is removed on open. The meta carries the data's
 length and crc32, checked as the chunks are read back. Only the last committed snapshot is
-kept. After an fsync failure either store refuses every later write (sticky).
+kept; an older one loses its meta file before its data, so a crash in between leaves data
+without a meta (removed on open), never a meta whose data is gone. After an fsync failure either store refuses every later write (sticky).
 """
 
 from __future__ import annotations

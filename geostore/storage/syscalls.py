@@ -92,6 +92,8 @@ class FaultyFileSystem(FileSystem):
     - ``space_left_bytes``: a byte budget for writes; past it, the write that crosses it writes
       what fits and the next call raises ENOSPC, like a filling disk.
     - ``fail_rename``: the next rename raises (a crash between temp write and rename).
+    - ``crash_after_unlinks``: after that many more unlinks, the next one raises (a crash
+      between two unlinks: the files removed so far stay removed); then it resets to None.
     - ``before_fsync``: called with the fd before each fsync (may block: a slow or lazy fsync).
     - ``fsyncs`` counts fsync calls; ``written_bytes`` counts bytes written.
     """
@@ -100,6 +102,7 @@ class FaultyFileSystem(FileSystem):
         self.fail_fsync = False
         self.space_left_bytes: int | None = None
         self.fail_rename = False
+        self.crash_after_unlinks: int | None = None
         self.before_fsync: Callable[[int], None] | None = None
         self.after_fsync: Callable[[int], None] | None = None
         self.fsyncs = 0
@@ -140,3 +143,11 @@ class FaultyFileSystem(FileSystem):
             self.fail_rename = False
             raise OSError(errno.EIO, "injected crash before rename")
         super().rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        if self.crash_after_unlinks is not None:
+            if self.crash_after_unlinks <= 0:
+                self.crash_after_unlinks = None
+                raise OSError(errno.EIO, f"injected crash before unlinking {path}")
+            self.crash_after_unlinks -= 1
+        super().unlink(path)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.integration import secure
+from tests.integration.clusterkit import geostore
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,11 +35,6 @@ rtt_ms_p50 = 60.0
 """
 
 
-def geostore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=150, check=False)  # fmt: skip
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -58,7 +52,7 @@ def test_up_starts_netem_and_records_proxies(tmp_path: Path) -> None:
     (tmp_path / "topo.toml").write_text(TOPOLOGY)
     folder = tmp_path / "c"
     out = geostore("cluster", "up", "--topology", str(tmp_path / "topo.toml"), "--dir",
-                   str(folder), "--timeout", "120")  # fmt: skip
+                   str(folder), "--timeout", "120", timeout=150)  # fmt: skip
     try:
         assert out.returncode == 0, out.stdout + out.stderr
         cluster = secure.register(folder)

@@ -12,21 +12,25 @@ follows as a learner."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration import secure
+from tests.integration.clusterkit import (
+    DEADLINE_S,
+    answer_past_503,
+    call,
+    cluster_up,
+    geostore,
+    nodes,
+    ok,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -66,81 +70,28 @@ lease_renew_ms = 500
 lease_drift_ms = 200
 """
 
-#: Every wait in this file is bounded by a generous deadline (2 shared cores).
-DEADLINE_S = 30.0
 #: node processes this file restarted itself (stopped before 'cluster down')
 CHILDREN: list[subprocess.Popen[bytes]] = []
-
-
-def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)  # fmt: skip
-
-
-def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with secure.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def answer_past_503(url: str, body: Any, wanted: str | None = None) -> tuple[int, Any]:
-    """The first answer that is not a 503 (leadership moving, a forward failing under load),
-    or the first 503 whose error code is ``wanted``; bounded by the deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        code, answer = call(url, body)
-        if code != 503 or answer["error"]["code"] == wanted or time.monotonic() > deadline:
-            return code, answer
-        time.sleep(0.2)
-
-
-def ok(url: str, body: Any = None) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        status, answer = call(url, body)
-        if status in (200, 201):
-            return answer
-        if status != 503 or time.monotonic() > deadline:
-            raise AssertionError(f"{url}: {status} {answer}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("meta")
-    (root / "three.toml").write_text(TOPOLOGY)
-    (root / "config.toml").write_text(CONFIG)
-    folder = root / "c"
-    up = geostore("cluster", "up", "--topology", str(root / "three.toml"), "--dir", str(folder),
-                  "--config", str(root / "config.toml"), "--timeout", "90")  # fmt: skip
-    info: dict[str, Any] = {}
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        info = secure.register(folder)  # TLS and the admin token, as cluster up made them
-        info["folder"] = str(folder)
-        yield info
-    finally:
-        for proc in CHILDREN:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for region in info.get("regions", {}).values():  # a stopped node cannot stop
-            for n in region["nodes"]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(n["pid"], signal.SIGCONT)
-        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
-
-
-def nodes(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n["id"]: n for r in cluster["regions"].values() for n in r["nodes"]}
+    with cluster_up(root, TOPOLOGY, config=CONFIG) as info:
+        try:
+            yield info
+        finally:
+            for proc in CHILDREN:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            for region in info["regions"].values():  # a stopped node cannot stop
+                for n in region["nodes"]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(n["pid"], signal.SIGCONT)
 
 
 def status(api: str) -> Any:

@@ -14,12 +14,8 @@ event's lag from home commit to its apply."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,15 @@ import pytest
 
 from geostore.runtime.http import make_token
 from tests.integration import secure
+from tests.integration.clusterkit import (
+    DEADLINE_S,
+    apis,
+    call,
+    cluster_up,
+    events,
+    geostore,
+    ok,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -57,63 +62,11 @@ CONFIG = """
 dictionary_train_events = 100
 """
 
-#: Every wait in this file is bounded by a generous deadline (2 shared cores).
-DEADLINE_S = 30.0
-
-
-def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)  # fmt: skip
-
-
-def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with secure.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-def ok(url: str, body: Any = None) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        status, answer = call(url, body)
-        if status in (200, 201, 202):
-            return answer
-        if status != 503 or time.monotonic() > deadline:
-            raise AssertionError(f"{url}: {status} {answer}")
-        time.sleep(0.2)
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("geo")
-    (root / "two.toml").write_text(TOPOLOGY)
-    (root / "geo.toml").write_text(CONFIG)
-    folder = root / "c"
-    up = geostore("cluster", "up", "--topology", str(root / "two.toml"), "--dir", str(folder),
-                  "--config", str(root / "geo.toml"), "--timeout", "90")  # fmt: skip
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        info: dict[str, Any] = secure.register(folder)
-        info["folder"] = str(folder)
+    with cluster_up(tmp_path_factory.mktemp("geo"), TOPOLOGY, config=CONFIG) as info:
         yield info
-    finally:
-        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
-
-
-def apis(cluster: dict[str, Any], region: str) -> list[str]:
-    return [n["api"] for n in cluster["regions"][region]["nodes"]]
-
-
-def events(url: str, partition: int, consistency: str = "local", **q: Any) -> list[Any]:
-    query = "&".join(f"{k}={v}" for k, v in q.items())
-    answer = ok(f"{url}/v1/streams/s/events?partition={partition}&limit=10000"
-                f"&consistency={consistency}&{query}")  # fmt: skip
-    return [(e["seq"], e["body"]) for e in answer["events"]]
 
 
 def copies(url: str) -> dict[tuple[str, int], tuple[int, str]]:
@@ -265,13 +218,18 @@ def test_streams_exist_in_every_region_and_status_shows_lag(cluster: dict[str, A
     lag = [r for r in status["replication_lag"] if r["stream"] == "s" and r["partition"] == 0]
     assert lag and lag[0]["destination"] == "b"
     assert {"events", "ms", "inflight_batches"} <= set(lag[0])
-    assert status["geo"]["shipper"]["bytes_raw"] > 0
+    shipper = status["geo"]["shipper"]
+    assert shipper["bytes_raw"] > 0
+    # two regions: b is a's only destination, so its own counters are the totals
+    assert set(shipper["destinations"]) == {"b"}
+    assert shipper["destinations"]["b"]["bytes_raw"] == shipper["bytes_raw"]
     incoming = {(r["stream"], r["partition"]): r for r in status["geo"]["incoming"]}
     assert incoming[("s", 1)]["source"] == "b" and ("s", 0) not in incoming
     again = ok(f"{a}/v1/streams", {"name": "made-in-b", "partitions": 3})
     assert {h["partition"]: h["home"] for h in again["homes"]} == homes
     metrics = secure.urlopen(f"{a}/metrics", timeout=10).read().decode()
     assert 'geostore_geo_lag_events{destination="b",partition="0",stream="s"}' in metrics
+    assert 'geostore_geo_shipped_bytes{destination="b",form="raw"}' in metrics
     out = geostore("cluster", "status", "--dir", cluster["folder"], timeout=60)
     assert out.returncode == 0, out.stderr
     assert "lag_events" in out.stdout and "shipping" in out.stdout

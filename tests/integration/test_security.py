@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +33,7 @@ from geostore.runtime.wire import encode_peer_message
 from geostore.transport.certs import CA_CERT, client_files, ensure_certs, init_certs, node_files
 from geostore.transport.wire import PEER_PATH, encode_batch, hello_text
 from tests.integration import secure
+from tests.integration.clusterkit import cluster_up, geostore, nodes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,38 +68,22 @@ READER = "gst_reader-0123456789abcdef0123456789"
 WRONG = "gst_wrong-0123456789abcdef0123456789ab"
 
 
-def geostore(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=timeout_s, check=False)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("sec")
-    (root / "topo.toml").write_text(TOPOLOGY)
     folder = root / "c"
     folder.mkdir()
     # an operator's read-only token, listed before the first start (cluster up keeps it)
     (folder / "tokens.toml").write_text(token_toml("reader", hash_secret(READER), ["read"]))
-    up = geostore("cluster", "up", "--topology", str(root / "topo.toml"), "--dir", str(folder),
-                  "--no-netem", "--timeout", "90")  # fmt: skip
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        doc = secure.register(folder)
+    with cluster_up(root, TOPOLOGY, "--no-netem") as doc:
         doc["_dir"] = folder
         doc["_root"] = root
         doc["_admin"] = (folder / "admin.token").read_text().strip()
         yield doc
-    finally:
-        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
 
 
 def api(cluster: dict[str, Any], node: str) -> str:
-    for info in cluster["regions"].values():
-        for n in info["nodes"]:
-            if n["id"] == node:
-                return str(n["api"])
-    raise KeyError(node)
+    return str(nodes(cluster)[node]["api"])
 
 
 def call(url: str, *, token: str | None, method: str = "GET", body: Any = None,

@@ -15,15 +15,14 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration import secure
+from tests.integration import clusterkit, secure
+from tests.integration.clusterkit import DEADLINE_S, call, cluster_up, geostore, nodes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -50,58 +49,18 @@ homes = { 0 = "a", 1 = "b" }
 """
 
 GROUP = "data-global"
-#: Every wait in this file is bounded by a generous deadline (2 shared cores).
-DEADLINE_S = 30.0
-
-
-def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)  # fmt: skip
-
-
-def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with secure.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
 
 
 def ok(url: str, body: Any = None) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            status, answer = call(url, body)
-        except OSError as exc:  # a node being killed or restarted
-            status, answer = 0, repr(exc)
-        if status in (200, 201, 202):
-            return answer
-        if status not in (0, 503, 504) or time.monotonic() > deadline:
-            raise AssertionError(f"{url}: {status} {answer}")
-        time.sleep(0.2)
+    """A call that must succeed, made again while a node is killed, restarting or electing."""
+    return clusterkit.ok(url, body, retry=(503, 504), through_restarts=True)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("single")
-    (root / "two.toml").write_text(TOPOLOGY)
-    folder = root / "c"
-    up = geostore("cluster", "up", "--topology", str(root / "two.toml"), "--dir", str(folder),
-                  "--mode", "single-leader", "--timeout", "60")  # fmt: skip
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        info: dict[str, Any] = secure.register(folder)
-        info["folder"] = str(folder)
+    with cluster_up(root, TOPOLOGY, "--mode", "single-leader", timeout_s=60) as info:
         yield info
-    finally:
-        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
-
-
-def nodes(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n["id"]: n for info in cluster["regions"].values() for n in info["nodes"]}
 
 
 def region_of(node: str) -> str:
@@ -155,10 +114,7 @@ def wait_caught_up(cluster: dict[str, Any], node: str) -> None:
 
 
 def events(url: str, partition: int, consistency: str, **q: Any) -> list[Any]:
-    query = "&".join(f"{k}={v}" for k, v in q.items())
-    answer = ok(f"{url}/v1/streams/s/events?partition={partition}&limit=10000"
-                f"&consistency={consistency}&{query}")  # fmt: skip
-    return [(e["seq"], e["body"]) for e in answer["events"]]
+    return clusterkit.events(url, partition, consistency, read=ok, **q)
 
 
 def kill(node: dict[str, Any]) -> None:

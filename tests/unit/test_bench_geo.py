@@ -1,5 +1,6 @@
-"""bench/geo.py's arithmetic: quantiles interpolated within Prometheus buckets, the dictionary
-gain between the two runs, and the config each run starts its cluster with."""
+"""bench/geo.py's arithmetic: quantiles interpolated within Prometheus buckets, WAN bytes per
+event from each link's own shipper counters, the dictionary gain between the two runs, and the
+config each run starts its cluster with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 import pytest
 
-from bench.geo import _interpolated_quantile, dictionary_gain, geo_config
+from bench.geo import _interpolated_quantile, dictionary_gain, geo_config, link_wan_bytes
 from geostore.config import parse_config
 
 
@@ -18,6 +19,30 @@ def test_interpolated_quantile_within_buckets() -> None:
     assert _interpolated_quantile(buckets, 0.99) == 200.0  # in +Inf: the last finite bound
     assert _interpolated_quantile({}, 0.5) is None
     assert _interpolated_quantile({0.1: 0.0, math.inf: 0.0}, 0.5) is None
+
+
+def test_wan_bytes_use_the_links_own_counters() -> None:
+    def stats(scale: int) -> dict[str, object]:
+        # the home shipped 10x more to b than to c: an even split would give both the mean
+        dsts = {
+            "b": {"bytes_raw": 1000 * scale, "bytes_compressed": 200 * scale,
+                  "events_sent": 100 * scale, "batches_sent": 10 * scale, "retransmits": 0},
+            "c": {"bytes_raw": 100 * scale, "bytes_compressed": 20 * scale,
+                  "events_sent": 10 * scale, "batches_sent": 1 * scale, "retransmits": scale},
+        }  # fmt: skip
+        return {"batches_sent": 11 * scale, "heartbeats_sent": 3 * scale, "destinations": dsts}
+
+    s0, s1 = stats(1), stats(3)  # the window's delta is twice the first snapshot
+    b = link_wan_bytes(s0, s1, "b", wire=3000, appended=200)
+    assert b["events_shipped"] == 200 and b["batches"] == 20
+    assert b["with_zstd"] == 15.0  # 3000 wire bytes / 200 events
+    assert b["without_zstd_computed"] == (3000 + 2000 - 400) / 200
+    assert b["batches_all_destinations"] == 22 and b["heartbeats_all_destinations"] == 6
+    c = link_wan_bytes(s0, s1, "c", wire=400, appended=20)
+    # c resent each of its batches once: its payload crossed twice
+    assert c["retransmitted_batches"] == 2 and c["batches"] == 2
+    assert c["without_zstd_computed"] == (400 + (200 - 40) * 2) / 20
+    assert link_wan_bytes(s0, s1, "nowhere", wire=0, appended=0)["events_shipped"] == 0
 
 
 def test_dictionary_gain_compares_the_two_runs_link_by_link() -> None:

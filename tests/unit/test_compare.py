@@ -110,12 +110,14 @@ def test_fsync_percentiles_from_a_real_registry_delta() -> None:
 
 def test_links_and_build_result_validate() -> None:
     lag = {("a", "b"): [(0.0, 30.0), (1.0, 40.0), (2.0, 35.0)], ("b", "a"): [(0.0, 20.0)]}
-    geo = {"a": (1000, 400), "b": (600, 300)}
-    links = link_results(lag, geo, {"a": ["b"], "b": ["a"]}, {("a", "b"): 900})
-    assert set(links) == {"a->b", "b->a"}
+    geo = {("a", "b"): (1000, 400), ("b", "a"): (600, 300), ("a", "c"): (10, 5)}
+    links = link_results(lag, geo, {"a": ["b", "c"], "b": ["a"]}, {("a", "b"): 900})
+    assert set(links) == {"a->b", "b->a", "a->c"}
     ab = links["a->b"]
     assert ab["lag_ms"]["p50"] == 35.0 and ab["lag_ms"]["max"] == 40.0
+    # each link gets its own shipper bytes, not the home's total split over its links
     assert ab["wan_bytes_raw"] == 1000 and ab["wan_bytes_compressed"] == 400
+    assert links["a->c"]["wan_bytes_raw"] == 10 and links["a->c"]["wan_bytes_compressed"] == 5
     assert ab["wan_bytes_wire"] == 900
     assert percentiles_of([5.0])["p99"] == 5.0
     region = {

@@ -440,6 +440,39 @@ def test_timeout_adapts_to_a_receiver_slower_than_the_rtt() -> None:
     assert sh.stats.retransmits == resends_warm  # warmed up: no more spurious resends
 
 
+def test_stats_count_each_destination_on_its_own() -> None:
+    log = ListLog()
+    sh = shipper(log, dsts=(EU, AP), inflight_batches_max=8)
+    sh.on_committed(S, P, E, log.commit(P, 12), 0)
+    sh.tick(0)
+    # EU holds nothing yet, AP already holds 0..7: the two links ship different amounts
+    sh.on_envelope(reply(GeoHeartbeat((GeoPosition(S, P, E, Seq(-1)),), reply=True), src=EU), 1)
+    sh.on_envelope(reply(GeoHeartbeat((GeoPosition(S, P, E, Seq(7)),), reply=True), src=AP), 1)
+    out = sh.tick(2)
+    st = sh.stats
+    assert set(st.destinations) == {EU, AP}  # one entry per destination, no more
+    for dst in (EU, AP):
+        sent = batches(out, dst)
+        d = st.destinations[dst]
+        assert d.batches_sent == len(sent)
+        assert d.events_sent == sum(b.record_count for b in sent)
+        assert d.bytes_payload == sum(len(b.payload) for b in sent)
+        raw = sum(len(e.events) for e in log.parts[P] if sent[0].src_start <= e.seq)
+        assert d.bytes_raw == raw
+    assert (st.destinations[EU].events_sent, st.destinations[AP].events_sent) == (12, 4)
+    assert st.destinations[EU].bytes_raw > 2 * st.destinations[AP].bytes_raw
+    assert st.bytes_raw == sum(d.bytes_raw for d in st.destinations.values())
+    assert st.bytes_payload == sum(d.bytes_payload for d in st.destinations.values())
+    assert st.batches_sent == sum(d.batches_sent for d in st.destinations.values())
+    # only AP acknowledges: only EU's window is sent again, and only EU counts the resends
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(8), Seq(11), wm(11)), src=AP), 3)
+    resent = batches(sh.tick(2 + RTO), EU)
+    assert len(resent) == 3 and batches(sh.tick(2 + RTO), AP) == []
+    assert st.destinations[EU].retransmits == 3 and st.destinations[AP].retransmits == 0
+    assert st.retransmits == 3
+    assert st.destinations[EU].batches_sent == 3  # a resend is no new batch
+
+
 def test_receiver_rewound_by_a_failback_is_followed_back_to_its_fork() -> None:
     """A receiver that acknowledged 0..7 and then failed back to fork 3 reports watermark 3:
     a gap NACK about a batch in flight (or an idle heartbeat reply) moves the cursor back,

@@ -19,14 +19,14 @@ from geostore.geo import GeoApply, GeoEntry, GeoEnvelope, Watermark, make_batch
 from geostore.ids import Epoch, PartitionId, Seq
 from geostore.sim.geo import (
     EPOCH,
+    GEO_REQUIRED,
     GEO_UNSAFE,
     STREAM,
     GeoSimulation,
-    format_failure,
-    missing_coverage,
     run_geo_range,
     run_geo_seed,
 )
+from geostore.sim.pool import format_failure, missing_coverage
 from geostore.sim.runner import commit_start_seed, default_jobs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_ci_seed_range_passes_with_full_coverage() -> None:
     failed = [r for r in results if not r.passed]
     if failed:
         pytest.fail("\n".join(format_failure(r) for r in failed))
-    assert missing_coverage(results) == []
+    assert missing_coverage(results, GEO_REQUIRED) == []
     assert sum(r.commits for r in results) > 100 * CI_SEEDS
 
 

@@ -1,7 +1,8 @@
 """Proves the hard-state and snapshot files are atomic and durable: a crash between the temp
 write and the rename leaves the old state readable, corruption is a typed error, fsync errors
-are sticky, snapshots stream in chunks, keep only the newest, and uncommitted ones vanish;
-and that a data dir of another format version is refused."""
+are sticky, snapshots stream in chunks, keep only the newest, and uncommitted ones vanish; a
+crash between the two unlinks of an older snapshot still reopens on the newest; and that a data
+dir of another format version is refused."""
 
 from __future__ import annotations
 
@@ -137,3 +138,48 @@ def test_open_storage_and_manifest_version(tmp_path: Path) -> None:
     (tmp_path / "MANIFEST").write_bytes(b"garbage")
     with pytest.raises(CorruptLogError):
         open_storage(tmp_path)
+
+
+class _ListsDataFirst(FaultyFileSystem):
+    """Lists a directory in name order, which puts a snapshot's data file (``N.snap``) before
+    its meta (``N.snapmeta``): the worst order for a removal that follows the listing, and a
+    legal one (the OS promises no order)."""
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(super().listdir(path))
+
+
+@pytest.mark.parametrize("unlinks_done", [0, 1])
+def test_crash_between_an_old_snapshots_unlinks_keeps_the_newest(
+    tmp_path: Path, unlinks_done: int
+) -> None:
+    fs = _ListsDataFirst()
+    snaps = FileSnapshotStore(tmp_path, fs=fs)
+    folder = tmp_path / "snapshots"
+    old, new = SnapshotMeta(LogIndex(10), Term(1)), SnapshotMeta(LogIndex(20), Term(1))
+    w = snaps.begin(old)
+    w.write(b"old")
+    w.commit()
+    (old_meta,) = folder.glob("*.snapmeta")
+    old_meta_bytes = old_meta.read_bytes()
+    w = snaps.begin(new)
+    w.write(b"new")
+    # committing the new snapshot removes the old one's two files: the power goes after
+    # `unlinks_done` of them
+    fs.crash_after_unlinks = unlinks_done
+    with pytest.raises(OSError, match="injected crash"):
+        w.commit()
+    left = sorted(os.listdir(folder))
+    old_files = [f"{1:020d}.snap", f"{1:020d}.snapmeta"]
+    new_files = [f"{2:020d}.snap", f"{2:020d}.snapmeta"]
+    # the meta file goes first: a crash never leaves the old meta without its data
+    assert left == sorted(old_files[: 2 - unlinks_done] + new_files), left
+    reopened = open_storage(tmp_path).snapshots  # what a restarted node opens
+    assert reopened.latest() == new
+    assert b"".join(reopened.read_chunks(2)) == b"new"
+    assert sorted(os.listdir(folder)) == new_files  # the old data without meta is gone
+    # Negative control: removing data first would have left the old meta without its data
+    # after one unlink; the store then refuses to open, although the newest snapshot is whole.
+    old_meta.write_bytes(old_meta_bytes)
+    with pytest.raises(CorruptLogError, match="data is missing"):
+        FileSnapshotStore(tmp_path)

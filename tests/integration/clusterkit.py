@@ -1,0 +1,137 @@
+"""What the process-level tests share: the CLI in a child process, JSON calls to a node's API
+with the cluster's credentials, retries past a 503 under a deadline, a partition's events, and
+a cluster brought up for a test module and always brought down.
+
+Every wait is bounded by a generous deadline: the tests share two cores with other work, so a
+loaded node is slow, and a wait that gives up early would make the tests flake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.integration import secure
+
+#: The default bound of every wait in the process-level tests, seconds.
+DEADLINE_S = 30.0
+#: Statuses :func:`ok` takes as success.
+SUCCESS = (200, 201, 202)
+
+
+def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m geostore ARGS`` in a child process (this checkout's code), output captured."""
+    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def call(url: str, body: Any = None, timeout: float = 20.0) -> tuple[int, Any]:
+    """GET ``url`` (no body) or POST ``body`` as JSON, with the registered credentials: the
+    status and the decoded answer (an HTTP error is an answer too)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with secure.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def ok(
+    url: str,
+    body: Any = None,
+    *,
+    retry: Collection[int] = (503,),
+    through_restarts: bool = False,
+    deadline_s: float = DEADLINE_S,
+) -> Any:
+    """The answer of a call that must succeed (:data:`SUCCESS`), made again while its status is
+    in ``retry`` (leadership moving, a forward failing under load) and, with
+    ``through_restarts``, while the node does not answer at all (being killed or restarted),
+    until ``deadline_s``; any other answer fails the test."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            status, answer = call(url, body)
+        except OSError as exc:
+            if not through_restarts:
+                raise
+            status, answer = 0, repr(exc)
+        if status in SUCCESS:
+            return answer
+        if (status != 0 and status not in retry) or time.monotonic() > deadline:
+            raise AssertionError(f"{url}: {status} {answer}")
+        time.sleep(0.2)
+
+
+def answer_past_503(
+    url: str, body: Any, wanted: str | None = None, deadline_s: float = DEADLINE_S
+) -> tuple[int, Any]:
+    """The first answer that is not a 503 (leadership moving, a forward failing under load),
+    or the first 503 whose error code is ``wanted``; bounded by the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        code, answer = call(url, body)
+        if code != 503 or answer["error"]["code"] == wanted or time.monotonic() > deadline:
+            return code, answer
+        time.sleep(0.2)
+
+
+def nodes(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every node of a cluster (its cluster.json) by id."""
+    return {n["id"]: n for r in cluster["regions"].values() for n in r["nodes"]}
+
+
+def apis(cluster: dict[str, Any], region: str) -> list[str]:
+    """The API addresses of a region's nodes, in the topology's order."""
+    return [n["api"] for n in cluster["regions"][region]["nodes"]]
+
+
+def events(
+    url: str,
+    partition: int,
+    consistency: str = "local",
+    *,
+    stream: str = "s",
+    read: Callable[[str], Any] = ok,
+    **query: Any,
+) -> list[tuple[int, Any]]:
+    """(seq, body) of a partition's events as the node at ``url`` reads them (up to 10,000),
+    with the extra ``query`` parameters (``after``, ``wait_ms``); ``read`` makes the call."""
+    extra = "&".join(f"{k}={v}" for k, v in query.items())
+    answer = read(f"{url}/v1/streams/{stream}/events?partition={partition}&limit=10000"
+                  f"&consistency={consistency}&{extra}")  # fmt: skip
+    return [(e["seq"], e["body"]) for e in answer["events"]]
+
+
+@contextlib.contextmanager
+def cluster_up(
+    root: Path, topology: str, *args: str, config: str | None = None, timeout_s: int = 90
+) -> Iterator[dict[str, Any]]:
+    """``cluster up`` of ``topology`` (TOML text) in ``root/c`` with the node ``config`` (TOML
+    text) and the extra ``args``; yields its cluster.json with the credentials registered and
+    ``folder`` added, and always runs ``cluster down`` afterwards (also when up failed)."""
+    topology_file = root / "topology.toml"
+    topology_file.write_text(topology)
+    folder = root / "c"
+    argv = ["cluster", "up", "--topology", str(topology_file), "--dir", str(folder)]
+    if config is not None:
+        (root / "config.toml").write_text(config)
+        argv += ["--config", str(root / "config.toml")]
+    up = geostore(*argv, *args, "--timeout", str(timeout_s))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        info = secure.register(folder)
+        info["folder"] = str(folder)
+        yield info
+    finally:
+        geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
