@@ -730,15 +730,25 @@ class Api:
         here), or refused with the retryable 503 ``replication_lag``, so that what a failover
         to any surviving region can lose stays within the bound. The whole request is
         admitted or refused together. Counted in ``geostore_appends_throttled_total``.
+
+        A region whose home lease has expired as this node saw it (it is down or cut off
+        from the metadata group: no failover would pick it) does not count, so one lost
+        region does not stop bounded streams everywhere until it returns.
         """
         policy = self._lag_policies.get(stream)
         shipper = self.node.geo.shipper
         if policy is None or shipper is None:
             return
+        meta = self.node.meta
+        live = [
+            d
+            for d in shipper.destinations()
+            if meta is None or meta.state.lease(d) is None or not meta.lease_expired_for_observer(d)
+        ]
         now_ms = int(time.monotonic() * 1000)  # the clock the shipper's commit marks use
         worst_ms, worst_p = 0, 0
         for p in set(partitions):
-            for dst in shipper.destinations():
+            for dst in live:
                 try:
                     lag = shipper.lag(StreamName(stream), PartitionId(p), dst, now_ms)
                 except KeyError:  # not reported to this shipper yet: nothing shipped to lag

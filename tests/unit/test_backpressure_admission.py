@@ -74,6 +74,7 @@ def make_api() -> tuple[Api, Shipper, NodeMetrics]:
         config=SimpleNamespace(limits=LimitsSettings()),
         geo=SimpleNamespace(shipper=shipper),
         metrics=metrics,
+        meta=None,
     )
     return Api(cast(Any, node)), shipper, metrics
 
@@ -127,3 +128,28 @@ async def test_unknown_partitions_and_a_follower_are_admitted() -> None:
     api.node.geo.shipper = None  # not the leader: no shipper (the leader decides)
     await api._admit_lag("bounded", [0])
     assert count(metrics, "slow") == count(metrics, "refuse") == 0
+
+
+class Leases:
+    """The two questions the admission asks the metadata host, for regions named lost."""
+
+    def __init__(self, lost: set[str]) -> None:
+        self.lost = lost
+        self.state = self
+
+    def lease(self, region: str) -> object:
+        return object()
+
+    def lease_expired_for_observer(self, region: str) -> bool:
+        return region in self.lost
+
+
+async def test_a_region_whose_lease_expired_does_not_hold_appends_back() -> None:
+    api, shipper, metrics = make_api()
+    committed(shipper, "bounded", 2, 5_000)  # neither b nor c acknowledged it
+    api.node.meta = Leases({"c"})  # c is lost; b is alive and behind: still refused
+    with pytest.raises(ApiError):
+        await api._admit_lag("bounded", [2])
+    api.node.meta = Leases({"b", "c"})  # both lost: no live survivor to be behind
+    await api._admit_lag("bounded", [2])
+    assert count(metrics, "refuse") == 1
