@@ -34,7 +34,7 @@ COMMANDS: dict[str, str] = {
     "aggregate": "count/min/max/sum/avg of a field over a time range",
     "partition": "partition operations (partition move)",
     "region": "region operations (region failover)",
-    "quarantine": "list and export events quarantined by failback",
+    "quarantine": "list, export and re-append events quarantined by failback",
     "sim": "seeded deterministic simulation runs with invariant checkers",
     "netem": "the Toxiproxy-compatible WAN emulator (netem serve|apply)",
     "bench": "benchmarks and reports",

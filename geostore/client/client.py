@@ -480,6 +480,72 @@ class GeostoreClient:
 
         return list(await asyncio.gather(*(one(u) for u in self.urls)))
 
+    # --- quarantine (failback) ----------------------------------------------------------
+
+    async def quarantine(
+        self,
+        stream: str | None = None,
+        partition: int | None = None,
+        *,
+        limit: int | None = None,
+        consistency: Consistency | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """This region's quarantine (``GET /v1/quarantine``): runs of events a failback moved
+        out of their partition, with ``region``, ``runs_total`` and ``events_total``."""
+        params: dict[str, Any] = {}
+        if stream is not None:
+            params["stream"] = stream
+        if partition is not None:
+            params["partition"] = partition
+        if limit is not None:
+            params["limit"] = limit
+        if consistency is not None:
+            params["consistency"] = consistency
+        return await self._call("GET", "/v1/quarantine", params=params, timeout_s=timeout_s)
+
+    async def quarantine_export(
+        self, stream: str | None = None, partition: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The quarantined events of the node the client talks to (call :meth:`find_leader`
+        first for the region's latest copy), one dict per event, read line by line as the
+        node streams them (``GET /v1/quarantine/export``). The connection is tried on the
+        next node when it cannot be made; a stream cut midway raises Unreachable."""
+        params: dict[str, str] = {}
+        if stream is not None:
+            params["stream"] = stream
+        if partition is not None:
+            params["partition"] = str(partition)
+        for attempt in range(len(self.urls)):
+            node = self.urls[self._current]
+            timeout = aiohttp.ClientTimeout(total=None, connect=self.attempt_timeout_s)
+            try:
+                async with self._http().get(
+                    node + "/v1/quarantine/export",
+                    params=params,
+                    headers={"Accept": "application/x-ndjson", **self._auth},
+                    ssl=self._ssl_arg(),
+                    timeout=timeout,
+                    read_bufsize=_TAIL_LINE_BYTES_MAX,  # one line carries a whole event
+                ) as resp:
+                    if resp.status >= 400:
+                        raise await self._error(resp, node)
+                    async for raw in resp.content:
+                        if raw.strip():
+                            try:
+                                yield json.loads(raw)
+                            except ValueError as exc:
+                                raise CodecError(f"export: bad line {raw[:200]!r}") from exc
+                    return
+            except aiohttp.ClientSSLError as exc:
+                raise TlsFailed(f"{node}: TLS handshake failed ({_tls_reason(exc)})") from None
+            except aiohttp.ClientConnectorError as exc:
+                if attempt + 1 == len(self.urls):
+                    raise Unreachable(f"{node}: {exc.os_error or exc}", node=node) from None
+                self._rotate()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise Unreachable(f"quarantine export from {node} cut: {exc}", node=node) from None
+
     # --- transport ---------------------------------------------------------------------
 
     def _ssl_arg(self) -> _ssl.SSLContext | bool:

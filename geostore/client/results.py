@@ -44,6 +44,9 @@ class PartitionResult:
     first_seq: Seq
     last_seq: Seq
     epoch: Epoch
+    #: a producer retry the server recognised: nothing new stored, the original result
+    #: (not compared: a duplicate answer equals the original one)
+    duplicate: bool = field(default=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -94,6 +97,7 @@ class AppendResult:
                     Seq(_int(item, "first_seq", "append result")),
                     Seq(_int(item, "last_seq", "append result")),
                     Epoch(_int(item, "epoch", "append result")),
+                    item.get("duplicate") is True,
                 )
             )
         token = body.get("token")

@@ -21,7 +21,10 @@ file, the field path (``links[2].rtt_ms_p50``, indices from 0) and the reason:
   ``jitter_ms`` is the amplitude of the uniform jitter Toxiproxy adds to each one-way delay,
   so it may not exceed the one-way delay ``rtt_ms_p50 / 2``;
 - streams have ``partitions >= 1``; ``homes`` maps partition numbers in range to known
-  regions; partitions without an explicit home get ``regions[p % len(regions)]``.
+  regions; partitions without an explicit home get ``regions[p % len(regions)]``; an
+  optional ``rpo_ms`` (1 ms .. 1 day) bounds the stream's replication lag: its home
+  regions slow and then refuse appends while a partition's lag to another region is over
+  it (lag-bounded backpressure, see docs/operations.md).
 
 The parsed value keeps both directions of every link in :attr:`Topology.links`, so callers
 never need to know how the file spelled them.
@@ -62,6 +65,8 @@ _NAME_RULE = "must be 1-128 characters of letters, digits, '_', '.', '-', starti
 _FIELD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 #: Most partitions a declared stream may have (the store's default partitions_max).
 PARTITIONS_MAX = 1024
+#: Largest replication lag bound a stream may name (a day): above that it bounds nothing.
+RPO_MS_MAX = 86_400_000
 
 #: Intra-region RTT when a region does not say (a LAN round trip in one data centre).
 DEFAULT_INTRA_RTT_MS = 0.5
@@ -119,12 +124,15 @@ class StreamSpec:
     partitions: int = 1
     key_field: str | None = None
     homes: Mapping[int, RegionId] = field(default_factory=lambda: MappingProxyType({}))
+    #: replication lag bound (ms) over which the home refuses appends; None: unbounded
+    rpo_ms: int | None = None
 
     def home_of(self, partition: int) -> RegionId:
         return self.homes[partition]
 
     def __hash__(self) -> int:
-        return hash((self.name, self.partitions, self.key_field, tuple(sorted(self.homes.items()))))
+        homes = tuple(sorted(self.homes.items()))
+        return hash((self.name, self.partitions, self.key_field, homes, self.rpo_ms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +281,7 @@ class Topology:
                     partitions=s.partitions,
                     key_field=s.key_field,
                     homes=MappingProxyType(homes),
+                    rpo_ms=s.rpo_ms,
                 )
             )
         return Topology(
@@ -351,6 +360,8 @@ class Topology:
             out += ["[[streams]]", f"name = {_toml_str(st.name)}", f"partitions = {st.partitions}"]
             if st.key_field is not None:
                 out.append(f"key_field = {_toml_str(st.key_field)}")
+            if st.rpo_ms is not None:
+                out.append(f"rpo_ms = {st.rpo_ms}")
             homes = ", ".join(f"{p} = {_toml_str(h)}" for p, h in sorted(st.homes.items()))
             out += [f"homes = {{ {homes} }}", ""]
         return "\n".join(out)
@@ -386,6 +397,7 @@ class Topology:
                     "partitions": s.partitions,
                     "key_field": s.key_field,
                     "homes": {str(p): h for p, h in sorted(s.homes.items())},
+                    "rpo_ms": s.rpo_ms,
                 }
                 for s in self.streams
             ],
@@ -400,7 +412,7 @@ _TOP_KEYS = frozenset({"name", "description", "regions", "links", "streams"})
 _REGION_KEYS = frozenset({"name", "intra_rtt_ms", "nodes"})
 _NODE_KEYS = frozenset({"id", "host", "port"})
 _LINK_KEYS = frozenset({"a", "b", "src", "dst", "rtt_ms_p50", "jitter_ms", "bandwidth_kbps"})
-_STREAM_KEYS = frozenset({"name", "partitions", "key_field", "homes"})
+_STREAM_KEYS = frozenset({"name", "partitions", "key_field", "homes", "rpo_ms"})
 
 _LINE_RE = re.compile(r"line (\d+)")
 
@@ -638,6 +650,9 @@ class _Parser:
                         f"digit), got {kf!r}",
                     )
                 key_field = kf
+            rpo_ms: int | None = None
+            if "rpo_ms" in t:
+                rpo_ms = self.integer(t["rpo_ms"], f"{where}.rpo_ms", low=1, high=RPO_MS_MAX)
             homes: dict[int, RegionId] = {
                 p: RegionId(names[p % len(names)]) for p in range(partitions)
             }
@@ -663,6 +678,7 @@ class _Parser:
                     partitions=partitions,
                     key_field=key_field,
                     homes=MappingProxyType(homes),
+                    rpo_ms=rpo_ms,
                 )
             )
         return tuple(out)

@@ -49,6 +49,7 @@ from aiohttp import web
 
 from geostore import __version__
 from geostore.errors import HTTP_STATUS, ApiError, ErrorCode, GeostoreError
+from geostore.geo import CursorState
 from geostore.ids import NodeId, PartitionId, RegionId, StreamName
 from geostore.raft.records import ConfChange, ConfChangeOp
 from geostore.runtime.failover import MOVE_TIMEOUT_MS, MOVE_TIMEOUT_MS_MAX
@@ -67,6 +68,7 @@ from geostore.runtime.http import (
     respond,
 )
 from geostore.store import AppendResult, Rejected, StreamInfo, encode_command
+from geostore.store.failover import Admission, LagPolicy, admit_append, lag_refused
 
 if TYPE_CHECKING:
     from geostore.runtime.node import NodeRuntime
@@ -86,6 +88,9 @@ FORWARD_TIMEOUT_S = 15.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _APPEND_FIELDS = frozenset({"events", "producer"})
+NDJSON = "application/x-ndjson"
+#: A quarantine export is written in chunks of at most this many bytes (bounded memory).
+EXPORT_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,8 @@ _CONS = Param(
 )
 _AFTER = Param("after", "query", "string", "token of an append: read your writes")
 _WAIT = Param("wait_ms", "query", "integer", "how long to wait for the token (default 0)")
+_QSTREAM = Param("stream", "query", "string", "only this stream's quarantine")
+_QPART = Param("partition", "query", "integer", "only this partition (needs stream)")
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -190,6 +197,22 @@ ROUTES: tuple[Route, ...] = (
         ok_schema="Partitions", errors=(), tags=("operations",),
     ),
     Route(
+        "GET", "/v1/quarantine", "quarantine",
+        "Runs of events that a failback moved out of their partition in this region",
+        params=(
+            _QSTREAM, _QPART,
+            Param("limit", "query", "integer", "most runs listed (clamped by config)"),
+            Param("consistency", "query", "string", "local | regional (default)"),
+        ),
+        ok_schema="Quarantine", errors=(400, 404, 503, 504), tags=("operations",),
+    ),
+    Route(
+        "GET", "/v1/quarantine/export", "quarantine_export",
+        "This node's copy of the region's quarantined events, one JSON object a line",
+        params=(_QSTREAM, _QPART),
+        ok_type=NDJSON, ok_schema="String", errors=(400, 404, 503), tags=("operations",),
+    ),
+    Route(
         "POST", "/v1/admin/peers", "add_peer",
         "Tell this node the address of a node that joins its region",
         body="PeerRequest", ok_schema="Object", errors=(400,), tags=("operations",),
@@ -237,6 +260,10 @@ class Api:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tail_wakers: set[asyncio.Event] = set()
+        #: lag-bounded backpressure: the RPO bound of each stream that names one (topology)
+        self._lag_policies: dict[str, LagPolicy] = {
+            s.name: LagPolicy(s.rpo_ms) for s in node.topology.streams if s.rpo_ms is not None
+        }
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -487,6 +514,7 @@ class Api:
             if any(homes.get(b.partition, here) != here for b in prepared.batches):
                 return await self._route_append(request, group, stream, body, homes, t0)
             if homes:
+                await self._admit_lag(stream, (b.partition for b in prepared.batches))
                 self._require_lease()
                 self._require_placement(group, stream, {b.partition for b in prepared.batches})
         group.rr_counter = prepared.rr_counter
@@ -622,10 +650,11 @@ class Api:
         self, group: GroupRuntime, stream: str, events: list[Any], producer: Any
     ) -> tuple[list[dict[str, Any]], list[tuple[int, int, int]], list[ApiError], int]:
         """Append events of this region's partitions: results, token parts, errors, count."""
-        self._require_lease()
         prepared = group.store.validate_append(
             stream, events, now_us=time.time_ns() // 1000, producer=producer
         )
+        await self._admit_lag(stream, (b.partition for b in prepared.batches))
+        self._require_lease()
         self._require_placement(group, stream, {b.partition for b in prepared.batches})
         outcomes = await self._await_all(
             group.propose([encode_command(b) for b in prepared.batches])
@@ -690,6 +719,50 @@ class Api:
         success even if the lease lapsed meanwhile (counted); new appends are refused."""
         if self.node.meta is not None:
             self.node.meta.note_ack()
+
+    async def _admit_lag(self, stream: str, partitions: Iterable[int]) -> None:
+        """Lag-bounded backpressure before proposing an append of home partitions.
+
+        Streams with an ``rpo_ms`` bound (topology ``[[streams]]``): the worst replication lag
+        (age of the oldest event not yet durable there, as this home leader's shipper knows
+        it) over the appended partitions and every other region decides with
+        :func:`~geostore.store.failover.admit_append`: admitted, slowed by a delay (slept
+        here), or refused with the retryable 503 ``replication_lag``, so that what a failover
+        to any surviving region can lose stays within the bound. The whole request is
+        admitted or refused together. Counted in ``geostore_appends_throttled_total``.
+
+        A region whose home lease has expired as this node saw it (it is down or cut off
+        from the metadata group: no failover would pick it) does not count, so one lost
+        region does not stop bounded streams everywhere until it returns.
+        """
+        policy = self._lag_policies.get(stream)
+        shipper = self.node.geo.shipper
+        if policy is None or shipper is None:
+            return
+        meta = self.node.meta
+        live = [
+            d
+            for d in shipper.destinations()
+            if meta is None or meta.state.lease(d) is None or not meta.lease_expired_for_observer(d)
+        ]
+        now_ms = int(time.monotonic() * 1000)  # the clock the shipper's commit marks use
+        worst_ms, worst_p = 0, 0
+        for p in set(partitions):
+            for dst in live:
+                try:
+                    lag = shipper.lag(StreamName(stream), PartitionId(p), dst, now_ms)
+                except KeyError:  # not reported to this shipper yet: nothing shipped to lag
+                    continue
+                # fenced: another region is home now; the append fails on its epoch anyway
+                if lag.state is not CursorState.FENCED and lag.ms > worst_ms:
+                    worst_ms, worst_p = lag.ms, p
+        action, delay_ms = admit_append(worst_ms, policy)
+        if action is Admission.ADMIT:
+            return
+        self.node.metrics.appends_throttled.inc(action=action.value)
+        if action is Admission.REFUSE:
+            raise lag_refused(stream, worst_p, worst_ms, policy)
+        await asyncio.sleep(delay_ms / 1000)
 
     async def meta_propose(self, request: web.Request) -> web.StreamResponse:
         """Internal: another node's metadata command, proposed here when this node leads."""
@@ -894,7 +967,9 @@ class Api:
         def reached() -> bool:
             for p, epoch, seq in parts:
                 try:
-                    group.store.check_position(stream, p, epoch, seq)  # 409 superseded_epoch
+                    # 409 superseded_epoch for a position a fork orphaned: a wait for it
+                    # would never end (checked on every wake-up: a failback may land mid-wait)
+                    group.store.check_position(stream, p, epoch, seq)
                     if group.store.partition_info(stream, p).last_seq < seq:
                         return False
                 except ApiError as err:
@@ -1041,6 +1116,92 @@ class Api:
             node.tail_subscribers -= 1
         return resp
 
+    # -- quarantine -------------------------------------------------------------------------
+
+    def _quarantine_filter(
+        self, request: web.Request, group: GroupRuntime
+    ) -> tuple[str | None, int | None]:
+        """The ``stream``/``partition`` filter of a quarantine request (404 for unknown)."""
+        stream = request.query.get("stream") or None
+        partition = int_param(request, "partition", None, minimum=0)
+        if partition is not None and stream is None:
+            raise ApiError(ErrorCode.MALFORMED, "partition needs stream", field="partition")
+        if stream is not None:
+            definition = group.store.stream(stream)  # 404 unknown_stream
+            if partition is not None and partition >= definition.partitions:
+                raise ApiError(
+                    ErrorCode.UNKNOWN_PARTITION,
+                    f"{stream} has {definition.partitions} partitions, not {partition}",
+                    partition=partition,
+                )
+        return stream, partition
+
+    async def quarantine(self, request: web.Request) -> web.StreamResponse:
+        """The region's quarantined runs (replicated in its data group): regional by default
+        (forwarded to the leader, as reads are), ``consistency=local`` this node's copy."""
+        group = self.node.data_group
+        stream, partition = self._quarantine_filter(request, group)
+        limit = self._limit(request) or self.limits.read_limit_max
+        forwarded = await self._consistent(request, group)
+        if forwarded is not None:
+            return forwarded
+        runs = group.store.quarantine(stream, partition)
+        return respond(
+            request,
+            200,
+            {
+                "region": self.node.region,
+                "node": self.node.node_id,
+                "runs_total": len(runs),
+                "events_total": sum(r.record_count for r in runs),
+                "truncated": len(runs) > limit,
+                "runs": [
+                    {
+                        "stream": r.stream,
+                        "partition": r.partition,
+                        "epoch": r.epoch,
+                        "superseded_by": r.superseded_by,
+                        "fork_seq": r.fork_seq,
+                        "first_seq": r.first_seq,
+                        "last_seq": r.last_seq,
+                        "record_count": r.record_count,
+                        "producer_id": r.producer_id,
+                        "producer_seq": r.producer_seq,
+                    }
+                    for r in runs[:limit]
+                ],
+            },
+        )
+
+    async def quarantine_export(self, request: web.Request) -> web.StreamResponse:
+        """This node's copy of the quarantined events as JSON lines, streamed in chunks of at
+        most :data:`EXPORT_CHUNK_BYTES` (memory stays bounded whatever the quarantine holds;
+        the runs are immutable, so a failback landing meanwhile does not disturb it). Served
+        from the local copy: ask the region's leader for the latest (the CLI does)."""
+        group = self.node.data_group
+        stream, partition = self._quarantine_filter(request, group)
+        resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        timeout_s = self.limits.write_timeout_s
+        chunk = bytearray()
+        try:
+            for event in group.store.quarantine_events(stream, partition):
+                chunk += json.dumps(event, default=str, separators=(",", ":")).encode()
+                chunk += b"\n"
+                if len(chunk) >= EXPORT_CHUNK_BYTES:
+                    await bounded_write(resp, bytes(chunk), timeout_s)
+                    chunk.clear()
+            if chunk:
+                await bounded_write(resp, bytes(chunk), timeout_s)
+            await resp.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            pass
+        except TimeoutError:  # a reader that does not read: drop it
+            self.node.security.guard.write_timeouts += 1
+            if request.transport is not None:
+                request.transport.close()
+        return resp
+
     # -- operations -------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.StreamResponse:
@@ -1161,6 +1322,18 @@ _SCHEMAS: dict[str, Any] = {
             "avg": {"type": "number", "nullable": True},
             "windows": {"type": "array", "items": _OBJ},
             "stats": _OBJ,
+        },
+    },
+    "Quarantine": {
+        "type": "object",
+        "required": ["region", "runs", "runs_total", "events_total"],
+        "properties": {
+            "region": {"type": "string"},
+            "node": {"type": "string"},
+            "runs_total": {"type": "integer"},
+            "events_total": {"type": "integer"},
+            "truncated": {"type": "boolean"},
+            "runs": {"type": "array", "items": _OBJ},
         },
     },
     "Status": _OBJ,

@@ -251,6 +251,10 @@ class NodeMetrics:
         self.leader_changes = r.counter(
             "geostore_leader_changes_total", "Changes of the leader this node sees, by group."
         )
+        self.appends_throttled = r.counter(
+            "geostore_appends_throttled_total",
+            "Appends slowed or refused by lag-bounded backpressure, by action (slow, refuse).",
+        )
         self.forwarded = r.counter(
             "geostore_forwarded_total", "Requests forwarded to the group leader, by route."
         )
