@@ -506,8 +506,8 @@ async def mirrored(
 async def quarantine_count(
     c: Cluster, http: aiohttp.ClientSession, region: str, partition: int
 ) -> int | None:
-    """Events of ``partition`` in ``region``'s quarantine; None when the node has no
-    quarantine API."""
+    """Events of ``partition`` in ``region``'s quarantine (``GET /v1/quarantine``, answered
+    by its leader); None when the node has no quarantine API."""
     for api in c.apis(region):
         try:
             status, doc = await _call(
@@ -518,8 +518,7 @@ async def quarantine_count(
         if status == 404 and isinstance(doc, dict) and doc["error"]["code"] == "not_found":
             return None
         if status == 200:
-            events = doc["events"] if isinstance(doc, dict) else doc
-            return sum(1 for e in events if e["partition"] == partition)
+            return int(doc["events_total"])
     return None
 
 
