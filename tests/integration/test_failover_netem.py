@@ -9,7 +9,7 @@ region's quarantine holds exactly the orphaned events, every node of every regio
 same partitions (``/v1/debug/partitions`` hashes) and reads them gap-free.
 
 Topology: regions ``a`` (two nodes), ``b`` and ``c`` (one each), RTTs 20-30 ms through the
-emulator, home leases of 3 s so the failover's lease wait is short. To make the failover lose
+emulator, home leases of 6 s so the failover's lease wait is short. To make the failover lose
 something for certain, the links out of ``a`` are cut a moment before the kill: ``a`` keeps
 acknowledging on its still valid lease while nothing reaches the survivors (an asynchronous
 replication's worst moment, compressed). Every wait is bounded by a generous deadline and
@@ -71,14 +71,18 @@ b = "c"
 rtt_ms_p50 = 24.0
 """
 
-#: Short leases (renewed 6x per lease) so that a failover waits about 3 s, not 10.
+#: Short leases so that a failover waits about 6 s, not 10; renewed only every 2.5 s, so that
+#: the cut (timed just after a renewal, see :func:`just_renewed`) falls well before the next.
 CONFIG = """
 [geo]
-lease_ms = 3000
-lease_renew_ms = 500
+lease_ms = 6000
+lease_renew_ms = 2500
 lease_drift_ms = 200
 """
 
+#: How long the test waits for appends a region acknowledges while cut off, on the lease it
+#: renewed just before the cut: well below lease - drift - a renewal's round trip.
+CUT_WINDOW_S = 3.0
 #: Bound of every wait (2 shared cores, 4 node processes, an emulator, the test itself).
 DEADLINE_S = 60.0
 #: One append request's deadline; past it the outcome is unknown (``info``).
@@ -88,11 +92,17 @@ PACE_S = 0.03
 
 T = TypeVar("T")
 
-#: The refusals an append may get while the home is healthy or moving: retryable 503s answered
-#: before anything was written (code -> what a forwarding region's message quotes). The home
-#: lease may also lapse for a moment on a region whose node is not the metadata leader (its
-#: metadata replica applies the renewal a heartbeat after the leader committed it).
-REFUSED = {"moving": "is moving", "lease_lapsed": "no valid home lease"}
+#: The refusals an append may get while its home is healthy or moving, each answered before
+#: anything was written: the retryable 503s ``moving`` and ``lease_lapsed`` (the home lease
+#: may lapse for a moment on a region whose node is not the metadata leader: its metadata
+#: replica applies a renewal a heartbeat after the leader committed it), and 409
+#: ``superseded_epoch`` for an append that was proposed under the old epoch and reached the
+#: log after the move's new epoch (a deviation from "only 503 moving": the client does not
+#: retry it).
+REFUSED = {(503, "moving"), (503, "lease_lapsed"), (409, "superseded_epoch")}
+#: How a region that forwards an append to its home answers when the home refused it: 503
+#: ``unavailable`` (retryable) quoting the home's answer.
+FORWARDED_REFUSAL = "home region "
 
 
 async def geostore_json(*args: str) -> Any:
@@ -430,7 +440,7 @@ class Load:
         self.refusals.append((op.complete_s, process, status, code, message))
         # refused before anything was written (fenced for a move, no lease): definitely not
         # applied; anything else (a forward that failed, a timeout) has an unknown outcome
-        definite = status == 503 and code in REFUSED
+        definite = (status, code) in REFUSED
         op.type, op.error = ("fail" if definite else "info"), f"{status} {code}"
         return op
 
@@ -451,6 +461,35 @@ class Load:
             and op.partition == partition
             and op.process.startswith(process_prefix)
         ]
+
+
+async def just_renewed(http: aiohttp.ClientSession, api: str) -> None:
+    """Wait until the region leader at ``api`` renewed its home lease once more and counts it
+    valid: its metadata replica applied the renewal (a cut before that would leave it without
+    a lease at once, and it would acknowledge nothing while cut off)."""
+    first = (await get_ok(http, f"{api}/v1/status"))["meta"]["renewals"]
+    last: list[object] = [None]
+
+    async def once() -> bool | None:
+        meta = (await get_ok(http, f"{api}/v1/status"))["meta"]
+        last[0] = {k: meta.get(k) for k in ("renewals", "ready", "renew_failures", "lapses")}
+        return True if meta["renewals"] > first and meta["ready"] else None
+
+    await until(f"{api} renews its lease", once, DEADLINE_S, lambda: last[0])
+
+
+async def acked_at_least(load: Load, partition: int, n: int, what: str, *,
+                         since_s: float = 0.0, timeout_s: float = DEADLINE_S) -> None:  # fmt: skip
+    """Wait until ``n`` appends to ``partition`` invoked after ``since_s`` were acknowledged."""
+
+    def count() -> int:
+        return sum(1 for _, op in load.ok_ops(partition) if op.invoke_s > since_s)
+
+    async def once() -> bool | None:
+        return True if count() >= n else None
+
+    await until(f"{n} appends acknowledged {what}", once, timeout_s,
+                lambda: f"{count()} acknowledged; answers {dict(load.answers)}")  # fmt: skip
 
 
 async def final_state(
@@ -493,16 +532,12 @@ async def planned_move(c: Cluster) -> None:
             asyncio.create_task(load.writer(http, c.apis("a")[0], "w-a", 0, stop)),
         ]
         try:
-            await asyncio.sleep(2.0)
-            before = len(load.ok_ops(0))
-            assert before >= 5, (
-                f"only {before} appends acknowledged before the move: {load.answers}"
-            )
+            await acked_at_least(load, 0, 10, "before the move")
             moved_at = time.monotonic()
             answer = await geostore_json("partition", "move", "--cluster", str(c.folder),
                                          f"{stream}/0", "--to", "b")  # fmt: skip
             moved_s = time.monotonic()
-            await asyncio.sleep(2.0)
+            await acked_at_least(load, 0, 10, "after the move", since_s=moved_s)
         finally:
             stop.set()
             await asyncio.gather(*writers)
@@ -516,12 +551,11 @@ async def planned_move(c: Cluster) -> None:
         assert all(isinstance(v, int | float) and v >= 0 for v in pauses.values()), answer
         assert answer["pause_ms"] >= max(pauses.values()), answer
         assert answer["pause_ms"] <= (moved_s - moved_at) * 1000 + 1, (answer, moved_s - moved_at)
-        # writes during the move were acknowledged or refused, before anything was written,
-        # with a retryable 503 (moving; or lease_lapsed, see REFUSED); a region that forwards
-        # an append to the home passes the home's refusal on as 503 unavailable quoting it
-        other = [r for r in load.refusals
-                 if not (r[2] == 503 and (r[3] in REFUSED or (r[3] == "unavailable" and any(
-                     REFUSED[code] in r[4] for code in REFUSED))))]  # fmt: skip
+        # writes during the move were acknowledged or refused before anything was written
+        # (REFUSED); a region that forwards an append to the home passes the home's refusal
+        # on as a retryable 503
+        other = [r for r in load.refusals if (r[2], r[3]) not in REFUSED
+                 and not (r[2] == 503 and r[4].startswith(FORWARDED_REFUSAL))]  # fmt: skip
         assert not other, (
             f"appends failed otherwise than a retryable refusal (move called at {moved_at:.2f}, "
             f"answered at {moved_s:.2f}): {other[:10]}; {load.answers}"
@@ -577,22 +611,21 @@ async def failover(c: Cluster) -> None:
         ]
         b_tasks: list[asyncio.Task[None]] = []
         try:
-            await asyncio.sleep(2.5)
-            # a keeps acknowledging on its lease while nothing leaves it, then dies whole
-            cut_at = time.monotonic()
+            await acked_at_least(load, 0, 20, "by a before the cut")
+            # a keeps acknowledging on its lease while nothing leaves it, then dies whole:
+            # what it appends once the cut is in place can reach no other region
+            await just_renewed(http, a_leader)
             await asyncio.to_thread(c.netem.isolate_region, "a")
+            cut_at = time.monotonic()
             load.history.fault(cut_at, "links out of a cut")
-            await asyncio.sleep(0.8)
+            await acked_at_least(load, 0, 3, "by a after the cut", since_s=cut_at,
+                                 timeout_s=CUT_WINDOW_S)  # fmt: skip
             killed_at = time.monotonic()
             c.kill_region("a")
             load.history.fault(killed_at, "SIGKILL every process of a")
             await c.wait_region_dead("a")
             stop_a.set()
             await asyncio.to_thread(c.netem.heal_region, "a")
-            a_acked = load.ok_ops(0, "a")
-            assert len(a_acked) >= 10, f"a acknowledged only {len(a_acked)}: {load.answers}"
-            in_cut = [op for _, op in a_acked if op.complete_s and op.complete_s > cut_at]
-            assert in_cut, f"nothing acknowledged by a after its links were cut: {load.answers}"
             # fail a over to b: waits out a's lease, forks at b's watermark
             fo_at = time.monotonic()
             answer = await geostore_json("region", "failover", "--cluster", str(c.folder),
@@ -605,15 +638,17 @@ async def failover(c: Cluster) -> None:
             fork = int(part["fork_seq"])
             # the new home takes appends at once, from the fork on
             b_tasks = [asyncio.create_task(load.writer(http, c.apis("b")[0], "b-p0", 0, stop))]
-            await asyncio.sleep(1.5)
+            await acked_at_least(load, 0, 10, "by b after the failover", since_s=time.monotonic())
             c.restart_region("a")
             load.history.fault(time.monotonic(), "a restarted from its data dirs")
             # a's data-group leader learns the new epoch and follows the new home
+            seen: dict[str, object] = {}
             await until(
                 "a mirrors the new epoch of partition 0",
-                lambda: mirrored(http, c, stream, part["epoch"]),
+                lambda: mirrored(http, c, stream, part["epoch"], seen),
+                seen=lambda: seen,
             )
-            await asyncio.sleep(1.0)
+            await acked_at_least(load, 0, 5, "by b after a's return", since_s=time.monotonic())
         finally:
             stop_a.set()
             stop.set()
@@ -689,17 +724,24 @@ async def failover(c: Cluster) -> None:
         )
 
 
-async def mirrored(http: aiohttp.ClientSession, c: Cluster, stream: str, epoch: int) -> bool | None:
-    """True when every node of ``a`` answers and holds partition 0 of ``stream`` at ``epoch``."""
+async def mirrored(
+    http: aiohttp.ClientSession, c: Cluster, stream: str, epoch: int, seen: dict[str, object]
+) -> bool | None:
+    """True when every node of ``a`` answers and holds partition 0 of ``stream`` at ``epoch``
+    with home ``b``; what each node showed goes to ``seen``."""
+    done = True
     for node_id in c.region_nodes("a"):
+        api = c.nodes[node_id]["api"]
         try:
-            status, doc = await call(http, "GET", f"{c.nodes[node_id]['api']}/v1/debug/partitions",
-                                     timeout_s=3.0)  # fmt: skip
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return None
+            status, doc = await call(http, "GET", f"{api}/v1/debug/partitions", timeout_s=3.0)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            seen[node_id], done = repr(exc), False
+            continue
         if status != 200:
-            return None
+            seen[node_id], done = (status, doc), False
+            continue
         rows = [p for p in doc["partitions"] if p["stream"] == stream and p["partition"] == 0]
+        seen[node_id] = rows
         if not rows or rows[0]["epoch"] != epoch or rows[0]["home"] != "b":
-            return None
-    return True
+            done = False
+    return True if done else None
