@@ -1,7 +1,7 @@
 """Proves, with real node processes and the WAN emulator on every inter-region link, that a
 planned move of a partition under load loses no acknowledged append (writes meanwhile are
-either acknowledged or refused with the retryable 503 ``moving``) and reports its pause per
-phase; and that after every process of a region is killed with SIGKILL under load, a region
+acknowledged or refused before anything was written, mostly with the retryable 503
+``moving``: :data:`REFUSED`) and reports its pause per phase; and that after every process of a region is killed with SIGKILL under load, a region
 failover to a survivor, more appends there and the region's restart from its own data dirs
 (failback), the acknowledged appends lost are exactly the suffix of the lost region's
 acknowledged sequence beyond the fork (the history checker finds nothing else), the returned
