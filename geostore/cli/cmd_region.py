@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     answer["waited_ms"] = round(waited * 1000)
     if args.json:
         print(json.dumps(answer, indent=2))
-        return 0
+        return 1 if any("error" in p for p in answer.get("partitions", [])) else 0
     rows = []
     for p in answer.get("partitions", []):
         if "error" in p:
@@ -114,6 +114,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"no partition was homed in {args.region}")
     if answer.get("warning"):
         print(f"warning: {answer['warning']}")
+    failed = [p for p in answer.get("partitions", []) if "error" in p]
+    if failed:
+        print(
+            f"geostore region: error: {len(failed)} partition(s) did not move (see the table); "
+            "run the same failover again: moved partitions are no longer homed in "
+            f"{args.region}, so it retries only these"
+        )
+        return 1
     print(
         f"events lost: what {args.to} knew {args.region} had committed beyond the fork (a lower "
         f"bound); silent ms: how long {args.to} had not heard from {args.region}, whose appends "
