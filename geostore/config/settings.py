@@ -123,6 +123,12 @@ class GeoSettings:
     )
     inflight_batches_max: int = _f(4, "Unacknowledged batches per partition and destination.")
     zstd_level: int = _f(3, "zstandard compression level of shipped batches (1-22).", maximum=22)
+    columnar_batches: bool = _f(
+        True,
+        "Lay a shipped batch's events out by column before zstd (fewer WAN bytes); set false "
+        "while regions run a version that lacks it (rolling upgrade).",
+        minimum=None,
+    )
     use_dictionary: bool = _f(
         True,
         "Train a zstd dictionary per stream at the home leader and compress small batches "

@@ -34,15 +34,33 @@ from geostore.errors import CodecError
 from geostore.ids import StreamName
 
 from .batch import encode_entries
+from .columns import encode_columns
 from .messages import GeoEntry
 
 #: zstd refuses to train on fewer samples than about this; fewer is not attempted.
 SAMPLES_MIN = 8
 
 
-def training_samples(entries: Sequence[GeoEntry]) -> list[bytes]:
-    """One sample per committed entry, encoded exactly as a one-entry batch payload."""
-    return [encode_entries([e]) for e in entries]
+def training_samples(
+    entries: Sequence[GeoEntry], batch_events_max: int = 1, columnar: bool = True
+) -> list[bytes]:
+    """Samples shaped like the batches the dictionary will compress: consecutive entries
+    grouped up to ``batch_events_max`` events (an entry alone when it is larger), each
+    encoded exactly as the shipper encodes a batch payload (by column, or by row)."""
+    assert batch_events_max >= 1
+    groups: list[list[GeoEntry]] = []
+    events = 0
+    for e in entries:
+        if not groups or events + e.record_count > batch_events_max:
+            groups.append([])
+            events = 0
+        groups[-1].append(e)
+        events += e.record_count
+    samples = []
+    for group in groups:
+        sample = encode_columns(group) if columnar else None
+        samples.append(sample if sample is not None else encode_entries(group))
+    return samples
 
 
 def train(samples: Sequence[bytes], bytes_max: int) -> CompressionDictionary:

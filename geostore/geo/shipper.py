@@ -52,10 +52,11 @@ from geostore.config import GeoSettings
 from geostore.errors import GeostoreError
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 
-from .batch import make_batch
+from .batch import encode_entries, make_batch
 from .messages import (
     CODEC_NONE,
     CODEC_ZSTD,
+    CODEC_ZSTD_COLUMNS,
     COMMIT_MARKS_MAX,
     SEQ_NONE,
     GeoAck,
@@ -154,7 +155,7 @@ class DestinationStats:
 
     batches_sent: int = 0
     events_sent: int = 0
-    bytes_raw: int = 0  # CBOR entries before compression
+    bytes_raw: int = 0  # the CBOR entry list (row layout) before compression
     bytes_payload: int = 0  # batch payloads after compression
     retransmits: int = 0  # batches sent again (go-back-N), not counted in the above
 
@@ -163,7 +164,7 @@ class DestinationStats:
 class ShipperStats:
     batches_sent: int = 0
     events_sent: int = 0
-    bytes_raw: int = 0  # CBOR entries before compression
+    bytes_raw: int = 0  # the CBOR entry list (row layout) before compression
     bytes_payload: int = 0  # batch payloads after compression
     retransmits: int = 0
     rewinds: int = 0
@@ -186,7 +187,7 @@ class ShipperStats:
         return cls(destinations={d: DestinationStats() for d in destinations})
 
     def count_batch(self, dst: RegionId, batch: GeoBatch, bytes_raw: int) -> None:
-        """A new batch built for ``dst`` from ``bytes_raw`` bytes of encoded events."""
+        """A new batch built for ``dst``; ``bytes_raw``: its uncompressed row payload."""
         per = self.destinations[dst]
         self.batches_sent += 1
         per.batches_sent += 1
@@ -292,7 +293,9 @@ class Shipper:
             for d in self._dsts
         }
         self._dictionaries = dict(dictionaries or {}) if settings.use_dictionary else {}
-        self._codec = CODEC_ZSTD if compression else CODEC_NONE
+        self._codec = CODEC_NONE
+        if compression:
+            self._codec = CODEC_ZSTD_COLUMNS if settings.columnar_batches else CODEC_ZSTD
         self._parts: dict[PartitionKey, _Partition] = {}
         self._cursors: dict[tuple[PartitionKey, RegionId], _Cursor] = {}
         self.stats = ShipperStats.for_destinations(self._dsts)
@@ -601,7 +604,7 @@ class Shipper:
             raise GeoLogError(f"{part.stream}/{part.partition}: log read past the commit point")
         events = sum(e.record_count for e in entries)
         d = None
-        if self._codec == CODEC_ZSTD and events <= s.dictionary_batch_events_max:
+        if self._codec != CODEC_NONE and events <= s.dictionary_batch_events_max:
             d = self._dictionaries.get(part.stream)
         batch = make_batch(
             part.stream,
@@ -617,7 +620,9 @@ class Shipper:
             batch = dataclasses.replace(batch, commit_marks=marks)
         if batch.dict_id > 0:
             self.stats.batches_with_dictionary += 1
-        self.stats.count_batch(dst, batch, sum(len(e.events) for e in entries))
+        # raw: what the batch would carry uncompressed (codec none), for an honest ratio
+        raw = len(batch.payload) if batch.codec == CODEC_NONE else len(encode_entries(entries))
+        self.stats.count_batch(dst, batch, raw)
         return batch
 
     def _heartbeat(self) -> GeoHeartbeat:
