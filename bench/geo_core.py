@@ -45,6 +45,7 @@ from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 from geostore.store import AppendBatch, EventStore, MemoryBlockStore
 
 STREAM = StreamName("flights")
+_DEFAULTS = GeoSettings()
 HOME = RegionId("us-east-1")
 DST = RegionId("eu-west-1")
 EPOCH = Epoch(1)
@@ -217,7 +218,7 @@ def ratio_sweep(args: argparse.Namespace) -> int:
                             _train_entries(train_parts, train), sample, columnar
                         )
                         try:
-                            d = train_dictionary(samples, size)
+                            d = train_dictionary(samples, size, level)
                         except CodecError as exc:
                             print(f"  no dictionary {cfg}: {exc.message}", flush=True)
                             continue
@@ -271,7 +272,8 @@ def ratio_sweep(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20_000, help="flights measured")
-    ap.add_argument("--train-events", type=int, default=10_000, help="flights to train on")
+    ap.add_argument("--train-events", type=int, default=_DEFAULTS.dictionary_train_events,
+                    help="flights to train on")  # fmt: skip
     ap.add_argument("--request-events", type=int, default=1, help="events per append request")
     ap.add_argument(
         "--small-batches",
@@ -280,8 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[5, 10, 20],
         help="events per small batch (each measured with and without a dictionary)",
     )
-    ap.add_argument("--dict-bytes", type=int, default=112_640, help="dictionary size")
-    ap.add_argument("--level", type=int, default=3, help="zstd level")
+    ap.add_argument("--dict-bytes", type=int, default=_DEFAULTS.dictionary_bytes_max,
+                    help="dictionary size")  # fmt: skip
+    ap.add_argument("--level", type=int, default=_DEFAULTS.zstd_level, help="zstd level")
     ap.add_argument("--partitions", type=int, default=3, help="partitions of the stream")
     ap.add_argument("--json-out", type=Path, default=None)
     sweep = ap.add_argument_group("--ratio: a sweep instead of the target figures")
@@ -289,9 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep.add_argument("--batch-sizes", type=int, nargs="+", default=[5, 10, 20, 50, 1000])
     sweep.add_argument("--layouts", nargs="+", choices=("rows", "columns"),
                        default=["rows", "columns"])  # fmt: skip
-    sweep.add_argument("--levels", type=int, nargs="+", default=[3])
-    sweep.add_argument("--dict-bytes-list", type=int, nargs="+", default=[32_768, 112_640])
-    sweep.add_argument("--train-events-list", type=int, nargs="+", default=[1_000, 10_000])
+    sweep.add_argument("--levels", type=int, nargs="+", default=[3, 6])
+    sweep.add_argument("--dict-bytes-list", type=int, nargs="+", default=[32_768, 65_536])
+    sweep.add_argument("--train-events-list", type=int, nargs="+", default=[1_000, 5_000])
     sweep.add_argument("--sample-events", type=int, nargs="+", default=None,
                        help="events per training sample (default: the batch size)")  # fmt: skip
     sweep.add_argument("--dictionary-batch-max", type=int, default=20,
@@ -329,12 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bs in args.small_batches:
         # The dictionary is trained on payloads of the same shape (batches of ``bs`` events)
         # from flights that are not in the measured set.
-        samples = [
-            encode_entries(es[i : i + bs])
-            for es in train_parts.values()
-            for i in range(0, len(es), bs)
-        ]
-        dictionary = train_dictionary(samples, args.dict_bytes)
+        samples = training_samples(_train_entries(train_parts, args.train_events), bs)
+        dictionary = train_dictionary(samples, args.dict_bytes, args.level)
         small = GeoSettings(
             batch_events_max=bs, linger_ms=0, inflight_batches_max=1, zstd_level=args.level
         )
@@ -360,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"zstd_dict_reduction_batch{bs}",
                 raw["bytes_per_event"] / dicted["bytes_per_event"],
                 "x",
+                target=6.0,
             ),
         ]
     result = Result(

@@ -149,8 +149,8 @@ def encode_columns(entries: Sequence[GeoEntry]) -> bytes | None:
     for row, sid in zip(rows, schema_of, strict=True):
         members[sid].append(row.values())
     schemas = [list(fields) for fields in schema_ids]
-    columns = [[list(col) for col in zip(*vals)] for vals in members]
-    deltas = [b - a for a, b in zip(itertools.chain((0,), ts_all), ts_all)]
+    columns = [[list(col) for col in zip(*vals, strict=True)] for vals in members]
+    deltas = [b - a for a, b in zip(itertools.chain((0,), ts_all), ts_all, strict=False)]
     try:
         payload = dumps_plain(
             [
@@ -200,7 +200,7 @@ def _rows(schemas: Any, schema_of: Any, columns: Any, count: int) -> list[dict[A
             raise CodecError("columnar batch: schema fields must be distinct strings")
         if any(type(c) is not list or len(c) != n for c in cols):
             raise CodecError("columnar batch: a column does not match its schema's events")
-        values.append(iter(zip(*cols)) if fields else itertools.repeat((), n))
+        values.append(iter(zip(*cols, strict=True)) if fields else itertools.repeat((), n))
     if schema_of is None:
         if not count:
             return []

@@ -12,7 +12,9 @@ Theory of operation:
   :meth:`Shipper.on_committed`, and batches are read through the :class:`CommittedLog` port
   never past it (G2).
 - Batches hold whole source entries, bounded by ``batch_events_max``/``batch_bytes_max``, and
-  wait up to ``linger_ms`` to fill. Up to ``window`` batches are in flight per cursor; when the
+  wait up to ``linger_ms`` to fill. With a dictionary, a batch stops waiting (and, under
+  light load, stops growing) at ``dictionary_batch_events_max`` events, the most the
+  dictionary serves; a backlog of two such batches or more lifts that bound. Up to ``window`` batches are in flight per cursor; when the
   oldest is unanswered for a retransmission timeout, the window is sent again (go-back-N).
 - Acks advance ``acked`` by the receiver's watermark only, never by the acked batch's range:
   an ack for a duplicate the watermark does not cover proves nothing (Pulsar #26113). A NACK
@@ -297,6 +299,8 @@ class Shipper:
         if compression:
             self._codec = CODEC_ZSTD_COLUMNS if settings.columnar_batches else CODEC_ZSTD
         self._parts: dict[PartitionKey, _Partition] = {}
+        #: the last batch built (key: partition, epoch, range, dictionary), with its raw size
+        self._last_built: tuple[tuple[object, ...], GeoBatch, int] | None = None
         self._cursors: dict[tuple[PartitionKey, RegionId], _Cursor] = {}
         self.stats = ShipperStats.for_destinations(self._dsts)
         self._latencies: deque[tuple[PartitionKey, RegionId, int, int]] = deque(
@@ -435,7 +439,7 @@ class Shipper:
                 while len(cur.inflight) < link.window and cur.next_seq <= part.commit:
                     pending = part.commit - cur.next_seq + 1
                     if (
-                        pending < s.batch_events_max
+                        pending < self._fill_events(part)
                         and s.linger_ms > 0
                         and now_ms - self._commit_time(part, cur.next_seq) < s.linger_ms
                     ):
@@ -591,10 +595,22 @@ class Shipper:
             link.dictionaries.append(d)
             link.last_dictionary_ms = now_ms
 
+    def _fill_events(self, part: _Partition) -> int:
+        """Events at which a lingering batch leaves: the most a dictionary serves, when the
+        stream has one (a batch just past it would go without), else ``batch_events_max``."""
+        s = self.settings
+        if self._codec != CODEC_NONE and part.stream in self._dictionaries:
+            return min(s.batch_events_max, s.dictionary_batch_events_max)
+        return s.batch_events_max
+
     def _build(self, part: _Partition, start: Seq, dst: RegionId) -> GeoBatch:
         s = self.settings
+        # Light load (under two dictionary batches pending): keep batches the dictionary
+        # serves; a backlog (a full window) still gets batches of up to batch_events_max.
+        fill = self._fill_events(part)
+        events_max = fill if part.commit - start + 1 < 2 * fill else s.batch_events_max
         entries = self._log.read_committed(
-            part.stream, part.partition, start, part.commit, s.batch_events_max, s.batch_bytes_max
+            part.stream, part.partition, start, part.commit, events_max, s.batch_bytes_max
         )
         if not entries or entries[0].seq != start:
             raise GeoLogError(
@@ -606,22 +622,30 @@ class Shipper:
         d = None
         if self._codec != CODEC_NONE and events <= s.dictionary_batch_events_max:
             d = self._dictionaries.get(part.stream)
-        batch = make_batch(
-            part.stream,
-            part.partition,
-            part.epoch,
-            entries,
-            codec=self._codec,
-            level=s.zstd_level,
-            dictionary=d,
-        )
+        # Destinations usually get the same range: encode it once (the columnar layout costs
+        # a few CBOR passes per event), reuse it for the next destination.
+        dict_id = d.dict_id if d is not None else 0
+        key = (part.stream, part.partition, part.epoch, start, entries[-1].last_seq, dict_id)
+        if self._last_built is not None and self._last_built[0] == key:
+            batch, raw = self._last_built[1], self._last_built[2]
+        else:
+            batch = make_batch(
+                part.stream,
+                part.partition,
+                part.epoch,
+                entries,
+                codec=self._codec,
+                level=s.zstd_level,
+                dictionary=d,
+            )
+            # raw: what the batch would carry uncompressed (codec none), for an honest ratio
+            raw = len(batch.payload) if batch.codec == CODEC_NONE else len(encode_entries(entries))
+            self._last_built = (key, batch, raw)
         marks = self._commit_marks(part, batch.src_start, batch.src_end)
         if marks:
             batch = dataclasses.replace(batch, commit_marks=marks)
         if batch.dict_id > 0:
             self.stats.batches_with_dictionary += 1
-        # raw: what the batch would carry uncompressed (codec none), for an honest ratio
-        raw = len(batch.payload) if batch.codec == CODEC_NONE else len(encode_entries(entries))
         self.stats.count_batch(dst, batch, raw)
         return batch
 
