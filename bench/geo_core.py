@@ -40,7 +40,7 @@ from geostore.geo import (
     Shipper,
     Watermark,
 )
-from geostore.geo.dictionary import training_samples
+from geostore.geo.dictionary import train, training_samples
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 from geostore.store import AppendBatch, EventStore, MemoryBlockStore
 
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The dictionary is trained on payloads of the same shape (batches of ``bs`` events)
         # from flights that are not in the measured set.
         samples = training_samples(_train_entries(train_parts, args.train_events), bs)
-        dictionary = train_dictionary(samples, args.dict_bytes, args.level)
+        dictionary = train(samples, args.dict_bytes, args.level)  # as a home leader does
         small = GeoSettings(
             batch_events_max=bs, linger_ms=0, inflight_batches_max=1, zstd_level=args.level
         )

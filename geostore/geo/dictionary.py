@@ -13,7 +13,8 @@ Theory of operation:
   events, laid out by column), for the configured zstd level, and gives it to its shipper.
   Measured on flights (``bench/geo_core.py --ratio``): batch-shaped samples, 64 KiB
   trained on 5,000 events and level-matched tables each gain a few percent; a dictionary
-  larger than about a tenth of its samples over-fits and loses.
+  larger than about a third of its samples' bytes over-fits and loses, so
+  :func:`train` sizes it to its samples (at most ``dictionary_bytes_max``).
 - A dictionary is named by a hash of its bytes (``dictionary_id_of``), so any node can
   check that the bytes it got are the ones a batch names, and two leaders that trained the
   same bytes agree on the id without coordinating. A new home leader trains again (its
@@ -67,12 +68,21 @@ def training_samples(
     return samples
 
 
+#: A dictionary is at most this fraction of its samples' bytes: a larger one over-fits
+#: (flights, 20-event batches: 1,000 events make 90 KB of samples; a 64 KiB dictionary from
+#: them gives 16% more bytes than a 32 KiB one, a 16 KiB one 2% more).
+SAMPLE_BYTES_PER_DICTIONARY_BYTE = 3
+#: Smallest dictionary size asked of zstd (it needs room for its entropy tables).
+DICTIONARY_BYTES_MIN = 4096
+
+
 def train(samples: Sequence[bytes], bytes_max: int, level: int = 3) -> CompressionDictionary:
-    """A dictionary of at most ``bytes_max`` bytes for zstd ``level``, or CodecError (too
-    few or small samples)."""
+    """A dictionary for zstd ``level`` of at most ``bytes_max`` bytes and a third of the
+    samples' bytes, or CodecError (too few or small samples)."""
     if len(samples) < SAMPLES_MIN:
         raise CodecError(f"{len(samples)} samples are too few to train a dictionary")
-    return train_dictionary(samples, bytes_max, level)
+    fitted = sum(map(len, samples)) // SAMPLE_BYTES_PER_DICTIONARY_BYTE
+    return train_dictionary(samples, min(bytes_max, max(DICTIONARY_BYTES_MIN, fitted)), level)
 
 
 @dataclass(slots=True)

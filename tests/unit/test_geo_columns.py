@@ -37,7 +37,7 @@ from geostore.geo import (
     open_batch,
 )
 from geostore.geo.columns import decode_columns, encode_columns
-from geostore.geo.dictionary import training_samples
+from geostore.geo.dictionary import DICTIONARY_BYTES_MIN, train, training_samples
 from geostore.ids import Epoch, LogIndex, PartitionId, RegionId, Seq, StreamName
 from geostore.store import AppendBatch, EventStore, MemoryBlockStore
 
@@ -177,6 +177,26 @@ def test_any_bodies_round_trip_exactly_property(requests: list[list[dict[str, An
     es = store_entries(events, "p", False)
     b = make_batch(S, P, E, es, codec=CODEC_ZSTD_COLUMNS)
     assert open_batch(b) == tuple(es)
+
+
+def test_training_samples_are_batch_shaped_columnar_payloads() -> None:
+    es = flight_entries(7, 4)  # entries of 4 events; batches of <= 10 hold 2 entries
+    samples = training_samples(es, 10)
+    assert len(samples) == 4
+    assert decode_columns(samples[0]) == [
+        [e.record_count, e.events, e.producer_id, e.producer_seq, e.epoch] for e in es[:2]
+    ]
+    assert decode_columns(samples[-1])[0][1] == es[6].events
+    rows = training_samples(es, 10, columnar=False)
+    assert rows[0] == encode_entries(es[:2])
+
+
+def test_a_dictionary_is_sized_to_its_samples() -> None:
+    samples = training_samples(flight_entries(200, 5, seed=6), 20)
+    total = sum(map(len, samples))
+    d = train(samples, 1 << 20)
+    assert DICTIONARY_BYTES_MIN <= len(d.data) <= max(DICTIONARY_BYTES_MIN, total // 3)
+    assert len(train(samples, 4096).data) <= 4096
 
 
 # --- the receiver's bounds ----------------------------------------------------------------
