@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = list(flights(limit=args.events + args.train_events))
     train_rows, rows = rows[: args.train_events], rows[args.train_events :]
-    parts = committed_entries(rows, args.request_events)
+    parts = committed_entries(rows, args.request_events, args.partitions)
 
     big = GeoSettings(
         batch_events_max=1000, linger_ms=0, inflight_batches_max=1, zstd_level=args.level
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ship_cpu_zstd_batch1000", zstd_big["ship_us_per_event"], "us/event", better="lower"
         ),
     ]
-    train_parts = committed_entries(train_rows, args.request_events)
+    train_parts = committed_entries(train_rows, args.request_events, args.partitions)
     for bs in args.small_batches:
         # The dictionary is trained on payloads of the same shape (batches of ``bs`` events)
         # from flights that are not in the measured set.
@@ -369,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "events": len(rows),
             "train_events": len(train_rows),
             "request_events": args.request_events,
+            "partitions": args.partitions,
             "zstd_level": args.level,
             "small_batch_events": args.small_batches,
             "dictionary_bytes_max": args.dict_bytes,
