@@ -13,11 +13,12 @@ from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geostore.codec import CodecLimits, compress, dumps_plain, loads_plain, train_dictionary
 from geostore.config import GeoSettings
+from geostore.errors import CodecError
 from geostore.geo import (
     CODEC_NONE,
     CODEC_ZSTD,
@@ -273,6 +274,53 @@ def test_an_intact_forged_payload_opens() -> None:
     es = flight_entries(3, 4)
     count = sum(e.record_count for e in es)
     assert open_batch(forged_batch(columnar_plain(es), count)) == tuple(es)
+
+
+_FUZZ_BASE = encode_columns(flight_entries(3, 4, seed=8)) or b""
+_FUZZ_LIMITS = CodecLimits(items_max=10_000, depth_max=32, decompressed_bytes_max=1 << 16)
+
+
+@st.composite
+def mutated_payloads(draw: st.DrawFn) -> bytes:
+    data = bytearray(_FUZZ_BASE)
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
+        if not data:
+            op = "insert"
+        if op == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set":
+            data[at] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x9F, 0xBB, 0x1B]))
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del data[at : at + draw(st.integers(1, 8))]
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_payloads())
+def test_mutated_columnar_payloads_decode_or_raise_codec_error(raw: bytes) -> None:
+    """Below the batch CRC (as if a sender were faulty): a typed error or entries within the
+    bound, never another exception; a resealed batch gives entries or BatchError."""
+    try:
+        out = decode_columns(raw, _FUZZ_LIMITS)
+    except CodecError:
+        pass
+    else:
+        assert sum(len(e[1]) for e in out) <= _FUZZ_LIMITS.decompressed_bytes_max
+    count = 12
+    payload = compress(raw, 1)
+    crc = batch_crc(S, P, E, 0, count - 1, count, CODEC_ZSTD_COLUMNS, 0, payload)
+    b = GeoBatch(S, P, E, Seq(0), Seq(count - 1), count, crc, CODEC_ZSTD_COLUMNS, 0, payload)
+    try:
+        entries = open_batch(b, _FUZZ_LIMITS)
+    except BatchError:
+        return
+    assert sum(e.record_count for e in entries) == count
 
 
 # --- the shipper ---------------------------------------------------------------------------
