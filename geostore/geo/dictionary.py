@@ -46,21 +46,31 @@ from .messages import GeoEntry
 SAMPLES_MIN = 8
 
 
-def training_samples(
-    entries: Sequence[GeoEntry], batch_events_max: int = 1, columnar: bool = True
-) -> list[bytes]:
-    """Samples shaped like the batches the dictionary will compress: consecutive entries
-    grouped up to ``batch_events_max`` events (an entry alone when it is larger), each
-    encoded exactly as the shipper encodes a batch payload (by column, or by row)."""
-    assert batch_events_max >= 1
+def _groups(entries: Sequence[GeoEntry], events_max: int) -> list[list[GeoEntry]]:
     groups: list[list[GeoEntry]] = []
     events = 0
     for e in entries:
-        if not groups or events + e.record_count > batch_events_max:
+        if not groups or events + e.record_count > events_max:
             groups.append([])
             events = 0
         groups[-1].append(e)
         events += e.record_count
+    return groups
+
+
+def training_samples(
+    entries: Sequence[GeoEntry], batch_events_max: int = 1, columnar: bool = True
+) -> list[bytes]:
+    """Samples shaped like the batches the dictionary will compress: consecutive entries
+    grouped up to ``batch_events_max`` events (an entry alone when it is larger; smaller
+    groups when that would give fewer than ``2 * SAMPLES_MIN`` samples), each encoded
+    exactly as the shipper encodes a batch payload (by column, or by row)."""
+    assert batch_events_max >= 1
+    groups = _groups(entries, batch_events_max)
+    # zstd wants many samples: with few training events, smaller groups (still whole entries)
+    while len(groups) < 2 * SAMPLES_MIN and batch_events_max > 1:
+        batch_events_max //= 2
+        groups = _groups(entries, batch_events_max)
     samples = []
     for group in groups:
         sample = encode_columns(group) if columnar else None

@@ -181,15 +181,18 @@ def test_any_bodies_round_trip_exactly_property(requests: list[list[dict[str, An
 
 
 def test_training_samples_are_batch_shaped_columnar_payloads() -> None:
-    es = flight_entries(7, 4)  # entries of 4 events; batches of <= 10 hold 2 entries
+    es = flight_entries(40, 4)  # entries of 4 events; batches of <= 10 hold 2 entries
     samples = training_samples(es, 10)
-    assert len(samples) == 4
+    assert len(samples) == 20
     assert decode_columns(samples[0]) == [
         [e.record_count, e.events, e.producer_id, e.producer_seq, e.epoch] for e in es[:2]
     ]
-    assert decode_columns(samples[-1])[0][1] == es[6].events
+    assert decode_columns(samples[-1])[1][1] == es[39].events
     rows = training_samples(es, 10, columnar=False)
     assert rows[0] == encode_entries(es[:2])
+    # few entries: smaller groups, so zstd still gets enough samples
+    few = training_samples(es[:20], 10)
+    assert len(few) == 20 and decode_columns(few[3])[0][1] == es[3].events
 
 
 def test_a_dictionary_is_sized_to_its_samples() -> None:
