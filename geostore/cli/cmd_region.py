@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.now:
         print(
             f"warning: --now: {args.region} may still hold its home lease; appends it "
-            "acknowledges until the lease runs out will be orphaned (quarantined on its return)"
+            "acknowledges until the lease runs out will be orphaned (quarantined on its return)",
+            file=sys.stderr if args.json else sys.stdout,
         )
     started = time.monotonic()
     while True:
@@ -67,16 +68,17 @@ def run(args: argparse.Namespace) -> int:
                     "(it keeps renewing). Use 'partition move' for a planned move, or --now"
                 )
                 return 1
-            sys.stdout.write(
+            progress = sys.stderr if args.json else sys.stdout  # --json: stdout is the answer
+            progress.write(
                 f"\rwaiting for {args.region}'s home lease to expire: {left_ms / 1000:5.1f} s "
             )
-            sys.stdout.flush()
+            progress.flush()
             time.sleep(min(1.0, max(0.05, left_ms / 1000)))
             continue
         break
     waited = time.monotonic() - started
     if waited > 0.5:
-        print()
+        print(file=sys.stderr if args.json else sys.stdout)
     if status != 200:
         print(f"geostore region: error: {call.describe(status, body)}")
         return 1

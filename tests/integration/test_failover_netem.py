@@ -93,13 +93,9 @@ PACE_S = 0.03
 T = TypeVar("T")
 
 #: The refusals an append may get while its home is healthy or moving, each answered before
-#: anything was written: the retryable 503s ``moving`` and ``lease_lapsed`` (the home lease
-#: may lapse for a moment on a region whose node is not the metadata leader: its metadata
-#: replica applies a renewal a heartbeat after the leader committed it), and 409
-#: ``superseded_epoch`` for an append that was proposed under the old epoch and reached the
-#: log after the move's new epoch (a deviation from "only 503 moving": the client does not
-#: retry it).
-REFUSED = {(503, "moving"), (503, "lease_lapsed"), (409, "superseded_epoch")}
+#: anything was written: the retryable 503 ``moving`` (also for an append proposed under the
+#: old epoch that reached the log after the move's new epoch) and ``lease_lapsed``.
+REFUSED = {(503, "moving"), (503, "lease_lapsed")}
 #: How a region that forwards an append to its home answers when the home refused it: 503
 #: ``unavailable`` (retryable) quoting the home's answer.
 FORWARDED_REFUSAL = "home region "

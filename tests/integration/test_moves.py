@@ -194,7 +194,7 @@ def test_region_away_during_two_moves_fails_back_to_the_first_fork(
     # failover a -> b (the CLI waits out a's lease), b writes, then a planned move b -> c
     fo = geostore("region", "failover", "--cluster", folder, "a", "--to", "b", "--json")
     assert fo.returncode == 0, fo.stdout + fo.stderr
-    report = json.loads(fo.stdout[fo.stdout.index("{") :])
+    report = json.loads(fo.stdout)
     (row,) = [p for p in report["partitions"] if p["partition"] == 0]
     assert row["fork_seq"] == 4 and row["epoch"] == 2, report
     for i in range(3):
