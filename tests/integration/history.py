@@ -669,6 +669,11 @@ async def final_state(
 
     regional = {p: dict(pairs) for p, pairs in
                 (await read_all(region.nodes[leader]["api"], "regional")).items()}  # fmt: skip
+    # A leader elected after a restart may not have committed an entry of its term yet when
+    # the region first looks quiescent; the regional read above waited for that commit (it
+    # may carry older entries of the log's tail with it), so wait until every node applied
+    # it too before reading their local copies.
+    await region.quiescent()
     local = {n: await read_all(region.nodes[n]["api"], "local") for n in region.nodes}
     debug = {}
     for node_id in region.nodes:
