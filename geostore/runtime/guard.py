@@ -22,11 +22,25 @@ connections. This module adds what is missing, each check before any work is don
 * :func:`body_deadline_middleware`: a request with a body has it read, within
   ``limits.body_timeout_s``, after the caller was authorised and before the handler runs (the
   body is cached by aiohttp, so the handler's own read returns it at once). Too large: 413.
-  Too slow: 400 ``malformed`` and the connection is closed.
+  Too slow: 400 ``malformed`` and the connection is closed. A body that has wholly arrived
+  (its stream saw its end, the usual small request) is read without a timer: that read
+  cannot wait.
 * :func:`write_deadline_middleware` (outermost): the answer is written within
   ``limits.write_timeout_s``, or the connection is closed; a client that does not read cannot
   hold a handler. Streamed answers (the live tail, the peer WebSocket) prepare themselves;
   the tail bounds each write on its own with the same deadline.
+  Writing an answer can only wait while the transport has paused the protocol (its buffer
+  is over the high-water mark: the client does not read): so rather than a timer per
+  answer, the connection's protocol arms one timer at the first pause during an answer and
+  keeps it until the answer is written (a resume does not disarm it, so a client that reads
+  in trickles is bounded too); when it fires the connection is aborted. The bound is the
+  same, ``write_timeout_s`` from the first moment the write could wait; an answer that
+  never waits (the usual small one) costs no timer.
+
+Timers (``asyncio.timeout``) cost tens of microseconds per use on the request path; a node
+answering thousands of appends a second spends a visible share of its CPU on them, hence
+the two shortcuts above, each justified by a condition under which the guarded step cannot
+wait at all.
 
 Refusals are counted in :class:`GuardStats` (``/v1/status`` ``guard`` and the metrics) and
 logged at most once per interval per kind.
@@ -66,8 +80,8 @@ class GuardStats:
     header_timeouts: int = 0  # first request head not complete in time
     body_timeouts: int = 0  # body not read in time: 408
     write_timeouts: int = 0  # answer not written in time: connection closed
-    #: id(transport) -> "an answer was written, the next bytes start a new request head"
-    awaiting_head: dict[int, Callable[[], None]] = field(default_factory=dict, repr=False)
+    #: id(transport) -> its guarded protocol (the write deadline and the next head's)
+    protocols: dict[int, _GuardedProtocol] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -133,6 +147,11 @@ class _GuardedProtocol(asyncio.Protocol):
         self._tail = b""  # the last bytes seen, to find a head's end across reads
         self._in_head = True  # the next bytes belong to a request head
         self._transport: asyncio.BaseTransport | None = None
+        self._write_paused = False  # the transport's buffer is over its high-water mark
+        self._answering: web.BaseRequest | None = None  # whose answer is being written
+        self._write_timer: asyncio.TimerHandle | None = None
+        #: the write deadline fired during the current answer (the connection was aborted)
+        self.write_timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -156,7 +175,7 @@ class _GuardedProtocol(asyncio.Protocol):
             return
         self._stats.connections += 1
         self._counted = True
-        self._stats.awaiting_head[id(transport)] = self.expect_head
+        self._stats.protocols[id(transport)] = self
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
         self._inner.connection_made(transport)
@@ -167,6 +186,45 @@ class _GuardedProtocol(asyncio.Protocol):
         timeout)."""
         self._in_head = True
         self._tail = b""
+
+    def begin_answer(self, request: web.BaseRequest) -> None:
+        """An answer to ``request`` is about to be written: from the first moment the write
+        could wait (now, if the transport is paused already), it has ``write_timeout_s``."""
+        self._answering = request
+        self.write_timed_out = False
+        if self._write_paused:
+            self._arm_write_deadline()
+
+    def end_answer(self) -> None:
+        """The answer was written (or failed): disarm, and time the next request's head."""
+        self._answering = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self.expect_head()
+
+    def _arm_write_deadline(self) -> None:
+        if self._write_timer is None:
+            loop = asyncio.get_running_loop()
+            self._write_timer = loop.call_later(self._limits.write_timeout_s, self._write_deadline)
+
+    def _write_deadline(self) -> None:
+        self._write_timer = None
+        request = self._answering
+        if request is None:
+            return
+        self.write_timed_out = True
+        self._stats.write_timeouts += 1
+        _LOG.warning(
+            "write",
+            "dropped %s: the answer to %s %s was not taken within %g s",
+            request.remote,
+            request.method,
+            request.path,
+            self._limits.write_timeout_s,
+        )
+        if isinstance(self._transport, asyncio.Transport):
+            self._transport.abort()
 
     def _header_deadline(self) -> None:
         self._timer = None
@@ -206,18 +264,26 @@ class _GuardedProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if self._counted:
             self._counted = False
             self._stats.connections -= 1
             if self._transport is not None:
-                self._stats.awaiting_head.pop(id(self._transport), None)
+                self._stats.protocols.pop(id(self._transport), None)
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._answering is not None:
+            self._arm_write_deadline()
         if not self._refused:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        # the write deadline stays armed: it bounds the whole answer, not one pause
+        self._write_paused = False
         if not self._refused:
             self._inner.resume_writing()
 
@@ -291,25 +357,36 @@ def write_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Midd
         response = await handler(request)
         if response.prepared:  # streamed (tail, WebSocket): bounded where it is written
             return response
+        transport = request.transport
+        guarded = stats.protocols.get(id(transport)) if transport is not None else None
+        if guarded is None:  # not served through GuardedSite (tests): a timer per answer
+            try:
+                async with asyncio.timeout(limits.write_timeout_s):
+                    await response.prepare(request)
+                    await response.write_eof()
+            except TimeoutError:
+                stats.write_timeouts += 1
+                _LOG.warning(
+                    "write",
+                    "dropped %s: the answer to %s %s was not taken within %g s",
+                    request.remote,
+                    request.method,
+                    request.path,
+                    limits.write_timeout_s,
+                )
+                _close(request)
+            return response
+        # the protocol arms the deadline if and when the write could wait (see the module)
+        guarded.begin_answer(request)
         try:
-            async with asyncio.timeout(limits.write_timeout_s):
-                await response.prepare(request)
-                await response.write_eof()
-            if request.transport is not None:  # keep-alive: the next head has a deadline too
-                expect_head = stats.awaiting_head.get(id(request.transport))
-                if expect_head is not None:
-                    expect_head()
-        except TimeoutError:
-            stats.write_timeouts += 1
-            _LOG.warning(
-                "write",
-                "dropped %s: the answer to %s %s was not taken within %g s",
-                request.remote,
-                request.method,
-                request.path,
-                limits.write_timeout_s,
-            )
-            _close(request)
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            if not guarded.write_timed_out:
+                raise
+            # aborted by the deadline: counted and logged there
+        finally:
+            guarded.end_answer()
         return response
 
     return middleware
@@ -321,6 +398,12 @@ def body_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Middl
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method in _BODY_METHODS and request.can_read_body:
+            if request.content.is_eof():  # all of it arrived: reading it cannot wait
+                try:
+                    await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    return _too_large(request, limits)
+                return await handler(request)
             try:
                 async with asyncio.timeout(limits.body_timeout_s):
                     await request.read()
@@ -350,17 +433,21 @@ def body_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Middl
                     request.transport.close()  # flushes what is buffered, then closes
                 return response
             except web.HTTPRequestEntityTooLarge:
-                return error_response(
-                    request,
-                    ApiError(
-                        ErrorCode.TOO_LARGE,
-                        f"request body over {limits.body_bytes_max} bytes",
-                        limit=limits.body_bytes_max,
-                    ),
-                )
+                return _too_large(request, limits)
         return await handler(request)
 
     return middleware
+
+
+def _too_large(request: web.Request, limits: LimitsSettings) -> web.Response:
+    return error_response(
+        request,
+        ApiError(
+            ErrorCode.TOO_LARGE,
+            f"request body over {limits.body_bytes_max} bytes",
+            limit=limits.body_bytes_max,
+        ),
+    )
 
 
 async def bounded_write(response: web.StreamResponse, data: bytes, timeout_s: float) -> None:
