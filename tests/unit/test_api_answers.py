@@ -40,3 +40,13 @@ def test_a_prebuilt_label_key_counts_the_same_series_as_labels() -> None:
     by_key.inc_key((), 5)
     assert by_labels.render() == by_key.render()
     assert 'a_total{route="/v1/x",status="200"} 3' in by_key.render()
+
+
+def test_a_token_is_the_compact_json_of_its_stream_and_parts() -> None:
+    import base64
+    import json
+
+    for parts in ([(0, 1, 2)], [(0, 1, 2), (3, 0, 9)]):
+        token = make_token('s"x', parts)
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        assert raw == json.dumps({"s": 's"x', "p": parts}, separators=(",", ":")).encode()
