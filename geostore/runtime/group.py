@@ -102,7 +102,13 @@ class TimedLog:
 
     def entries(self, lo: LogIndex, hi: LogIndex, max_bytes: int | None = None) -> list[Entry]:
         recent = self._recent
-        if not recent or lo >= hi or lo < recent[0].index or hi > recent[-1].index + 1:
+        if (
+            not recent
+            or lo >= hi
+            or lo < recent[0].index
+            or hi > recent[-1].index + 1
+            or recent[-1].index != self.inner.last_index()  # written past this wrapper
+        ):
             return self.inner.entries(lo, hi, max_bytes)
         first = recent[0].index
         out = recent[lo - first : hi - first]
