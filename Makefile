@@ -74,3 +74,11 @@ bench-open-loop: $(STAMP)
 	$(VENV)/bin/geostore bench report results/open-loop-weather/*.json --out results/open-loop-weather/report
 
 bench-sweeps: bench-modes bench-rtt-sweep bench-region-count bench-remote-writes bench-open-loop
+
+# Planned moves and region failovers on three-continents under the WAN emulator (bench/failover.py:
+# pause per phase, RPO beside the replication lag at the loss). A few minutes; CI runs none of it.
+.PHONY: bench-failover
+
+bench-failover: $(STAMP)
+	mkdir -p results
+	$(PY) -m bench.failover --json-out results/failover.json

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.now:
         print(
             f"warning: --now: {args.region} may still hold its home lease; appends it "
-            "acknowledges until the lease runs out will be orphaned (quarantined on its return)"
+            "acknowledges until the lease runs out will be orphaned (quarantined on its return)",
+            file=sys.stderr if args.json else sys.stdout,
         )
     started = time.monotonic()
     while True:
@@ -67,16 +68,17 @@ def run(args: argparse.Namespace) -> int:
                     "(it keeps renewing). Use 'partition move' for a planned move, or --now"
                 )
                 return 1
-            sys.stdout.write(
+            progress = sys.stderr if args.json else sys.stdout  # --json: stdout is the answer
+            progress.write(
                 f"\rwaiting for {args.region}'s home lease to expire: {left_ms / 1000:5.1f} s "
             )
-            sys.stdout.flush()
+            progress.flush()
             time.sleep(min(1.0, max(0.05, left_ms / 1000)))
             continue
         break
     waited = time.monotonic() - started
     if waited > 0.5:
-        print()
+        print(file=sys.stderr if args.json else sys.stdout)
     if status != 200:
         print(f"geostore region: error: {call.describe(status, body)}")
         return 1
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     answer["waited_ms"] = round(waited * 1000)
     if args.json:
         print(json.dumps(answer, indent=2))
-        return 0
+        return 1 if any("error" in p for p in answer.get("partitions", [])) else 0
     rows = []
     for p in answer.get("partitions", []):
         if "error" in p:
@@ -112,6 +114,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"no partition was homed in {args.region}")
     if answer.get("warning"):
         print(f"warning: {answer['warning']}")
+    failed = [p for p in answer.get("partitions", []) if "error" in p]
+    if failed:
+        print(
+            f"geostore region: error: {len(failed)} partition(s) did not move (see the table); "
+            "run the same failover again: moved partitions are no longer homed in "
+            f"{args.region}, so it retries only these"
+        )
+        return 1
     print(
         f"events lost: what {args.to} knew {args.region} had committed beyond the fork (a lower "
         f"bound); silent ms: how long {args.to} had not heard from {args.region}, whose appends "

@@ -254,6 +254,12 @@ ROUTES: tuple[Route, ...] = (
 )  # fmt: skip
 
 
+#: Refusals of a home region that a forwarding region answers with the same code.
+_PASSED_ON = frozenset(
+    {ErrorCode.MOVING.value, ErrorCode.LEASE_LAPSED.value, ErrorCode.REPLICATION_LAG.value}
+)
+
+
 class Api:
     """The handlers of one node."""
 
@@ -635,8 +641,10 @@ class Api:
                     results += [{"partition": p, **err.to_body()} for p in partitions]
                     continue
                 if status != 200:
+                    home_code = decoded.get("error", {}).get("code")
                     err = ApiError(
-                        ErrorCode.UNAVAILABLE,
+                        # the home's own retryable refusal keeps its code (a move, a lease)
+                        ErrorCode(home_code) if home_code in _PASSED_ON else ErrorCode.UNAVAILABLE,
                         f"home region {r} answered {status}: "
                         f"{decoded.get('error', {}).get('message', '')}",
                         region=r,

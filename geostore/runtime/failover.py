@@ -143,7 +143,16 @@ class MoveOps:
 
     async def _propose(self, group: GroupRuntime, cmd: Any) -> Any:
         (fut,) = group.propose([encode_command(cmd)])
-        result = await asyncio.wait_for(fut, MOVE_TIMEOUT_MS / 1000)
+        try:
+            result = await asyncio.wait_for(fut, MOVE_TIMEOUT_MS / 1000)
+        except TimeoutError:
+            raise ApiError(
+                ErrorCode.UNAVAILABLE,
+                f"region {self.node.region} did not commit {type(cmd).__name__} within "
+                f"{MOVE_TIMEOUT_MS} ms (no quorum?); its outcome is unknown: run the command "
+                "again",
+                retry_after_s=1,
+            ) from None
         if isinstance(result, Rejected):
             raise result.error
         return result
@@ -210,17 +219,26 @@ class MoveOps:
             if mv.phase is not MovePhase.DRAINING:
                 break
             if _now_ms() >= deadline or not group.is_leader:
-                why = "lost leadership" if not group.is_leader else f"{timeout_ms} ms passed"
+                leading = group.is_leader
+                why = f"{timeout_ms} ms passed" if leading else "this node lost leadership"
                 rec.move = mv.abort(_now_ms())
                 rec.outcome = "aborted"
                 self.moves_aborted += 1
-                if group.is_leader:
+                after = (
+                    f"the move was abandoned and {here} takes appends again. Check the link "
+                    f"to {to} and retry"
+                )
+                if leading:
                     await self._propose(group, mv.unfence_command())
+                else:
+                    after = (
+                        "the partition stays fenced: run the move again, or move it to "
+                        f"{here} to lift the fence"
+                    )
                 raise ApiError(
                     ErrorCode.UNAVAILABLE,
                     f"{stream}/{partition}: region {to} did not acknowledge the tail up to seq "
-                    f"{mv.fence_seq} ({why}; it holds {acked}); the move was abandoned and "
-                    f"{here} takes appends again. Check the link to {to} and retry",
+                    f"{mv.fence_seq} ({why}; it holds {acked}); {after}",
                     phase=MovePhase.DRAINING.value,
                     fence_seq=mv.fence_seq,
                     target_seq=acked,
@@ -300,8 +318,6 @@ class MoveOps:
     async def failover(self, lost: RegionId, now: bool) -> dict[str, Any]:
         """Move every partition homed in ``lost`` here (this node leads this region)."""
         meta = self._meta()
-        group = self.node.data_group
-        store = group.store
         here = self.node.region
         remaining = max(0, meta.observed_remaining_ms(lost))
         if remaining > 0 and not now:
@@ -314,59 +330,19 @@ class MoveOps:
                 remaining_ms=remaining,
                 retry_after_ms=remaining,
             )
-        geo = self.node.geo
-        contact = geo.contact_wall_ms(lost)
-        rows: list[dict[str, Any]] = []
-        for ms in meta.streams():
-            for h in ms.homes:
-                if h.home != lost:
-                    continue
-                name, part = ms.definition.name, h.partition
-                local = store.home_of(name, part)
-                if local.epoch != h.epoch:
-                    rows.append(
-                        {
-                            "stream": name,
-                            "partition": part,
-                            "error": f"region {here} is at epoch {local.epoch}, the metadata "
-                            f"group at {h.epoch}: retry once it caught up",
-                        }
-                    )
-                    continue
-                known = geo.source_known(name, part)
-                plan = plan_failover(
-                    name,
-                    part,
-                    lost,
-                    store.history(name, part),
-                    {here: store.watermark(name, part)},
-                    to=here,
-                    lost_last_seq=known,
-                )
-                cmd = plan.set_home
-                await meta.submit(MetaMoveHome(name, part, here, cmd.epoch, cmd.fork_seq))
-                applied = await self._apply_home_here(group, cmd)
-                fork_commit = geo.applied_commit_wall_ms(name, part, plan.fork_seq)
-                rpo_ms = -1
-                if plan.lost_events == 0:
-                    rpo_ms = 0
-                elif contact is not None and fork_commit is not None:
-                    rpo_ms = max(0, contact - fork_commit)
-                rows.append(
-                    {
-                        "stream": name,
-                        "partition": part,
-                        # how long the lost region had been silent here: what it acknowledged
-                        # in that time is unknown until it returns (its quarantine)
-                        "silent_ms": -1 if contact is None else max(0, _wall_ms() - contact),
-                        "epoch": cmd.epoch,
-                        "fork_seq": plan.fork_seq,
-                        "lost_last_seq": -1 if known is None else known,
-                        "lost_events": plan.lost_events,
-                        "rpo_ms": rpo_ms,
-                        "quarantined_here": applied.quarantined if applied else 0,
-                    }
-                )
+        contact = self.node.geo.contact_wall_ms(lost)
+        homed = [
+            (ms.definition.name, h.partition, h.epoch)
+            for ms in meta.streams()
+            for h in ms.homes
+            if h.home == lost
+        ]
+        # partitions move independently: one metadata commit each, all in flight together
+        rows = list(
+            await asyncio.gather(
+                *(self._fail_over_one(s, p, e, lost, contact) for s, p, e in homed)
+            )
+        )
         self.failovers += 1
         answer: dict[str, Any] = {
             "region": lost,
@@ -382,6 +358,65 @@ class MoveOps:
             )
         log.warning("region failover: %s", json.dumps(answer))
         return answer
+
+    async def _fail_over_one(
+        self, name: StreamName, part: PartitionId, epoch: int, lost: RegionId, contact: int | None
+    ) -> dict[str, Any]:
+        """Move one partition of the lost region here; its report row (or its error)."""
+        meta = self._meta()
+        group = self.node.data_group
+        store = group.store
+        geo = self.node.geo
+        here = self.node.region
+        row: dict[str, Any] = {"stream": name, "partition": part}
+        local = store.home_of(name, part)
+        if local.epoch != epoch:
+            row["error"] = (
+                f"region {here} is at epoch {local.epoch}, the metadata group at {epoch}: "
+                "retry once it caught up"
+            )
+            return row
+        known = geo.source_known(name, part)
+        plan = plan_failover(
+            name,
+            part,
+            lost,
+            store.history(name, part),
+            {here: store.watermark(name, part)},
+            to=here,
+            lost_last_seq=known,
+        )
+        cmd = plan.set_home
+        try:
+            await meta.submit(MetaMoveHome(name, part, here, cmd.epoch, cmd.fork_seq))
+        except GeostoreError as err:
+            row["error"] = f"the metadata group did not move it ({err}); run the failover again"
+            return row
+        try:
+            applied = await self._apply_home_here(group, cmd)
+        except GeostoreError as err:  # committed: the mirror applies it shortly
+            log.info("failover of %s/%s: applied by the mirror instead (%s)", name, part, err)
+            applied = None
+        fork_commit = geo.applied_commit_wall_ms(name, part, plan.fork_seq)
+        rpo_ms = -1
+        if plan.lost_events == 0:
+            rpo_ms = 0
+        elif contact is not None and fork_commit is not None:
+            rpo_ms = max(0, contact - fork_commit)
+        row.update(
+            {
+                # how long the lost region had been silent here: what it acknowledged in
+                # that time is unknown until it returns (its quarantine)
+                "silent_ms": -1 if contact is None else max(0, _wall_ms() - contact),
+                "epoch": cmd.epoch,
+                "fork_seq": plan.fork_seq,
+                "lost_last_seq": -1 if known is None else known,
+                "lost_events": plan.lost_events,
+                "rpo_ms": rpo_ms,
+                "quarantined_here": applied.quarantined if applied else 0,
+            }
+        )
+        return row
 
     # -- automatic policy ----------------------------------------------------------------
 

@@ -666,6 +666,8 @@ class GeoHost:
         receiver = self.receiver
         if receiver is None or not self.node.data_group.is_leader:
             return
+        if self.node.data_group.store.placement_version != self._placement:
+            return  # a move (a failback's rewind to a fork) applied: cores rebuilt next tick
         cmd = decode_command(data)
         assert isinstance(cmd, ApplyRemote)
         marks = self._marks.pop(

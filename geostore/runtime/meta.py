@@ -273,10 +273,13 @@ class MetaHost:
     def lease_valid(self) -> bool:
         """May this node acknowledge appends to partitions homed in its region now?
 
-        Also only once this node's metadata replica applied the renewal itself: every move
-        committed before the lease was granted is then known here, so a region returning
-        after a failover never takes appends for a partition that moved away meanwhile
-        (the append path compares the metadata epoch with its store's).
+        A lease that starts (after none or a lapsed one) counts only once this node's
+        metadata replica applied the renewal that granted it: every move committed before
+        it is then known here, so a region returning after a failover never takes appends
+        for a partition that moved away meanwhile (the append path compares the metadata
+        epoch with its store's). Renewals of a valid lease extend it at once: no failover
+        moves a region's partitions while its lease is held, and a planned move fences
+        first.
         """
         return (
             self.node.data_group.is_leader
@@ -596,6 +599,9 @@ class MetaHost:
 
     async def _renew(self) -> None:
         sent = time.monotonic()
+        # Only a lease that starts (none valid when sent) waits for this replica to apply
+        # its renewal; extending a valid lease must not blink while the replica catches up.
+        starting = not self.lease_valid()
         data = self.node.data_group
         term = data.host.core.term
         # a renewal that commits later than this would grant nothing: give up and resend
@@ -619,7 +625,7 @@ class MetaHost:
             until = sent + (self.lease_ms - self.drift_ms) / 1000
             self._holder_until = max(self._holder_until or 0.0, until)
             index = answer.get("index")
-            if isinstance(index, int):
+            if starting and isinstance(index, int):
                 self._lease_index = max(self._lease_index, index)
         self.renewals += 1
         self.m_renewals.inc()

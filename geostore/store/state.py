@@ -835,11 +835,14 @@ class EventStore:
                     p.stream, p.partition, Seq(first), Seq(last), Epoch(epoch), duplicate=True
                 )
         if cmd.epoch is not None and cmd.epoch != p.epoch:
+            # Not applied, and safe to retry: the retry goes to the partition's new home.
             raise ApiError(
-                ErrorCode.SUPERSEDED_EPOCH,
-                f"{p.stream}/{p.partition} moved to epoch {p.epoch} (the append was for "
-                f"epoch {cmd.epoch}); retry",
+                ErrorCode.MOVING,
+                f"{p.stream}/{p.partition} moved to epoch {p.epoch} (home {p.home}) while the "
+                f"append for epoch {cmd.epoch} was in flight; nothing was written: retry",
                 epoch=p.epoch,
+                home=p.home,
+                retry_after_ms=50,
             )
         if p.fenced:
             raise ApiError(
@@ -852,10 +855,12 @@ class EventStore:
             # Batches of a newer home were applied here before this region learned of the
             # move: a local write now would fork the log (G5).
             raise ApiError(
-                ErrorCode.SUPERSEDED_EPOCH,
+                ErrorCode.MOVING,
                 f"{p.stream}/{p.partition} holds data of epoch {p.mark.epoch} shipped from "
-                f"another region; epoch {p.epoch} is stale here",
+                f"another region; epoch {p.epoch} is stale here until it applies the move: "
+                "nothing was written, retry",
                 epoch=p.mark.epoch,
+                retry_after_ms=50,
             )
         try:
             if cmd.crc is not None:

@@ -119,6 +119,39 @@ def quarantine(url: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
 
 
+def lose_region_with_orphans(
+    cluster: dict[str, Any], region: str, witness: str, kept: int = 5
+) -> tuple[list[Any], list[Any]]:
+    """Partition 0 homed in ``region``: ``kept`` appends that reach ``witness``, then the region
+    is cut off and keeps acknowledging appends until its lease lapses (shipping none), then
+    all its processes are killed. The answers of the kept and of the orphaned appends."""
+    home, other = apis(cluster, region)[0], apis(cluster, witness)[0]
+    kept_answers = [
+        ok(f"{home}/v1/streams/s/events", {"events": [{"partition": 0, "body": {"i": i}}]})
+        for i in range(kept)
+    ]
+    deadline = time.monotonic() + DEADLINE_S
+    while len(events(other, 0)) < kept:
+        assert time.monotonic() < deadline, f"the first events did not reach {witness}"
+        time.sleep(0.2)
+    cut_off(cluster, region, False)
+    orphans: list[Any] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        status, answer = call(f"{home}/v1/streams/s/events",
+                              {"events": [{"partition": 0, "body": {"orphan": len(orphans)}}]})  # fmt: skip
+        if status != 200:
+            assert answer["error"]["code"] == "lease_lapsed", answer
+            break
+        orphans.append(answer)
+        assert time.monotonic() < deadline, f"{region} never noticed it was cut off"
+        time.sleep(0.05)
+    assert orphans, f"{region} acknowledged nothing while cut off"
+    kill = geostore("cluster", "stop", "--dir", cluster["folder"], "--region", region, "--kill")
+    assert kill.returncode == 0, kill.stdout + kill.stderr
+    return kept_answers, orphans
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with cluster_up(tmp_path_factory.mktemp("moves"), TOPOLOGY, config=CONFIG) as info:
@@ -156,32 +189,12 @@ def test_region_away_during_two_moves_fails_back_to_the_first_fork(
 ) -> None:
     a, b, c = (apis(cluster, r)[0] for r in "abc")
     folder = cluster["folder"]
-    for i in range(5):
-        ok(f"{a}/v1/streams/s/events", {"events": [{"partition": 0, "body": {"i": i}}]})
-    deadline = time.monotonic() + DEADLINE_S
-    while len(events(c, 0)) < 5:
-        assert time.monotonic() < deadline, "the first events did not reach c"
-        time.sleep(0.2)
-    # a is cut off: it keeps acknowledging appends until its lease lapses, shipping none
-    cut_off(cluster, "a", False)
-    orphans: list[dict[str, Any]] = []
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        status, answer = call(f"{a}/v1/streams/s/events",
-                              {"events": [{"partition": 0, "body": {"orphan": len(orphans)}}]})  # fmt: skip
-        if status != 200:
-            assert answer["error"]["code"] == "lease_lapsed", answer
-            break
-        orphans.append(answer["results"][0])
-        assert time.monotonic() < deadline, "a never noticed it was cut off"
-        time.sleep(0.05)
-    assert orphans, "a acknowledged nothing while cut off"
-    kill = geostore("cluster", "stop", "--dir", folder, "--region", "a", "--kill")
-    assert kill.returncode == 0, kill.stdout + kill.stderr
+    _, answers = lose_region_with_orphans(cluster, "a", "c")
+    orphans = [answer["results"][0] for answer in answers]
     # failover a -> b (the CLI waits out a's lease), b writes, then a planned move b -> c
     fo = geostore("region", "failover", "--cluster", folder, "a", "--to", "b", "--json")
     assert fo.returncode == 0, fo.stdout + fo.stderr
-    report = json.loads(fo.stdout[fo.stdout.index("{") :])
+    report = json.loads(fo.stdout)
     (row,) = [p for p in report["partitions"] if p["partition"] == 0]
     assert row["fork_seq"] == 4 and row["epoch"] == 2, report
     for i in range(3):

@@ -384,7 +384,7 @@ def test_apply_rejects_bad_batches_deterministically_and_changes_nothing() -> No
         ),
         (
             AppendBatch(StreamName("s"), PartitionId(0), good, 1, None, Epoch(7)),
-            ErrorCode.SUPERSEDED_EPOCH,
+            ErrorCode.MOVING,
         ),
         (
             SetHome(StreamName("s"), PartitionId(0), RegionId("eu"), Epoch(1)),
@@ -404,7 +404,7 @@ def test_epochs_fence_appends_validated_under_an_older_home() -> None:
     moved = h.apply(SetHome(StreamName("s"), PartitionId(0), RegionId("eu"), Epoch(2)))
     assert isinstance(moved, HomeResult) and moved.epoch == 2
     res = h.apply(prep.batches[0])
-    assert isinstance(res, Rejected) and res.error.code is ErrorCode.SUPERSEDED_EPOCH
+    assert isinstance(res, Rejected) and res.error.code is ErrorCode.MOVING  # retryable
     (ok,) = h.append("s", [{"body": 2}])
     assert (ok.first_seq, ok.epoch) == (0, 2)
     info = h.store.partition_info("s", 0)

@@ -217,7 +217,7 @@ def test_a_producer_retry_of_a_quarantined_write_is_applied_anew() -> None:
     # the old home refuses appends validated under the old epoch, and the retry goes to the
     # new home (the runtime refuses local appends for a partition homed elsewhere)...
     res = a.apply(inflight.batches[0])
-    assert isinstance(res, Rejected) and res.error.code is ErrorCode.SUPERSEDED_EPOCH
+    assert isinstance(res, Rejected) and res.error.code is ErrorCode.MOVING
     # ... where it is new; in the failed-back region too, once shipped, it is not a duplicate
     retry = b.append(2, rng, {"id": "p", "seq": 2})
     assert isinstance(retry, AppendResult) and not retry.duplicate and retry.epoch == 2

@@ -400,7 +400,7 @@ def test_a_region_holding_a_newer_homes_data_refuses_stale_local_appends() -> No
     home.append(make_events(rng, 2))
     ship_all(home, remote, 2, rng)  # the remote region has not applied the SetHome yet
     (res,) = remote.append(make_events(rng, 1))
-    assert isinstance(res, Rejected) and res.error.code is ErrorCode.SUPERSEDED_EPOCH
+    assert isinstance(res, Rejected) and res.error.code is ErrorCode.MOVING
     assert remote.view(0) == home.view(0)
 
 
