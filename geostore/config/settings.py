@@ -119,10 +119,24 @@ class GeoSettings:
     batch_events_max: int = _f(1000, "Most events in one cross-region shipping batch.")
     batch_bytes_max: int = _f(1 * MIB, "Most uncompressed bytes in one shipping batch.")
     linger_ms: int = _f(
-        5, "How long a shipper waits to fill a batch before sending it, ms (0: never).", minimum=0
+        20,
+        "How long a shipper waits to fill a batch before sending it, ms (0: never); a batch "
+        "also leaves once it holds dictionary_batch_events_max events (with a dictionary) or "
+        "batch_events_max.",
+        minimum=0,
     )
-    inflight_batches_max: int = _f(4, "Unacknowledged batches per partition and destination.")
-    zstd_level: int = _f(3, "zstandard compression level of shipped batches (1-22).", maximum=22)
+    inflight_batches_max: int = _f(
+        16,
+        "Unacknowledged batches per partition and destination (at least; more where the "
+        "link's bandwidth-delay product needs them).",
+    )
+    zstd_level: int = _f(6, "zstandard compression level of shipped batches (1-22).", maximum=22)
+    columnar_batches: bool = _f(
+        True,
+        "Lay a shipped batch's events out by column before zstd (fewer WAN bytes); set false "
+        "while regions run a version that lacks it (rolling upgrade).",
+        minimum=None,
+    )
     use_dictionary: bool = _f(
         True,
         "Train a zstd dictionary per stream at the home leader and compress small batches "
@@ -130,10 +144,10 @@ class GeoSettings:
         minimum=None,
     )
     dictionary_train_events: int = _f(
-        1000, "A stream's first committed events (at its home) the dictionary is trained on."
+        5000, "A stream's first committed events (at its home) the dictionary is trained on."
     )
     dictionary_bytes_max: int = _f(
-        32 * KIB, "Largest dictionary a home trains or a receiving node accepts, bytes."
+        64 * KIB, "Largest dictionary a home trains or a receiving node accepts, bytes."
     )
     dictionary_batch_events_max: int = _f(
         20, "Batches of at most this many events are compressed with the stream's dictionary."

@@ -31,6 +31,7 @@ from .batch import BatchError, batch_crc, check_crc, encode_entries, make_batch,
 from .messages import (
     CODEC_NONE,
     CODEC_ZSTD,
+    CODEC_ZSTD_COLUMNS,
     GEO_TAG_FIRST,
     GEO_TAG_LAST,
     SEQ_NONE,
@@ -71,6 +72,7 @@ from .shipper import (
 __all__ = [
     "CODEC_NONE",
     "CODEC_ZSTD",
+    "CODEC_ZSTD_COLUMNS",
     "GEO_TAG_FIRST",
     "GEO_TAG_LAST",
     "SEQ_NONE",

@@ -5,7 +5,10 @@ Theory of operation: a batch's payload is the CBOR array of its entries, each
 by ``src_start`` and the counts, so they are not sent; ``epoch`` is the epoch the entry was
 written under, null for the batch's own epoch), then compressed with zstandard (level
 and dictionary chosen by the shipper). The CRC-32 covers every header field and the payload,
-so a damaged range, count or codec is as detectable as a damaged payload. Opening a batch
+so a damaged range, count or codec is as detectable as a damaged payload. Codec
+``CODEC_ZSTD_COLUMNS`` lays the same entries out by column before zstd
+(:mod:`geostore.geo.columns`; decoded back to the same entry list, byte for byte); receivers
+accept all three codecs, so batches of an older shipper (rows) still apply. Opening a batch
 (:func:`open_batch`) checks, in order: the CRC, the range against ``record_count``, the
 decompressed size bound and the dictionary, the CBOR shape, and that the entries hold exactly
 ``record_count`` events; any failure is one :class:`BatchError` (or
@@ -37,7 +40,8 @@ from geostore.codec import (
 from geostore.errors import CodecError
 from geostore.ids import Epoch, PartitionId, Seq, StreamName
 
-from .messages import CODEC_NONE, CODEC_ZSTD, GeoBatch, GeoEntry
+from .columns import decode_columns, encode_columns
+from .messages import CODEC_NONE, CODEC_ZSTD, CODEC_ZSTD_COLUMNS, GeoBatch, GeoEntry
 
 _HEAD = struct.Struct(">IqqqIBI")  # partition, epoch, start, end, count, codec, dict id
 
@@ -84,7 +88,10 @@ def make_batch(
     level: int = 3,
     dictionary: CompressionDictionary | None = None,
 ) -> GeoBatch:
-    """A batch of consecutive whole entries (at least one)."""
+    """A batch of consecutive whole entries (at least one).
+
+    ``CODEC_ZSTD_COLUMNS`` gives a ``CODEC_ZSTD`` (row) batch when no entry fits the columns.
+    """
     assert entries, "a batch holds at least one entry"
     start = entries[0].seq
     count = 0
@@ -93,8 +100,16 @@ def make_batch(
         assert e.record_count >= 1
         count += e.record_count
     end = Seq(start + count - 1)
-    raw = encode_entries(entries)
-    if codec == CODEC_ZSTD:
+    raw = b""
+    if codec == CODEC_ZSTD_COLUMNS:
+        columns = encode_columns(entries)
+        if columns is None:
+            codec = CODEC_ZSTD  # nothing fits the columns: the row layout is as good
+        else:
+            raw = columns
+    if codec != CODEC_ZSTD_COLUMNS:
+        raw = encode_entries(entries)
+    if codec in (CODEC_ZSTD, CODEC_ZSTD_COLUMNS):
         payload = compress(raw, level, dictionary)
         # compress() stores the data raw, without a dictionary, when zstd does not help
         dict_id = _dict_id_of(payload)
@@ -135,7 +150,7 @@ def open_batch(
         raise BatchError(
             f"batch range {batch.src_start}..{batch.src_end} does not hold {count} records"
         )
-    if batch.codec == CODEC_ZSTD:
+    if batch.codec in (CODEC_ZSTD, CODEC_ZSTD_COLUMNS):
         try:
             raw = decompress(batch.payload, limits, dictionaries or {})
         except UnknownDictionaryError:
@@ -150,10 +165,14 @@ def open_batch(
         raw = batch.payload
     else:
         raise BatchError(f"unknown batch codec {batch.codec}")
-    if batch.codec == CODEC_ZSTD and batch.dict_id != _dict_id_of(batch.payload):
+    if batch.codec != CODEC_NONE and batch.dict_id != _dict_id_of(batch.payload):
         raise BatchError("batch header and payload name different dictionaries")
+    plain: object
     try:
-        plain = loads_plain(raw, limits)
+        if batch.codec == CODEC_ZSTD_COLUMNS:
+            plain = decode_columns(raw, limits)
+        else:
+            plain = loads_plain(raw, limits)
     except CodecError as exc:
         raise BatchError(f"batch entries: {exc.message}") from exc
     if type(plain) is not list or not plain:

@@ -33,6 +33,9 @@ GEO_TAG_LAST = 219
 CODEC_NONE = 0
 #: ``GeoBatch.codec``: the payload is :func:`geostore.codec.compress` of the CBOR entry list.
 CODEC_ZSTD = 1
+#: ``GeoBatch.codec``: the payload is :func:`geostore.codec.compress` of the batch's events
+#: laid out by column (:mod:`geostore.geo.columns`); decodes to the very same entries.
+CODEC_ZSTD_COLUMNS = 2
 
 #: The watermark seq of a partition of which nothing was applied (seqs start at 0).
 SEQ_NONE = Seq(-1)

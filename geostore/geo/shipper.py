@@ -12,7 +12,9 @@ Theory of operation:
   :meth:`Shipper.on_committed`, and batches are read through the :class:`CommittedLog` port
   never past it (G2).
 - Batches hold whole source entries, bounded by ``batch_events_max``/``batch_bytes_max``, and
-  wait up to ``linger_ms`` to fill. Up to ``window`` batches are in flight per cursor; when the
+  wait up to ``linger_ms`` to fill. With a dictionary, a batch stops waiting (and, under
+  light load, stops growing) at ``dictionary_batch_events_max`` events, the most the
+  dictionary serves; a backlog of two such batches or more lifts that bound. Up to ``window`` batches are in flight per cursor; when the
   oldest is unanswered for a retransmission timeout, the window is sent again (go-back-N).
 - Acks advance ``acked`` by the receiver's watermark only, never by the acked batch's range:
   an ack for a duplicate the watermark does not cover proves nothing (Pulsar #26113). A NACK
@@ -52,10 +54,11 @@ from geostore.config import GeoSettings
 from geostore.errors import GeostoreError
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 
-from .batch import make_batch
+from .batch import encode_entries, make_batch
 from .messages import (
     CODEC_NONE,
     CODEC_ZSTD,
+    CODEC_ZSTD_COLUMNS,
     COMMIT_MARKS_MAX,
     SEQ_NONE,
     GeoAck,
@@ -154,7 +157,7 @@ class DestinationStats:
 
     batches_sent: int = 0
     events_sent: int = 0
-    bytes_raw: int = 0  # CBOR entries before compression
+    bytes_raw: int = 0  # the CBOR entry list (row layout) before compression
     bytes_payload: int = 0  # batch payloads after compression
     retransmits: int = 0  # batches sent again (go-back-N), not counted in the above
 
@@ -163,7 +166,7 @@ class DestinationStats:
 class ShipperStats:
     batches_sent: int = 0
     events_sent: int = 0
-    bytes_raw: int = 0  # CBOR entries before compression
+    bytes_raw: int = 0  # the CBOR entry list (row layout) before compression
     bytes_payload: int = 0  # batch payloads after compression
     retransmits: int = 0
     rewinds: int = 0
@@ -186,7 +189,7 @@ class ShipperStats:
         return cls(destinations={d: DestinationStats() for d in destinations})
 
     def count_batch(self, dst: RegionId, batch: GeoBatch, bytes_raw: int) -> None:
-        """A new batch built for ``dst`` from ``bytes_raw`` bytes of encoded events."""
+        """A new batch built for ``dst``; ``bytes_raw``: its uncompressed row payload."""
         per = self.destinations[dst]
         self.batches_sent += 1
         per.batches_sent += 1
@@ -292,8 +295,12 @@ class Shipper:
             for d in self._dsts
         }
         self._dictionaries = dict(dictionaries or {}) if settings.use_dictionary else {}
-        self._codec = CODEC_ZSTD if compression else CODEC_NONE
+        self._codec = CODEC_NONE
+        if compression:
+            self._codec = CODEC_ZSTD_COLUMNS if settings.columnar_batches else CODEC_ZSTD
         self._parts: dict[PartitionKey, _Partition] = {}
+        #: the last batch built (key: partition, epoch, range, dictionary), with its raw size
+        self._last_built: tuple[tuple[object, ...], GeoBatch, int] | None = None
         self._cursors: dict[tuple[PartitionKey, RegionId], _Cursor] = {}
         self.stats = ShipperStats.for_destinations(self._dsts)
         self._latencies: deque[tuple[PartitionKey, RegionId, int, int]] = deque(
@@ -432,7 +439,7 @@ class Shipper:
                 while len(cur.inflight) < link.window and cur.next_seq <= part.commit:
                     pending = part.commit - cur.next_seq + 1
                     if (
-                        pending < s.batch_events_max
+                        pending < self._fill_events(part)
                         and s.linger_ms > 0
                         and now_ms - self._commit_time(part, cur.next_seq) < s.linger_ms
                     ):
@@ -588,10 +595,22 @@ class Shipper:
             link.dictionaries.append(d)
             link.last_dictionary_ms = now_ms
 
+    def _fill_events(self, part: _Partition) -> int:
+        """Events at which a lingering batch leaves: the most a dictionary serves, when the
+        stream has one (a batch just past it would go without), else ``batch_events_max``."""
+        s = self.settings
+        if self._codec != CODEC_NONE and part.stream in self._dictionaries:
+            return min(s.batch_events_max, s.dictionary_batch_events_max)
+        return s.batch_events_max
+
     def _build(self, part: _Partition, start: Seq, dst: RegionId) -> GeoBatch:
         s = self.settings
+        # Light load (under two dictionary batches pending): keep batches the dictionary
+        # serves; a backlog (a full window) still gets batches of up to batch_events_max.
+        fill = self._fill_events(part)
+        events_max = fill if part.commit - start + 1 < 2 * fill else s.batch_events_max
         entries = self._log.read_committed(
-            part.stream, part.partition, start, part.commit, s.batch_events_max, s.batch_bytes_max
+            part.stream, part.partition, start, part.commit, events_max, s.batch_bytes_max
         )
         if not entries or entries[0].seq != start:
             raise GeoLogError(
@@ -601,23 +620,33 @@ class Shipper:
             raise GeoLogError(f"{part.stream}/{part.partition}: log read past the commit point")
         events = sum(e.record_count for e in entries)
         d = None
-        if self._codec == CODEC_ZSTD and events <= s.dictionary_batch_events_max:
+        if self._codec != CODEC_NONE and events <= s.dictionary_batch_events_max:
             d = self._dictionaries.get(part.stream)
-        batch = make_batch(
-            part.stream,
-            part.partition,
-            part.epoch,
-            entries,
-            codec=self._codec,
-            level=s.zstd_level,
-            dictionary=d,
-        )
+        # Destinations usually get the same range: encode it once (the columnar layout costs
+        # a few CBOR passes per event), reuse it for the next destination.
+        dict_id = d.dict_id if d is not None else 0
+        key = (part.stream, part.partition, part.epoch, start, entries[-1].last_seq, dict_id)
+        if self._last_built is not None and self._last_built[0] == key:
+            batch, raw = self._last_built[1], self._last_built[2]
+        else:
+            batch = make_batch(
+                part.stream,
+                part.partition,
+                part.epoch,
+                entries,
+                codec=self._codec,
+                level=s.zstd_level,
+                dictionary=d,
+            )
+            # raw: what the batch would carry uncompressed (codec none), for an honest ratio
+            raw = len(batch.payload) if batch.codec == CODEC_NONE else len(encode_entries(entries))
+            self._last_built = (key, batch, raw)
         marks = self._commit_marks(part, batch.src_start, batch.src_end)
         if marks:
             batch = dataclasses.replace(batch, commit_marks=marks)
         if batch.dict_id > 0:
             self.stats.batches_with_dictionary += 1
-        self.stats.count_batch(dst, batch, sum(len(e.events) for e in entries))
+        self.stats.count_batch(dst, batch, raw)
         return batch
 
     def _heartbeat(self) -> GeoHeartbeat:

@@ -599,12 +599,14 @@ class GeoHost:
             log.info("geo: cannot read training events of %s: %s", stream, exc)
             self._trainer.finished(stream, committed, None)
             return
-        samples = training_samples(entries)
+        samples = training_samples(entries, geo.dictionary_batch_events_max, geo.columnar_batches)
 
         async def run() -> None:
             dictionary: CompressionDictionary | None = None
             try:
-                dictionary = await asyncio.to_thread(train, samples, geo.dictionary_bytes_max)
+                dictionary = await asyncio.to_thread(
+                    train, samples, geo.dictionary_bytes_max, geo.zstd_level
+                )
             except CodecError as exc:
                 log.info("geo: no dictionary for %s yet (%s)", stream, exc.message)
             finally:

@@ -39,6 +39,7 @@ import bisect
 import dataclasses
 import hashlib
 import heapq
+import itertools
 import random
 import sys
 import time
@@ -203,13 +204,17 @@ _DICTIONARY: CompressionDictionary | None = None
 
 
 def _sim_events(rng: random.Random, part: int, n: int, count: int) -> bytes:
-    """A small block of unique, compressible events (what a store batch would carry)."""
-    return dumps_plain(
-        [
-            {"p": part, "n": n + i, "origin": rng.choice(("EWR", "JFK", "LGA")), "dep": 500 + i}
-            for i in range(count)
-        ]
-    )
+    """A small block of unique, compressible events, shaped as the store's event blocks
+    (``[1, ts[], keys[], {}, ends[], bodies]``), so batches take the columnar layout."""
+    rows = [
+        {"p": part, "n": n + i, "origin": rng.choice(("EWR", "JFK", "LGA")), "dep": 500 + i}
+        for i in range(count)
+    ]
+    bodies = [dumps_plain(r) for r in rows]
+    ends = list(itertools.accumulate(map(len, bodies)))
+    ts = [1_000 * (n + i) for i in range(count)]
+    keys = [r["origin"] for r in rows]
+    return dumps_plain([1, ts, keys, {}, ends, b"".join(bodies)])
 
 
 def sim_dictionary() -> CompressionDictionary:
