@@ -66,7 +66,9 @@ from geostore.runtime.http import (
     plain_error,
     read_body,
     respond,
+    wants_cbor,
 )
+from geostore.runtime.metrics import LabelKey, label_key
 from geostore.store import AppendResult, Rejected, StreamInfo, encode_command
 from geostore.store.failover import Admission, LagPolicy, admit_append, lag_refused
 
@@ -89,6 +91,8 @@ FORWARD_TIMEOUT_S = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _APPEND_FIELDS = frozenset({"events", "producer"})
 NDJSON = "application/x-ndjson"
+#: (route, status) label keys the request counter keeps built (more are built per request).
+REQUEST_KEYS_MAX = 1024
 #: A quarantine export is written in chunks of at most this many bytes (bounded memory).
 EXPORT_CHUNK_BYTES = 64 * 1024
 
@@ -266,6 +270,7 @@ class Api:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tail_wakers: set[asyncio.Event] = set()
+        self._request_keys: dict[tuple[str, int], LabelKey] = {}
         #: lag-bounded backpressure: the RPO bound of each stream that names one (topology)
         self._lag_policies: dict[str, LagPolicy] = {
             s.name: LagPolicy(s.rpo_ms) for s in node.topology.streams if s.rpo_ms is not None
@@ -311,7 +316,14 @@ class Api:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
-        self.node.metrics.http_requests.inc(route=route, status=str(response.status))
+        # the label key of (route, status), built once: bounded, routes and statuses are few
+        status = response.status
+        key = self._request_keys.get((route, status))
+        if key is None:
+            key = label_key(route=route, status=str(status))
+            if len(self._request_keys) < REQUEST_KEYS_MAX:
+                self._request_keys[(route, status)] = key
+        self.node.metrics.http_requests.inc_key(key)
         return response
 
     async def drain(self, timeout_s: float) -> None:
@@ -386,17 +398,15 @@ class Api:
             ) from None
 
     async def _await_all(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
+        # One plain timer that fails the waiting futures, rather than ``asyncio.timeout``
+        # (a cancellation scope costs several times as much, on every append).
+        timer = asyncio.get_running_loop().call_later(APPEND_TIMEOUT_S, _expire, futures)
         try:
-            async with asyncio.timeout(APPEND_TIMEOUT_S):
-                if len(futures) == 1:  # the usual append: no gathering future needed
-                    return [await futures[0]]
-                return await asyncio.gather(*futures)
-        except TimeoutError:
-            raise ApiError(
-                ErrorCode.WAIT_TIMEOUT,
-                f"not committed within {APPEND_TIMEOUT_S:g} s; the outcome is unknown "
-                "(retry with the same producer id and seq)",
-            ) from None
+            if len(futures) == 1:  # the usual append: no gathering future needed
+                return [await futures[0]]
+            return await asyncio.gather(*futures)
+        finally:
+            timer.cancel()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -527,6 +537,14 @@ class Api:
         futures = group.propose([encode_command(b) for b in prepared.batches])
         first = await self._await_all(futures)
         self._lease_after_commit()
+        if len(first) == 1 and type(first[0]) is AppendResult and not wants_cbor(request):
+            # the usual answer (one partition, committed, JSON): written by hand
+            res = first[0]
+            metrics = self.node.metrics
+            metrics.events_appended.inc(0 if res.duplicate else res.last_seq - res.first_seq + 1)
+            metrics.append_latency.observe(time.perf_counter() - t0)
+            token = make_token(stream, [(res.partition, res.epoch, res.last_seq)])
+            return web.Response(body=append_answer_json(res, token), headers=_JSON_HEADERS)
         results, token_parts, errors, stored = _append_outcomes(prepared.batches, first)
         if errors and not token_parts:
             raise errors[0]
@@ -1426,6 +1444,36 @@ _REASONS = {
     503: "not available now (no leader, home lease lapsed, shutting down); see Retry-After",
     504: "a wait bound expired",
 }
+
+
+#: The Content-Type of JSON answers, as ``respond`` writes it.
+_JSON_HEADERS = {"Content-Type": f"{JSON}; charset=utf-8"}
+
+
+def append_answer_json(result: AppendResult, token: str) -> bytes:
+    """The JSON answer to an append of one committed batch, byte for byte what
+    :func:`~geostore.runtime.http.respond` writes for ``{"results": [item], "token": token}``
+    (compact separators; the token is base64url, which needs no escaping)."""
+    dup = ',"duplicate":true' if result.duplicate else ""
+    return (
+        f'{{"results":[{{"partition":{int(result.partition)},"first_seq":{int(result.first_seq)},'
+        f'"last_seq":{int(result.last_seq)},"epoch":{int(result.epoch)}{dup}}}],'
+        f'"token":"{token}"}}'
+    ).encode()
+
+
+def _expire(futures: list[asyncio.Future[Any]]) -> None:
+    """An append's wait ran out: its futures that are still open fail with ``wait_timeout``
+    (the group's resolver skips a future that is done already)."""
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(
+                ApiError(
+                    ErrorCode.WAIT_TIMEOUT,
+                    f"not committed within {APPEND_TIMEOUT_S:g} s; the outcome is unknown "
+                    "(retry with the same producer id and seq)",
+                )
+            )
 
 
 def _append_outcomes(

@@ -64,13 +64,32 @@ from geostore.store import EventStore, StoreLimits, StoreTuning
 log = logging.getLogger("geostore.runtime")
 
 
+#: Bounds of the recent entries :class:`TimedLog` keeps in memory (count, data bytes).
+RECENT_ENTRIES_MAX = 4096
+RECENT_BYTES_MAX = 16 << 20
+
+
 class TimedLog:
-    """The file log with its fsyncs timed for ``geostore_fsync_seconds``."""
+    """The file log with its fsyncs timed for ``geostore_fsync_seconds``, and the last
+    entries it wrote kept in memory (bounded by :data:`RECENT_ENTRIES_MAX` and
+    :data:`RECENT_BYTES_MAX`).
+
+    Why the copy: a leader sends a follower the entries it has not acknowledged yet, and
+    under load those are mostly entries the leader made durable a moment ago (the Raft
+    core's unstable tail no longer holds them), so each would be read back from the segment
+    file, checksummed and decoded again, once per follower. The copy answers such reads when
+    it holds the whole range; any other read goes to the file. It mirrors the file exactly:
+    it holds consecutive entries ending at the file's last index, a suffix truncation or an
+    overwriting append cuts it, and a compaction drops what it removed (all of it, unless
+    the file still ends where the copy ends, with the same term).
+    """
 
     def __init__(self, inner: FileLogStore, metrics: NodeMetrics, group: str) -> None:
         self.inner = inner
         self._metrics = metrics
         self._group = group
+        self._recent: list[Entry] = []  # consecutive indexes; the last is the file's last
+        self._recent_bytes = 0
 
     def first_index(self) -> LogIndex:
         return self.inner.first_index()
@@ -82,19 +101,86 @@ class TimedLog:
         return self.inner.term_at(index)
 
     def entries(self, lo: LogIndex, hi: LogIndex, max_bytes: int | None = None) -> list[Entry]:
-        return self.inner.entries(lo, hi, max_bytes)
+        recent = self._recent
+        if (
+            not recent
+            or lo >= hi
+            or lo < recent[0].index
+            or hi > recent[-1].index + 1
+            or recent[-1].index != self.inner.last_index()  # written past this wrapper
+        ):
+            return self.inner.entries(lo, hi, max_bytes)
+        first = recent[0].index
+        out = recent[lo - first : hi - first]
+        if max_bytes is not None:  # as the file answers: at least one, then within max_bytes
+            total = 0
+            for i, entry in enumerate(out):
+                total += len(entry.data)
+                if i and total > max_bytes:
+                    del out[i:]
+                    break
+        return out
 
     def snapshot_meta(self) -> SnapshotMeta:
         return self.inner.snapshot_meta()
 
     def append(self, entries: Sequence[Entry]) -> None:
         self.inner.append(entries)
+        if not entries:
+            return
+        recent = self._recent
+        start = entries[0].index
+        if recent:
+            if start <= recent[-1].index:  # overwrote a suffix
+                self._cut_from(start)
+            elif start != recent[-1].index + 1:
+                self._clear()
+        recent.extend(entries)
+        self._recent_bytes += sum(len(e.data) for e in entries)
+        over = len(recent) - RECENT_ENTRIES_MAX
+        if over > RECENT_ENTRIES_MAX >> 3 or self._recent_bytes > RECENT_BYTES_MAX:
+            # trim in steps (amortised O(1) per entry): to 7/8 of either bound
+            drop = max(0, over + (RECENT_ENTRIES_MAX >> 3))
+            dropped_bytes = sum(len(e.data) for e in recent[:drop])
+            while drop < len(recent) and (
+                self._recent_bytes - dropped_bytes > RECENT_BYTES_MAX - (RECENT_BYTES_MAX >> 3)
+            ):
+                dropped_bytes += len(recent[drop].data)
+                drop += 1
+            del recent[:drop]
+            self._recent_bytes -= dropped_bytes
 
     def truncate_suffix(self, from_index: LogIndex) -> None:
         self.inner.truncate_suffix(from_index)
+        self._cut_from(from_index)
 
     def compact_prefix(self, snapshot: SnapshotMeta) -> None:
         self.inner.compact_prefix(snapshot)
+        recent = self._recent
+        if not recent:
+            return
+        last = recent[-1]
+        if self.inner.last_index() != last.index or self.inner.term_at(last.index) != last.term:
+            self._clear()  # the compaction replaced the log (an installed snapshot)
+            return
+        drop = 0
+        while drop < len(recent) and recent[drop].index <= snapshot.index:
+            self._recent_bytes -= len(recent[drop].data)
+            drop += 1
+        del recent[:drop]
+
+    def _cut_from(self, index: int) -> None:
+        """Forget the kept entries from ``index`` on."""
+        recent = self._recent
+        if not recent or index > recent[-1].index:
+            return
+        keep = max(0, index - recent[0].index)
+        self._recent_bytes -= sum(len(e.data) for e in recent[keep:])
+        del recent[keep:]
+
+    def _clear(self) -> None:
+        self._recent.clear()
+        self._recent_bytes = 0
 
     def sync(self) -> None:
         t0 = time.perf_counter()

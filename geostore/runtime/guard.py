@@ -22,11 +22,27 @@ connections. This module adds what is missing, each check before any work is don
 * :func:`body_deadline_middleware`: a request with a body has it read, within
   ``limits.body_timeout_s``, after the caller was authorised and before the handler runs (the
   body is cached by aiohttp, so the handler's own read returns it at once). Too large: 413.
-  Too slow: 400 ``malformed`` and the connection is closed.
+  Too slow: 400 ``malformed`` and the connection is closed. A body that has wholly arrived
+  (its stream saw its end, the usual small request) is read without a timer: that read
+  cannot wait.
 * :func:`write_deadline_middleware` (outermost): the answer is written within
   ``limits.write_timeout_s``, or the connection is closed; a client that does not read cannot
   hold a handler. Streamed answers (the live tail, the peer WebSocket) prepare themselves;
   the tail bounds each write on its own with the same deadline.
+  Writing an answer can only wait while the transport has paused the protocol (its buffer
+  is over the high-water mark: the client does not read): so rather than a timer per
+  answer, the connection's protocol arms one timer at the first pause during an answer and
+  keeps it until the answer is written (a resume does not disarm it, so a client that reads
+  in trickles is bounded too); when it fires the connection is aborted. The bound is the
+  same, ``write_timeout_s`` from the first moment the write could wait; an answer that
+  never waits (the usual small one) costs no timer.
+* :func:`deadlines_middleware`: both of the above as one layer, for a node without tokens
+  (nothing has to run between them: with tokens, authorisation comes before the body read).
+
+Timers (``asyncio.timeout``) cost tens of microseconds per use on the request path; a node
+answering thousands of appends a second spends a visible share of its CPU on them, hence
+the two shortcuts above, each justified by a condition under which the guarded step cannot
+wait at all.
 
 Refusals are counted in :class:`GuardStats` (``/v1/status`` ``guard`` and the metrics) and
 logged at most once per interval per kind.
@@ -66,8 +82,8 @@ class GuardStats:
     header_timeouts: int = 0  # first request head not complete in time
     body_timeouts: int = 0  # body not read in time: 408
     write_timeouts: int = 0  # answer not written in time: connection closed
-    #: id(transport) -> "an answer was written, the next bytes start a new request head"
-    awaiting_head: dict[int, Callable[[], None]] = field(default_factory=dict, repr=False)
+    #: id(transport) -> its guarded protocol (the write deadline and the next head's)
+    protocols: dict[int, _GuardedProtocol] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -133,6 +149,11 @@ class _GuardedProtocol(asyncio.Protocol):
         self._tail = b""  # the last bytes seen, to find a head's end across reads
         self._in_head = True  # the next bytes belong to a request head
         self._transport: asyncio.BaseTransport | None = None
+        self._write_paused = False  # the transport's buffer is over its high-water mark
+        self._answering: web.BaseRequest | None = None  # whose answer is being written
+        self._write_timer: asyncio.TimerHandle | None = None
+        #: the write deadline fired during the current answer (the connection was aborted)
+        self.write_timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -156,7 +177,7 @@ class _GuardedProtocol(asyncio.Protocol):
             return
         self._stats.connections += 1
         self._counted = True
-        self._stats.awaiting_head[id(transport)] = self.expect_head
+        self._stats.protocols[id(transport)] = self
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
         self._inner.connection_made(transport)
@@ -167,6 +188,45 @@ class _GuardedProtocol(asyncio.Protocol):
         timeout)."""
         self._in_head = True
         self._tail = b""
+
+    def begin_answer(self, request: web.BaseRequest) -> None:
+        """An answer to ``request`` is about to be written: from the first moment the write
+        could wait (now, if the transport is paused already), it has ``write_timeout_s``."""
+        self._answering = request
+        self.write_timed_out = False
+        if self._write_paused:
+            self._arm_write_deadline()
+
+    def end_answer(self) -> None:
+        """The answer was written (or failed): disarm, and time the next request's head."""
+        self._answering = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self.expect_head()
+
+    def _arm_write_deadline(self) -> None:
+        if self._write_timer is None:
+            loop = asyncio.get_running_loop()
+            self._write_timer = loop.call_later(self._limits.write_timeout_s, self._write_deadline)
+
+    def _write_deadline(self) -> None:
+        self._write_timer = None
+        request = self._answering
+        if request is None:
+            return
+        self.write_timed_out = True
+        self._stats.write_timeouts += 1
+        _LOG.warning(
+            "write",
+            "dropped %s: the answer to %s %s was not taken within %g s",
+            request.remote,
+            request.method,
+            request.path,
+            self._limits.write_timeout_s,
+        )
+        if isinstance(self._transport, asyncio.Transport):
+            self._transport.abort()
 
     def _header_deadline(self) -> None:
         self._timer = None
@@ -206,18 +266,26 @@ class _GuardedProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if self._counted:
             self._counted = False
             self._stats.connections -= 1
             if self._transport is not None:
-                self._stats.awaiting_head.pop(id(self._transport), None)
+                self._stats.protocols.pop(id(self._transport), None)
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._answering is not None:
+            self._arm_write_deadline()
         if not self._refused:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        # the write deadline stays armed: it bounds the whole answer, not one pause
+        self._write_paused = False
         if not self._refused:
             self._inner.resume_writing()
 
@@ -283,22 +351,18 @@ def _close(request: web.Request) -> None:
         transport.abort()
 
 
-def write_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Middleware:
-    """Outermost: write the handler's answer within ``write_timeout_s`` or drop the client."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
-        if response.prepared:  # streamed (tail, WebSocket): bounded where it is written
-            return response
+async def _write_within(
+    request: web.Request, response: web.StreamResponse, limits: LimitsSettings, stats: GuardStats
+) -> None:
+    """Write a handler's (not yet prepared) answer within ``write_timeout_s``, or drop the
+    client."""
+    transport = request.transport
+    guarded = stats.protocols.get(id(transport)) if transport is not None else None
+    if guarded is None:  # not served through GuardedSite (tests): a timer per answer
         try:
             async with asyncio.timeout(limits.write_timeout_s):
                 await response.prepare(request)
                 await response.write_eof()
-            if request.transport is not None:  # keep-alive: the next head has a deadline too
-                expect_head = stats.awaiting_head.get(id(request.transport))
-                if expect_head is not None:
-                    expect_head()
         except TimeoutError:
             stats.write_timeouts += 1
             _LOG.warning(
@@ -310,6 +374,72 @@ def write_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Midd
                 limits.write_timeout_s,
             )
             _close(request)
+        return
+    # the protocol arms the deadline if and when the write could wait (see the module)
+    guarded.begin_answer(request)
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        if not guarded.write_timed_out:
+            raise
+        # aborted by the deadline: counted and logged there
+    finally:
+        guarded.end_answer()
+
+
+async def _read_within(
+    request: web.Request, limits: LimitsSettings, stats: GuardStats
+) -> web.StreamResponse | None:
+    """Read (and cache) a request's body within ``body_timeout_s``; None when it was read,
+    else the refusal to answer with (already written when the body was too slow)."""
+    if request.content.is_eof():  # all of it arrived: reading it cannot wait
+        try:
+            await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _too_large(request, limits)
+        return None
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            await request.read()
+    except TimeoutError:
+        stats.body_timeouts += 1
+        _LOG.warning(
+            "body",
+            "dropped %s: the body of %s %s did not arrive within %g s",
+            request.remote,
+            request.method,
+            request.path,
+            limits.body_timeout_s,
+        )
+        response = error_response(
+            request,
+            ApiError(
+                ErrorCode.MALFORMED,
+                f"the request body did not arrive within {limits.body_timeout_s:g} s",
+            ),
+        )
+        # answer at once and close: aiohttp would otherwise linger, reading the rest
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(limits.write_timeout_s):
+                await response.prepare(request)
+                await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()  # flushes what is buffered, then closes
+        return response
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(request, limits)
+    return None
+
+
+def write_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Middleware:
+    """Outermost: write the handler's answer within ``write_timeout_s`` or drop the client."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if not response.prepared:  # streamed (tail, WebSocket): bounded where it is written
+            await _write_within(request, response, limits, stats)
         return response
 
     return middleware
@@ -321,46 +451,41 @@ def body_deadline_middleware(limits: LimitsSettings, stats: GuardStats) -> Middl
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method in _BODY_METHODS and request.can_read_body:
-            try:
-                async with asyncio.timeout(limits.body_timeout_s):
-                    await request.read()
-            except TimeoutError:
-                stats.body_timeouts += 1
-                _LOG.warning(
-                    "body",
-                    "dropped %s: the body of %s %s did not arrive within %g s",
-                    request.remote,
-                    request.method,
-                    request.path,
-                    limits.body_timeout_s,
-                )
-                response = error_response(
-                    request,
-                    ApiError(
-                        ErrorCode.MALFORMED,
-                        f"the request body did not arrive within {limits.body_timeout_s:g} s",
-                    ),
-                )
-                # answer at once and close: aiohttp would otherwise linger, reading the rest
-                with contextlib.suppress(TimeoutError, ConnectionError):
-                    async with asyncio.timeout(limits.write_timeout_s):
-                        await response.prepare(request)
-                        await response.write_eof()
-                if request.transport is not None:
-                    request.transport.close()  # flushes what is buffered, then closes
-                return response
-            except web.HTTPRequestEntityTooLarge:
-                return error_response(
-                    request,
-                    ApiError(
-                        ErrorCode.TOO_LARGE,
-                        f"request body over {limits.body_bytes_max} bytes",
-                        limit=limits.body_bytes_max,
-                    ),
-                )
+            refused = await _read_within(request, limits, stats)
+            if refused is not None:
+                return refused
         return await handler(request)
 
     return middleware
+
+
+def deadlines_middleware(limits: LimitsSettings, stats: GuardStats) -> Middleware:
+    """:func:`write_deadline_middleware` around :func:`body_deadline_middleware` as one layer
+    (one middleware less on every request), for a chain with nothing between the two."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response: web.StreamResponse | None = None
+        if request.method in _BODY_METHODS and request.can_read_body:
+            response = await _read_within(request, limits, stats)
+        if response is None:
+            response = await handler(request)
+        if not response.prepared:
+            await _write_within(request, response, limits, stats)
+        return response
+
+    return middleware
+
+
+def _too_large(request: web.Request, limits: LimitsSettings) -> web.Response:
+    return error_response(
+        request,
+        ApiError(
+            ErrorCode.TOO_LARGE,
+            f"request body over {limits.body_bytes_max} bytes",
+            limit=limits.body_bytes_max,
+        ),
+    )
 
 
 async def bounded_write(response: web.StreamResponse, data: bytes, timeout_s: float) -> None:
@@ -375,6 +500,7 @@ __all__ = [
     "LogEvery",
     "body_deadline_middleware",
     "bounded_write",
+    "deadlines_middleware",
     "server_options",
     "write_deadline_middleware",
 ]

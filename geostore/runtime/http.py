@@ -129,7 +129,11 @@ def make_token(stream: str, parts: list[tuple[int, int, int]]) -> str:
     The JSON ``{"s": stream, "p": [[partition, epoch, seq], ...]}`` (compact), base64url
     without padding; written by hand since it runs once per append.
     """
-    raw = _token_head(stream) + ",".join(f"[{p},{e},{q}]" for p, e, q in parts) + "]}"
+    if len(parts) == 1:  # the usual append: one partition, no join
+        p, e, q = parts[0]
+        raw = f"{_token_head(stream)}[{p},{e},{q}]]}}"
+    else:
+        raw = _token_head(stream) + ",".join(f"[{p},{e},{q}]" for p, e, q in parts) + "]}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 

@@ -63,6 +63,11 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+def label_key(**labels: str) -> LabelKey:
+    """The series key of a label set (what :meth:`Counter.inc_key` takes)."""
+    return tuple(sorted(labels.items()))
+
+
 class _Metric:
     kind = "untyped"
 
@@ -82,7 +87,11 @@ class Counter(_Metric):
         self._values: dict[LabelKey, float] = {}
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        self.inc_key(tuple(sorted(labels.items())) if labels else (), amount)
+
+    def inc_key(self, key: LabelKey, amount: float = 1.0) -> None:
+        """:meth:`inc` with the label set already as its key (:func:`label_key`): hot paths
+        build a key once and keep it."""
         values = self._values
         if key not in values and len(values) >= SERIES_MAX:
             key = OVERFLOW
@@ -129,7 +138,7 @@ class Histogram(_Metric):
 
     def observe_many(self, value: float, count: int, **labels: str) -> None:
         """``count`` observations of the same ``value`` (events that share one commit time)."""
-        key = tuple(sorted(labels.items()))
+        key = tuple(sorted(labels.items())) if labels else ()
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= SERIES_MAX:
