@@ -452,13 +452,20 @@ def _fsync_buckets(urls: Sequence[str]) -> dict[float, float]:
 
 
 def _geo_bytes(cluster: _Cluster) -> dict[tuple[str, str], tuple[int, int]]:
-    """Per link (home, destination): the home shipper's raw and compressed bytes so far."""
+    """Per link (home, destination): raw and compressed bytes shipped so far, summed over
+    the region's nodes (each counts what it shipped while it led, for its lifetime), so a
+    leader change inside the window neither loses bytes nor makes the difference negative."""
     out: dict[tuple[str, str], tuple[int, int]] = {}
     for region in cluster.regions:
-        st = cluster.home_status(region)
-        shipper = ((st or {}).get("geo") or {}).get("shipper") or {}
-        for dst, d in (shipper.get("destinations") or {}).items():
-            out[(region, str(dst))] = (int(d["bytes_raw"]), int(d["bytes_compressed"]))
+        for url in cluster.urls[region]:
+            st = _status(url)
+            shipper = ((st or {}).get("geo") or {}).get("shipper") or {}
+            for dst, d in (shipper.get("destinations") or {}).items():
+                raw, comp = out.get((region, str(dst)), (0, 0))
+                out[(region, str(dst))] = (
+                    raw + int(d["bytes_raw"]),
+                    comp + int(d["bytes_compressed"]),
+                )
     return out
 
 

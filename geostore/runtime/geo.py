@@ -81,6 +81,7 @@ from geostore.geo import (
     ReceiverEffect,
     SendEnvelope,
     Shipper,
+    ShipperStats,
     Watermark,
     window_for_link,
 )
@@ -333,6 +334,9 @@ class GeoHost:
             for r in self.others
         }
         self.shipper: Shipper | None = None
+        #: what this node's shippers built, over the node's lifetime (every shipper it hosts
+        #: counts into it), so the counters never go back when leadership moves
+        self.ship_stats: ShipperStats | None = None
         self.receiver: Receiver | None = None
         self._leader_of: dict[RegionId, tuple[NodeId, int]] = {}
         self._term = -1
@@ -390,7 +394,6 @@ class GeoHost:
             self._term = term
             self._placement = placement
             geo = self.node.config.geo
-            previous = self.shipper
             self.shipper = Shipper(
                 self.region,
                 self.rtt_ms,
@@ -400,8 +403,11 @@ class GeoHost:
                 dictionaries=self._trained,
                 compression=True,
             )
-            if previous is not None:  # counters stay cumulative across a rebuild
-                self.shipper.stats = previous.stats
+            # counters count for the node's lifetime: across rebuilds and leadership changes
+            if self.ship_stats is None:
+                self.ship_stats = self.shipper.stats
+            else:
+                self.shipper.stats = self.ship_stats
             # the receiver trusts only what the state machine holds durably
             marks = {
                 key: Watermark(wm.epoch, wm.seq) for key, wm in group.store.watermarks().items()
@@ -774,8 +780,8 @@ class GeoHost:
             "dropped_not_leader": self.dropped_not_leader,
             "propose_failures": self.propose_failures,
         }
-        if shipper is not None:
-            s = shipper.stats
+        if self.ship_stats is not None:
+            s = self.ship_stats
             out["shipper"] = {
                 "batches_sent": s.batches_sent,
                 "events_sent": s.events_sent,
@@ -787,7 +793,9 @@ class GeoHost:
                 "batches_with_dictionary": s.batches_with_dictionary,
                 "dictionaries_sent": s.dictionaries_sent,
                 "dictionary_nacks": s.dictionary_nacks,
-                "dictionaries": {str(k): v for k, v in shipper.dictionary_ids().items()},
+                "dictionaries": {
+                    str(k): v for k, v in (shipper.dictionary_ids() if shipper else {}).items()
+                },
                 "destinations": {
                     str(dst): {
                         "batches_sent": d.batches_sent,
@@ -842,12 +850,13 @@ class GeoHost:
         return rows
 
     def bytes_shipped(self, kind: str, dst: RegionId | None = None) -> float:
-        """Bytes this leader's shipper built into batches, ``raw`` or ``compressed``, for
-        ``dst`` (every destination when None); 0 on a node that does not ship."""
-        shipper = self.shipper
-        if shipper is None:
+        """Bytes this node's shippers built into batches, ``raw`` or ``compressed``, for
+        ``dst`` (every destination when None), over the node's lifetime; 0 on a node that
+        never led its region."""
+        total = self.ship_stats
+        if total is None:
             return 0.0
-        stats = shipper.stats if dst is None else shipper.stats.destinations.get(dst)
+        stats = total if dst is None else total.destinations.get(dst)
         if stats is None:
             return 0.0
         return float(stats.bytes_raw if kind == "raw" else stats.bytes_payload)
