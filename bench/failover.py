@@ -94,7 +94,11 @@ def _geostore(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[s
 
 
 class Cluster:
-    """The node processes of ``cluster up`` with SIGKILL and restart of a whole region."""
+    """The node processes of ``cluster up``; SIGKILL of a whole region and its restart from
+    the same data dirs with the command lines ``cluster up`` recorded in cluster.json.
+
+    The restarted nodes are this process's children (reaped here, also while ``down``
+    stops them); tests/integration/test_failover_netem.py uses this class too."""
 
     def __init__(self, folder: Path) -> None:
         from geostore.client.cluster import load_cluster
@@ -115,9 +119,8 @@ class Cluster:
             for n in spec["nodes"]:
                 self.nodes[n["id"]] = n
                 self.region_of[n["id"]] = region
-                # a restart must not found a new cluster: drop --bootstrap
-                raw = Path(f"/proc/{n['pid']}/cmdline").read_bytes().split(b"\0")
-                self.cmdlines[n["id"]] = [a.decode() for a in raw if a and a != b"--bootstrap"]
+                # without --bootstrap: a restart must not found a new cluster
+                self.cmdlines[n["id"]] = list(n["cmd"])
 
     def session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
@@ -145,15 +148,18 @@ class Cluster:
         for node_id in self.region_nodes(region):
             os.kill(self.nodes[node_id]["pid"], signal.SIGKILL)
 
-    async def wait_dead(self, region: str) -> None:
-        deadline = time.monotonic() + 30
+    async def wait_dead(self, region: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
         while any(self.alive(n) for n in self.region_nodes(region)):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{region}: processes still running after SIGKILL")
+                alive = [n for n in self.region_nodes(region) if self.alive(n)]
+                raise RuntimeError(f"{region}: still running after SIGKILL: {alive}")
             await asyncio.sleep(0.02)
 
     def restart_region(self, region: str) -> None:
         for node_id in self.region_nodes(region):
+            if self.alive(node_id):
+                raise RuntimeError(f"{node_id} still runs: kill it before the restart")
             with open(Path(self.nodes[node_id]["dir"]) / "process.log", "ab") as out:
                 proc = subprocess.Popen(self.cmdlines[node_id], stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT,

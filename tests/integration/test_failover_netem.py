@@ -21,10 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,6 +31,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
+from bench.failover import Cluster as ProcessCluster
 from geostore.config import load_topology
 from netem.links import NetemControl
 from tests.integration import secure
@@ -120,85 +117,25 @@ async def geostore_json(*args: str) -> Any:
 # --- the cluster -------------------------------------------------------------------------------
 
 
-class Cluster:
-    """The node processes of ``cluster up``; SIGKILL of a whole region and its restart from the
-    same data dirs with the exact command lines ``cluster up`` used."""
+class Cluster(ProcessCluster):
+    """The bench's process harness (kill and restart a whole region, see
+    :class:`bench.failover.Cluster`) with the credentials registered for this module's
+    helpers, the netem control, and every link healed before the cluster goes down."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.doc: dict[str, Any] = secure.register(folder)
+        secure.register(folder)
+        super().__init__(folder)
         self.topology = load_topology(self.doc["topology_resolved"])
         self.netem = NetemControl(self.topology, self.doc["netem"])
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self.region_of: dict[str, str] = {}
-        self.cmdlines: dict[str, list[str]] = {}
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        for region, spec in self.doc["regions"].items():
-            for n in spec["nodes"]:
-                self.nodes[n["id"]] = n
-                self.region_of[n["id"]] = region
-                # a restart must not found a new cluster: drop --bootstrap
-                raw = Path(f"/proc/{n['pid']}/cmdline").read_bytes().split(b"\0")
-                self.cmdlines[n["id"]] = [a.decode() for a in raw if a and a != b"--bootstrap"]
-
-    def region_nodes(self, region: str) -> list[str]:
-        return [n for n, r in self.region_of.items() if r == region]
-
-    def apis(self, region: str) -> list[str]:
-        return [self.nodes[n]["api"] for n in self.region_nodes(region)]
-
-    def alive(self, node_id: str) -> bool:
-        proc = self.children.get(node_id)
-        if proc is not None and proc.pid == self.nodes[node_id]["pid"]:
-            return proc.poll() is None
-        try:  # a child of 'cluster up', reaped by init
-            state = Path(f"/proc/{self.nodes[node_id]['pid']}/stat").read_text().split()[2]
-        except (FileNotFoundError, IndexError):
-            return False
-        return state != "Z"
-
-    def kill_region(self, region: str) -> None:
-        for node_id in self.region_nodes(region):
-            os.kill(self.nodes[node_id]["pid"], signal.SIGKILL)
 
     async def wait_region_dead(self, region: str) -> None:
-        deadline = time.monotonic() + DEADLINE_S
-        while any(self.alive(n) for n in self.region_nodes(region)):
-            alive = [n for n in self.region_nodes(region) if self.alive(n)]
-            assert time.monotonic() < deadline, f"still running after SIGKILL: {alive}"
-            await asyncio.sleep(0.05)
-
-    def restart_region(self, region: str) -> None:
-        for node_id in self.region_nodes(region):
-            assert not self.alive(node_id), f"{node_id} still runs"
-            with open(Path(self.nodes[node_id]["dir"]) / "process.log", "ab") as out:
-                proc = subprocess.Popen(self.cmdlines[node_id], stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # fmt: skip
-            old = self.children.pop(node_id, None)
-            if old is not None:
-                old.wait()
-            self.children[node_id] = proc
-            self.nodes[node_id]["pid"] = proc.pid
-        # so that 'cluster down' finds the restarted processes
-        (self.folder / "cluster.json").write_text(json.dumps(self.doc, indent=2))
+        await self.wait_dead(region, DEADLINE_S)
 
     def down(self) -> None:
         with contextlib.suppress(Exception):
             for r in self.topology.region_names():
                 self.netem.heal_region(r)
-        down = subprocess.Popen(
-            [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(self.folder),
-             "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        while down.poll() is None:  # reap our restarted children while they stop
-            for proc in self.children.values():
-                proc.poll()
-            time.sleep(0.05)
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        super().down()
 
 
 @pytest.fixture(scope="module")
