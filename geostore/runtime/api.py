@@ -448,7 +448,7 @@ class Api:
             return forwarded
         return respond(request, status, answer)
 
-    async def _region_call(
+    async def region_call(
         self, region: str, method: str, path_qs: str, data: bytes | None, ctype: str | None
     ) -> tuple[int, bytes, str]:
         """One request to another region: its leader first (as last seen), then its other
@@ -604,7 +604,7 @@ class Api:
         stored = 0
         tasks = {
             r: asyncio.ensure_future(
-                self._region_call(
+                self.region_call(
                     r,
                     "POST",
                     request.path,
@@ -859,12 +859,6 @@ class Api:
 
     # -- moves and failovers ---------------------------------------------------------------
 
-    async def region_call(
-        self, region: str, method: str, path_qs: str, data: bytes | None, ctype: str | None
-    ) -> tuple[int, bytes, str]:
-        """One request to another region's nodes as this node (see ``_region_call``)."""
-        return await self._region_call(region, method, path_qs, data, ctype)
-
     async def _in_region(
         self, request: web.Request, region: str, raw: bytes | None
     ) -> web.StreamResponse | None:
@@ -877,7 +871,7 @@ class Api:
                     "retry shortly",
                     retry_after_ms=200,
                 )
-            status, answer, ctype = await self._region_call(
+            status, answer, ctype = await self.region_call(
                 region, request.method, request.path_qs, raw, JSON
             )
             return web.Response(status=status, body=answer, content_type=ctype)
@@ -963,7 +957,7 @@ class Api:
                         f"partition {partition} is homed in {home}, not {self.node.region}",
                         home=home,
                     )
-                status, answer, ctype = await self._region_call(
+                status, answer, ctype = await self.region_call(
                     home, "GET", request.path_qs, None, None
                 )
                 return web.Response(status=status, body=answer, content_type=ctype)

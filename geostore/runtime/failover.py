@@ -78,7 +78,7 @@ POLL_S = 0.005
 #: How often the automatic failover policy looks at the leases, seconds.
 AUTO_CHECK_S = 0.5
 #: Finished moves kept for /v1/status.
-MOVES_KEPT = 16
+MOVES_SHOWN = 16
 
 #: Error codes that say a metadata command was definitely not committed.
 _DEFINITE = frozenset(
@@ -171,7 +171,7 @@ class MoveOps:
     def _record(self, move: PlannedMove) -> _MoveRecord:
         rec = _MoveRecord(move)
         self._moves.append(rec)
-        del self._moves[:-MOVES_KEPT]
+        del self._moves[:-MOVES_SHOWN]
         return rec
 
     # -- planned move --------------------------------------------------------------------
