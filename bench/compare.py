@@ -640,7 +640,9 @@ def run_mode(
             w.go()
         t0 = time.monotonic()
         window = (t0 + warmup_s, t0 + warmup_s + duration_s)
-        pids = cluster.pids()
+        # the load generators are processes of the run too: their CPU is in the report, so
+        # a reader sees how much of the machine the nodes had
+        pids = {**cluster.pids(), **{f"loadgen-{w.region}": w.proc.pid for w in workers}}
         node_urls = cluster.all_urls()
         lag: dict[tuple[str, str], list[tuple[float, float]]] = {}
         snap: dict[str, Any] = {}
