@@ -34,12 +34,27 @@ and writes ``DIR/<node>.prof`` when it exits (benchmarks use it to find hot path
 Membership of a cluster started with ``geostore cluster up`` (one change at a time):
 
 - ``node add --cluster DIR --region R --id NEW``: start a node under a fresh identity with
-  ``--join`` (empty storage, no bootstrap), tell every node of the region its address, add
-  it as a learner, wait until it caught up (by log or by snapshot), promote it to voter.
-- ``node remove --cluster DIR --node ID``: remove it from the group, then stop its process.
-- ``node replace --cluster DIR --node OLD [--new-id NEW]``: add NEW, then remove OLD. The
-  way to bring back a node whose disk was wiped: it must never rejoin under its old id
-  (it may have voted or acknowledged entries it no longer has).
+  ``--join`` (empty storage, no bootstrap; it hosts every group it belongs to, the
+  metadata group included, with an empty replica), create the WAN proxies through which
+  the other regions reach it (with netem; written to ``wan.json`` too), tell every live node
+  of every region its address and region (``/v1/admin/peers``), add it as a learner of the
+  region's group, wait until it caught up (by log or by snapshot), promote it to voter.
+  With a metadata group (multi-leader mode, two regions or more: the nodes decide the
+  same way), then add it as a learner of ``meta`` (``/v1/admin/meta/members``, forwarded to
+  the metadata leader) and wait until its metadata replica applied the commit index the
+  leader answered with.
+- ``node remove --cluster DIR --node ID``: with a metadata group, first remove it from
+  ``meta`` (a voter: the leader first promotes a caught-up learner of the same region, and
+  refuses with 409 when the region has no other live node); then remove it from the
+  region's group, then stop its process.
+- ``node replace --cluster DIR --node OLD [--new-id NEW]``: add NEW, then remove OLD (so NEW
+  may take OLD's metadata vote). The way to bring back a node whose disk was wiped: it must
+  never rejoin under its old id (it may have voted or acknowledged entries it no longer
+  has).
+
+Each step is retried on 503/504 until ``--timeout`` (the metadata group's changes are
+idempotent: a repeated one answers the same). ``cluster.json`` records the metadata group's
+membership under ``meta`` when the command finishes.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ metadata group that holds the catalog, homes and leases (its replica applied wha
 had committed when it joined, and it follows later changes); ``node remove`` of its region's
 metadata voter first hands the region's vote to the new node, so the group keeps one voter
 per region and still commits, and the removed node is in neither configuration; the new
-node, now its region's only node, leads it under a valid home lease and takes appends; removing
+node, now its region's only node, leads it under a valid home lease, takes appends and ships
+them, and receives the other regions' shipped events; removing
 it is refused (its region has nobody to take its vote); and ``node replace`` of another
 region's only node gives that region's vote to the replacement."""
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.integration import secure
-from tests.integration.clusterkit import DEADLINE_S, cluster_up, geostore, nodes, ok
+from tests.integration.clusterkit import DEADLINE_S, cluster_up, events, geostore, nodes, ok
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -134,6 +135,14 @@ def test_membership_changes_reach_the_metadata_group(tmp_path: Any) -> None:
         assert answer["results"][0]["partition"] == 1
         lease = ok(f"{b2['api']}/v1/status")["leases"]["b"]
         assert lease["holder"] == "b2" and lease["valid"], lease
+        # geo shipping reaches it both ways: a's events arrive, b2's leave
+        ok(f"{live['a1']['api']}/v1/streams/after/events",
+           {"events": [{"partition": 0, "body": "a1"}]})  # fmt: skip
+        for api, part, body in ((b2["api"], 0, "a1"), (live["c1"]["api"], 1, "b2")):
+            deadline = time.monotonic() + DEADLINE_S
+            while [e[1] for e in events(api, part, stream="after")] != [body]:
+                assert time.monotonic() < deadline, (api, part, "not shipped")
+                time.sleep(0.2)
 
         # nobody in b could take b2's vote: refused, and nothing changed
         out = geostore("node", "remove", "--cluster", folder, "--node", "b2", "--timeout", "60")
