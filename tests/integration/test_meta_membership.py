@@ -6,11 +6,14 @@ metadata voter first hands the region's vote to the new node, so the group keeps
 per region and still commits, and the removed node is in neither configuration; the new
 node, now its region's only node, leads it under a valid home lease, takes appends and ships
 them, and receives the other regions' shipped events; removing
-it is refused (its region has nobody to take its vote); and ``node replace`` of another
-region's only node gives that region's vote to the replacement."""
+it is refused (its region has nobody to take its vote); when another region's voter dies
+after nodes were added there, the metadata leader gives that region's vote to an added node
+by itself; and ``node replace`` of the dead node takes it out of both groups."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -150,20 +153,30 @@ def test_membership_changes_reach_the_metadata_group(tmp_path: Any) -> None:
         assert "has no other node to take it over" in out.stderr, out.stderr
         assert meta(b2["api"])["voters"] == ["a1", "b2", "c1"]
 
-        # replace c's only node: the replacement gets c's vote
-        out = geostore("node", "replace", "--cluster", folder, "--node", "c1", "--new-id", "c2",
+        # c's only voter dies after c2 and c3 joined: the metadata leader gives c's vote to
+        # one of them by itself (their region is known from the metadata group)
+        for new in ("c2", "c3"):
+            out = geostore("node", "add", "--cluster", folder, "--region", "c", "--id", new,
+                           "--timeout", "90")  # fmt: skip
+            assert out.returncode == 0, out.stdout + out.stderr
+        cluster = secure.register(folder)
+        os.kill(nodes(cluster)["c1"]["pid"], signal.SIGKILL)
+        m = wait_meta(b2["api"], "c's vote moved", lambda m: "c1" not in m["voters"])
+        assert m["voters"][:2] == ["a1", "b2"] and m["voters"][2] in ("c2", "c3"), m
+        # the dead node is replaced (its disk is lost): it leaves both groups
+        out = geostore("node", "replace", "--cluster", folder, "--node", "c1", "--new-id", "c4",
                        "--timeout", "90")  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
         cluster = secure.register(folder)
         live = nodes(cluster)
-        assert sorted(live) == ["a1", "a2", "b2", "c2"]
+        assert sorted(live) == ["a1", "a2", "b2", "c2", "c3", "c4"]
         for n in live.values():
-            wait_meta(
-                n["api"],
-                f"{n['id']} sees c2 vote for c",
-                lambda m: m["voters"] == ["a1", "b2", "c2"] and m["learners"] == ["a2"],
-            )
-        ok(f"{live['c2']['api']}/v1/streams", {"name": "after-replace", "partitions": 1})
+            m = wait_meta(n["api"], f"{n['id']} sees c1 gone", lambda m: "c1" not in m["learners"])
+            assert sorted(m["voters"] + m["learners"]) == sorted(live), m
+            assert m["regions"]["c"] == ["c2", "c3", "c4"], m["regions"]
+        data = ok(f"{live['c4']['api']}/v1/status")["groups"]["data-c"]
+        assert sorted(data["voters"]) == ["c2", "c3", "c4"], data
+        ok(f"{live['c4']['api']}/v1/streams", {"name": "after-replace", "partitions": 1})
         for n in live.values():
             wait_meta(n["api"], f"{n['id']} has the stream",
                       lambda m: "after-replace" in streams_of(m))  # fmt: skip
