@@ -152,6 +152,11 @@ class QuarantinedRun:
     def last_seq(self) -> Seq:
         return Seq(self.first_seq + self.record_count - 1)
 
+    @property
+    def size_bytes(self) -> int:
+        """The bytes of its batch encoding (what the quarantine's size counts)."""
+        return len(self.events)
+
 
 # --- failover ----------------------------------------------------------------------------------
 

@@ -84,6 +84,7 @@ from .blocks import (
 from .commands import (
     AppendBatch,
     ApplyRemote,
+    ClearQuarantine,
     Command,
     CreateStream,
     FenceHome,
@@ -108,6 +109,7 @@ from .model import (
     PartitionHome,
     PartitionInfo,
     ProducerRef,
+    QuarantineCleared,
     ReadResult,
     ReadStats,
     Rejected,
@@ -130,7 +132,7 @@ from .model import (
 from .remote import decide_remote
 from .snapshot import FrameWriter, first_record, read_records
 
-ApplyResult = StreamInfo | AppendResult | HomeResult | RemoteResult | Rejected
+ApplyResult = StreamInfo | AppendResult | HomeResult | RemoteResult | QuarantineCleared | Rejected
 TailCallback = Callable[[StreamName, PartitionId, Seq], None]
 
 SNAPSHOT_FORMAT = 1
@@ -313,6 +315,8 @@ class EventStore:
         #: bumped whenever existing homes or epochs may have changed (a move, a restore): the
         #: runtime rebuilds its geo cursors then (not replicated, never in snapshots)
         self.placement_version = 0
+        #: totals over every partition's quarantine: runs, events, bytes (derived state)
+        self._q_runs = self._q_events = self._q_bytes = 0
 
     def _new_producer_table(self) -> ProducerTable:
         t = self.tuning
@@ -681,6 +685,8 @@ class EventStore:
                     return self._apply_fence(command)
                 case ApplyRemote():
                     return self._apply_remote(index, command)
+                case ClearQuarantine():
+                    return self._apply_clear(command)
         except ApiError as err:
             return Rejected(err)
 
@@ -732,6 +738,41 @@ class EventStore:
         self.placement_version += 1
         return HomeResult(p.stream, p.partition, p.home, p.epoch, Seq(fork), quarantined)
 
+    def _apply_clear(self, cmd: ClearQuarantine) -> QuarantineCleared:
+        """Drop the quarantined runs the command names (see ClearQuarantine); 404 for a stream
+        or partition the catalog does not have, so a typo is not answered "0 dropped"."""
+        if cmd.stream is not None:
+            if cmd.partition is not None:
+                targets = [self._partition(cmd.stream, cmd.partition)]
+            else:
+                d = self.stream(cmd.stream)
+                targets = [self._partitions[(d.name, PartitionId(i))] for i in range(d.partitions)]
+        else:
+            targets = [self._partitions[k] for k in sorted(self._partitions)]
+        runs = events = size = 0
+        for p in targets:
+            keep: list[QuarantinedRun] = []
+            for q in p.quarantine:
+                if cmd.through_epoch is None or q.superseded_by <= cmd.through_epoch:
+                    runs += 1
+                    events += q.record_count
+                    size += q.size_bytes
+                    self._drop_body(p, q)
+                else:
+                    keep.append(q)
+            p.quarantine = keep
+        self._q_runs -= runs
+        self._q_events -= events
+        self._q_bytes -= size
+        return QuarantineCleared(runs, events, size, self._q_runs, self._q_events, self._q_bytes)
+
+    def _drop_body(self, p: _Partition, q: QuarantinedRun) -> None:
+        """A cleared run's events leave the store (kept in memory here: nothing to free)."""
+
+    def quarantine_size(self) -> tuple[int, int, int]:
+        """(runs, events, bytes of batch encoding) the region's quarantine holds in all."""
+        return self._q_runs, self._q_events, self._q_bytes
+
     def _apply_fence(self, cmd: FenceHome) -> HomeResult:
         """Fence (or unfence) the partition's appends for a planned move; the answer's
         ``fork_seq`` is the last seq at the fence: the fork of the move."""
@@ -762,7 +803,8 @@ class EventStore:
         seq = keep
         while seq <= last:
             for e in self.committed_entries(p.stream, p.partition, seq, last, 1 << 16, 1 << 24):
-                p.quarantine.append(
+                self._add_quarantined(
+                    p,
                     QuarantinedRun(
                         p.stream,
                         p.partition,
@@ -774,7 +816,7 @@ class EventStore:
                         e.events,
                         e.producer_id,
                         e.producer_seq,
-                    )
+                    ),
                 )
                 seq = e.last_seq + 1
         t = self.tuning
@@ -821,6 +863,12 @@ class EventStore:
         epoch = self._epoch_at(p, fork) if fork >= 0 else Epoch(0)
         p.mark = StoreWatermark(epoch, Seq(fork))
         return n
+
+    def _add_quarantined(self, p: _Partition, q: QuarantinedRun) -> None:
+        p.quarantine.append(q)
+        self._q_runs += 1
+        self._q_events += q.record_count
+        self._q_bytes += q.size_bytes
 
     def _apply_append(self, index: LogIndex, cmd: AppendBatch) -> AppendResult:
         p = self._partition(cmd.stream, cmd.partition)
@@ -1572,6 +1620,10 @@ class EventStore:
                     raise StorageError(f"snapshot block {'/'.join(map(str, bkey))} is missing")
         self._streams, self._partitions, self._producers = streams, partitions, producers
         self.applied_index = applied
+        runs = [q for p in partitions.values() for q in p.quarantine]
+        self._q_runs = len(runs)
+        self._q_events = sum(q.record_count for q in runs)
+        self._q_bytes = sum(q.size_bytes for q in runs)
         for key, subs in list(self._subscribers.items()):
             p2 = partitions.get(key)
             if p2 is None or not p2.next_seq:
