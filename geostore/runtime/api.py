@@ -1188,6 +1188,7 @@ class Api:
                 "node": self.node.node_id,
                 "runs_total": len(runs),
                 "events_total": sum(r.record_count for r in runs),
+                "bytes_total": sum(r.size_bytes for r in runs),
                 "truncated": len(runs) > limit,
                 "runs": [
                     {
@@ -1199,6 +1200,7 @@ class Api:
                         "first_seq": r.first_seq,
                         "last_seq": r.last_seq,
                         "record_count": r.record_count,
+                        "size_bytes": r.size_bytes,
                         "producer_id": r.producer_id,
                         "producer_seq": r.producer_seq,
                     }
@@ -1408,6 +1410,7 @@ _SCHEMAS: dict[str, Any] = {
             "node": {"type": "string"},
             "runs_total": {"type": "integer"},
             "events_total": {"type": "integer"},
+            "bytes_total": {"type": "integer"},
             "truncated": {"type": "boolean"},
             "runs": {"type": "array", "items": _OBJ},
         },

@@ -133,7 +133,10 @@ class EpochHistory:
 class QuarantinedRun:
     """Events a region held beyond a fork, as one original append batch (or a cut of one).
 
-    ``events`` is the batch encoding (``geostore.store.blocks.encode_batch``); ``epoch`` the
+    Only this metadata stays in memory: the events themselves (their batch encoding,
+    ``geostore.store.blocks.encode_batch``, ``size_bytes`` long with crc32 ``crc``) live in
+    the partition's block store under the run's ``slot`` (see ``quarantine_block_no``), so
+    the memory a quarantine costs does not grow with the events it holds. ``epoch`` is the
     epoch they were written under; ``superseded_by`` the epoch whose fork orphaned them.
     """
 
@@ -144,18 +147,15 @@ class QuarantinedRun:
     fork_seq: Seq
     first_seq: Seq
     record_count: int
-    events: bytes
+    size_bytes: int
+    crc: int
+    slot: int
     producer_id: str | None = None
     producer_seq: int | None = None
 
     @property
     def last_seq(self) -> Seq:
         return Seq(self.first_seq + self.record_count - 1)
-
-    @property
-    def size_bytes(self) -> int:
-        """The bytes of its batch encoding (what the quarantine's size counts)."""
-        return len(self.events)
 
 
 # --- failover ----------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ from .blocks import (
     decode_batch_validated,
     decode_block,
     encode_batch,
+    quarantine_block_no,
 )
 from .commands import (
     AppendBatch,
@@ -136,6 +137,9 @@ ApplyResult = StreamInfo | AppendResult | HomeResult | RemoteResult | Quarantine
 TailCallback = Callable[[StreamName, PartitionId, Seq], None]
 
 SNAPSHOT_FORMAT = 1
+#: Snapshots by reference a cleared quarantined body outlives before it is deleted: more
+#: than the host keeps (HostConfig.snapshots_cached, 3 by default), so none names it then.
+SNAPSHOTS_HELD = 4
 _EMPTY_HASH = bytes(16)
 _EVENT_FIELDS = frozenset({"ts", "key", "partition", "body"})
 #: One append batch's boundaries: first seq, event count, epoch, producer id and seq.
@@ -187,6 +191,7 @@ class _Partition:
         "open_hash",
         "partition",
         "quarantine",
+        "quarantine_slots",
         "runs",
         "sealed",
         "segments",
@@ -223,6 +228,8 @@ class _Partition:
         #: Events this region held beyond a fork when it learned the new epoch (failback).
         #: Bounded by what the region wrote past the fork: at most its lease and lag bound.
         self.quarantine: list[QuarantinedRun] = []
+        #: slots handed to quarantined runs so far (a slot is never used twice: replicated)
+        self.quarantine_slots = 0
         #: A planned move fenced the home: appends answer 503 moving until the SetHome.
         self.fenced = False
 
@@ -317,6 +324,11 @@ class EventStore:
         self.placement_version = 0
         #: totals over every partition's quarantine: runs, events, bytes (derived state)
         self._q_runs = self._q_events = self._q_bytes = 0
+        #: bodies of cleared runs, (index of the clear, stream, partition, slot), deleted from
+        #: the block store once no snapshot still in use names them (see _release_dropped)
+        self._dropped: list[tuple[int, StreamName, PartitionId, int]] = []
+        #: applied index of the last snapshots this store took by reference (local restarts)
+        self._snapshot_marks: list[int] = []
 
     def _new_producer_table(self) -> ProducerTable:
         t = self.tuning
@@ -414,7 +426,7 @@ class EventStore:
         for run in self.quarantine(stream, partition):
             d = self._streams[run.stream]
             indexed = d.schema.indexed if d.schema is not None else ()
-            cols = decode_batch(run.events, run.record_count, indexed)
+            cols = decode_batch(self.quarantined_body(run), run.record_count, indexed)
             for i in range(len(cols)):
                 yield {
                     "stream": run.stream,
@@ -429,6 +441,17 @@ class EventStore:
                     "key": cols.keys[i],
                     "body": _cbor.loads_fast(cols.body_bytes(i)),
                 }
+
+    def quarantined_body(self, run: QuarantinedRun) -> bytes:
+        """The batch encoding of a quarantined run's events, read from the block store
+        (raises StorageError when missing or damaged: never a silent partial export)."""
+        data = self.blocks.get(run.stream, run.partition, quarantine_block_no(run.slot))
+        if len(data) != run.size_bytes or zlib.crc32(data) != run.crc:
+            raise StorageError(
+                f"quarantined run {run.stream}/{run.partition} slot {run.slot} (seqs "
+                f"{run.first_seq}..{run.last_seq}) fails its crc"
+            )
+        return data
 
     def watermarks(self) -> dict[tuple[StreamName, PartitionId], StoreWatermark]:
         """Every partition's watermark (what a Receiver is built from after a leader change)."""
@@ -686,7 +709,7 @@ class EventStore:
                 case ApplyRemote():
                     return self._apply_remote(index, command)
                 case ClearQuarantine():
-                    return self._apply_clear(command)
+                    return self._apply_clear(index, command)
         except ApiError as err:
             return Rejected(err)
 
@@ -738,7 +761,7 @@ class EventStore:
         self.placement_version += 1
         return HomeResult(p.stream, p.partition, p.home, p.epoch, Seq(fork), quarantined)
 
-    def _apply_clear(self, cmd: ClearQuarantine) -> QuarantineCleared:
+    def _apply_clear(self, index: LogIndex, cmd: ClearQuarantine) -> QuarantineCleared:
         """Drop the quarantined runs the command names (see ClearQuarantine); 404 for a stream
         or partition the catalog does not have, so a typo is not answered "0 dropped"."""
         if cmd.stream is not None:
@@ -757,7 +780,8 @@ class EventStore:
                     runs += 1
                     events += q.record_count
                     size += q.size_bytes
-                    self._drop_body(p, q)
+                    # the body stays on disk until no snapshot in use names it
+                    self._dropped.append((index, p.stream, p.partition, q.slot))
                 else:
                     keep.append(q)
             p.quarantine = keep
@@ -765,9 +789,6 @@ class EventStore:
         self._q_events -= events
         self._q_bytes -= size
         return QuarantineCleared(runs, events, size, self._q_runs, self._q_events, self._q_bytes)
-
-    def _drop_body(self, p: _Partition, q: QuarantinedRun) -> None:
-        """A cleared run's events leave the store (kept in memory here: nothing to free)."""
 
     def quarantine_size(self) -> tuple[int, int, int]:
         """(runs, events, bytes of batch encoding) the region's quarantine holds in all."""
@@ -802,7 +823,12 @@ class EventStore:
         last = p.next_seq - 1
         seq = keep
         while seq <= last:
+            # at most 64 Ki events / 16 MiB of them in memory at a time: each run's body goes
+            # to the block store, only its metadata stays
             for e in self.committed_entries(p.stream, p.partition, seq, last, 1 << 16, 1 << 24):
+                slot = p.quarantine_slots
+                p.quarantine_slots += 1
+                self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), e.events)
                 self._add_quarantined(
                     p,
                     QuarantinedRun(
@@ -813,7 +839,9 @@ class EventStore:
                         Seq(fork),
                         e.seq,
                         e.record_count,
-                        e.events,
+                        len(e.events),
+                        zlib.crc32(e.events),
+                        slot,
                         e.producer_id,
                         e.producer_seq,
                     ),
@@ -1414,6 +1442,12 @@ class EventStore:
             if len(p.history.starts) > 1 or p.quarantine or p.fenced:
                 extra.append(["failover", p.stream, p.partition, p.history.to_wire(), p.fenced])
                 extra += [["quarantine", *_run_wire(q)] for q in p.quarantine]
+            if p.quarantine_slots:
+                extra.append(["qslots", p.stream, p.partition, p.quarantine_slots])
+        # cleared bodies not deleted yet: a restore from this snapshot deletes them
+        extra += [["qdrop", s, part, slot] for _, s, part, slot in self._dropped]
+        if not include_blocks:
+            self._snapshot_taken()
         producers = self._producers.to_wire()
         return self._snapshot_gen(chunk_bytes, head, parts, producers, include_blocks, extra)
 
@@ -1446,9 +1480,36 @@ class EventStore:
                     yield from out.add(["block", stream, part, m.block_no, data])
         for rec in extra:
             yield from out.add(rec)
+            if include_blocks and rec[0] == "quarantine":
+                yield from out.add(self._body_record(rec))
         for k in range(0, len(producers), 256):
             yield from out.add(["producers", producers[k : k + 256]])
         yield from out.finish()
+
+    def _body_record(self, rec: list[Any]) -> list[Any]:
+        """The ``qbody`` record carrying the body of a snapshot's ``quarantine`` record."""
+        stream, part, slot = rec[1], rec[2], rec[10]
+        data = self.blocks.get(StreamName(stream), PartitionId(part), quarantine_block_no(slot))
+        return ["qbody", stream, part, slot, data]
+
+    def _snapshot_taken(self) -> None:
+        """A snapshot by reference was taken: bodies cleared before the last
+        ``SNAPSHOTS_HELD`` of them can go (no snapshot the host still keeps, for a restart
+        or a follower's transfer, names them; the host keeps fewer, see HostConfig)."""
+        marks = self._snapshot_marks
+        marks.append(self.applied_index)
+        del marks[:-SNAPSHOTS_HELD]
+        if len(marks) < SNAPSHOTS_HELD:
+            return
+        safe = marks[0]
+        keep = []
+        for item in self._dropped:
+            if item[0] <= safe:
+                _, stream, part, slot = item
+                self.blocks.remove(stream, part, quarantine_block_no(slot))
+            else:
+                keep.append(item)
+        self._dropped = keep
 
     def self_contained_chunks(self, chunks: Iterable[bytes], chunk_bytes: int) -> Iterator[bytes]:
         """A snapshot that references its sealed blocks, rewritten to carry them.
@@ -1468,6 +1529,8 @@ class EventStore:
                 by_reference = rec[4] is False
                 rec = [*rec[:4], True]
             yield from out.add(rec)
+            if rec[0] == "quarantine" and by_reference and len(rec) == 13:
+                yield from out.add(self._body_record(rec))
             if rec[0] == "metas" and by_reference:
                 _, stream, part, metas = rec
                 for raw in metas:
@@ -1493,7 +1556,7 @@ class EventStore:
         """
         out = FrameWriter(chunk_bytes)
         for rec in read_records(chunks):
-            if rec[0] == "block":
+            if rec[0] == "block" or rec[0] == "qbody":
                 continue
             if rec[0] == "header":
                 rec = [*rec[:4], False]
@@ -1523,6 +1586,7 @@ class EventStore:
         include_blocks = False
         received: set[tuple[StreamName, PartitionId, int]] = set()
         marked: set[tuple[StreamName, PartitionId]] = set()
+        dropped: list[tuple[StreamName, PartitionId, int]] = []
         t = self.tuning
         for rec in read_records(chunks):
             kind = rec[0]
@@ -1594,8 +1658,33 @@ class EventStore:
                 except (AssertionError, TypeError, ValueError) as exc:
                     raise CodecError(f"snapshot epoch history is bad: {exc}") from exc
             elif kind == "quarantine":
+                p = partitions[(StreamName(rec[1]), PartitionId(rec[2]))]
+                if len(rec) == 11:  # the older form, body inline: it moves to the block store
+                    body = rec[8]
+                    assert type(body) is bytes, "quarantined events are bytes"
+                    slot = p.quarantine_slots
+                    p.quarantine_slots += 1
+                    rec = [*rec[:8], len(body), zlib.crc32(body), slot, *rec[9:]]
+                    self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), body)
+                    received.add((p.stream, p.partition, quarantine_block_no(slot)))
                 q = _run_from_wire(rec[1:])
-                partitions[(q.stream, q.partition)].quarantine.append(q)
+                p.quarantine.append(q)
+                p.quarantine_slots = max(p.quarantine_slots, q.slot + 1)
+            elif kind == "qbody":
+                _, stream, part, slot, data = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                run = next(q for q in reversed(p.quarantine) if q.slot == slot)
+                if len(data) != run.size_bytes or zlib.crc32(data) != run.crc:
+                    raise CodecError(f"snapshot quarantined run {stream}/{part}/{slot} fails crc")
+                self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), data)
+                received.add((p.stream, p.partition, quarantine_block_no(slot)))
+            elif kind == "qslots":
+                _, stream, part, slots = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                p.quarantine_slots = max(p.quarantine_slots, slots)
+            elif kind == "qdrop":
+                _, stream, part, slot = rec
+                dropped.append((StreamName(stream), PartitionId(part), int(slot)))
             else:
                 raise CodecError(f"unknown snapshot record {kind!r}")
         assert applied is not None
@@ -1618,12 +1707,24 @@ class EventStore:
                 present = bkey in received if include_blocks else self.blocks.has(*bkey)
                 if not present:
                     raise StorageError(f"snapshot block {'/'.join(map(str, bkey))} is missing")
+            for q in p.quarantine:
+                bkey = (p.stream, p.partition, quarantine_block_no(q.slot))
+                if bkey not in received and not self.blocks.has(*bkey):
+                    raise StorageError(
+                        f"snapshot quarantined run {p.stream}/{p.partition} slot {q.slot} "
+                        "is missing"
+                    )
         self._streams, self._partitions, self._producers = streams, partitions, producers
         self.applied_index = applied
         runs = [q for p in partitions.values() for q in p.quarantine]
         self._q_runs = len(runs)
         self._q_events = sum(q.record_count for q in runs)
         self._q_bytes = sum(q.size_bytes for q in runs)
+        # Only this snapshot is in use now (a restart, or an installed one replaced the
+        # rest): the bodies it says were cleared can go.
+        for stream, part, slot in dropped:
+            self.blocks.remove(stream, part, quarantine_block_no(slot))
+        self._dropped, self._snapshot_marks = [], [int(applied)]
         for key, subs in list(self._subscribers.items()):
             p2 = partitions.get(key)
             if p2 is None or not p2.next_seq:
@@ -1828,6 +1929,7 @@ def _check_remote_shape(cmd: ApplyRemote, where: str) -> None:
 
 
 def _run_wire(q: QuarantinedRun) -> list[Any]:
+    """A run's metadata for a snapshot (its body is in the block store, or a ``qbody``)."""
     return [
         q.stream,
         q.partition,
@@ -1836,7 +1938,9 @@ def _run_wire(q: QuarantinedRun) -> list[Any]:
         q.fork_seq,
         q.first_seq,
         q.record_count,
-        q.events,
+        q.size_bytes,
+        q.crc,
+        q.slot,
         q.producer_id,
         q.producer_seq,
     ]
@@ -1844,8 +1948,9 @@ def _run_wire(q: QuarantinedRun) -> list[Any]:
 
 def _run_from_wire(raw: list[Any]) -> QuarantinedRun:
     try:
-        stream, part, epoch, by, fork, first, count, events, pid, pseq = raw
-        assert type(events) is bytes and type(count) is int and count >= 1
+        stream, part, epoch, by, fork, first, count, size, crc, slot, pid, pseq = raw
+        assert type(count) is int and count >= 1
+        assert type(size) is int and type(crc) is int and type(slot) is int and slot >= 0
         return QuarantinedRun(
             StreamName(stream),
             PartitionId(part),
@@ -1854,7 +1959,9 @@ def _run_from_wire(raw: list[Any]) -> QuarantinedRun:
             Seq(fork),
             Seq(first),
             count,
-            events,
+            size,
+            crc,
+            slot,
             pid,
             pseq,
         )
