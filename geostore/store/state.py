@@ -39,10 +39,18 @@ apply (:mod:`geostore.store.remote` has the rule). ``committed_entries`` is the 
 for the home's shipper: one entry per original append batch, from a bounded per-partition
 index of batch boundaries.
 
-*Snapshots* stream the catalog, index entries, open blocks, watermarks, the batch index and
-the producer table, and either
-the sealed blocks' bytes (self-contained: for a node that catches up) or only references
-to them (a local restart over the same BlockStore). Segments are derived, not stored.
+*Snapshots* stream the catalog, index entries, open blocks, watermarks, the batch index,
+the producer table and the quarantine's run metadata, and either
+the sealed blocks' and quarantined runs' bytes (self-contained: for a node that catches up)
+or only references to them (a local restart over the same BlockStore). Segments are
+derived, not stored.
+
+*Quarantine* (failback, see store/failover.py): a rewind moves the events past a fork into
+runs whose bodies go to the BlockStore at negative block numbers (one slot per run, never
+reused), so memory holds run metadata only and totals (runs, events, bytes) are kept for
+status and metrics. :class:`~geostore.store.commands.ClearQuarantine` drops runs; their
+bodies are deleted only once no snapshot still in use can name them (``_snapshot_taken``,
+or a restore, which leaves only the restored snapshot in use).
 
 *Live tail.* ``subscribe(stream, partition, callback)`` registers a callback called
 synchronously after each applied append of that partition with its last seq; the runtime
