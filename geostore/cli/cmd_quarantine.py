@@ -311,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
                 (
                     r["stream"], r["partition"], r["epoch"], r["superseded_by"], r["fork_seq"],
                     r["first_seq"], r["last_seq"], r["record_count"],
-                    "" if r.get("producer_id") is None
+                    f"({r['parts']} batches)" if r.get("parts", 1) > 1
+                    else "" if r.get("producer_id") is None
                     else f"{r['producer_id']}#{r.get('producer_seq')}",
                 )
                 for r in answer["runs"]

@@ -1201,6 +1201,7 @@ class Api:
                         "last_seq": r.last_seq,
                         "record_count": r.record_count,
                         "size_bytes": r.size_bytes,
+                        "parts": r.parts,
                         "producer_id": r.producer_id,
                         "producer_seq": r.producer_seq,
                     }

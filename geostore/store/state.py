@@ -148,6 +148,12 @@ SNAPSHOT_FORMAT = 1
 #: Snapshots by reference a cleared quarantined body outlives before it is deleted: more
 #: than the host keeps (HostConfig.snapshots_cached, 3 by default), so none names it then.
 SNAPSHOTS_HELD = 4
+#: At most about this many quarantined runs per failback of a partition (a code constant, the
+#: same on every replica): past it, consecutive batches of one epoch merge into one run (see
+#: QuarantinedRun.parts), so memory follows the number of failbacks, not their length.
+QUARANTINE_RUNS_PER_FORK = 1024
+#: A merged run's body stays under this (it travels as one snapshot record).
+QUARANTINE_RUN_BYTES_MAX = 16 * 1024 * 1024
 _EMPTY_HASH = bytes(16)
 _EVENT_FIELDS = frozenset({"ts", "key", "partition", "body"})
 #: One append batch's boundaries: first seq, event count, epoch, producer id and seq.
@@ -434,21 +440,28 @@ class EventStore:
         for run in self.quarantine(stream, partition):
             d = self._streams[run.stream]
             indexed = d.schema.indexed if d.schema is not None else ()
-            cols = decode_batch(self.quarantined_body(run), run.record_count, indexed)
-            for i in range(len(cols)):
-                yield {
-                    "stream": run.stream,
-                    "partition": run.partition,
-                    "seq": run.first_seq + i,
-                    "epoch": run.epoch,
-                    "superseded_by": run.superseded_by,
-                    "fork_seq": run.fork_seq,
-                    "producer_id": run.producer_id,
-                    "producer_seq": run.producer_seq,
-                    "ts": cols.ts[i],
-                    "key": cols.keys[i],
-                    "body": _cbor.loads_fast(cols.body_bytes(i)),
-                }
+            body = self.quarantined_body(run)
+            if run.parts == 1:
+                batches = [(run.first_seq, run.record_count, body, run.producer_id,
+                            run.producer_seq)]  # fmt: skip
+            else:  # merged batches (see QuarantinedRun.parts); the crc checked the list
+                batches = [tuple(b) for b in _cbor.loads_fast(body)]
+            for first, count, events, pid, pseq in batches:
+                cols = decode_batch(events, count, indexed)
+                for i in range(len(cols)):
+                    yield {
+                        "stream": run.stream,
+                        "partition": run.partition,
+                        "seq": first + i,
+                        "epoch": run.epoch,
+                        "superseded_by": run.superseded_by,
+                        "fork_seq": run.fork_seq,
+                        "producer_id": pid,
+                        "producer_seq": pseq,
+                        "ts": cols.ts[i],
+                        "key": cols.keys[i],
+                        "body": _cbor.loads_fast(cols.body_bytes(i)),
+                    }
 
     def quarantined_body(self, run: QuarantinedRun) -> bytes:
         """The batch encoding of a quarantined run's events, read from the block store
@@ -829,32 +842,30 @@ class EventStore:
         """
         keep = fork + 1
         last = p.next_seq - 1
+        # Runs of at least ``piece`` events each: one per batch unless there are more batches
+        # (at most one per event) than QUARANTINE_RUNS_PER_FORK.
+        piece = -(-(last - fork) // QUARANTINE_RUNS_PER_FORK)
+        group: list[RemoteEntry] = []
+        size = events = 0
         seq = keep
         while seq <= last:
-            # at most 64 Ki events / 16 MiB of them in memory at a time: each run's body goes
-            # to the block store, only its metadata stays
+            # at most 64 Ki events / 16 MiB of them in memory at a time, plus one merged run:
+            # each run's body goes to the block store, only its metadata stays
             for e in self.committed_entries(p.stream, p.partition, seq, last, 1 << 16, 1 << 24):
-                slot = p.quarantine_slots
-                p.quarantine_slots += 1
-                self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), e.events)
-                self._add_quarantined(
-                    p,
-                    QuarantinedRun(
-                        p.stream,
-                        p.partition,
-                        Epoch(e.epoch if e.epoch is not None else p.epoch),
-                        new_epoch,
-                        Seq(fork),
-                        e.seq,
-                        e.record_count,
-                        len(e.events),
-                        zlib.crc32(e.events),
-                        slot,
-                        e.producer_id,
-                        e.producer_seq,
-                    ),
-                )
+                if group and (
+                    e.epoch != group[0].epoch or size + len(e.events) > QUARANTINE_RUN_BYTES_MAX
+                ):
+                    self._quarantine_group(p, group, fork, new_epoch)
+                    group, size, events = [], 0, 0
+                group.append(e)
+                size += len(e.events)
+                events += e.record_count
+                if events >= piece:
+                    self._quarantine_group(p, group, fork, new_epoch)
+                    group, size, events = [], 0, 0
                 seq = e.last_seq + 1
+        if group:
+            self._quarantine_group(p, group, fork, new_epoch)
         t = self.tuning
         # The block that holds ``keep`` (or the open one), and whether the one before it
         # must reopen: it was sealed only because the event at ``keep`` did not fit.
@@ -899,6 +910,41 @@ class EventStore:
         epoch = self._epoch_at(p, fork) if fork >= 0 else Epoch(0)
         p.mark = StoreWatermark(epoch, Seq(fork))
         return n
+
+    def _quarantine_group(
+        self, p: _Partition, group: list[RemoteEntry], fork: int, new_epoch: Epoch
+    ) -> None:
+        """One quarantined run of consecutive batches of one epoch: its body to the block
+        store under the partition's next slot, its metadata to the quarantine."""
+        first = group[0]
+        if len(group) == 1:
+            body, pid, pseq = first.events, first.producer_id, first.producer_seq
+        else:
+            body = _cbor.dumps(
+                [[e.seq, e.record_count, e.events, e.producer_id, e.producer_seq] for e in group]
+            )
+            pid = pseq = None
+        slot = p.quarantine_slots
+        p.quarantine_slots += 1
+        self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), body)
+        self._add_quarantined(
+            p,
+            QuarantinedRun(
+                p.stream,
+                p.partition,
+                Epoch(first.epoch if first.epoch is not None else p.epoch),
+                new_epoch,
+                Seq(fork),
+                first.seq,
+                sum(e.record_count for e in group),
+                len(body),
+                zlib.crc32(body),
+                slot,
+                pid,
+                pseq,
+                len(group),
+            ),
+        )
 
     def _add_quarantined(self, p: _Partition, q: QuarantinedRun) -> None:
         p.quarantine.append(q)
@@ -1537,7 +1583,7 @@ class EventStore:
                 by_reference = rec[4] is False
                 rec = [*rec[:4], True]
             yield from out.add(rec)
-            if rec[0] == "quarantine" and by_reference and len(rec) == 13:
+            if rec[0] == "quarantine" and by_reference and len(rec) == 14:
                 yield from out.add(self._body_record(rec))
             if rec[0] == "metas" and by_reference:
                 _, stream, part, metas = rec
@@ -1672,7 +1718,7 @@ class EventStore:
                     assert type(body) is bytes, "quarantined events are bytes"
                     slot = p.quarantine_slots
                     p.quarantine_slots += 1
-                    rec = [*rec[:8], len(body), zlib.crc32(body), slot, *rec[9:]]
+                    rec = [*rec[:8], len(body), zlib.crc32(body), slot, *rec[9:], 1]
                     self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), body)
                     received.add((p.stream, p.partition, quarantine_block_no(slot)))
                 q = _run_from_wire(rec[1:])
@@ -1951,13 +1997,14 @@ def _run_wire(q: QuarantinedRun) -> list[Any]:
         q.slot,
         q.producer_id,
         q.producer_seq,
+        q.parts,
     ]
 
 
 def _run_from_wire(raw: list[Any]) -> QuarantinedRun:
     try:
-        stream, part, epoch, by, fork, first, count, size, crc, slot, pid, pseq = raw
-        assert type(count) is int and count >= 1
+        stream, part, epoch, by, fork, first, count, size, crc, slot, pid, pseq, parts = raw
+        assert type(count) is int and count >= 1 and type(parts) is int and parts >= 1
         assert type(size) is int and type(crc) is int and type(slot) is int and slot >= 0
         return QuarantinedRun(
             StreamName(stream),
@@ -1972,6 +2019,7 @@ def _run_from_wire(raw: list[Any]) -> QuarantinedRun:
             slot,
             pid,
             pseq,
+            parts,
         )
     except (AssertionError, TypeError, ValueError) as exc:
         raise CodecError(f"snapshot quarantine record is bad: {exc}") from exc

@@ -2,8 +2,9 @@
 keeps per-run metadata only), a ClearQuarantine command drops exactly the runs it names (by
 partition, stream, epoch, or all; nothing matched answers 0; an unknown stream is refused) on
 every replica alike, also after a snapshot and restore, without touching any served event or
-hash; cleared bodies leave the disk only once no snapshot the host keeps names them; and
-snapshots of the older form (bodies inline) still restore."""
+hash; cleared bodies leave the disk only once no snapshot the host keeps names them; a
+failback past many batches merges them into a bounded number of runs without losing an event
+or its producer; and snapshots of the older form (bodies inline) still restore."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from geostore.store import (
     StoreTuning,
     decode_command,
     encode_command,
+    state,
 )
 from geostore.store._cbor import dumps
 from geostore.store.blocks import quarantine_block_no
@@ -277,7 +279,7 @@ def test_a_snapshot_of_the_older_form_with_inline_bodies_restores() -> None:
             continue
         if rec[0] == "quarantine":
             q = runs[(rec[1], rec[2], rec[10])]
-            rec = [*rec[:8], n.store.quarantined_body(q), *rec[11:]]
+            rec = [*rec[:8], n.store.quarantined_body(q), *rec[11:13]]
             assert len(rec) == 11
         old += out.add(rec)
     old += out.finish()
@@ -288,3 +290,51 @@ def test_a_snapshot_of_the_older_form_with_inline_bodies_restores() -> None:
     assert [dataclasses.replace(q, slot=0) for q in r.store.quarantine()] == [
         dataclasses.replace(q, slot=0) for q in n.store.quarantine()
     ]
+
+
+def many_batches() -> list[Any]:
+    """One partition with 40 batches (producers on every other one), then a fork at seq 4."""
+    scratch = Node()
+    out: list[Any] = [scratch.store.validate_create({"name": "m"})]
+    scratch.apply(out[0])
+    for k in range(40):
+        events = [{"ts": k, "key": f"k{k}", "body": {"k": k, "i": i}} for i in range(1 + k % 3)]
+        producer = {"id": f"p{k % 4}", "seq": k} if k % 2 else None
+        (b,) = scratch.store.validate_append("m", events, now_us=1, producer=producer).batches
+        scratch.apply(b)
+        out.append(b)
+    out.append(SetHome(StreamName("m"), PartitionId(0), RegionId("b"), Epoch(2), Seq(4)))
+    return out
+
+
+@pytest.mark.parametrize(("runs_max", "bytes_max"), [(3, 1 << 24), (3, 150)])
+def test_a_long_failback_merges_batches_into_bounded_runs_and_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, runs_max: int, bytes_max: int
+) -> None:
+    cmds = many_batches()
+    plain = fed(cmds)
+    runs = plain.store.quarantine()
+    assert len(runs) > 30 and all(q.parts == 1 for q in runs)
+    monkeypatch.setattr(state, "QUARANTINE_RUNS_PER_FORK", runs_max)
+    monkeypatch.setattr(state, "QUARANTINE_RUN_BYTES_MAX", bytes_max)
+    merged = fed(cmds)
+    got = merged.store.quarantine()
+    assert sum(q.parts for q in got) == len(runs) and any(q.parts > 1 for q in got)
+    if bytes_max >= 1 << 24:
+        assert len(got) <= runs_max
+    else:  # the byte cap splits further (a merged body: its batches, CBOR-framed)
+        assert len(got) > runs_max
+        assert all(q.size_bytes <= bytes_max for q in got if q.parts > 1)
+    assert all(q.producer_id is None for q in got if q.parts > 1)
+    # the same events, each with its own original producer
+    assert list(merged.store.quarantine_events()) == list(plain.store.quarantine_events())
+    assert merged.store.quarantine_size()[1] == plain.store.quarantine_size()[1]
+    assert merged.state()[3:] == plain.state()[3:]  # the partition itself is the same
+    for include_blocks in (True, False):
+        r = Node(None if include_blocks else merged.blocks)
+        r.store.restore_from_chunks(
+            merged.store.snapshot_chunks(101, include_blocks=include_blocks)
+        )
+        assert r.state() == merged.state()
+    res = merged.apply(ClearQuarantine(StreamName("m"), PartitionId(0)))
+    assert isinstance(res, QuarantineCleared) and res.events == plain.store.quarantine_size()[1]
