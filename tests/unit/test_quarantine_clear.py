@@ -4,18 +4,22 @@ partition, stream, epoch, or all; nothing matched answers 0; an unknown stream i
 every replica alike, also after a snapshot and restore, without touching any served event or
 hash; cleared bodies leave the disk only once no snapshot the host keeps names them; a
 failback past many batches merges them into a bounded number of runs without losing an event
-or its producer; and snapshots of the older form (bodies inline) still restore."""
+or its producer; each failback logs the quarantine's size, as a warning over the configured
+threshold; and snapshots of the older form (bodies inline) still restore."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import pytest
 
 from geostore.errors import CodecError, ErrorCode, StorageError
-from geostore.ids import Epoch, LogIndex, PartitionId, RegionId, Seq, StreamName
+from geostore.ids import Epoch, LogIndex, PartitionId, RegionId, Seq, StreamName, Term
 from geostore.node.raft_host import HostConfig
+from geostore.raft.types import Entry, EntryKind
+from geostore.runtime.machine import StoreMachine
 from geostore.store import (
     ClearQuarantine,
     EventStore,
@@ -338,3 +342,21 @@ def test_a_long_failback_merges_batches_into_bounded_runs_and_loses_nothing(
         assert r.state() == merged.state()
     res = merged.apply(ClearQuarantine(StreamName("m"), PartitionId(0)))
     assert isinstance(res, QuarantineCleared) and res.events == plain.store.quarantine_size()[1]
+
+
+@pytest.mark.parametrize(("warn", "level"), [(10, logging.WARNING), (1 << 30, logging.INFO)])
+def test_a_failback_logs_the_quarantine_size_and_warns_over_the_threshold(
+    caplog: pytest.LogCaptureFixture, warn: int, level: int
+) -> None:
+    cmds = history()
+    machine = StoreMachine(
+        EventStore(MemoryBlockStore(), tuning=TUNING), "data-r1", quarantine_bytes_warn=warn
+    )
+    caplog.set_level(logging.INFO, logger="geostore.runtime")
+    for i, cmd in enumerate(cmds, 1):
+        machine.apply(Entry(Term(1), LogIndex(i), EntryKind.NORMAL, encode_command(cmd)))
+    lines = [r for r in caplog.records if "quarantined" in r.getMessage()]
+    assert len(lines) == 4 and all(r.levelno == level for r in lines), lines
+    size = machine.store.quarantine_size()
+    assert f"the quarantine holds {size[0]} runs, {size[1]} events" in lines[-1].getMessage()
+    assert ("quarantine_bytes_warn" in lines[-1].getMessage()) == (level == logging.WARNING)
