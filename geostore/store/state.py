@@ -1727,7 +1727,9 @@ class EventStore:
             elif kind == "qbody":
                 _, stream, part, slot, data = rec
                 p = partitions[(StreamName(stream), PartitionId(part))]
-                run = next(q for q in reversed(p.quarantine) if q.slot == slot)
+                run = next((q for q in reversed(p.quarantine) if q.slot == slot), None)
+                if run is None:
+                    raise CodecError(f"snapshot body of {stream}/{part}/{slot} names no run")
                 if len(data) != run.size_bytes or zlib.crc32(data) != run.crc:
                     raise CodecError(f"snapshot quarantined run {stream}/{part}/{slot} fails crc")
                 self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), data)

@@ -5,7 +5,8 @@ every replica alike, also after a snapshot and restore, without touching any ser
 hash; cleared bodies leave the disk only once no snapshot the host keeps names them; a
 failback past many batches merges them into a bounded number of runs without losing an event
 or its producer; each failback logs the quarantine's size, as a warning over the configured
-threshold; and snapshots of the older form (bodies inline) still restore."""
+threshold; a damaged or missing body fails a restore without changing anything; and snapshots
+of the older form (bodies inline) still restore."""
 
 from __future__ import annotations
 
@@ -360,3 +361,27 @@ def test_a_failback_logs_the_quarantine_size_and_warns_over_the_threshold(
     size = machine.store.quarantine_size()
     assert f"the quarantine holds {size[0]} runs, {size[1]} events" in lines[-1].getMessage()
     assert ("quarantine_bytes_warn" in lines[-1].getMessage()) == (level == logging.WARNING)
+
+
+def test_a_damaged_or_missing_quarantined_body_fails_the_restore_and_changes_nothing() -> None:
+    n = fed(history())
+    recs = list(read_records(n.store.snapshot_chunks(1 << 20, include_blocks=True)))
+    k = next(i for i, r in enumerate(recs) if r[0] == "qbody")
+    for damaged in (
+        [*recs[:k], [*recs[k][:4], b"x" + recs[k][4][1:]], *recs[k + 1 :]],
+        [*recs[:k], [*recs[k][:3], 999, recs[k][4]], *recs[k + 1 :]],
+    ):
+        out = FrameWriter(1 << 20)
+        data = [c for r in damaged for c in out.add(r)] + list(out.finish())
+        r = fed(history()[:3])
+        before = r.state()
+        with pytest.raises(CodecError):
+            r.store.restore_from_chunks(data)
+        assert r.state() == before
+    # by reference over a block store that lacks a body: refused
+    q = n.store.quarantine()[0]
+    n.blocks.remove(q.stream, q.partition, quarantine_block_no(q.slot))
+    with pytest.raises(StorageError):
+        Node(n.blocks).store.restore_from_chunks(
+            n.store.snapshot_chunks(1 << 20, include_blocks=False)
+        )
