@@ -609,26 +609,36 @@ class Shipper:
         # serves; a backlog (a full window) still gets batches of up to batch_events_max.
         fill = self._fill_events(part)
         events_max = fill if part.commit - start + 1 < 2 * fill else s.batch_events_max
-        entries = self._log.read_committed(
-            part.stream, part.partition, start, part.commit, events_max, s.batch_bytes_max
+        d_now = self._dictionaries.get(part.stream) if self._codec != CODEC_NONE else None
+        # Destinations usually get the same range in the same tick: read and encode it once
+        # (the columnar layout costs a few CBOR passes per event), reuse it for the next one.
+        # Everything the batch depends on is in the key: the range asked for and its bounds,
+        # the epoch and the dictionary the stream has now.
+        key = (
+            part.stream,
+            part.partition,
+            part.epoch,
+            start,
+            part.commit,
+            events_max,
+            d_now.dict_id if d_now is not None else 0,
         )
-        if not entries or entries[0].seq != start:
-            raise GeoLogError(
-                f"{part.stream}/{part.partition}: no committed entry starts at {start}"
-            )
-        if entries[-1].last_seq > part.commit:
-            raise GeoLogError(f"{part.stream}/{part.partition}: log read past the commit point")
-        events = sum(e.record_count for e in entries)
-        d = None
-        if self._codec != CODEC_NONE and events <= s.dictionary_batch_events_max:
-            d = self._dictionaries.get(part.stream)
-        # Destinations usually get the same range: encode it once (the columnar layout costs
-        # a few CBOR passes per event), reuse it for the next destination.
-        dict_id = d.dict_id if d is not None else 0
-        key = (part.stream, part.partition, part.epoch, start, entries[-1].last_seq, dict_id)
         if self._last_built is not None and self._last_built[0] == key:
             batch, raw = self._last_built[1], self._last_built[2]
         else:
+            entries = self._log.read_committed(
+                part.stream, part.partition, start, part.commit, events_max, s.batch_bytes_max
+            )
+            if not entries or entries[0].seq != start:
+                raise GeoLogError(
+                    f"{part.stream}/{part.partition}: no committed entry starts at {start}"
+                )
+            if entries[-1].last_seq > part.commit:
+                raise GeoLogError(
+                    f"{part.stream}/{part.partition}: log read past the commit point"
+                )
+            events = sum(e.record_count for e in entries)
+            d = d_now if events <= s.dictionary_batch_events_max else None
             batch = make_batch(
                 part.stream,
                 part.partition,

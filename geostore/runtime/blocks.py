@@ -16,6 +16,11 @@ from geostore.errors import StorageError
 from geostore.ids import PartitionId, StreamName
 
 
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 class FileBlockStore:
     """A :class:`geostore.store.BlockStore` over plain files (see the module docstring)."""
 
@@ -39,9 +44,11 @@ class FileBlockStore:
         folder = os.path.dirname(path)
         tmp = path + ".tmp"
         try:
-            os.makedirs(folder, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
+            try:
+                _write_file(tmp, data)
+            except FileNotFoundError:  # the partition's first block: make its folder first
+                os.makedirs(folder, exist_ok=True)  # (not before every put: a syscall each)
+                _write_file(tmp, data)
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"writing block {path} failed: {exc}") from exc

@@ -346,6 +346,8 @@ class GeoHost:
         self.envelopes_out = 0
         self.propose_failures = 0
         self._kicked = False
+        #: (applied index, shipper) at the last scan of the store (see ``tick``)
+        self._scanned: tuple[int, Shipper | None] | None = None
         geo = node.config.geo
         self.dictionary_store: DictionaryStore = FileDictionaryStore(
             os.path.join(node.data_dir, "dictionaries"), geo.dictionary_bytes_max
@@ -448,8 +450,23 @@ class GeoHost:
         if shipper is None or receiver is None:
             return
         now = self._now_ms()
-        wall = _wall_ms()
         store = self.node.data_group.store
+        # what the shipper learns from the store changes only when entries are applied (or
+        # the cores were rebuilt): most ticks of a quiet or busy node skip the scan
+        seen = (store.applied_index, shipper)
+        if seen != self._scanned:
+            self._scanned = seen
+            self._scan(store, shipper, now)
+        for env in shipper.tick(now):
+            self._send(env)
+        self._effects(receiver.tick(now))
+        hist = self.node.metrics.geo_replication
+        for _key, dst, _events, ms in shipper.drain_latencies():
+            hist.observe(ms / 1000, destination=dst)
+
+    def _scan(self, store: EventStore, shipper: Shipper, now: int) -> None:
+        """Tell the shipper each home partition's committed end; train dictionaries due."""
+        wall = _wall_ms()
         train = self.node.config.geo.use_dictionary
         for d in store.streams():
             info = store.stream_info(d.name)
@@ -465,12 +482,6 @@ class GeoHost:
                     self.node.metrics.geo_partition(self, d.name, ph.partition, dst)
             if train and committed > 0 and self._trainer.due(name, committed):
                 self._start_training(name, committed)
-        for env in shipper.tick(now):
-            self._send(env)
-        self._effects(receiver.tick(now))
-        hist = self.node.metrics.geo_replication
-        for _key, dst, _events, ms in shipper.drain_latencies():
-            hist.observe(ms / 1000, destination=dst)
 
     # -- envelopes ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import cbor2
+import orjson
 from aiohttp import web
 
 from geostore.codec import CodecLimits, loads_plain
@@ -93,10 +94,35 @@ async def read_body(request: web.Request, body_bytes_max: int) -> tuple[bytes, A
             raise ApiError(ErrorCode.MALFORMED, f"malformed CBOR body: {exc.message}") from None
     # anything but CBOR is read as JSON (curl sends form-urlencoded by default)
     try:
-        return data, json.loads(data)
+        return data, decode_json(data)
     except (ValueError, RecursionError) as exc:
         hint = "" if ctype == JSON else f" (Content-Type {ctype!r}: send {JSON} or {CBOR})"
         raise ApiError(ErrorCode.MALFORMED, f"malformed JSON body: {exc}{hint}") from None
+
+
+#: Every ASCII digit becomes NUL (which a JSON document holds nowhere: a raw control byte is
+#: invalid even inside a string), so a run of digits is a run of NULs (see ``decode_json``).
+_DIGITS_TO_NUL = bytes.maketrans(b"0123456789", b"\x00" * 10)
+#: The shortest digit run that may be an integer past 64 bits (-2**63 - 1 has 19 digits).
+_LONG_RUN = b"\x00" * 19
+
+
+def decode_json(data: bytes) -> Any:
+    """``json.loads(data)``, the same result or the same error, two to three times faster.
+
+    orjson parses the usual body; whatever it refuses (NaN, a byte-order mark, UTF-16, lone
+    surrogates, numbers out of range) goes to ``json.loads``, which then accepts or refuses
+    it exactly as before. orjson reads an integer past 64 bits as a float, silently: a body
+    with a run of 19 digits anywhere (in a string too: that only costs the slower path)
+    never goes to it, so a big integer arrives whole and meets the range checks. (The scan
+    is one C pass; a regular expression for the run took longer than the parse.)
+    """
+    if _LONG_RUN not in data.translate(_DIGITS_TO_NUL):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
 
 
 def int_param(

@@ -93,6 +93,8 @@ PROPOSE_PATH = "/v1/admin/meta/propose"
 PROPOSE_TIMEOUT_S = 10.0
 #: A meta voter silent this many election timeouts is replaced by a learner of its region.
 REPLACE_AFTER_ELECTIONS = 3
+#: How often the metadata leader looks for silent voters, seconds.
+WATCH_EVERY_S = 0.1
 
 
 def meta_members(topology: Topology) -> tuple[tuple[NodeId, ...], tuple[NodeId, ...]]:
@@ -230,6 +232,7 @@ class MetaHost:
         self._data_term = -1
         self._seeded_term = -1
         self._last_active: dict[NodeId, float] = {}
+        self._next_watch = 0.0
         self._replacing = False
         self._region_of = {n.id: n.region for n in topo.nodes()}
         #: membership changes this node made as meta leader (bounded: newest last)
@@ -524,6 +527,11 @@ class MetaHost:
         if not g.is_leader or g.failed is not None:
             self._last_active.clear()
             return
+        # seconds-scale decisions: a look every WATCH_EVERY_S is plenty (a group status per
+        # node tick was a visible share of an idle meta leader's CPU)
+        if now < self._next_watch:
+            return
+        self._next_watch = now + WATCH_EVERY_S
         st = g.status()
         for nid, p in st.progress.items():
             if p.recent_active or nid not in self._last_active:
