@@ -1,6 +1,7 @@
 """Sealed event blocks on disk: the file implementation of the store's BlockStore port.
 
-One file per sealed block, ``<dir>/<stream>/<partition>/<block_no>.blk``. A block is
+One file per sealed block, ``<dir>/<stream>/<partition>/<block_no>.blk`` (negative numbers:
+the bodies of the partition's quarantined runs, which ``discard`` never touches). A block is
 immutable, so a put writes a temporary file and renames it into place (a reader never sees
 half a block); ``flush`` fsyncs the files and directories written since the last flush.
 Blocks are re-derivable from the Raft log and from snapshots (which carry them), so a block
@@ -90,6 +91,21 @@ class FileBlockStore:
                 if path in self._dirty_files:
                     self._dirty_files.remove(path)
         self._dirty_dirs.add(folder)
+
+    def remove(self, stream: StreamName, partition: PartitionId, block_no: int) -> None:
+        """Delete one block file if present (a cleared quarantined run's body, at a negative
+        number: ``discard`` never lists those). Durable with the next ``flush``; a crash
+        before it can only leave the file behind (disk, never a wrong answer)."""
+        path = self._path(stream, partition, block_no)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"removing block {path} failed: {exc}") from exc
+        if path in self._dirty_files:
+            self._dirty_files.remove(path)
+        self._dirty_dirs.add(os.path.dirname(path))
 
     def flush(self) -> None:
         files, dirs = self._dirty_files, self._dirty_dirs
