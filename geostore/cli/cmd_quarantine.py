@@ -1,4 +1,4 @@
-"""``geostore quarantine list|export|reappend``: what a failback took out of its partitions.
+"""``geostore quarantine list|export|reappend|clear``: what a failback took out of its partitions.
 
 When a region that lost its partitions' home (a failover moved them) comes back, the events
 it had committed under the old epoch beyond the fork move to its **quarantine**: kept, never
@@ -19,6 +19,12 @@ group's leader (``--region R``; omit it when the cluster has one region):
   second time while the partition's producer window still remembers it (see
   docs/operations.md). ``--dry-run`` says what would be appended.
 
+- ``clear``: drops quarantined runs for good (``POST /v1/admin/quarantine/clear``, a
+  replicated command of the region's data group; needs the admin role): everything, or
+  ``--stream S [--partition P]``, optionally only runs superseded at or before
+  ``--through-epoch E``. It refuses without ``--yes`` and says how to export first: the
+  usual order is export (or reappend), then clear.
+
 ``STREAM`` or ``STREAM/P`` narrows any of them to one stream or partition.
 """
 
@@ -36,13 +42,17 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from geostore.client import GeostoreClient
 
-HELP = "list, export or re-append events quarantined by failback (NEW seqs when re-appended)"
+HELP = "list, export, re-append (NEW seqs) or clear events quarantined by failback"
 
 #: A re-append holds at most this much of the export in memory (the rest spills to disk).
 _SPOOL_BYTES_MAX = 8 * 1024 * 1024
 #: Below the server's producer id cap (256 bytes, "quarantine:" added).
 _PRODUCER_ID_BYTES_MAX = 200
 
+_CLEAR_HELP = (
+    "drop quarantined runs of the region for good (admin role; export or reappend them "
+    "first; refuses without --yes)"
+)
 _REAPPEND_HELP = (
     "append the quarantined events again to their partition at its current home: they get "
     "NEW seqs at the partition's end; a rerun with the same --batch appends nothing again "
@@ -53,11 +63,14 @@ _REAPPEND_HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from geostore.client.cli_support import add_client_arguments
 
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{list,export,reappend}")
+    sub = parser.add_subparsers(
+        dest="action", required=True, metavar="{list,export,reappend,clear}"
+    )
     for name, text in (
         ("list", "one row per quarantined run of the region"),
         ("export", "every quarantined event as a JSON line (stdout or --out)"),
         ("reappend", _REAPPEND_HELP),
+        ("clear", _CLEAR_HELP),
     ):
         p = sub.add_parser(name, help=text, description=text)
         add_client_arguments(p, stream=False)
@@ -71,6 +84,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "reappend":
             p.add_argument("--batch", type=int, default=500, metavar="N", help="events per request")
             p.add_argument("--dry-run", action="store_true", help="only say what would go")
+        if name == "clear":
+            p.add_argument("--stream", default=None, help="only this stream's runs")
+            p.add_argument(
+                "--partition", type=int, default=None, metavar="P", help="only this partition"
+            )
+            p.add_argument(
+                "--through-epoch",
+                type=int,
+                default=None,
+                metavar="E",
+                help="only runs superseded by epoch E or an older one",
+            )
+            p.add_argument(
+                "--yes", action="store_true", help="really drop them (export them first)"
+            )
 
 
 def parse_target(text: str | None) -> tuple[str | None, int | None]:
@@ -219,10 +247,54 @@ async def _append_chunks(
             )
 
 
+def clear_target(args: argparse.Namespace) -> tuple[str | None, int | None] | str:
+    """``clear``'s filter from STREAM[/P] or --stream/--partition; a string is the error."""
+    stream, partition = parse_target(args.target)
+    if args.stream is not None or args.partition is not None:
+        if args.target:
+            return "give STREAM[/P] or --stream/--partition, not both"
+        stream, partition = args.stream, args.partition
+    if partition is not None and stream is None:
+        return "--partition needs --stream"
+    if partition is not None and partition < 0:
+        return "--partition must be at least 0"
+    if args.through_epoch is not None and args.through_epoch < 0:
+        return "--through-epoch must be at least 0"
+    return stream, partition
+
+
+def refusal(args: argparse.Namespace, stream: str | None, partition: int | None) -> str:
+    """What ``clear`` without ``--yes`` says: what it would drop, and how to export it."""
+    target = "" if stream is None else f" {stream}" + ("" if partition is None else f"/{partition}")
+    region = f" --region {args.region}" if args.region else ""
+    what = "the whole quarantine" if stream is None else f"the quarantine of{target}"
+    epoch = ""
+    if args.through_epoch is not None:
+        epoch = f" (runs superseded through epoch {args.through_epoch})"
+    return (
+        f"geostore quarantine: refusing to clear {what}{epoch} without --yes: the events are "
+        "gone for good afterwards. Export them first:\n"
+        f"  geostore quarantine export --cluster {args.cluster}{region}{target} "
+        "--out quarantine.jsonl\n"
+        "(or re-append them: geostore quarantine reappend ...), then run the clear again "
+        "with --yes"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from geostore.client.cli_support import run_with_client, table
 
-    stream, partition = parse_target(args.target)
+    if args.action == "clear":
+        target = clear_target(args)
+        if isinstance(target, str):
+            print(f"geostore quarantine: error: {target}", file=sys.stderr)
+            return 2
+        stream, partition = target
+        if not args.yes:
+            print(refusal(args, stream, partition), file=sys.stderr)
+            return 2
+    else:
+        stream, partition = parse_target(args.target)
     if args.action == "reappend" and args.batch < 1:
         print("geostore quarantine: error: --batch must be at least 1", file=sys.stderr)
         return 2
@@ -239,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
                 (
                     r["stream"], r["partition"], r["epoch"], r["superseded_by"], r["fork_seq"],
                     r["first_seq"], r["last_seq"], r["record_count"],
-                    "" if r.get("producer_id") is None
+                    f"({r['parts']} batches)" if r.get("parts", 1) > 1
+                    else "" if r.get("producer_id") is None
                     else f"{r['producer_id']}#{r.get('producer_seq')}",
                 )
                 for r in answer["runs"]
@@ -267,6 +340,20 @@ def run(args: argparse.Namespace) -> int:
                 f"{answer['events_total']:,} events in {answer['runs_total']:,} runs in the "
                 f"quarantine of region {answer.get('region', region)}{more}"
             )
+            return 0
+        if args.action == "clear":
+            answer = await client.quarantine_clear(
+                stream, partition, through_epoch=args.through_epoch
+            )
+            if args.json:
+                print(json.dumps(answer, indent=2))
+            else:
+                c, left = answer["cleared"], answer["left"]
+                print(
+                    f"cleared {c['events']:,} events in {c['runs']:,} runs ({c['bytes']:,} "
+                    f"bytes) from the quarantine of region {answer.get('region', region)}; "
+                    f"{left['events']:,} events in {left['runs']:,} runs left"
+                )
             return 0
         if args.action == "export":
             await client.find_leader()

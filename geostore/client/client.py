@@ -504,6 +504,30 @@ class GeostoreClient:
             params["consistency"] = consistency
         return await self._call("GET", "/v1/quarantine", params=params, timeout_s=timeout_s)
 
+    async def quarantine_clear(
+        self,
+        stream: str | None = None,
+        partition: int | None = None,
+        *,
+        through_epoch: int | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Drop quarantined runs of the region (``POST /v1/admin/quarantine/clear``, needs the
+        admin role): all of them, a stream's, or a partition's, optionally only those
+        superseded at or before ``through_epoch``. Export them first: they are gone after.
+        Answers ``{"region", "cleared": {runs, events, bytes}, "left": {...}}``. Not retried
+        once sent (a retry could drop runs a failback added meanwhile)."""
+        body: dict[str, Any] = {}
+        if stream is not None:
+            body["stream"] = stream
+        if partition is not None:
+            body["partition"] = partition
+        if through_epoch is not None:
+            body["through_epoch"] = through_epoch
+        return await self._call(
+            "POST", "/v1/admin/quarantine/clear", body=body, timeout_s=timeout_s, safe=False
+        )
+
     async def quarantine_export(
         self, stream: str | None = None, partition: int | None = None
     ) -> AsyncIterator[dict[str, Any]]:

@@ -249,6 +249,12 @@ class LimitsSettings:
         "Append outcomes remembered over all producers, about 200 bytes each: the memory bound "
         "of the dedup table (same on every node of a region).",
     )
+    quarantine_bytes_warn: int = _f(
+        256 * MIB,
+        "Quarantined event bytes (batch encoding) of the region above which the node warns (log, "
+        "status, metric) at each failback; the quarantine keeps them on disk, never drops them "
+        "on its own: export (or reappend), then clear.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

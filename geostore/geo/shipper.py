@@ -634,9 +634,7 @@ class Shipper:
                     f"{part.stream}/{part.partition}: no committed entry starts at {start}"
                 )
             if entries[-1].last_seq > part.commit:
-                raise GeoLogError(
-                    f"{part.stream}/{part.partition}: log read past the commit point"
-                )
+                raise GeoLogError(f"{part.stream}/{part.partition}: log read past the commit point")
             events = sum(e.record_count for e in entries)
             d = d_now if events <= s.dictionary_batch_events_max else None
             batch = make_batch(

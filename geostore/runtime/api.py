@@ -50,7 +50,7 @@ from aiohttp import web
 from geostore import __version__
 from geostore.errors import HTTP_STATUS, ApiError, ErrorCode, GeostoreError
 from geostore.geo import CursorState
-from geostore.ids import NodeId, PartitionId, RegionId, StreamName
+from geostore.ids import Epoch, NodeId, PartitionId, RegionId, StreamName
 from geostore.raft.records import ConfChange, ConfChangeOp
 from geostore.runtime.failover import MOVE_TIMEOUT_MS, MOVE_TIMEOUT_MS_MAX
 from geostore.runtime.geo import fill_homes
@@ -70,8 +70,16 @@ from geostore.runtime.http import (
 )
 from geostore.runtime.meta import MEMBER_OPS
 from geostore.runtime.metrics import LabelKey, label_key
-from geostore.store import AppendResult, Rejected, StreamInfo, encode_command
+from geostore.store import (
+    AppendResult,
+    ClearQuarantine,
+    QuarantineCleared,
+    Rejected,
+    StreamInfo,
+    encode_command,
+)
 from geostore.store.failover import Admission, LagPolicy, admit_append, lag_refused
+from geostore.store.model import INT64_MAX
 
 if TYPE_CHECKING:
     from geostore.runtime.node import NodeRuntime
@@ -216,6 +224,12 @@ ROUTES: tuple[Route, ...] = (
         "This node's copy of the region's quarantined events, one JSON object a line",
         params=(_QSTREAM, _QPART),
         ok_type=NDJSON, ok_schema="String", errors=(400, 404, 503), tags=("operations",),
+    ),
+    Route(
+        "POST", "/v1/admin/quarantine/clear", "quarantine_clear",
+        "Drop quarantined runs of the region (after an export): replicated, answers the counts",
+        body="QuarantineClearRequest", ok_schema="QuarantineCleared",
+        errors=(400, 404, 503, 504), tags=("operations",),
     ),
     Route(
         "POST", "/v1/admin/peers", "add_peer",
@@ -1214,6 +1228,7 @@ class Api:
                 "node": self.node.node_id,
                 "runs_total": len(runs),
                 "events_total": sum(r.record_count for r in runs),
+                "bytes_total": sum(r.size_bytes for r in runs),
                 "truncated": len(runs) > limit,
                 "runs": [
                     {
@@ -1225,6 +1240,8 @@ class Api:
                         "first_seq": r.first_seq,
                         "last_seq": r.last_seq,
                         "record_count": r.record_count,
+                        "size_bytes": r.size_bytes,
+                        "parts": r.parts,
                         "producer_id": r.producer_id,
                         "producer_seq": r.producer_seq,
                     }
@@ -1261,6 +1278,48 @@ class Api:
             if request.transport is not None:
                 request.transport.close()
         return resp
+
+    async def quarantine_clear(self, request: web.Request) -> web.StreamResponse:
+        """Commit a ClearQuarantine in the region's data group (through its leader)."""
+        raw, body = await read_body(request, self.limits.body_bytes_max)  # {} clears everything
+        if not isinstance(body, dict) or not body.keys() <= {
+            "stream",
+            "partition",
+            "through_epoch",
+        }:
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                'body must be {"stream"?: S, "partition"?: P, "through_epoch"?: E}',
+            )
+        stream, partition, through = (body.get(k) for k in ("stream", "partition", "through_epoch"))
+        if stream is not None and (not isinstance(stream, str) or not stream):
+            raise ApiError(ErrorCode.MALFORMED, "stream must be a non-empty string", field="stream")
+        for name, v in (("partition", partition), ("through_epoch", through)):
+            if v is not None and (type(v) is not int or not 0 <= v <= INT64_MAX):
+                raise ApiError(ErrorCode.MALFORMED, f"{name} must be an integer >= 0", field=name)
+        if partition is not None and stream is None:
+            raise ApiError(ErrorCode.MALFORMED, "partition needs stream", field="partition")
+        group = self.node.data_group
+        forwarded = await self._leader_or_forward(request, group, raw)
+        if forwarded is not None:
+            return forwarded
+        if stream is not None:
+            group.store.stream(stream)  # 404 early (apply decides for good)
+        cmd = ClearQuarantine(
+            StreamName(stream) if stream is not None else None,
+            PartitionId(partition) if partition is not None else None,
+            Epoch(through) if through is not None else None,
+        )
+        (result,) = await self._await_all(group.propose([encode_command(cmd)]))
+        if isinstance(result, Rejected):
+            raise result.error
+        assert isinstance(result, QuarantineCleared), result
+        log.warning(
+            "quarantine of region %s cleared (stream %s, partition %s, through epoch %s): "
+            "%d runs, %d events, %d bytes dropped",
+            self.node.region, stream, partition, through, result.runs, result.events, result.bytes,
+        )  # fmt: skip
+        return respond(request, 200, {"region": self.node.region, **result.to_json()})
 
     # -- operations -------------------------------------------------------------------------
 
@@ -1392,8 +1451,39 @@ _SCHEMAS: dict[str, Any] = {
             "node": {"type": "string"},
             "runs_total": {"type": "integer"},
             "events_total": {"type": "integer"},
+            "bytes_total": {"type": "integer"},
             "truncated": {"type": "boolean"},
             "runs": {"type": "array", "items": _OBJ},
+        },
+    },
+    "QuarantineClearRequest": {
+        "type": "object",
+        "properties": {
+            "stream": {"type": "string", "description": "only this stream (default: all)"},
+            "partition": {"type": "integer", "minimum": 0, "description": "needs stream"},
+            "through_epoch": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "only runs superseded by this epoch or an older one",
+            },
+        },
+    },
+    "QuarantineCleared": {
+        "type": "object",
+        "required": ["region", "cleared", "left"],
+        "properties": {
+            "region": {"type": "string"},
+            "cleared": {"$ref": "#/components/schemas/QuarantineSize"},
+            "left": {"$ref": "#/components/schemas/QuarantineSize"},
+        },
+    },
+    "QuarantineSize": {
+        "type": "object",
+        "required": ["runs", "events", "bytes"],
+        "properties": {
+            "runs": {"type": "integer"},
+            "events": {"type": "integer"},
+            "bytes": {"type": "integer"},
         },
     },
     "Status": _OBJ,

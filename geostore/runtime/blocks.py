@@ -1,6 +1,7 @@
 """Sealed event blocks on disk: the file implementation of the store's BlockStore port.
 
-One file per sealed block, ``<dir>/<stream>/<partition>/<block_no>.blk``. A block is
+One file per sealed block, ``<dir>/<stream>/<partition>/<block_no>.blk`` (negative numbers:
+the bodies of the partition's quarantined runs, which ``discard`` never touches). A block is
 immutable, so a put writes a temporary file and renames it into place (a reader never sees
 half a block); ``flush`` fsyncs the files and directories written since the last flush.
 Blocks are re-derivable from the Raft log and from snapshots (which carry them), so a block
@@ -13,6 +14,11 @@ import os
 
 from geostore.errors import StorageError
 from geostore.ids import PartitionId, StreamName
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 class FileBlockStore:
@@ -38,9 +44,11 @@ class FileBlockStore:
         folder = os.path.dirname(path)
         tmp = path + ".tmp"
         try:
-            os.makedirs(folder, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
+            try:
+                _write_file(tmp, data)
+            except FileNotFoundError:  # the partition's first block: make its folder first
+                os.makedirs(folder, exist_ok=True)  # (not before every put: a syscall each)
+                _write_file(tmp, data)
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"writing block {path} failed: {exc}") from exc
@@ -83,6 +91,21 @@ class FileBlockStore:
                 if path in self._dirty_files:
                     self._dirty_files.remove(path)
         self._dirty_dirs.add(folder)
+
+    def remove(self, stream: StreamName, partition: PartitionId, block_no: int) -> None:
+        """Delete one block file if present (a cleared quarantined run's body, at a negative
+        number: ``discard`` never lists those). Durable with the next ``flush``; a crash
+        before it can only leave the file behind (disk, never a wrong answer)."""
+        path = self._path(stream, partition, block_no)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"removing block {path} failed: {exc}") from exc
+        if path in self._dirty_files:
+            self._dirty_files.remove(path)
+        self._dirty_dirs.add(os.path.dirname(path))
 
     def flush(self) -> None:
         files, dirs = self._dirty_files, self._dirty_dirs

@@ -304,6 +304,11 @@ class GroupSpec:
     learners: tuple[NodeId, ...] = ()
 
 
+def _bind_size(store: EventStore, k: int) -> Callable[[], float]:
+    """A gauge source: item ``k`` of the store's quarantine size (runs, events, bytes)."""
+    return lambda: float(store.quarantine_size()[k])
+
+
 def store_limits(config: Config) -> StoreLimits:
     return StoreLimits.from_settings(config.limits)
 
@@ -369,7 +374,9 @@ class GroupRuntime:
         self.store = EventStore(
             self.blocks, limits=store_limits(config), tuning=store_tuning(config)
         )
-        self.machine = StoreMachine(self.store)
+        self.machine = StoreMachine(
+            self.store, spec.group_id, quarantine_bytes_warn=config.limits.quarantine_bytes_warn
+        )
         empty = (
             self.storage.log.last_index() == 0
             and self.storage.hard_state.load() == HardState()
@@ -428,6 +435,13 @@ class GroupRuntime:
         metrics.is_leader.set_source(lambda: 1.0 if self.is_leader else 0.0, group=g)
         metrics.bytes_stored.set_source(lambda: float(self.storage.log.written_bytes), group=g)
         metrics.durable_index.set_source(lambda: float(self.storage.log.durable_index()), group=g)
+        if machine is None:  # a data group: its store has the region's quarantine
+            for gauge, k in (
+                (metrics.quarantine_runs, 0),
+                (metrics.quarantine_events, 1),
+                (metrics.quarantine_bytes, 2),
+            ):
+                gauge.set_source(_bind_size(self.store, k), group=g)
         self._after_input()
 
     # -- state ---------------------------------------------------------------------------

@@ -13,22 +13,29 @@ client proposals, and only then one drain, so one Ready (one fsync) covers them 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 
 from geostore.node.raft_host import OnProposal, RaftHost, _Pending
 from geostore.raft.messages import Message
 from geostore.raft.records import Proposed, Rejected
 from geostore.raft.types import Entry, EntryKind, SnapshotMeta
-from geostore.store import EventStore, RemoteResult
+from geostore.store import EventStore, HomeResult, RemoteResult
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20
+log = logging.getLogger("geostore.runtime")
 
 
 class StoreMachine:
     """The replicated event store behind one Raft group."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(
+        self, store: EventStore, group: str = "", *, quarantine_bytes_warn: int = 0
+    ) -> None:
         self.store = store
+        self.group = group
+        #: a failback that leaves the quarantine over this many bytes logs a warning (0: never)
+        self.quarantine_bytes_warn = quarantine_bytes_warn
         #: told about every applied shipped batch (the geo receiver acks from it)
         self.on_remote_applied: Callable[[RemoteResult, bytes], None] | None = None
 
@@ -37,9 +44,30 @@ class StoreMachine:
             result = self.store.apply_entry(entry.index, entry.data)
             if type(result) is RemoteResult and self.on_remote_applied is not None:
                 self.on_remote_applied(result, entry.data)
+            elif type(result) is HomeResult and result.quarantined:
+                self._quarantined(result)
             return result
         self.store.advance(entry.index)
         return None
+
+    def _quarantined(self, result: HomeResult) -> None:
+        """A failback moved events to the quarantine: say so, louder over the threshold."""
+        runs, events, size = self.store.quarantine_size()
+        text = (
+            "group %s: failback of %s/%s (epoch %s, fork %s) quarantined %d events; the "
+            "quarantine holds %d runs, %d events, %d bytes"
+        )
+        args = (self.group, result.stream, result.partition, result.epoch, result.fork_seq,
+                result.quarantined, runs, events, size)  # fmt: skip
+        if self.quarantine_bytes_warn and size > self.quarantine_bytes_warn:
+            log.warning(
+                text + ", over limits.quarantine_bytes_warn (%d): export it (geostore "
+                "quarantine export), then clear it (geostore quarantine clear)",
+                *args,
+                self.quarantine_bytes_warn,
+            )
+        else:
+            log.info(text, *args)
 
     def snapshot(self) -> bytes:
         """The state with its sealed blocks by reference (flushed first, so a restart over

@@ -280,6 +280,16 @@ class NodeMetrics:
         self.tail_subscribers = r.gauge(
             "geostore_tail_subscribers", "Live-tail subscribers connected to this node."
         )
+        self.quarantine_runs = r.gauge(
+            "geostore_quarantine_runs", "Runs in the region's quarantine (failback), by group."
+        )
+        self.quarantine_events = r.gauge(
+            "geostore_quarantine_events", "Events in the region's quarantine, by group."
+        )
+        self.quarantine_bytes = r.gauge(
+            "geostore_quarantine_bytes",
+            "Event bytes (batch encoding) in the region's quarantine, by group.",
+        )
         self.geo_lag_events = r.gauge(
             "geostore_geo_lag_events",
             "Events committed at home not yet durable in the destination, by partition/dest.",

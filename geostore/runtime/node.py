@@ -520,6 +520,11 @@ class NodeRuntime:
             target,
         )
 
+    def _quarantine_json(self) -> dict[str, Any]:
+        """The size of this node's copy of the region's quarantine (see docs/operations.md)."""
+        runs, events, size = self.data_group.store.quarantine_size()
+        return _quarantine_size_json(runs, events, size, self.config.limits.quarantine_bytes_warn)
+
     def status_json(self) -> dict[str, Any]:
         c = self.config
         return {
@@ -533,6 +538,7 @@ class NodeRuntime:
             # data groups only: the metadata group is under "meta"
             "groups": {gid: g.status_json() for gid, g in self.groups.items() if gid != META_GROUP},
             "partitions": [p.to_json() for p in self.data_group.store.partitions()],
+            "quarantine": self._quarantine_json(),
             "replication_lag": self.geo.lag_rows(),
             "geo": self.geo.status_json(),
             "moves": self.moves.status_json(),
@@ -550,6 +556,16 @@ class NodeRuntime:
                 "geo": _fields(c.geo),
             },
         }
+
+
+def _quarantine_size_json(runs: int, events: int, size: int, warn: int) -> dict[str, Any]:
+    return {
+        "runs": runs,
+        "events": events,
+        "bytes": size,
+        "warn_bytes": warn,
+        "over_warn": bool(warn) and size > warn,
+    }
 
 
 def _fields(obj: Any) -> dict[str, Any]:

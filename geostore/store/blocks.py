@@ -57,6 +57,10 @@ class BlockStore(Protocol):
     or raises :class:`~geostore.errors.StorageError` (missing block) or a subclass.
     ``flush`` makes every ``put`` so far durable: the runtime calls it before it persists a
     snapshot that references blocks (``include_blocks=False``) and compacts its log.
+
+    Numbers below 0 hold the bodies of the partition's quarantined runs (run slot ``s`` at
+    ``-1 - s``, see :data:`quarantine_block_no`): a slot is never used twice, ``discard``
+    leaves them alone, and ``remove`` deletes one once no snapshot in use names it.
     """
 
     def put(
@@ -71,7 +75,17 @@ class BlockStore(Protocol):
         """Blocks ``block_no`` and after left the partition (a failback rewound it)."""
         ...
 
+    def remove(self, stream: StreamName, partition: PartitionId, block_no: int) -> None:
+        """Delete one block if present (a cleared quarantined run's body); idempotent."""
+        ...
+
     def flush(self) -> None: ...
+
+
+def quarantine_block_no(slot: int) -> int:
+    """The block number holding the body of a partition's quarantined run ``slot``."""
+    assert slot >= 0
+    return -1 - slot
 
 
 class MemoryBlockStore:
@@ -100,8 +114,12 @@ class MemoryBlockStore:
         return (stream, partition, block_no) in self._blocks
 
     def discard(self, stream: StreamName, partition: PartitionId, block_no: int) -> None:
+        assert block_no >= 0, "discard drops sealed blocks, never quarantined bodies"
         for key in [k for k in self._blocks if k[:2] == (stream, partition) and k[2] >= block_no]:
             del self._blocks[key]
+
+    def remove(self, stream: StreamName, partition: PartitionId, block_no: int) -> None:
+        self._blocks.pop((stream, partition, block_no), None)
 
     def flush(self) -> None:
         return None

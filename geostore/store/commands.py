@@ -136,7 +136,26 @@ class ApplyRemote:
     entries: tuple[RemoteEntry, ...]
 
 
-Command = CreateStream | AppendBatch | SetHome | ApplyRemote | FenceHome
+@dataclass(frozen=True, slots=True)
+class ClearQuarantine:
+    """Drop quarantined runs (an operator's decision, after an export or a re-append).
+
+    ``stream`` None: every partition of every stream; ``partition`` None (with a stream):
+    every partition of it. ``through_epoch`` keeps runs superseded after that epoch (None:
+    drop whatever the filter names). Pure and deterministic like every command: the answer
+    (a :class:`~geostore.store.model.QuarantineCleared`) says how many runs, events and
+    bytes went, the same on every replica.
+    """
+
+    stream: StreamName | None = None
+    partition: PartitionId | None = None
+    through_epoch: Epoch | None = None
+
+    def __post_init__(self) -> None:
+        assert self.partition is None or self.stream is not None, "a partition needs a stream"
+
+
+Command = CreateStream | AppendBatch | SetHome | ApplyRemote | FenceHome | ClearQuarantine
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -164,6 +183,8 @@ def encode_command(cmd: Command) -> bytes:
             body = ["home", cmd.stream, cmd.partition, cmd.home, cmd.epoch]
             if cmd.fork_seq is not None:
                 body.append(cmd.fork_seq)
+        case ClearQuarantine():
+            body = ["qclear", cmd.stream, cmd.partition, cmd.through_epoch]
         case ApplyRemote():
             entries = [
                 [e.seq, e.record_count, e.events, e.producer_id, e.producer_seq, e.epoch]
@@ -250,6 +271,12 @@ def decode_command(data: bytes) -> Command:
             _need(home is None or type(home) is str, "home")
             _need(fork is None or (type(fork) is int and fork >= -1), "fork seq")
             return SetHome(stream, part, home, epoch, fork)
+        if kind == "qclear" and n == 5:
+            _, _, stream, part, through = raw
+            _need(stream is None or type(stream) is str, "stream")
+            _need(part is None or (type(part) is int and part >= 0 and stream is not None), "part")
+            _need(through is None or (type(through) is int and through >= 0), "epoch")
+            return ClearQuarantine(stream, part, through)
     except CodecError:
         raise
     except (ValueError, TypeError, GeostoreError) as exc:  # GeostoreError: a bad schema

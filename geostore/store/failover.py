@@ -133,8 +133,17 @@ class EpochHistory:
 class QuarantinedRun:
     """Events a region held beyond a fork, as one original append batch (or a cut of one).
 
-    ``events`` is the batch encoding (``geostore.store.blocks.encode_batch``); ``epoch`` the
+    Only this metadata stays in memory: the events themselves (their batch encoding,
+    ``geostore.store.blocks.encode_batch``, ``size_bytes`` long with crc32 ``crc``) live in
+    the partition's block store under the run's ``slot`` (see ``quarantine_block_no``), so
+    the memory a quarantine costs does not grow with the events it holds. ``epoch`` is the
     epoch they were written under; ``superseded_by`` the epoch whose fork orphaned them.
+
+    ``parts`` > 1: a failback past more batches than a fork may turn into runs merged
+    consecutive batches into this run, so the run count stays bounded; its body is then the
+    CBOR list of the batches, ``[first_seq, record_count, events, producer_id,
+    producer_seq]`` each, so every event keeps its original producer in an export (the run's
+    own producer fields are None).
     """
 
     stream: StreamName
@@ -144,9 +153,12 @@ class QuarantinedRun:
     fork_seq: Seq
     first_seq: Seq
     record_count: int
-    events: bytes
+    size_bytes: int
+    crc: int
+    slot: int
     producer_id: str | None = None
     producer_seq: int | None = None
+    parts: int = 1
 
     @property
     def last_seq(self) -> Seq:

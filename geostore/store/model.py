@@ -482,6 +482,25 @@ class HomeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineCleared:
+    """The answer to a :class:`~geostore.store.commands.ClearQuarantine`: what it dropped
+    (all zero when nothing matched), and what the region's quarantine holds afterwards."""
+
+    runs: int
+    events: int
+    bytes: int
+    runs_left: int
+    events_left: int
+    bytes_left: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cleared": {"runs": self.runs, "events": self.events, "bytes": self.bytes},
+            "left": {"runs": self.runs_left, "events": self.events_left, "bytes": self.bytes_left},
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A command that apply refused deterministically: nothing changed, on any replica."""
 

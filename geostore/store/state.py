@@ -39,10 +39,18 @@ apply (:mod:`geostore.store.remote` has the rule). ``committed_entries`` is the 
 for the home's shipper: one entry per original append batch, from a bounded per-partition
 index of batch boundaries.
 
-*Snapshots* stream the catalog, index entries, open blocks, watermarks, the batch index and
-the producer table, and either
-the sealed blocks' bytes (self-contained: for a node that catches up) or only references
-to them (a local restart over the same BlockStore). Segments are derived, not stored.
+*Snapshots* stream the catalog, index entries, open blocks, watermarks, the batch index,
+the producer table and the quarantine's run metadata, and either
+the sealed blocks' and quarantined runs' bytes (self-contained: for a node that catches up)
+or only references to them (a local restart over the same BlockStore). Segments are
+derived, not stored.
+
+*Quarantine* (failback, see store/failover.py): a rewind moves the events past a fork into
+runs whose bodies go to the BlockStore at negative block numbers (one slot per run, never
+reused), so memory holds run metadata only and totals (runs, events, bytes) are kept for
+status and metrics. :class:`~geostore.store.commands.ClearQuarantine` drops runs; their
+bodies are deleted only once no snapshot still in use can name them (``_snapshot_taken``,
+or a restore, which leaves only the restored snapshot in use).
 
 *Live tail.* ``subscribe(stream, partition, callback)`` registers a callback called
 synchronously after each applied append of that partition with its last seq; the runtime
@@ -80,10 +88,12 @@ from .blocks import (
     decode_batch_validated,
     decode_block,
     encode_batch,
+    quarantine_block_no,
 )
 from .commands import (
     AppendBatch,
     ApplyRemote,
+    ClearQuarantine,
     Command,
     CreateStream,
     FenceHome,
@@ -108,6 +118,7 @@ from .model import (
     PartitionHome,
     PartitionInfo,
     ProducerRef,
+    QuarantineCleared,
     ReadResult,
     ReadStats,
     Rejected,
@@ -130,10 +141,19 @@ from .model import (
 from .remote import decide_remote
 from .snapshot import FrameWriter, first_record, read_records
 
-ApplyResult = StreamInfo | AppendResult | HomeResult | RemoteResult | Rejected
+ApplyResult = StreamInfo | AppendResult | HomeResult | RemoteResult | QuarantineCleared | Rejected
 TailCallback = Callable[[StreamName, PartitionId, Seq], None]
 
 SNAPSHOT_FORMAT = 1
+#: Snapshots by reference a cleared quarantined body outlives before it is deleted: more
+#: than the host keeps (HostConfig.snapshots_cached, 3 by default), so none names it then.
+SNAPSHOTS_HELD = 4
+#: At most about this many quarantined runs per failback of a partition (a code constant, the
+#: same on every replica): past it, consecutive batches of one epoch merge into one run (see
+#: QuarantinedRun.parts), so memory follows the number of failbacks, not their length.
+QUARANTINE_RUNS_PER_FORK = 1024
+#: A merged run's body stays under this (it travels as one snapshot record).
+QUARANTINE_RUN_BYTES_MAX = 16 * 1024 * 1024
 _EMPTY_HASH = bytes(16)
 _EVENT_FIELDS = frozenset({"ts", "key", "partition", "body"})
 #: One append batch's boundaries: first seq, event count, epoch, producer id and seq.
@@ -185,6 +205,7 @@ class _Partition:
         "open_hash",
         "partition",
         "quarantine",
+        "quarantine_slots",
         "runs",
         "sealed",
         "segments",
@@ -221,6 +242,8 @@ class _Partition:
         #: Events this region held beyond a fork when it learned the new epoch (failback).
         #: Bounded by what the region wrote past the fork: at most its lease and lag bound.
         self.quarantine: list[QuarantinedRun] = []
+        #: slots handed to quarantined runs so far (a slot is never used twice: replicated)
+        self.quarantine_slots = 0
         #: A planned move fenced the home: appends answer 503 moving until the SetHome.
         self.fenced = False
 
@@ -313,6 +336,13 @@ class EventStore:
         #: bumped whenever existing homes or epochs may have changed (a move, a restore): the
         #: runtime rebuilds its geo cursors then (not replicated, never in snapshots)
         self.placement_version = 0
+        #: totals over every partition's quarantine: runs, events, bytes (derived state)
+        self._q_runs = self._q_events = self._q_bytes = 0
+        #: bodies of cleared runs, (index of the clear, stream, partition, slot), deleted from
+        #: the block store once no snapshot still in use names them (see _release_dropped)
+        self._dropped: list[tuple[int, StreamName, PartitionId, int]] = []
+        #: applied index of the last snapshots this store took by reference (local restarts)
+        self._snapshot_marks: list[int] = []
 
     def _new_producer_table(self) -> ProducerTable:
         t = self.tuning
@@ -410,21 +440,39 @@ class EventStore:
         for run in self.quarantine(stream, partition):
             d = self._streams[run.stream]
             indexed = d.schema.indexed if d.schema is not None else ()
-            cols = decode_batch(run.events, run.record_count, indexed)
-            for i in range(len(cols)):
-                yield {
-                    "stream": run.stream,
-                    "partition": run.partition,
-                    "seq": run.first_seq + i,
-                    "epoch": run.epoch,
-                    "superseded_by": run.superseded_by,
-                    "fork_seq": run.fork_seq,
-                    "producer_id": run.producer_id,
-                    "producer_seq": run.producer_seq,
-                    "ts": cols.ts[i],
-                    "key": cols.keys[i],
-                    "body": _cbor.loads_fast(cols.body_bytes(i)),
-                }
+            body = self.quarantined_body(run)
+            if run.parts == 1:
+                batches = [(run.first_seq, run.record_count, body, run.producer_id,
+                            run.producer_seq)]  # fmt: skip
+            else:  # merged batches (see QuarantinedRun.parts); the crc checked the list
+                batches = [tuple(b) for b in _cbor.loads_fast(body)]
+            for first, count, events, pid, pseq in batches:
+                cols = decode_batch(events, count, indexed)
+                for i in range(len(cols)):
+                    yield {
+                        "stream": run.stream,
+                        "partition": run.partition,
+                        "seq": first + i,
+                        "epoch": run.epoch,
+                        "superseded_by": run.superseded_by,
+                        "fork_seq": run.fork_seq,
+                        "producer_id": pid,
+                        "producer_seq": pseq,
+                        "ts": cols.ts[i],
+                        "key": cols.keys[i],
+                        "body": _cbor.loads_fast(cols.body_bytes(i)),
+                    }
+
+    def quarantined_body(self, run: QuarantinedRun) -> bytes:
+        """The batch encoding of a quarantined run's events, read from the block store
+        (raises StorageError when missing or damaged: never a silent partial export)."""
+        data = self.blocks.get(run.stream, run.partition, quarantine_block_no(run.slot))
+        if len(data) != run.size_bytes or zlib.crc32(data) != run.crc:
+            raise StorageError(
+                f"quarantined run {run.stream}/{run.partition} slot {run.slot} (seqs "
+                f"{run.first_seq}..{run.last_seq}) fails its crc"
+            )
+        return data
 
     def watermarks(self) -> dict[tuple[StreamName, PartitionId], StoreWatermark]:
         """Every partition's watermark (what a Receiver is built from after a leader change)."""
@@ -681,6 +729,8 @@ class EventStore:
                     return self._apply_fence(command)
                 case ApplyRemote():
                     return self._apply_remote(index, command)
+                case ClearQuarantine():
+                    return self._apply_clear(index, command)
         except ApiError as err:
             return Rejected(err)
 
@@ -732,6 +782,39 @@ class EventStore:
         self.placement_version += 1
         return HomeResult(p.stream, p.partition, p.home, p.epoch, Seq(fork), quarantined)
 
+    def _apply_clear(self, index: LogIndex, cmd: ClearQuarantine) -> QuarantineCleared:
+        """Drop the quarantined runs the command names (see ClearQuarantine); 404 for a stream
+        or partition the catalog does not have, so a typo is not answered "0 dropped"."""
+        if cmd.stream is not None:
+            if cmd.partition is not None:
+                targets = [self._partition(cmd.stream, cmd.partition)]
+            else:
+                d = self.stream(cmd.stream)
+                targets = [self._partitions[(d.name, PartitionId(i))] for i in range(d.partitions)]
+        else:
+            targets = [self._partitions[k] for k in sorted(self._partitions)]
+        runs = events = size = 0
+        for p in targets:
+            keep: list[QuarantinedRun] = []
+            for q in p.quarantine:
+                if cmd.through_epoch is None or q.superseded_by <= cmd.through_epoch:
+                    runs += 1
+                    events += q.record_count
+                    size += q.size_bytes
+                    # the body stays on disk until no snapshot in use names it
+                    self._dropped.append((index, p.stream, p.partition, q.slot))
+                else:
+                    keep.append(q)
+            p.quarantine = keep
+        self._q_runs -= runs
+        self._q_events -= events
+        self._q_bytes -= size
+        return QuarantineCleared(runs, events, size, self._q_runs, self._q_events, self._q_bytes)
+
+    def quarantine_size(self) -> tuple[int, int, int]:
+        """(runs, events, bytes of batch encoding) the region's quarantine holds in all."""
+        return self._q_runs, self._q_events, self._q_bytes
+
     def _apply_fence(self, cmd: FenceHome) -> HomeResult:
         """Fence (or unfence) the partition's appends for a planned move; the answer's
         ``fork_seq`` is the last seq at the fence: the fork of the move."""
@@ -759,24 +842,30 @@ class EventStore:
         """
         keep = fork + 1
         last = p.next_seq - 1
+        # Runs of at least ``piece`` events each: one per batch unless there are more batches
+        # (at most one per event) than QUARANTINE_RUNS_PER_FORK.
+        piece = -(-(last - fork) // QUARANTINE_RUNS_PER_FORK)
+        group: list[RemoteEntry] = []
+        size = events = 0
         seq = keep
         while seq <= last:
+            # at most 64 Ki events / 16 MiB of them in memory at a time, plus one merged run:
+            # each run's body goes to the block store, only its metadata stays
             for e in self.committed_entries(p.stream, p.partition, seq, last, 1 << 16, 1 << 24):
-                p.quarantine.append(
-                    QuarantinedRun(
-                        p.stream,
-                        p.partition,
-                        Epoch(e.epoch if e.epoch is not None else p.epoch),
-                        new_epoch,
-                        Seq(fork),
-                        e.seq,
-                        e.record_count,
-                        e.events,
-                        e.producer_id,
-                        e.producer_seq,
-                    )
-                )
+                if group and (
+                    e.epoch != group[0].epoch or size + len(e.events) > QUARANTINE_RUN_BYTES_MAX
+                ):
+                    self._quarantine_group(p, group, fork, new_epoch)
+                    group, size, events = [], 0, 0
+                group.append(e)
+                size += len(e.events)
+                events += e.record_count
+                if events >= piece:
+                    self._quarantine_group(p, group, fork, new_epoch)
+                    group, size, events = [], 0, 0
                 seq = e.last_seq + 1
+        if group:
+            self._quarantine_group(p, group, fork, new_epoch)
         t = self.tuning
         # The block that holds ``keep`` (or the open one), and whether the one before it
         # must reopen: it was sealed only because the event at ``keep`` did not fit.
@@ -821,6 +910,47 @@ class EventStore:
         epoch = self._epoch_at(p, fork) if fork >= 0 else Epoch(0)
         p.mark = StoreWatermark(epoch, Seq(fork))
         return n
+
+    def _quarantine_group(
+        self, p: _Partition, group: list[RemoteEntry], fork: int, new_epoch: Epoch
+    ) -> None:
+        """One quarantined run of consecutive batches of one epoch: its body to the block
+        store under the partition's next slot, its metadata to the quarantine."""
+        first = group[0]
+        if len(group) == 1:
+            body, pid, pseq = first.events, first.producer_id, first.producer_seq
+        else:
+            body = _cbor.dumps(
+                [[e.seq, e.record_count, e.events, e.producer_id, e.producer_seq] for e in group]
+            )
+            pid = pseq = None
+        slot = p.quarantine_slots
+        p.quarantine_slots += 1
+        self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), body)
+        self._add_quarantined(
+            p,
+            QuarantinedRun(
+                p.stream,
+                p.partition,
+                Epoch(first.epoch if first.epoch is not None else p.epoch),
+                new_epoch,
+                Seq(fork),
+                first.seq,
+                sum(e.record_count for e in group),
+                len(body),
+                zlib.crc32(body),
+                slot,
+                pid,
+                pseq,
+                len(group),
+            ),
+        )
+
+    def _add_quarantined(self, p: _Partition, q: QuarantinedRun) -> None:
+        p.quarantine.append(q)
+        self._q_runs += 1
+        self._q_events += q.record_count
+        self._q_bytes += q.size_bytes
 
     def _apply_append(self, index: LogIndex, cmd: AppendBatch) -> AppendResult:
         p = self._partition(cmd.stream, cmd.partition)
@@ -1366,6 +1496,12 @@ class EventStore:
             if len(p.history.starts) > 1 or p.quarantine or p.fenced:
                 extra.append(["failover", p.stream, p.partition, p.history.to_wire(), p.fenced])
                 extra += [["quarantine", *_run_wire(q)] for q in p.quarantine]
+            if p.quarantine_slots:
+                extra.append(["qslots", p.stream, p.partition, p.quarantine_slots])
+        # cleared bodies not deleted yet: a restore from this snapshot deletes them
+        extra += [["qdrop", s, part, slot] for _, s, part, slot in self._dropped]
+        if not include_blocks:
+            self._snapshot_taken()
         producers = self._producers.to_wire()
         return self._snapshot_gen(chunk_bytes, head, parts, producers, include_blocks, extra)
 
@@ -1398,9 +1534,36 @@ class EventStore:
                     yield from out.add(["block", stream, part, m.block_no, data])
         for rec in extra:
             yield from out.add(rec)
+            if include_blocks and rec[0] == "quarantine":
+                yield from out.add(self._body_record(rec))
         for k in range(0, len(producers), 256):
             yield from out.add(["producers", producers[k : k + 256]])
         yield from out.finish()
+
+    def _body_record(self, rec: list[Any]) -> list[Any]:
+        """The ``qbody`` record carrying the body of a snapshot's ``quarantine`` record."""
+        stream, part, slot = rec[1], rec[2], rec[10]
+        data = self.blocks.get(StreamName(stream), PartitionId(part), quarantine_block_no(slot))
+        return ["qbody", stream, part, slot, data]
+
+    def _snapshot_taken(self) -> None:
+        """A snapshot by reference was taken: bodies cleared before the last
+        ``SNAPSHOTS_HELD`` of them can go (no snapshot the host still keeps, for a restart
+        or a follower's transfer, names them; the host keeps fewer, see HostConfig)."""
+        marks = self._snapshot_marks
+        marks.append(self.applied_index)
+        del marks[:-SNAPSHOTS_HELD]
+        if len(marks) < SNAPSHOTS_HELD:
+            return
+        safe = marks[0]
+        keep = []
+        for item in self._dropped:
+            if item[0] <= safe:
+                _, stream, part, slot = item
+                self.blocks.remove(stream, part, quarantine_block_no(slot))
+            else:
+                keep.append(item)
+        self._dropped = keep
 
     def self_contained_chunks(self, chunks: Iterable[bytes], chunk_bytes: int) -> Iterator[bytes]:
         """A snapshot that references its sealed blocks, rewritten to carry them.
@@ -1420,6 +1583,8 @@ class EventStore:
                 by_reference = rec[4] is False
                 rec = [*rec[:4], True]
             yield from out.add(rec)
+            if rec[0] == "quarantine" and by_reference and len(rec) == 14:
+                yield from out.add(self._body_record(rec))
             if rec[0] == "metas" and by_reference:
                 _, stream, part, metas = rec
                 for raw in metas:
@@ -1445,7 +1610,7 @@ class EventStore:
         """
         out = FrameWriter(chunk_bytes)
         for rec in read_records(chunks):
-            if rec[0] == "block":
+            if rec[0] == "block" or rec[0] == "qbody":
                 continue
             if rec[0] == "header":
                 rec = [*rec[:4], False]
@@ -1475,6 +1640,7 @@ class EventStore:
         include_blocks = False
         received: set[tuple[StreamName, PartitionId, int]] = set()
         marked: set[tuple[StreamName, PartitionId]] = set()
+        dropped: list[tuple[StreamName, PartitionId, int]] = []
         t = self.tuning
         for rec in read_records(chunks):
             kind = rec[0]
@@ -1546,8 +1712,35 @@ class EventStore:
                 except (AssertionError, TypeError, ValueError) as exc:
                     raise CodecError(f"snapshot epoch history is bad: {exc}") from exc
             elif kind == "quarantine":
+                p = partitions[(StreamName(rec[1]), PartitionId(rec[2]))]
+                if len(rec) == 11:  # the older form, body inline: it moves to the block store
+                    body = rec[8]
+                    assert type(body) is bytes, "quarantined events are bytes"
+                    slot = p.quarantine_slots
+                    p.quarantine_slots += 1
+                    rec = [*rec[:8], len(body), zlib.crc32(body), slot, *rec[9:], 1]
+                    self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), body)
+                    received.add((p.stream, p.partition, quarantine_block_no(slot)))
                 q = _run_from_wire(rec[1:])
-                partitions[(q.stream, q.partition)].quarantine.append(q)
+                p.quarantine.append(q)
+                p.quarantine_slots = max(p.quarantine_slots, q.slot + 1)
+            elif kind == "qbody":
+                _, stream, part, slot, data = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                run = next((q for q in reversed(p.quarantine) if q.slot == slot), None)
+                if run is None:
+                    raise CodecError(f"snapshot body of {stream}/{part}/{slot} names no run")
+                if len(data) != run.size_bytes or zlib.crc32(data) != run.crc:
+                    raise CodecError(f"snapshot quarantined run {stream}/{part}/{slot} fails crc")
+                self.blocks.put(p.stream, p.partition, quarantine_block_no(slot), data)
+                received.add((p.stream, p.partition, quarantine_block_no(slot)))
+            elif kind == "qslots":
+                _, stream, part, slots = rec
+                p = partitions[(StreamName(stream), PartitionId(part))]
+                p.quarantine_slots = max(p.quarantine_slots, slots)
+            elif kind == "qdrop":
+                _, stream, part, slot = rec
+                dropped.append((StreamName(stream), PartitionId(part), int(slot)))
             else:
                 raise CodecError(f"unknown snapshot record {kind!r}")
         assert applied is not None
@@ -1570,8 +1763,24 @@ class EventStore:
                 present = bkey in received if include_blocks else self.blocks.has(*bkey)
                 if not present:
                     raise StorageError(f"snapshot block {'/'.join(map(str, bkey))} is missing")
+            for q in p.quarantine:
+                bkey = (p.stream, p.partition, quarantine_block_no(q.slot))
+                if bkey not in received and not self.blocks.has(*bkey):
+                    raise StorageError(
+                        f"snapshot quarantined run {p.stream}/{p.partition} slot {q.slot} "
+                        "is missing"
+                    )
         self._streams, self._partitions, self._producers = streams, partitions, producers
         self.applied_index = applied
+        runs = [q for p in partitions.values() for q in p.quarantine]
+        self._q_runs = len(runs)
+        self._q_events = sum(q.record_count for q in runs)
+        self._q_bytes = sum(q.size_bytes for q in runs)
+        # Only this snapshot is in use now (a restart, or an installed one replaced the
+        # rest): the bodies it says were cleared can go.
+        for stream, part, slot in dropped:
+            self.blocks.remove(stream, part, quarantine_block_no(slot))
+        self._dropped, self._snapshot_marks = [], [int(applied)]
         for key, subs in list(self._subscribers.items()):
             p2 = partitions.get(key)
             if p2 is None or not p2.next_seq:
@@ -1776,6 +1985,7 @@ def _check_remote_shape(cmd: ApplyRemote, where: str) -> None:
 
 
 def _run_wire(q: QuarantinedRun) -> list[Any]:
+    """A run's metadata for a snapshot (its body is in the block store, or a ``qbody``)."""
     return [
         q.stream,
         q.partition,
@@ -1784,16 +1994,20 @@ def _run_wire(q: QuarantinedRun) -> list[Any]:
         q.fork_seq,
         q.first_seq,
         q.record_count,
-        q.events,
+        q.size_bytes,
+        q.crc,
+        q.slot,
         q.producer_id,
         q.producer_seq,
+        q.parts,
     ]
 
 
 def _run_from_wire(raw: list[Any]) -> QuarantinedRun:
     try:
-        stream, part, epoch, by, fork, first, count, events, pid, pseq = raw
-        assert type(events) is bytes and type(count) is int and count >= 1
+        stream, part, epoch, by, fork, first, count, size, crc, slot, pid, pseq, parts = raw
+        assert type(count) is int and count >= 1 and type(parts) is int and parts >= 1
+        assert type(size) is int and type(crc) is int and type(slot) is int and slot >= 0
         return QuarantinedRun(
             StreamName(stream),
             PartitionId(part),
@@ -1802,9 +2016,12 @@ def _run_from_wire(raw: list[Any]) -> QuarantinedRun:
             Seq(fork),
             Seq(first),
             count,
-            events,
+            size,
+            crc,
+            slot,
             pid,
             pseq,
+            parts,
         )
     except (AssertionError, TypeError, ValueError) as exc:
         raise CodecError(f"snapshot quarantine record is bad: {exc}") from exc

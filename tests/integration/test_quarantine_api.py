@@ -6,12 +6,17 @@ orphaned suffix is listed by ``GET /v1/quarantine`` and exported line by line by
 of waiting (also when the fork lands while the read already waits), while a token naming a
 kept position is served; ``geostore quarantine list|export`` print the same through a
 cluster.json; and re-appending the quarantine stores the events once with new seqs, a rerun
-storing nothing."""
+storing nothing. Then the clear: ``geostore quarantine clear`` refuses without ``--yes`` (and
+says how to export first), with it drops exactly the runs named (a partition, then all),
+answered with the counts, shown empty by the list, the status and the metrics, while the
+partition's served events and rolling hash do not move; the bodies live in the node's block
+files, and the quarantine and its clear both survive a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,11 +157,107 @@ async def test_quarantine_routes_tokens_and_reappend(tmp_path: Path) -> None:
         await node.stop()
 
 
-async def cli(*args: str) -> str:
+async def test_export_then_clear_with_yes_leaves_the_partition_as_it_was(tmp_path: Path) -> None:
+    port = free_port()
+    node = await start(tmp_path / "n1", port)
+    try:
+        u = node.url
+        await setup(node)
+        assert (await fork(node, 0, 2, 3)).quarantined == 6
+        assert (await fork(node, 1, 2, 0)).quarantined == 2
+        s, q = await call(u + "/v1/quarantine")
+        assert (q["runs_total"], q["events_total"]) == (3, 8), q
+        size = q["bytes_total"]
+        assert size > 6 * 14_000 and sum(r["size_bytes"] for r in q["runs"]) == size
+        # the bodies are in the node's block files (negative numbers), not only in memory
+        hexname = STREAM.encode().hex()
+        files = list((tmp_path / "n1").rglob(f"{hexname}/0/-*.blk"))
+        assert len(files) == 2, files
+        # ... so the quarantine survives a restart from the log and the block files
+        await node.stop()
+        node = await start(tmp_path / "n1", port)
+        s, again = await call(u + "/v1/quarantine")
+        assert again["runs"] == q["runs"], again
+        s, before = await call(u + "/v1/debug/partitions")
+        s, reads = await call(u + f"/v1/streams/{STREAM}/events?partition=0")
+        assert s == 200 and len(reads["events"]) == 4
+        s, status = await call(u + "/v1/status")
+        assert status["quarantine"]["events"] == 8 and status["quarantine"]["bytes"] == size
+        assert not status["quarantine"]["over_warn"]
+        s, metrics = await call(u + "/metrics")
+        assert re.search(r'^geostore_quarantine_events\{group="[^"]+"\} 8$', metrics, re.M), metrics
+
+        folder = tmp_path / "c"
+        folder.mkdir()
+        (folder / "cluster.json").write_text(
+            json.dumps({"regions": {"r1": {"nodes": [{"id": "n1", "api": u}]}}})
+        )
+        c = ("--cluster", str(folder), "--region", "r1")
+        # export first (what the refusal asks for)
+        await cli("export", *c, "--out", str(tmp_path / "q.jsonl"))
+        exported = (tmp_path / "q.jsonl").read_text().splitlines()
+        assert len(exported) == 8
+        # no --yes: refused, nothing dropped, and it says how to export
+        rc, out, err = await cli_rc("clear", *c, "--stream", STREAM, "--partition", "1")
+        assert rc == 2 and out == "", out
+        assert "--yes" in err and "geostore quarantine export --cluster" in err, err
+        s, q2 = await call(u + "/v1/quarantine")
+        assert q2["events_total"] == 8
+        # partition 1 only
+        out = await cli("clear", *c, "--stream", STREAM, "--partition", "1", "--yes", "--json")
+        answer = json.loads(out)
+        assert answer["cleared"]["runs"] == 1 and answer["cleared"]["events"] == 2, answer
+        assert answer["left"]["events"] == 6 and answer["region"] == "r1", answer
+        s, q3 = await call(u + "/v1/quarantine")
+        assert {r["partition"] for r in q3["runs"]} == {0} and q3["events_total"] == 6
+        # a stream the region does not know: 404, nothing dropped
+        rc, out, err = await cli_rc("clear", *c, "--stream", "nope", "--yes")
+        assert rc != 0 and "unknown_stream" in err + out, (out, err)
+        # everything
+        out = await cli("clear", *c, "--yes")
+        assert "cleared 6 events in 2 runs" in out and "0 events in 0 runs left" in out, out
+        out = await cli("list", *c)
+        assert "0 events in 0 runs in the quarantine of region r1" in out, out
+        s, text = await call(u + "/v1/quarantine/export")
+        assert s == 200 and text == ""
+        # and again: nothing to drop, answered 0
+        s, b = await call(u + "/v1/admin/quarantine/clear", "POST", {})
+        assert s == 200 and b["cleared"] == {"runs": 0, "events": 0, "bytes": 0}, b
+        s, b = await call(u + "/v1/admin/quarantine/clear", "POST", {"partition": 0})
+        assert s == 400 and b["error"]["code"] == "malformed", b
+        s, b = await call(u + "/v1/admin/quarantine/clear", "POST", {"through_epoch": -1})
+        assert s == 400 and b["error"]["code"] == "malformed", b
+        # served events and hashes did not move; the size shows empty everywhere
+        s, after = await call(u + "/v1/debug/partitions")
+        assert after["partitions"] == before["partitions"], (before, after)
+        s, reads2 = await call(u + f"/v1/streams/{STREAM}/events?partition=0")
+        assert reads2["events"] == reads["events"]
+        s, status = await call(u + "/v1/status")
+        assert status["quarantine"] == {**status["quarantine"], "runs": 0, "events": 0, "bytes": 0}
+        s, metrics = await call(u + "/metrics")
+        assert re.search(r'^geostore_quarantine_events\{group="[^"]+"\} 0$', metrics, re.M), metrics
+        # the clear survives a restart too (replayed from the log)
+        await node.stop()
+        node = await start(tmp_path / "n1", port)
+        s, q4 = await call(u + "/v1/quarantine")
+        assert q4["runs"] == [] and q4["events_total"] == 0, q4
+        s, after2 = await call(u + "/v1/debug/partitions")
+        assert after2["partitions"] == before["partitions"]
+    finally:
+        await node.stop()
+
+
+async def cli_rc(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "geostore", "quarantine", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def cli(*args: str) -> str:
+    rc, out, err = await cli_rc(*args)
+    assert rc == 0, err
+    return out

@@ -2,16 +2,18 @@
 ``rpo_ms`` is parsed, bounded, written back by ``to_toml`` and kept by ``subset``; ``geostore
 quarantine`` reads ``STREAM[/P]`` targets, and cuts an export into re-append requests by run
 (dense seqs of one origin) and ``--batch`` deterministically, each request named by a producer
-id of its run and its index in the run, with ids that fit the server's cap."""
+id of its run and its index in the run, with ids that fit the server's cap; and ``quarantine
+clear`` refuses without ``--yes`` before calling anything, naming the export to run first."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from geostore.cli.cmd_quarantine import chunks_of, parse_target
+from geostore.cli.cmd_quarantine import add_arguments, chunks_of, parse_target, run
 from geostore.config import parse_topology
 from geostore.errors import ApiError, ConfigError
 
@@ -106,3 +108,30 @@ async def test_long_names_get_a_digest_id_within_the_cap() -> None:
     pid = chunk.producer_id("r" * 128)
     assert pid.startswith("quarantine:") and len(pid.encode()) <= 256
     assert pid == chunk.producer_id("r" * 128) != chunk.producer_id("q" * 128)
+
+
+def test_clear_refuses_without_yes_and_names_the_export(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    # no server: a refusal must come before any call (the cluster folder does not exist)
+    args = parser.parse_args(
+        [
+            "clear",
+            "--cluster",
+            "/nonexistent",
+            "--region",
+            "r1",
+            "--stream",
+            "s",
+            "--partition",
+            "1",
+        ]
+    )
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert "without --yes" in err
+    assert "geostore quarantine export --cluster /nonexistent --region r1 s/1" in err, err
+    for bad in (["--partition", "1"], ["s", "--stream", "s"], ["--through-epoch", "-1"]):
+        args = parser.parse_args(["clear", "--cluster", "/nonexistent", *bad, "--yes"])
+        assert run(args) == 2
+        assert "error" in capsys.readouterr().err
