@@ -14,8 +14,8 @@ topology's streams are mirrored there and it holds its home lease), or exits 1 a
 
 ``status --dir DIR`` prints one row per node: region, role, leader, term, commit, applied,
 pid and whether it answers; with several regions (multi-leader) also the metadata group's
-leader and voters, every partition's home and epoch, each region's home lease, and the
-replication lag per partition and destination. A two-region topology gets a warning: its
+leader, voters and learners (as its leader reports them), every partition's home and epoch,
+each region's home lease, and the replication lag per partition and destination. A two-region topology gets a warning: its
 metadata group cannot survive the loss of either region.
 
 ``down --dir DIR`` sends SIGTERM to every node (graceful: they hand over leadership, flush
