@@ -24,20 +24,22 @@ What it runs, on this machine, in one go:
    (``geostore_geo_apply_lag_seconds``: the home leader's commit wall clock, carried in the
    batch, to the receiving leader's apply wall clock, per event; one machine, one clock, so
    exact), p50/p99 interpolated within the histogram's buckets over the window.
-4. WAN bytes per event at the shipper, framing included: the netem proxies' byte counters
-   of the shipper's direction (home region -> remote region: the geo envelopes with their
-   frames, batches and heartbeats; the remote's acks travel the other way and are not
-   counted) divided by the events the home's shipper built into batches for that destination
-   in the window (its ``events_sent`` for that destination, from the shipper's per-destination
-   stats: the events appended, when the link keeps up). "Without
-   compression" cannot run in the same cluster (the runtime always compresses; the config
-   has no off switch), so it is computed: wire bytes - compressed payload + raw payload (the
-   shipper's ``bytes_compressed`` and ``bytes_raw`` for that destination, the difference
-   scaled by the link's resend rate, since a resent batch carries its payload again;
-   :func:`link_wan_bytes`), i.e. the same frames
-   carrying the uncompressed CBOR entries. The payload-only ratio (raw / compressed: no
-   frames, heartbeats or resends) is in the JSON. Resent and duplicate-acknowledged batches
-   are shown: resends inflate the wire bytes.
+4. WAN bytes per event at the shipper, framing included: the bytes of the geo envelopes the
+   home's shipper queued for that destination (batches, resends, heartbeats, dictionaries),
+   each with the length prefix its peer frame gives it (the runtime counts them per
+   destination: ``envelope_bytes`` in ``/v1/status``), divided by the events the shipper
+   built into batches for that destination in the window (its ``events_sent``: the events
+   appended, when the link keeps up). Beside it, the same per event **on the wire**: the
+   netem proxies' byte counters of that direction, which also carry TLS records, the peer
+   link's own frames, and every other message between the two regions (metadata group,
+   leases, forwarded requests, the receiver's acks of the other direction's batches).
+   "Without compression" cannot run in the same cluster (the runtime always compresses; the
+   config has no off switch), so it is computed: bytes - compressed payload + raw payload
+   (the shipper's ``bytes_compressed`` and ``bytes_raw`` for that destination, the
+   difference scaled by the link's resend rate, since a resent batch carries its payload
+   again; :func:`link_wan_bytes`), i.e. the same frames carrying the uncompressed CBOR
+   entries. The payload-only ratio (raw / compressed: no frames, heartbeats or resends) is
+   in the JSON. Resent batches and envelope copies to non-leaders are shown: both add bytes.
 5. Trained dictionary: the geo run happens twice, first with the dictionary on (the home
    trains a dictionary per stream from its first ``geo.dictionary_train_events`` events and
    compresses batches of <= ``geo.dictionary_batch_events_max`` events with it), then with
@@ -525,9 +527,17 @@ def link_wan_bytes(
 ) -> dict[str, float]:
     """WAN bytes per event of the link home -> ``remote`` over the window: ``s0``/``s1`` are
     the home shipper's stats at the window's edges (``/v1/status`` ``geo.shipper``), whose
-    ``destinations`` give the link's own batches, events, raw and compressed bytes and
-    resends; ``wire`` is the bytes the emulator carried that way, ``appended`` the events
-    the home acknowledged in the window."""
+    ``destinations`` give the link's own batches, events, raw and compressed bytes, resends
+    and the envelope bytes the home queued for it (framing included); ``wire`` is the bytes
+    the emulator carried that way (all traffic of the region pair, TLS included),
+    ``appended`` the events the home acknowledged in the window.
+
+    Two figures per link: **at the shipper** (``with_zstd``, ``without_zstd_computed``,
+    ``ratio``: its framed envelopes, batches, resends, heartbeats and dictionaries; what the
+    targets are judged on) and **on the wire** (``wire_*``: also TLS records, the peer link's
+    own frames and the other traffic between the two regions, metadata group and forwarded
+    requests). "Without zstd" adds what the compression saved (raw - compressed payload,
+    scaled by the resend rate) to either."""
     d0 = (s0.get("destinations") or {}).get(remote) or {}
     d1 = (s1.get("destinations") or {}).get(remote) or {}
 
@@ -539,21 +549,28 @@ def link_wan_bytes(
     shipped = delta(d0, d1, "events_sent")
     batches = delta(d0, d1, "batches_sent")
     retransmits = delta(d0, d1, "retransmits")
+    # nodes that predate the envelope counter: the wire stands in
+    at_shipper = delta(d0, d1, "envelope_bytes") if "envelope_bytes" in d1 else wire
     # a resent batch carries its payload again (this link's resend rate)
     sends = (1 + retransmits / batches) if batches else 1.0
+    saved = (raw - payload) * sends
     # per event shipped to this destination in the window (equal to the events appended
-    # when the link keeps up; under a backlog the two differ, and the wire bytes belong to
-    # what was shipped)
+    # when the link keeps up; under a backlog the two differ, and the bytes belong to what
+    # was shipped)
     events = max(1.0, float(shipped))
-    with_zstd = wire / events
-    without = (wire + (raw - payload) * sends) / events
+    with_zstd = at_shipper / events
+    without = (at_shipper + saved) / events
+    wire_with = wire / events
+    wire_without = (wire + saved) / events
     return {
+        "shipper_bytes": at_shipper,
         "wire_bytes": wire,
         "events": appended,
         "events_shipped": shipped,
         "events_per_batch": shipped / batches if batches else 0.0,
         "batches": batches,
         "retransmitted_batches": retransmits,
+        "envelope_copies": delta(d0, d1, "envelope_copies"),
         "heartbeats_all_destinations": delta(s0, s1, "heartbeats_sent"),
         "batches_all_destinations": delta(s0, s1, "batches_sent"),
         "batches_with_dictionary_all_destinations": delta(s0, s1, "batches_with_dictionary"),
@@ -561,6 +578,9 @@ def link_wan_bytes(
         "with_zstd": with_zstd,
         "without_zstd_computed": without,
         "ratio": without / with_zstd if with_zstd else 0.0,
+        "wire_with_zstd": wire_with,
+        "wire_without_zstd_computed": wire_without,
+        "wire_ratio": wire_without / wire_with if wire_with else 0.0,
     }
 
 
@@ -659,9 +679,12 @@ def to_result(
         "baseline_s": args.baseline_s,
         "lag_measured": "writer's receipt of the home ack -> remote leader's live tail "
         "delivers the event (same monotonic clock); floor one-way delay - jitter",
-        "wan_bytes": "netem proxy bytes home->remote (shipper direction, framing and "
-        "heartbeats included) / events appended at home; without zstd computed as "
-        "wire - compressed payload + raw payload (no off switch in the runtime)",
+        "wan_bytes": "per event shipped: at the shipper (with_zstd, ratio) = the encoded "
+        "geo envelopes the home queued for the destination, each with its frame length "
+        "prefix (batches, resends, heartbeats, dictionaries); on the wire (wire_*) = the "
+        "netem proxy's bytes home->remote (TLS and all traffic of the region pair); "
+        "without zstd computed as bytes - compressed payload + raw payload (no off switch "
+        "in the runtime)",
         "lag": geo["lag"],
         "wan": geo["wan"],
         "runtime_replication_histogram_ms": geo["runtime_histogram_ms"],
@@ -722,11 +745,16 @@ def floor_table(
                      f"<= {h.get('p50')} / <= {h.get('p99')}", "-",
                      f"RTT {h.get('rtt_ms')}"))  # fmt: skip
     for link, w in geo["wan"].items():
-        rows.append((f"WAN B/event {link} zstd / raw",
+        rows.append((f"WAN B/event {link} zstd / raw, at the shipper",
                      f"{w['with_zstd']:.1f} / {w['without_zstd_computed']:.1f} "
                      f"({w['ratio']:.1f}x)", ">= 6x fewer with zstd",
                      f"{w['events_per_batch']:.1f} events/batch, "
                      f"{w['retransmitted_batches']} of {w['batches']} batches resent"))  # fmt: skip
+        if "wire_with_zstd" in w:
+            rows.append((f"  on the wire (TLS, all traffic of the pair) {link}",
+                         f"{w['wire_with_zstd']:.1f} / {w['wire_without_zstd_computed']:.1f} "
+                         f"({w['wire_ratio']:.1f}x)", "-",
+                         f"{w.get('envelope_copies', 0)} envelope copies to non-leaders"))  # fmt: skip
     for link, w in (off["wan"] if off is not None else {}).items():
         rows.append((f"  without the dictionary {link}",
                      f"{w['with_zstd']:.1f} / {w['without_zstd_computed']:.1f} "

@@ -160,6 +160,14 @@ class DestinationStats:
     bytes_raw: int = 0  # the CBOR entry list (row layout) before compression
     bytes_payload: int = 0  # batch payloads after compression
     retransmits: int = 0  # batches sent again (go-back-N), not counted in the above
+    #: counted by the host, which encodes: the bytes of every envelope queued for this
+    #: destination (batches, resends, heartbeats, dictionaries), each with its frame's length
+    #: prefix: the shipper's WAN bytes, framing included (TLS and the link's own frame
+    #: headers, shared with other messages, not)
+    envelope_bytes: int = 0
+    #: envelopes sent to more than one node of the destination (its leader unknown or silent
+    #: for a while: every node gets a copy), counted once per extra copy
+    envelope_copies: int = 0
 
 
 @dataclass(slots=True)
@@ -450,7 +458,7 @@ class Shipper:
                     items.append(batch)
             idle = link.last_sent_ms is None or now_ms - link.last_sent_ms >= s.heartbeat_ms
             if probe or (idle and not items and self._parts):
-                items.append(self._heartbeat())
+                items.append(self.heartbeat())
                 self.stats.heartbeats_sent += 1
             if items:
                 link.last_sent_ms = now_ms
@@ -657,7 +665,8 @@ class Shipper:
         self.stats.count_batch(dst, batch, raw)
         return batch
 
-    def _heartbeat(self) -> GeoHeartbeat:
+    def heartbeat(self) -> GeoHeartbeat:
+        """Every home partition's position (what an idle link carries; a receiver acks it)."""
         return GeoHeartbeat(
             tuple(
                 GeoPosition(p.stream, p.partition, p.epoch, p.commit) for p in self._parts.values()

@@ -47,8 +47,10 @@ Theory of operation:
   include every node of the other regions addressed through the WAN proxy of the link
   (``wan.json`` written by ``cluster up``), so the emulated latency applies. Only leaders send
   geo envelopes, so the sender of the last envelope from a region is taken as that region's
-  leader; when nothing came from a region for ``LEADER_STALE_MS``, envelopes go to every node
-  of it, and non-leaders drop what they get. Queues are the transport's (bounded, counted);
+  leader; when nothing came from a region for ``LEADER_STALE_MS``, the last leader still gets
+  the shipper's envelopes and every other node of the region a heartbeat, which the current
+  leader acks (never yet heard from: every node gets the envelope); non-leaders drop what
+  they get. Queues are the transport's (bounded, counted);
   the cores bound what is in flight (the shipper's window, one proposal per batch).
 """
 
@@ -540,22 +542,40 @@ class GeoHost:
         mark = self._applied_marks.get((stream, partition))
         return None if mark is None or mark[0] > seq else mark[1]
 
-    def _send(self, env: GeoEnvelope) -> None:
+    def _send(self, env: GeoEnvelope, *, shipped: bool = True) -> None:
+        """Send to the destination region's leader (every node of it when that is unknown or
+        silent); the shipper's envelopes (``shipped``) count into its per-destination bytes."""
         dst = env.dst_region
         known = self._leader_of.get(dst)
-        if known is not None and self._now_ms() - known[1] < LEADER_STALE_MS:
-            targets: tuple[NodeId, ...] = (known[0],)
-        else:
-            targets = self.remote_nodes.get(dst, ())
+        leader = known[0] if known is not None else None
+        stale = known is None or self._now_ms() - known[1] >= LEADER_STALE_MS
+        targets = self.remote_nodes.get(dst, ()) if stale or leader is None else (leader,)
+        # Silent for a while but known: the last leader still gets the envelope; the other
+        # nodes get only a heartbeat, which the region's current leader acks (so it becomes
+        # known), instead of a copy of every batch: on an overloaded machine silences of a
+        # second are common and copies tripled the WAN bytes. (Batches sent to a leader that
+        # lost its role are resent to the new one after the retransmission timeout.)
+        probe: GeoEnvelope | None = None
+        if stale and leader is not None and shipped and self.shipper is not None:
+            probe = GeoEnvelope(env.src_region, dst, (self.shipper.heartbeat(),))
+        stats = self.ship_stats if shipped else None
+        per = stats.destinations.get(dst) if stats is not None else None
+        copies = 0
         for n in targets:
-            if n in self.remote_urls:
-                self.node.transport.send(n, env)
-                self.envelopes_out += 1
+            if n not in self.remote_urls:
+                continue
+            out = env if probe is None or n == leader else probe
+            size = self.node.transport.send_sized(n, out)
+            self.envelopes_out += 1
+            if per is not None and size:
+                per.envelope_bytes += size
+                per.envelope_copies += 1 if copies else 0
+                copies += 1
 
     def _effects(self, effects: list[ReceiverEffect]) -> None:
         for eff in effects:
             if isinstance(eff, SendEnvelope):
-                self._send(eff.envelope)
+                self._send(eff.envelope, shipped=False)  # the receiver's acks
             elif isinstance(eff, ProposeBatch):
                 self._propose(eff.cmd, eff.src_region, eff.commit_marks)
             elif isinstance(eff, LearnDictionary):
@@ -814,6 +834,8 @@ class GeoHost:
                         "bytes_raw": d.bytes_raw,
                         "bytes_compressed": d.bytes_payload,
                         "retransmits": d.retransmits,
+                        "envelope_bytes": d.envelope_bytes,
+                        "envelope_copies": d.envelope_copies,
                     }
                     for dst, d in s.destinations.items()
                 },

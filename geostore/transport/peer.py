@@ -88,6 +88,7 @@ from geostore.transport.certs import NodeTls, peer_identity
 from geostore.transport.port import Decode, Encode, OnMessage
 from geostore.transport.settings import TransportSettings
 from geostore.transport.wire import (
+    MESSAGE_PREFIX_BYTES,
     PEER_PATH,
     FrameError,
     HandshakeRefused,
@@ -408,15 +409,20 @@ class PeerTransport:
 
     def send(self, peer: NodeId, msg: object) -> bool:
         """Queue ``msg`` for ``peer``; False (and a counted drop) if it cannot be queued."""
+        return self.send_sized(peer, msg) > 0
+
+    def send_sized(self, peer: NodeId, msg: object) -> int:
+        """:meth:`send`, answering the bytes queued (the encoded message and its length
+        prefix in the frame), 0 when it was dropped."""
         link = self._outbound.get(peer)
         if link is None or self._stopping:
             self._unroutable += 1
-            return False
+            return 0
         # The hot path of the node: limits are read from plain attributes, not the settings.
         queue = link.queue
         if len(queue) >= self._queue_messages_max:
             link.counters.dropped += 1
-            return False
+            return 0
         data = self._encode(msg)
         size = len(data)
         if size > self._message_bytes_max:
@@ -428,16 +434,16 @@ class PeerTransport:
                 peer,
                 self._message_bytes_max,
             )
-            return False
+            return 0
         if link.queued_bytes + size > self._queue_bytes_max:
             link.counters.dropped += 1
-            return False
+            return 0
         queue.append(data)
         link.queued_bytes += size
         wakeup = link.wakeup
         if not wakeup.is_set():
             wakeup.set()
-        return True
+        return size + MESSAGE_PREFIX_BYTES
 
     def connected(self, peer: NodeId) -> bool:
         """Whether the outbound link to ``peer`` is handshaken and pumping now."""

@@ -46,6 +46,8 @@ FRAME_KIND_BATCH = 1
 _HEADER = struct.Struct(">BI")
 _LENGTH = struct.Struct(">I")
 BATCH_HEADER_BYTES = _HEADER.size
+#: What a frame adds to each message it carries (its length prefix).
+MESSAGE_PREFIX_BYTES = _LENGTH.size
 LENGTH_PREFIX_BYTES = _LENGTH.size
 #: A handshake text larger than this is malformed (ids are short).
 HANDSHAKE_TEXT_MAX = 4096

@@ -26,7 +26,8 @@ def test_wan_bytes_use_the_links_own_counters() -> None:
         # the home shipped 10x more to b than to c: an even split would give both the mean
         dsts = {
             "b": {"bytes_raw": 1000 * scale, "bytes_compressed": 200 * scale,
-                  "events_sent": 100 * scale, "batches_sent": 10 * scale, "retransmits": 0},
+                  "events_sent": 100 * scale, "batches_sent": 10 * scale, "retransmits": 0,
+                  "envelope_bytes": 1200 * scale, "envelope_copies": scale},
             "c": {"bytes_raw": 100 * scale, "bytes_compressed": 20 * scale,
                   "events_sent": 10 * scale, "batches_sent": 1 * scale, "retransmits": scale},
         }  # fmt: skip
@@ -35,13 +36,19 @@ def test_wan_bytes_use_the_links_own_counters() -> None:
     s0, s1 = stats(1), stats(3)  # the window's delta is twice the first snapshot
     b = link_wan_bytes(s0, s1, "b", wire=3000, appended=200)
     assert b["events_shipped"] == 200 and b["batches"] == 20
-    assert b["with_zstd"] == 15.0  # 3000 wire bytes / 200 events
-    assert b["without_zstd_computed"] == (3000 + 2000 - 400) / 200
+    # at the shipper: its own envelope bytes; on the wire: the proxy's
+    assert b["with_zstd"] == 12.0  # 2400 envelope bytes / 200 events
+    assert b["without_zstd_computed"] == (2400 + 2000 - 400) / 200
+    assert b["wire_with_zstd"] == 15.0  # 3000 wire bytes / 200 events
+    assert b["wire_without_zstd_computed"] == (3000 + 2000 - 400) / 200
+    assert b["envelope_copies"] == 2
     assert b["batches_all_destinations"] == 22 and b["heartbeats_all_destinations"] == 6
     c = link_wan_bytes(s0, s1, "c", wire=400, appended=20)
     # c resent each of its batches once: its payload crossed twice
     assert c["retransmitted_batches"] == 2 and c["batches"] == 2
+    # c's nodes report no envelope bytes (an older node): the wire stands in
     assert c["without_zstd_computed"] == (400 + (200 - 40) * 2) / 20
+    assert c["with_zstd"] == c["wire_with_zstd"]
     assert link_wan_bytes(s0, s1, "nowhere", wire=0, appended=0)["events_shipped"] == 0
 
 
