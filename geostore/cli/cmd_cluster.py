@@ -14,8 +14,8 @@ topology's streams are mirrored there and it holds its home lease), or exits 1 a
 
 ``status --dir DIR`` prints one row per node: region, role, leader, term, commit, applied,
 pid and whether it answers; with several regions (multi-leader) also the metadata group's
-leader and voters, every partition's home and epoch, each region's home lease, and the
-replication lag per partition and destination. A two-region topology gets a warning: its
+leader, voters and learners (as its leader reports them), every partition's home and epoch,
+each region's home lease, and the replication lag per partition and destination. A two-region topology gets a warning: its
 metadata group cannot survive the loss of either region.
 
 ``down --dir DIR`` sends SIGTERM to every node (graceful: they hand over leadership, flush
@@ -35,10 +35,13 @@ call this CLI makes to the nodes uses the CA and the admin token (:func:`_use_cr
 ``cluster.json``: ``{"tls", "ca", "tokens", "token_file"`` (absent with ``--insecure``;
 paths relative to DIR), ``"mode", "topology", "topology_resolved", "config", "netem",
 "netem_pid", "regions": {R: {"nodes": [{"id", "api", "pid", "dir", "proxies"}]}},
-"leaders", "started_at", "ready_at"}`` (single-leader adds ``"leader_region"``, and
-``leaders`` is ``{"global": NODE}``). ``netem`` is the emulator's API URL or null;
-a node's ``proxies`` map each other region to the address through which that region
-reaches the node. Nodes of one region always talk directly (``api``).
+"leaders", "meta", "started_at", "ready_at"}`` (single-leader adds ``"leader_region"``, and
+``leaders`` is ``{"global": NODE}``). ``meta`` (several regions, multi-leader) is the metadata
+group's ``{"leader", "voters", "learners"}`` as its leader reported them when ``up`` or the
+last ``node add|remove|replace`` finished (``status`` shows the current ones). ``netem`` is
+the emulator's API URL or null; a node's ``proxies`` map each other region to the address
+through which that region reaches the node (``node add`` creates those of a new node and
+adds them to ``wan.json``). Nodes of one region always talk directly (``api``).
 """
 
 from __future__ import annotations
@@ -428,6 +431,8 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     cluster["leaders"] = leaders
     cluster["ready_at"] = time.time()
+    if not single and len(resolved.regions) > 1:
+        cluster["meta"] = _meta_members(cluster)
     _write_cluster(folder, cluster)
     if args.json:
         print(json.dumps(cluster, indent=2))
@@ -605,6 +610,25 @@ def _wait_global_leader(
 # --- status ----------------------------------------------------------------------------------
 
 
+def _meta_members(cluster: dict[str, Any]) -> dict[str, Any] | None:
+    """The metadata group's leader, voters and learners as its leader reports them (else
+    as any answering node does); None without a metadata group or an answer."""
+    seen: dict[str, Any] | None = None
+    for _, node in _nodes(cluster):
+        if not _alive(node["pid"]):
+            continue
+        try:
+            meta = (_get_json(node["api"] + "/v1/status", 2.0) or {}).get("meta")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(meta, dict):
+            continue
+        seen = {k: meta.get(k) for k in ("leader", "voters", "learners")}
+        if meta.get("role") == "leader":
+            break
+    return seen
+
+
 def _status_rows(cluster: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for region, node in _nodes(cluster):
@@ -708,11 +732,13 @@ def _meta_text(rows: list[dict[str, Any]]) -> str | None:
     metas = [r for r in rows if r.get("meta")]
     if not metas:
         return None
-    first = metas[0]["meta"]
+    # the leader's view of the membership (a lagging replica's may be older)
+    first = next((r["meta"] for r in metas if r["meta"].get("role") == "leader"), metas[0]["meta"])
     leader = next((r["meta"]["leader"] for r in metas if r["meta"].get("leader")), None)
     out = [
         f"\nmetadata group: leader {leader or 'none known'}, voters "
-        f"{', '.join(first.get('voters', []))}; learners {len(first.get('learners', []))}; "
+        f"{', '.join(first.get('voters', []))}; learners "
+        f"{', '.join(first.get('learners', [])) or 'none'}; "
         f"election timeout {first.get('election_ms')} ms"
     ]
     if first.get("warning"):

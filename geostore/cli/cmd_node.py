@@ -34,12 +34,27 @@ and writes ``DIR/<node>.prof`` when it exits (benchmarks use it to find hot path
 Membership of a cluster started with ``geostore cluster up`` (one change at a time):
 
 - ``node add --cluster DIR --region R --id NEW``: start a node under a fresh identity with
-  ``--join`` (empty storage, no bootstrap), tell every node of the region its address, add
-  it as a learner, wait until it caught up (by log or by snapshot), promote it to voter.
-- ``node remove --cluster DIR --node ID``: remove it from the group, then stop its process.
-- ``node replace --cluster DIR --node OLD [--new-id NEW]``: add NEW, then remove OLD. The
-  way to bring back a node whose disk was wiped: it must never rejoin under its old id
-  (it may have voted or acknowledged entries it no longer has).
+  ``--join`` (empty storage, no bootstrap; it hosts every group it belongs to, the
+  metadata group included, with an empty replica), create the WAN proxies through which
+  the other regions reach it (with netem; written to ``wan.json`` too), tell every live node
+  of every region its address and region (``/v1/admin/peers``), add it as a learner of the
+  region's group, wait until it caught up (by log or by snapshot), promote it to voter.
+  With a metadata group (multi-leader mode, two regions or more: the nodes decide the
+  same way), then add it as a learner of ``meta`` (``/v1/admin/meta/members``, forwarded to
+  the metadata leader) and wait until its metadata replica applied the commit index the
+  leader answered with.
+- ``node remove --cluster DIR --node ID``: with a metadata group, first remove it from
+  ``meta`` (a voter: the leader first promotes a caught-up learner of the same region, and
+  refuses with 409 when the region has no other live node); then remove it from the
+  region's group, then stop its process.
+- ``node replace --cluster DIR --node OLD [--new-id NEW]``: add NEW, then remove OLD (so NEW
+  may take OLD's metadata vote). The way to bring back a node whose disk was wiped: it must
+  never rejoin under its old id (it may have voted or acknowledged entries it no longer
+  has).
+
+Each step is retried on 503/504 until ``--timeout`` (the metadata group's changes are
+idempotent: a repeated one answers the same). ``cluster.json`` records the metadata group's
+membership under ``meta`` when the command finishes.
 """
 
 from __future__ import annotations
@@ -223,7 +238,7 @@ def _profiled(main: Callable[[], Coroutine[Any, Any, int]], path: str) -> int:
 # --- membership ------------------------------------------------------------------------------
 
 
-def _post(url: str, body: dict[str, str], timeout_s: float = 30.0) -> tuple[int, dict[str, object]]:
+def _post(url: str, body: dict[str, str], timeout_s: float = 30.0) -> tuple[int, dict[str, Any]]:
     import json
     import urllib.error
     import urllib.request
@@ -245,7 +260,7 @@ def _post(url: str, body: dict[str, str], timeout_s: float = 30.0) -> tuple[int,
 
 def _retry_post(
     urls: list[str], path: str, body: dict[str, str], deadline: float, what: str
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """POST to the first node that answers 200 (others forward to the leader); retry 503s."""
     import time
 
@@ -261,23 +276,26 @@ def _retry_post(
                 continue
             if status == 200:
                 return answer
-            last = answer
+            err = answer.get("error")
+            last = err.get("message", answer) if isinstance(err, dict) else answer
             if status not in (503, 504):
-                raise ApiError(ErrorCode.UNAVAILABLE, f"{what} refused: {answer}")
+                raise ApiError(ErrorCode.UNAVAILABLE, f"{what} refused ({status}): {last}")
         time.sleep(0.5)
     raise ApiError(ErrorCode.WAIT_TIMEOUT, f"{what}: no success before the deadline ({last})")
 
 
 def _membership(args: argparse.Namespace) -> int:
+    import json
     import os
     import subprocess
     import time
 
     from geostore.cli.cmd_cluster import (
+        WAN_FILE,
         _alive,
-        _free_port,
         _get_json,
         _load_cluster,
+        _meta_members,
         _write_cluster,
     )
     from geostore.config import NodeSpec, RegionSpec, Topology, load_topology
@@ -292,15 +310,54 @@ def _membership(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     resolved_path = cluster["topology_resolved"]
     topology = load_topology(resolved_path)
+    mode = cluster.get("mode", "multi-leader")
+    # the nodes decide the same way whether they host the metadata group (runtime/node.py)
+    with_meta = mode != "single-leader" and len(topology.regions) > 1
 
-    def live_apis(region: str, *, without: str | None = None) -> list[str]:
-        nodes = cluster["regions"][region]["nodes"]
-        return [n["api"] for n in nodes if n["id"] != without and _alive(n["pid"])]
+    def live_apis(region: str | None, *, without: str | None = None) -> list[str]:
+        """Live nodes of ``region`` (None: of every region, the first region's first)."""
+        regions = cluster["regions"]
+        chosen = [region] if region is not None else list(regions)
+        return [
+            n["api"]
+            for r in chosen
+            for n in regions[r]["nodes"]
+            if n["id"] != without and _alive(n["pid"])
+        ]
+
+    def proxies_for(new_id: str, grown: Topology) -> dict[str, str]:
+        """WAN proxies through which the other regions reach ``new_id`` (with netem)."""
+        if not cluster.get("netem"):
+            return {}
+        from netem.links import apply_links, plan_links
+
+        plan = [link for link in plan_links(grown) if link.dst_node == new_id]
+        scheme = "https" if cluster.get("tls") else "http"
+        proxies = {}
+        for link in apply_links(plan, cluster["netem"]):
+            host, port = link.address
+            proxies[str(link.plan.src_region)] = f"{scheme}://{host}:{port}"
+        # nodes (re)started later read how their region reaches the new node here
+        wan = os.path.join(folder, WAN_FILE)
+        with open(wan, encoding="utf-8") as f:
+            routes = json.load(f)
+        routes.setdefault("via", {})[new_id] = proxies
+        with open(wan + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(routes, f, indent=2)
+        os.replace(wan + ".tmp", wan)
+        return proxies
 
     def add(region: str, new_id: str) -> None:
+        from geostore.cli.cmd_cluster import _free_port
+
         if any(n.id == new_id for n in topology.nodes()):
             raise ApiError(
                 ErrorCode.CONFLICT, f"node id {new_id!r} is taken (ids are never reused)"
+            )
+        if region not in topology.region_names():
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                f"no region {region!r} in this cluster ({', '.join(topology.region_names())})",
             )
         port = _free_port()
         regions = []
@@ -318,7 +375,9 @@ def _membership(args: argparse.Namespace) -> int:
         node_dir = os.path.join(folder, "nodes", new_id)
         os.makedirs(node_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "geostore", "node", "--topology", resolved_path,
-               "--node", new_id, "--dir", node_dir, "--join"]  # fmt: skip
+               "--node", new_id, "--dir", node_dir, "--mode", mode]  # fmt: skip
+        if mode == "single-leader" and cluster.get("leader_region"):
+            cmd += ["--leader-region", cluster["leader_region"]]
         if cluster.get("tls"):  # the new node gets a certificate from the cluster CA
             from geostore.cli.cmd_cluster import CERTS_DIR, TOKENS_FILE
             from geostore.transport.certs import ensure_certs
@@ -328,31 +387,79 @@ def _membership(args: argparse.Namespace) -> int:
             cmd += ["--tokens", os.path.join(folder, cluster.get("tokens") or TOKENS_FILE)]
         if cluster.get("config"):
             cmd += ["--config", cluster["config"]]
-        wan = os.path.join(folder, "wan.json")
+        wan = os.path.join(folder, WAN_FILE)
         if os.path.exists(wan):  # it reaches the other regions through their proxies too
             cmd += ["--wan", wan]
         with open(os.path.join(node_dir, "process.log"), "ab") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+            proc = subprocess.Popen([*cmd, "--join"], stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         api = f"{'https' if cluster.get('tls') else 'http'}://127.0.0.1:{port}"
+        proxies = proxies_for(new_id, grown)
         cluster["regions"][region]["nodes"].append(
-            {"id": new_id, "api": api, "pid": proc.pid, "dir": node_dir, "proxies": {}}
-        )
+            # a restart ('cluster start') must not pass --join: a wiped disk stays refused
+            {"id": new_id, "api": api, "pid": proc.pid, "dir": node_dir, "proxies": proxies,
+             "cmd": cmd}
+        )  # fmt: skip
         _write_cluster(folder, cluster)
         print(f"started {new_id} (pid {proc.pid}) at {api}")
+        # every node learns its address: its region's for the data group, the others' for
+        # the metadata group (and single-leader's global group), through their WAN proxy
+        for r_name, info in cluster["regions"].items():
+            for n in info["nodes"]:
+                if n["id"] == new_id or not _alive(n["pid"]):
+                    continue
+                url = api if r_name == region else proxies.get(r_name, api)
+                _retry_post([n["api"]], "/v1/admin/peers",
+                            {"node": new_id, "url": url, "region": region}, deadline,
+                            f"telling {n['id']} about {new_id}")  # fmt: skip
         members = live_apis(region, without=new_id)
-        for url in members:
-            _retry_post([url], "/v1/admin/peers", {"node": new_id, "url": api}, deadline,
-                        f"telling {url} about {new_id}")  # fmt: skip
         _retry_post(members, "/v1/admin/members", {"op": "add_learner", "node": new_id},
                     deadline, f"adding {new_id} as a learner")  # fmt: skip
         print(f"{new_id} is a learner; waiting until it has caught up")
         _retry_post(members, "/v1/admin/members", {"op": "promote", "node": new_id},
                     deadline, f"promoting {new_id}")  # fmt: skip
         print(f"{new_id} is a voter")
+        if with_meta:
+            answer = _retry_post(
+                [*members, *live_apis(None, without=new_id)],
+                "/v1/admin/meta/members",
+                {"op": "add_learner", "node": new_id, "region": region},
+                deadline,
+                f"adding {new_id} to the metadata group",
+            )
+            commit = int(str(answer.get("commit", 0)))
+            print(f"{new_id} is a learner of the metadata group; waiting until it applied "
+                  f"index {commit}")  # fmt: skip
+            applied = -1
+            while time.monotonic() < deadline:
+                try:
+                    st = _get_json(api + "/v1/status", 5.0)
+                except (OSError, ValueError):
+                    st = None
+                applied = int(((st or {}).get("meta") or {}).get("applied", -1))
+                if applied >= commit:
+                    break
+                time.sleep(0.2)
+            else:
+                raise ApiError(
+                    ErrorCode.WAIT_TIMEOUT,
+                    f"{new_id} applied the metadata group up to {applied}, not {commit}, "
+                    "before the deadline (it is a learner and keeps catching up)",
+                )
+            print(f"{new_id} holds the metadata (applied {applied})")
 
     def remove(region: str, node_id: str) -> None:
         others = live_apis(region, without=node_id)
+        if with_meta:  # first: a metadata voter hands its region's vote to a learner
+            answer = _retry_post(
+                [*others, *live_apis(None, without=node_id)],
+                "/v1/admin/meta/members",
+                {"op": "remove", "node": node_id},
+                deadline,
+                f"removing {node_id} from the metadata group",
+            )
+            print(f"{node_id} left the metadata group; voters now {answer.get('voters')}, "
+                  f"learners {answer.get('learners')}")  # fmt: skip
         answer = _retry_post(others, "/v1/admin/members", {"op": "remove", "node": node_id},
                              deadline, f"removing {node_id}")  # fmt: skip
         print(f"{node_id} removed; voters now {answer.get('voters')}")
@@ -400,4 +507,11 @@ def _membership(args: argparse.Namespace) -> int:
             st = _get_json(n["api"] + "/v1/status") if _alive(n["pid"]) else None
             g: dict[str, object] = next(iter((st or {}).get("groups", {}).values()), {})
             print(f"  {region} {n['id']}: {g.get('role', 'down')} voters={g.get('voters')}")
+    if with_meta:
+        meta = _meta_members(cluster)
+        if meta is not None:
+            cluster["meta"] = meta
+            _write_cluster(folder, cluster)
+            print(f"  metadata group: leader {meta['leader']}, voters {meta['voters']}, "
+                  f"learners {meta['learners']}")  # fmt: skip
     return 0

@@ -68,6 +68,7 @@ from geostore.runtime.http import (
     respond,
     wants_cbor,
 )
+from geostore.runtime.meta import MEMBER_OPS
 from geostore.runtime.metrics import LabelKey, label_key
 from geostore.store import (
     AppendResult,
@@ -239,6 +240,13 @@ ROUTES: tuple[Route, ...] = (
         "POST", "/v1/admin/members", "change_members",
         "Membership change of the region's group (one at a time; forwarded to the leader)",
         body="MembersRequest", ok_schema="Object", errors=(400, 503, 504), tags=("operations",),
+    ),
+    Route(
+        "POST", "/v1/admin/meta/members", "meta_members",
+        "Membership change of the metadata group: add a learner, remove a node (a voter hands "
+        "its region's vote to a caught-up learner first); forwarded to the metadata leader",
+        body="MetaMembersRequest", ok_schema="MetaMembers", errors=(400, 409, 503, 504),
+        tags=("operations",),
     ),
     Route(
         "POST", "/v1/admin/meta/propose", "meta_propose",
@@ -826,12 +834,44 @@ class Api:
     async def add_peer(self, request: web.Request) -> web.StreamResponse:
         _, body = await read_body(request, self.limits.body_bytes_max)
         node, url = (body.get("node"), body.get("url")) if isinstance(body, dict) else (0, 0)
+        region = body.get("region", self.node.region) if isinstance(body, dict) else None
         if not isinstance(node, str) or not node or not isinstance(url, str):
-            raise ApiError(ErrorCode.MALFORMED, 'body must be {"node": ID, "url": URL}')
+            raise ApiError(
+                ErrorCode.MALFORMED, 'body must be {"node": ID, "url": URL, "region": R?}'
+            )
         if not url.startswith(("http://", "https://")):
             raise ApiError(ErrorCode.MALFORMED, f"url must be http(s)://host:port, not {url!r}")
-        self.node.add_peer(NodeId(node), url.rstrip("/"))
-        return respond(request, 200, {"node": node, "url": url})
+        if region not in self.node.topology.region_names():
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                f"region must be one of {list(self.node.topology.region_names())}",
+                field="region",
+            )
+        self.node.add_peer(NodeId(node), url.rstrip("/"), RegionId(region))
+        return respond(request, 200, {"node": node, "url": url, "region": region})
+
+    async def meta_members(self, request: web.Request) -> web.StreamResponse:
+        """Add a learner to the metadata group or remove a node (see MetaHost.change_member)."""
+        raw, body = await read_body(request, self.limits.body_bytes_max)
+        meta = self.node.meta
+        if meta is None:
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                "no metadata group here: it exists in multi-leader mode with two regions or more",
+            )
+        op, node = (body.get("op"), body.get("node")) if isinstance(body, dict) else (0, 0)
+        region = body.get("region") if isinstance(body, dict) else None
+        if op not in MEMBER_OPS or not isinstance(node, str) or not node:
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                f'body must be {{"op": one of {list(MEMBER_OPS)}, "node": ID, "region": R?}}',
+            )
+        if region is not None and not isinstance(region, str):
+            raise ApiError(ErrorCode.MALFORMED, "region must be a string", field="region")
+        forwarded = await self._leader_or_forward(request, meta.group, raw)
+        if forwarded is not None:
+            return forwarded
+        return respond(request, 200, await meta.change_member(op, NodeId(node), region))
 
     async def change_members(self, request: web.Request) -> web.StreamResponse:
         raw, body = await read_body(request, self.limits.body_bytes_max)
@@ -1452,7 +1492,32 @@ _SCHEMAS: dict[str, Any] = {
     "PeerRequest": {
         "type": "object",
         "required": ["node", "url"],
-        "properties": {"node": {"type": "string"}, "url": {"type": "string"}},
+        "properties": {
+            "node": {"type": "string"},
+            "url": {"type": "string"},
+            "region": {"type": "string", "description": "its region (default: this node's)"},
+        },
+    },
+    "MetaMembersRequest": {
+        "type": "object",
+        "required": ["op", "node"],
+        "properties": {
+            "op": {"type": "string", "enum": ["add_learner", "remove"]},
+            "node": {"type": "string"},
+            "region": {"type": "string", "description": "add_learner: the node's region"},
+        },
+    },
+    "MetaMembers": {
+        "type": "object",
+        "required": ["group", "voters", "learners", "commit"],
+        "properties": {
+            "group": {"type": "string"},
+            "leader": {"type": ["string", "null"]},
+            "voters": {"type": "array", "items": {"type": "string"}},
+            "learners": {"type": "array", "items": {"type": "string"}},
+            "commit": {"type": "integer", "description": "the leader's commit index"},
+            "regions": {"type": "object", "description": "region -> its nodes"},
+        },
     },
     "MembersRequest": {
         "type": "object",

@@ -38,9 +38,16 @@ Theory of operation:
   remove the dead voter, add it back as a learner so it catches up when it returns). This
   needs a quorum, so it repairs the loss of a minority of voters before another one fails.
 
-Not done: nodes joining after bootstrap (``geostore node add``) do not become learners of
-``meta`` (their catalogue copy stays empty); such a node, leading its region, still renews
-its lease by sending renewals to any voter, which forwards them to the meta leader.
+- **Membership** (``geostore node add|remove|replace``, through
+  ``POST /v1/admin/meta/members``, forwarded to the meta leader): a node added to a region
+  is registered in that region's node list (``MetaSetRegion``, so every node, whichever its
+  topology file, knows its region) and added as a learner; it starts with an empty replica
+  (``--join``) and catches up by log or snapshot. Removing a node that is a voter first
+  promotes a live, caught-up learner of its region (one voter per region, as the voter
+  replacement keeps it), refused with 409 ``conflict`` when its region has no other live
+  node; a leader asked to remove itself hands its leadership over first (503, retried).
+  Then the node leaves the configuration and its region's node list. Voter replacement
+  finds the region of an added node in that list too.
 """
 
 from __future__ import annotations
@@ -95,6 +102,8 @@ PROPOSE_TIMEOUT_S = 10.0
 REPLACE_AFTER_ELECTIONS = 3
 #: How often the metadata leader looks for silent voters, seconds.
 WATCH_EVERY_S = 0.1
+#: The membership operations of ``POST /v1/admin/meta/members``.
+MEMBER_OPS = ("add_learner", "remove")
 
 
 def meta_members(topology: Topology) -> tuple[tuple[NodeId, ...], tuple[NodeId, ...]]:
@@ -257,6 +266,171 @@ class MetaHost:
             "geostore_lease_remaining_ms", "Home lease left on this region's leader, ms."
         ).set_source(lambda: float(max(0, self.holder_remaining_ms())))
 
+    # -- membership --------------------------------------------------------------------------
+
+    def member_regions(self) -> dict[NodeId, RegionId]:
+        """Each known node's region: the topology's, then the metadata group's node lists
+        (which also name the nodes added since the topology file was written)."""
+        out = dict(self._region_of)
+        for region, nodes in self.state.regions().items():
+            for n in nodes:
+                out[n] = region
+        return out
+
+    def members_json(self) -> dict[str, Any]:
+        st = self.group.status()
+        return {
+            "group": META_GROUP,
+            "leader": st.leader,
+            "voters": sorted(st.conf.voters),
+            "learners": sorted(st.conf.learners),
+            "commit": st.commit,
+            "regions": {r: list(ns) for r, ns in self.state.regions().items()},
+        }
+
+    async def change_member(self, op: str, node: NodeId, region: str | None) -> dict[str, Any]:
+        """``add_learner`` or ``remove`` ``node`` (this node leads ``meta``); idempotent.
+
+        The answer is :meth:`members_json` once the change is applied here; ``commit`` in it
+        is what an added learner must apply before it holds everything committed so far.
+        """
+        assert op in MEMBER_OPS, op
+        if self._replacing:
+            raise ApiError(
+                ErrorCode.UNAVAILABLE,
+                "another membership change of the metadata group is in progress; retry",
+                group=META_GROUP,
+                retry_after_s=1,
+            )
+        self._replacing = True
+        try:
+            if op == "add_learner":
+                await self._add_learner(node, region)
+            else:
+                await self._remove(node)
+        finally:
+            self._replacing = False
+            self._last_active.pop(node, None)
+        return self.members_json()
+
+    async def _add_learner(self, node: NodeId, region: str | None) -> None:
+        regions = self.node.topology.region_names()
+        if region is None or region not in regions:
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                f"region must be one of {list(regions)}, not {region!r}",
+                field="region",
+            )
+        known = self.member_regions().get(node)
+        if known is not None and known != region:
+            raise ApiError(
+                ErrorCode.CONFLICT, f"{node} is a node of region {known}, not {region}", node=node
+            )
+        if node not in self.node.peer_urls:
+            raise ApiError(
+                ErrorCode.MALFORMED,
+                f"the metadata leader {self.node.node_id} knows no address for {node}: "
+                "POST /v1/admin/peers to it first",
+            )
+        rid = RegionId(region)
+        listed = self.state.regions().get(rid)
+        if listed is None:  # not registered yet (the leader registers the topology's)
+            listed = tuple(self.node.topology.region(rid).node_ids())
+        if node not in listed:
+            await self.propose_local(MetaSetRegion(rid, (*listed, node)))
+        conf = self.group.status().conf
+        if node not in conf.voters and node not in conf.learners:
+            await self._conf_change(ConfChange(ConfChangeOp.ADD_LEARNER, node))
+
+    async def _remove(self, node: NodeId) -> None:
+        st = self.group.status()
+        conf = st.conf
+        if node in conf.voters:
+            regions = self.member_regions()
+            region = regions.get(node)
+            if not any(v != node and regions.get(v) == region for v in conf.voters):
+                await self._promote_for(node, region, regions)
+            if node == self.node.node_id:
+                self._hand_over(node)
+        conf = self.group.status().conf
+        if node in conf.voters | conf.learners:
+            await self._conf_change(ConfChange(ConfChangeOp.REMOVE, node))
+        for rid, nodes in self.state.regions().items():
+            if node in nodes:
+                await self.propose_local(MetaSetRegion(rid, tuple(n for n in nodes if n != node)))
+
+    async def _promote_for(
+        self, voter: NodeId, region: RegionId | None, regions: dict[NodeId, RegionId]
+    ) -> None:
+        """Promote a live, caught-up learner of ``region`` so ``voter`` may leave."""
+        st = self.group.status()
+        others = sorted(n for n in st.conf.learners if n != voter and regions.get(n) == region)
+        if not others:
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"{voter} holds region {region}'s vote in the metadata group and the region "
+                "has no other node to take it over: add one first (geostore node add), "
+                "then remove this one",
+                node=voter,
+            )
+        now = time.monotonic()
+        limit_s = REPLACE_AFTER_ELECTIONS * self.group.election_ms / 1000
+        live = [
+            n
+            for n in others
+            if (p := st.progress.get(n)) is not None
+            and (p.recent_active or now - self._last_active.get(n, now) < limit_s)
+        ]
+        if not live:
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"{voter} holds region {region}'s vote in the metadata group and no other "
+                f"node of the region answers the metadata leader ({', '.join(others)} silent "
+                f"for {limit_s:g} s): bring one back or add a node first",
+                node=voter,
+            )
+        ready = [(st.progress[n].match, n) for n in live if st.progress[n].match >= st.commit]
+        if not ready:
+            raise ApiError(
+                ErrorCode.UNAVAILABLE,
+                f"{', '.join(live)} of region {region} is still catching up in the metadata "
+                f"group; {voter} leaves once one of them can take its vote: retry",
+                retry_after_s=1,
+            )
+        await self._conf_change(ConfChange(ConfChangeOp.PROMOTE, max(ready)[1]))
+
+    def _hand_over(self, me: NodeId) -> None:
+        """The leader was asked to remove itself: lead no more first (the caller retries)."""
+        st = self.group.status()
+        candidates = [
+            (p.match, nid)
+            for nid, p in st.progress.items()
+            if nid != me and nid in st.conf.voters and p.recent_active
+        ]
+        if candidates:
+            self.group.transfer_leadership(max(candidates)[1])
+        raise ApiError(
+            ErrorCode.UNAVAILABLE,
+            f"{me} leads the metadata group and is to leave it: handing leadership over "
+            f"to {max(candidates)[1] if candidates else 'another voter'} first; retry",
+            retry_after_s=1,
+        )
+
+    async def _conf_change(self, change: ConfChange) -> None:
+        """Propose one configuration change and wait until it is applied here."""
+        fut = self.group.propose_conf_change(change)  # a refusal raises a retryable 503
+        try:
+            await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
+        except TimeoutError:
+            raise ApiError(
+                ErrorCode.WAIT_TIMEOUT,
+                f"{change.op.name.lower()} {change.node} not applied in the metadata group "
+                f"within {PROPOSE_TIMEOUT_S:g} s; retry",
+                retry_after_s=1,
+            ) from None
+        self.replacements = [*self.replacements[-9:], f"{change.op.name.lower()} {change.node}"]
+        log.info("metadata group: %s %s", change.op.name.lower(), change.node)
+
     # -- placement and leases: what other modules read ------------------------------------
 
     def home_of(self, stream: str, partition: int) -> PartitionHome | None:
@@ -359,11 +533,12 @@ class MetaHost:
             # the leader itself: it must not forward again if it lost leadership meanwhile
             targets = [(leader, url, {"X-Geostore-Forwarded": self.node.node_id})]
         else:
-            # no leader known (e.g. a node that joined after bootstrap is no member of
-            # ``meta``): any voter forwards to its leader
+            # no leader known (e.g. a joining node whose replica has not heard from the
+            # leader yet): any voter, founding or current, forwards to its leader
+            voters = sorted(set(self.voters) | self.group.status().conf.voters)
             targets = [
                 (v, self.node.peer_urls[v], {})
-                for v in self.voters
+                for v in voters
                 if v != self.node.node_id and v in self.node.peer_urls
             ]
         if not targets:
@@ -539,13 +714,16 @@ class MetaHost:
         if self._replacing:
             return
         limit_s = REPLACE_AFTER_ELECTIONS * self.group.election_ms / 1000
+        regions: dict[NodeId, RegionId] | None = None
         for voter in sorted(st.conf.voters - {self.node.node_id}):
             if now - self._last_active.get(voter, now) < limit_s:
                 continue
-            region = self._region_of.get(voter)
+            if regions is None:  # added nodes' regions are in the metadata state
+                regions = self.member_regions()
+            region = regions.get(voter)
             if any(
                 v != voter
-                and self._region_of.get(v) == region
+                and regions.get(v) == region
                 and (v == self.node.node_id or now - self._last_active.get(v, 0.0) < limit_s)
                 for v in st.conf.voters
             ):
@@ -557,7 +735,7 @@ class MetaHost:
                 (p.match, nid)
                 for nid, p in st.progress.items()
                 if nid in st.conf.learners
-                and self._region_of.get(nid) == region
+                and regions.get(nid) == region
                 and p.recent_active
                 and p.match >= st.commit
             ]
@@ -581,13 +759,8 @@ class MetaHost:
         ]
         try:
             for change in changes:
-                fut = self.group.propose_conf_change(change)
-                await asyncio.wait_for(fut, PROPOSE_TIMEOUT_S)
-                self.replacements = [
-                    *self.replacements[-9:],
-                    f"{change.op.name.lower()} {change.node}",
-                ]
-        except (GeostoreError, TimeoutError) as exc:
+                await self._conf_change(change)
+        except GeostoreError as exc:
             log.warning("replacing metadata voter %s stopped: %s", dead, exc)
         finally:
             self._replacing = False
@@ -643,9 +816,10 @@ class MetaHost:
         topo = self.node.topology
         try:
             for r in topo.regions:
-                nodes = tuple(n.id for n in r.nodes)
-                if self.state.regions().get(r.name) != nodes:
-                    await self.propose_local(MetaSetRegion(r.name, nodes))
+                # once registered, a region's node list follows the membership changes
+                # (node add / remove); this node's topology file may predate them
+                if r.name not in self.state.regions():
+                    await self.propose_local(MetaSetRegion(r.name, tuple(n.id for n in r.nodes)))
             for spec in topo.streams:
                 if self.state.stream(spec.name) is not None:
                     continue

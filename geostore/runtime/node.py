@@ -143,8 +143,13 @@ class NodeRuntime:
         # who we talk to: the other nodes of our region (the data group's voters)
         region_nodes = topology.region(self.region).node_ids()
         self._peer_book = os.path.join(data_dir, PEER_BOOK)
+        #: nodes added after the topology was written (``node add``), with their regions
+        booked = self._load_peer_book()
+        self.peer_regions: dict[NodeId, RegionId] = {
+            n: r for n, (_, r) in booked.items() if r is not None
+        }
         # the topology wins over the book: a restart may give listed nodes new ports
-        self.peer_urls: dict[NodeId, str] = self._load_peer_book()
+        self.peer_urls: dict[NodeId, str] = {n: u for n, (u, _) in booked.items()}
         self.peer_urls.update({n: node_url(topology, n) for n in region_nodes})
         lim = config.limits
         # certificates and tokens (none: plain HTTP); every URL this node calls follows suit
@@ -158,6 +163,7 @@ class NodeRuntime:
             tokens=tokens,
             single_leader=single,
             known=lambda n: n in self.peer_urls,
+            added_region=self.peer_regions.get,
         )
         self.peer_urls = {n: self.security.url(u) for n, u in self.peer_urls.items()}
         peers = {n: u for n, u in self.peer_urls.items() if n != node_id}
@@ -207,6 +213,10 @@ class NodeRuntime:
         self.geo.remote_urls = {n: self.security.url(u) for n, u in self.geo.remote_urls.items()}
         if single:  # Raft peers and forwarded requests take the proxies too
             self.peer_urls.update(self.geo.remote_urls)
+        listed = {n.id for n in topology.nodes()}
+        for n, r in self.peer_regions.items():  # added to another region since (the book)
+            if n not in listed and n in self.peer_urls:
+                self._remote_peer(n, self.peer_urls[n], r)
         if self.geo.remote_urls:
             self.transport.update_peers({**peers, **self.geo.remote_urls})
         self.placement: LeaderPlacement | None = None
@@ -267,7 +277,9 @@ class NodeRuntime:
             return  # a group we do not host (yet): Raft retries
         group.receive(msg)  # type: ignore[arg-type]
 
-    def _load_peer_book(self) -> dict[NodeId, str]:
+    def _load_peer_book(self) -> dict[NodeId, tuple[str, RegionId | None]]:
+        """The peer book: node -> (url, region). An entry is ``URL`` (a node of this region,
+        as books before regions were recorded hold) or ``{"url": URL, "region": R}``."""
         try:
             with open(self._peer_book, encoding="utf-8") as f:
                 raw = json.load(f)
@@ -275,24 +287,54 @@ class NodeRuntime:
             return {}
         except (OSError, ValueError) as exc:
             raise ConfigError(self._peer_book, "peers", f"unreadable: {exc}") from None
-        return {NodeId(str(k)): str(v) for k, v in raw.items()}
+        out: dict[NodeId, tuple[str, RegionId | None]] = {}
+        try:
+            for k, v in raw.items():
+                if isinstance(v, dict):
+                    region = v.get("region")
+                    out[NodeId(str(k))] = (
+                        str(v["url"]),
+                        None if region is None else RegionId(str(region)),
+                    )
+                else:
+                    out[NodeId(str(k))] = (str(v), None)
+        except (AttributeError, KeyError) as exc:
+            raise ConfigError(self._peer_book, "peers", f"unreadable: {exc!r}") from None
+        return out
 
-    def add_peer(self, node: NodeId, url: str) -> None:
-        """Learn (durably) the address of a node that joined after the topology was written."""
+    def add_peer(self, node: NodeId, url: str, region: RegionId | None = None) -> None:
+        """Learn (durably) the address of a node that joined after the topology was written.
+
+        ``region`` is the region it joined (default: this node's). A node of another region
+        is a member of the metadata group only, reached at ``url`` (the WAN proxy through
+        which this region reaches it); geo traffic may reach it too once it leads there.
+        """
+        region = region or self.region
         url = self.security.url(url)
         self.peer_urls[node] = url
-        extra = self._load_peer_book()
-        extra[node] = url
+        self.peer_regions[node] = region
+        book = self._load_peer_book()
+        book[node] = (url, region)
         os.makedirs(self.data_dir, exist_ok=True)
         tmp = self._peer_book + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(extra, f)
+            json.dump({n: {"url": u, "region": r} for n, (u, r) in book.items()}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._peer_book)
+        self._remote_peer(node, url, region)
         peers = {n: u for n, u in self.peer_urls.items() if n != self.node_id}
         self.transport.update_peers({**peers, **self.geo.remote_urls})
-        log.info("node %s: peer %s is at %s", self.node_id, node, url)
+        log.info("node %s: peer %s of region %s is at %s", self.node_id, node, region, url)
+
+    def _remote_peer(self, node: NodeId, url: str, region: RegionId | None) -> None:
+        """A node added to another region: the geo host reaches it like that region's others."""
+        geo = self.geo
+        if region is None or region == self.region or region not in geo.remote_nodes:
+            return
+        geo.remote_urls[node] = url
+        if node not in geo.remote_nodes[region]:
+            geo.remote_nodes[region] = (*geo.remote_nodes[region], node)
 
     def group_for_stream(self, stream: str) -> GroupRuntime:
         """The group that stores ``stream`` (one data group per region for now)."""

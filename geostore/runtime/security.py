@@ -89,6 +89,7 @@ class NodeSecurity:
         tokens: TokenTable | None,
         single_leader: bool,
         known: Callable[[NodeId], bool],
+        added_region: Callable[[NodeId], RegionId | None] = lambda n: None,
     ) -> None:
         if tokens is not None and tls is None:
             raise ConfigError(
@@ -112,6 +113,7 @@ class NodeSecurity:
         self.tokens = tokens
         self.single_leader = single_leader
         self._known = known
+        self._added_region = added_region
         self.guard = GuardStats()
         self.refused: dict[str, int] = {}
         self._log = LogEvery()
@@ -145,11 +147,14 @@ class NodeSecurity:
     # -- peer members and messages -------------------------------------------------------------
 
     def peer_region(self, peer: NodeId) -> RegionId | None:
-        """The region of ``peer``: the topology's, or ours for a node added since."""
+        """The region of ``peer``: the topology's, else the one it was added to (``node
+        add`` names it; ours when it did not say)."""
         try:
             return self.topology.node(peer).region
         except (KeyError, ConfigError):
-            return self.region if self._known(peer) else None
+            if not self._known(peer):
+                return None
+            return self._added_region(peer) or self.region
 
     def is_member(self, peer: NodeId) -> bool:
         """May ``peer`` hold a peer link to this node at all."""

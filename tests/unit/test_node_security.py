@@ -1,7 +1,9 @@
 """Proves the sender checks of a node (NodeSecurity.admit) over generated senders and messages:
 a geo envelope is admitted only from a node of its source region, a Raft message only when its
 src is the link's peer and (multi-leader) the peer is of this region, except in the metadata
-group, whose members span the regions; every refusal is counted
+group, whose members span the regions; a node added after the topology was written counts
+in the region it was added to (another region's node added since sends geo envelopes for its
+region, and no Raft message of this region's group); every refusal is counted
 by reason in the metrics; and a token file without certificates is refused at construction."""
 
 from __future__ import annotations
@@ -23,17 +25,21 @@ from geostore.runtime.security import NodeSecurity
 TOPOLOGY = make_topology({"a": ["a1", "a2"], "b": ["b1"], "c": ["c1"]}, 0.0, name="t")
 REGION = {"a1": "a", "a2": "a", "b1": "b", "c1": "c"}
 ADDED = "a9"  # joined region a after the topology was written (known by the peer book)
-PEERS = [*REGION, ADDED, "zz"]
+ADDED_B = "b9"  # joined region b since: node add told this node its address and region
+OLD_BOOK = "a8"  # known from a peer book that predates regions: this node's region
+PEERS = [*REGION, ADDED, ADDED_B, OLD_BOOK, "zz"]
+BOOKED = {ADDED: "a", ADDED_B: "b"}
 
 
 def security(single: bool = False) -> NodeSecurity:
     return NodeSecurity(TOPOLOGY, NodeId("a1"), RegionId("a"), LimitsSettings(), NodeMetrics(),
                         tls=None, tokens=None, single_leader=single,
-                        known=lambda n: n == ADDED)  # fmt: skip
+                        known=lambda n: n in BOOKED or n == OLD_BOOK,
+                        added_region=lambda n: RegionId(BOOKED[n]) if n in BOOKED else None)  # fmt: skip
 
 
 def region_of(peer: str) -> str | None:
-    return REGION.get(peer, "a" if peer == ADDED else None)
+    return REGION.get(peer) or BOOKED.get(peer) or ("a" if peer == OLD_BOOK else None)
 
 
 @given(peer=st.sampled_from(PEERS), src_region=st.sampled_from(["a", "b", "c", "x"]))
