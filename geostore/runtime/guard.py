@@ -82,6 +82,10 @@ class GuardStats:
     header_timeouts: int = 0  # first request head not complete in time
     body_timeouts: int = 0  # body not read in time: 408
     write_timeouts: int = 0  # answer not written in time: connection closed
+    #: the client closed its connection before its answer was written (it gave up waiting):
+    #: counted, never an error of the server's (aiohttp would log each with its traceback,
+    #: milliseconds of CPU apiece on a node that is already behind, and try to send a 500)
+    answers_undelivered: int = 0
     #: id(transport) -> its guarded protocol (the write deadline and the next head's)
     protocols: dict[int, _GuardedProtocol] = field(default_factory=dict, repr=False)
 
@@ -92,6 +96,7 @@ class GuardStats:
             "header_timeouts": self.header_timeouts,
             "body_timeouts": self.body_timeouts,
             "write_timeouts": self.write_timeouts,
+            "answers_undelivered": self.answers_undelivered,
         }
 
 
@@ -363,6 +368,8 @@ async def _write_within(
             async with asyncio.timeout(limits.write_timeout_s):
                 await response.prepare(request)
                 await response.write_eof()
+        except ConnectionError:
+            _undelivered(request, stats)
         except TimeoutError:
             stats.write_timeouts += 1
             _LOG.warning(
@@ -382,10 +389,24 @@ async def _write_within(
         await response.write_eof()
     except ConnectionError:
         if not guarded.write_timed_out:
-            raise
-        # aborted by the deadline: counted and logged there
+            _undelivered(request, stats)
+        # else aborted by the deadline: counted and logged there
     finally:
         guarded.end_answer()
+
+
+def _undelivered(request: web.Request, stats: GuardStats) -> None:
+    """The client left before its answer was out: count it, say so now and then, close."""
+    stats.answers_undelivered += 1
+    _LOG.warning(
+        "gone",
+        "an answer to %s %s was not delivered: %s closed the connection first (it gave up "
+        "waiting; see its timeout)",
+        request.method,
+        request.path,
+        request.remote,
+    )
+    _close(request)
 
 
 async def _read_within(

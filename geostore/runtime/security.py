@@ -128,7 +128,13 @@ class NodeSecurity:
             "geostore_http_guard_refusals",
             "Connections refused or dropped by the guard, by kind (cumulative).",
         )
-        for kind in ("connections_refused", "header_timeouts", "body_timeouts", "write_timeouts"):
+        for kind in (
+            "connections_refused",
+            "header_timeouts",
+            "body_timeouts",
+            "write_timeouts",
+            "answers_undelivered",
+        ):
             refusals.set_source(_stat(self.guard, kind), kind=kind)
         if tls is not None:
             tls_refused = r.gauge(
