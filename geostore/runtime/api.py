@@ -234,7 +234,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST", "/v1/admin/peers", "add_peer",
         "Tell this node the address of a node that joins its region",
-        body="PeerRequest", ok_schema="Object", errors=(400,), tags=("operations",),
+        body="PeerRequest", ok_schema="Object", errors=(400, 409), tags=("operations",),
     ),
     Route(
         "POST", "/v1/admin/members", "change_members",
