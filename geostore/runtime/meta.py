@@ -44,8 +44,9 @@ Theory of operation:
   topology file, knows its region) and added as a learner; it starts with an empty replica
   (``--join``) and catches up by log or snapshot. Removing a node that is a voter first
   promotes a live, caught-up learner of its region (one voter per region, as the voter
-  replacement keeps it), refused with 409 ``conflict`` when its region has no other live
-  node; a leader asked to remove itself hands its leadership over first (503, retried).
+  replacement keeps it) unless another voter of its region answers (a rerun after an
+  interrupted remove: no second promotion), refused with 409 ``conflict`` when its region
+  has no other live node; a leader asked to remove itself hands its leadership over first (503, retried).
   Then the node leaves the configuration and its region's node list. Voter replacement
   finds the region of an added node in that list too.
 """
@@ -348,7 +349,18 @@ class MetaHost:
         if node in conf.voters:
             regions = self.member_regions()
             region = regions.get(node)
-            if not any(v != node and regions.get(v) == region for v in conf.voters):
+
+            def answers(n: NodeId) -> bool:
+                p = st.progress.get(n)
+                return n == self.node.node_id or (p is not None and p.recent_active)
+
+            # the region's vote must stay on a node that answers: another voter of the
+            # region counts only if it does (an interrupted remove whose promoted node died
+            # since), unless the leaving voter is silent itself (nothing live is lost)
+            if not any(
+                v != node and regions.get(v) == region and (answers(v) or not answers(node))
+                for v in conf.voters
+            ):
                 await self._promote_for(node, region, regions)
             if node == self.node.node_id:
                 self._hand_over(node)

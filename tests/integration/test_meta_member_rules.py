@@ -1,0 +1,147 @@
+"""Proves the metadata leader's membership decisions keep every region's vote on a live node:
+removing a live voter whose region's other voter is silent (a ``node remove`` interrupted
+after the promotion, and the promoted node died since) is refused with 409 unless a live,
+caught-up learner of the region takes the vote first; a silent voter may still leave.
+The node runtime is real (files); the Raft group's status and its configuration changes
+are stood in for, because a lone process cannot lead a group of three regions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geostore.config import config_from_dict, topology_from_dict
+from geostore.errors import ApiError, ErrorCode
+from geostore.ids import LogIndex, NodeId, Term
+from geostore.raft.records import (
+    ConfChange,
+    ConfChangeOp,
+    ProgressState,
+    ProgressStatus,
+    Role,
+    Status,
+)
+from geostore.raft.types import ConfState
+from geostore.runtime.meta import MetaHost
+from geostore.runtime.node import NodeRuntime
+
+TOPOLOGY = topology_from_dict(
+    {
+        "name": "rules",
+        "regions": [
+            {
+                "name": "a",
+                "nodes": [
+                    {"id": "a1", "host": "127.0.0.1", "port": 1},
+                    {"id": "a2", "host": "127.0.0.1", "port": 2},
+                    {"id": "a3", "host": "127.0.0.1", "port": 3},
+                ],
+            },
+            {"name": "b", "nodes": [{"id": "b1", "host": "127.0.0.1", "port": 4}]},
+            {"name": "c", "nodes": [{"id": "c1", "host": "127.0.0.1", "port": 5}]},
+        ],
+        "links": [
+            {"a": "a", "b": "b", "rtt_ms_p50": 10.0},
+            {"a": "a", "b": "c", "rtt_ms_p50": 10.0},
+            {"a": "b", "b": "c", "rtt_ms_p50": 10.0},
+        ],
+    }
+)
+COMMIT = LogIndex(50)
+
+
+class StandIn:
+    """The leader b1's view of the metadata group; applies configuration changes at once."""
+
+    def __init__(self, voters: set[str], learners: set[str], silent: set[str]) -> None:
+        self.conf = ConfState(
+            frozenset(NodeId(n) for n in voters), frozenset(NodeId(n) for n in learners)
+        )
+        self.silent = silent
+        self.changes: list[str] = []
+
+    def status(self) -> Status:
+        progress = {
+            # lease renewals commit all the time: a silent node falls behind
+            n: ProgressStatus(
+                LogIndex(COMMIT - 5 if n in self.silent else COMMIT),
+                LogIndex(COMMIT + 1),
+                ProgressState.REPLICATE,
+                n not in self.silent,
+                0,
+            )
+            for n in self.conf.voters | self.conf.learners
+            if n != "b1"
+        }
+        z = LogIndex(0)
+        return Status(NodeId("b1"), Role.LEADER, Term(2), None, NodeId("b1"), COMMIT, COMMIT,
+                      z, COMMIT, self.conf, None, False, progress)  # fmt: skip
+
+    async def conf_change(self, change: ConfChange) -> None:
+        v, lr = set(self.conf.voters), set(self.conf.learners)
+        if change.op is ConfChangeOp.PROMOTE:
+            lr.discard(change.node)
+            v.add(change.node)
+        elif change.op is ConfChangeOp.REMOVE:
+            v.discard(change.node)
+            lr.discard(change.node)
+        self.conf = ConfState(frozenset(v), frozenset(lr))
+        self.changes.append(f"{change.op.name.lower()} {change.node}")
+
+
+@pytest.fixture
+def leader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    node = NodeRuntime(TOPOLOGY, NodeId("b1"), config_from_dict({}), str(tmp_path), bootstrap=True)
+    try:
+        meta = node.meta
+        assert meta is not None
+
+        def stand_in(voters: set[str], learners: set[str], silent: set[str]) -> StandIn:
+            fake = StandIn(voters, learners, silent)
+            # the leader's watcher saw the silent ones last long ago
+            meta._last_active.update({NodeId(n): time.monotonic() - 1000.0 for n in silent})
+            monkeypatch.setattr(meta.group, "status", fake.status)
+            monkeypatch.setattr(meta, "_conf_change", fake.conf_change)
+
+            async def no_list_change(cmd: object, timeout_s: float = 0.0) -> None:
+                return None
+
+            monkeypatch.setattr(meta, "propose_local", no_list_change)
+            return fake
+
+        yield meta, stand_in
+    finally:
+        for group in node.groups.values():
+            group.close()
+
+
+async def test_a_live_voter_does_not_leave_its_vote_to_a_silent_one(leader: Any) -> None:
+    meta, stand_in = leader
+    assert isinstance(meta, MetaHost)
+    # interrupted remove of a1: a2 was promoted, then died; no learner of a answers
+    fake = stand_in({"a1", "a2", "b1", "c1"}, {"a3"}, silent={"a2", "a3"})
+    with pytest.raises(ApiError) as err:
+        await meta.change_member("remove", NodeId("a1"), None)
+    assert err.value.code is ErrorCode.CONFLICT
+    assert fake.changes == [] and NodeId("a1") in fake.conf.voters
+    # a live, caught-up learner of a takes the vote first; then a1 leaves
+    fake.silent = {"a2"}
+    meta._last_active.pop(NodeId("a3"))
+    await meta.change_member("remove", NodeId("a1"), None)
+    assert fake.changes == ["promote a3", "remove a1"]
+
+
+async def test_a_silent_voter_may_leave_beside_another_voter_of_its_region(
+    leader: Any,
+) -> None:
+    meta, stand_in = leader
+    fake = stand_in({"a1", "a2", "b1", "c1"}, set(), silent={"a1"})
+    await meta.change_member("remove", NodeId("a1"), None)
+    assert fake.changes == ["remove a1"]
+    # and the interrupted remove, rerun while both voters of a answer: no second promotion
+    fake = stand_in({"a1", "a2", "b1", "c1"}, {"a3"}, silent=set())
+    await meta.change_member("remove", NodeId("a2"), None)
+    assert fake.changes == ["remove a2"]
