@@ -322,7 +322,8 @@ class MetaHost:
                 f"region must be one of {list(regions)}, not {region!r}",
                 field="region",
             )
-        known = self.member_regions().get(node)
+        # the region its address was recorded with (sender checks, geo) must agree
+        known = self.member_regions().get(node) or self.node.peer_regions.get(node)
         if known is not None and known != region:
             raise ApiError(
                 ErrorCode.CONFLICT, f"{node} is a node of region {known}, not {region}", node=node

@@ -15,7 +15,7 @@ import pytest
 
 from geostore.config import config_from_dict, topology_from_dict
 from geostore.errors import ApiError, ErrorCode
-from geostore.ids import LogIndex, NodeId, Term
+from geostore.ids import LogIndex, NodeId, RegionId, Term
 from geostore.raft.records import (
     ConfChange,
     ConfChangeOp,
@@ -145,3 +145,17 @@ async def test_a_silent_voter_may_leave_beside_another_voter_of_its_region(
     fake = stand_in({"a1", "a2", "b1", "c1"}, {"a3"}, silent=set())
     await meta.change_member("remove", NodeId("a2"), None)
     assert fake.changes == ["remove a2"]
+
+
+async def test_a_learner_joins_only_the_region_its_address_was_given_for(leader: Any) -> None:
+    """The region recorded with the node's address (``/v1/admin/peers``, what the sender checks
+    and geo destinations follow) and its metadata region list must not disagree."""
+    meta, stand_in = leader
+    fake = stand_in({"a1", "b1", "c1"}, set(), silent=set())
+    meta.node.add_peer(NodeId("x9"), "http://127.0.0.1:9", RegionId("c"))
+    with pytest.raises(ApiError) as err:
+        await meta.change_member("add_learner", NodeId("x9"), "a")
+    assert err.value.code is ErrorCode.CONFLICT
+    assert fake.changes == []
+    await meta.change_member("add_learner", NodeId("x9"), "c")
+    assert fake.changes == ["add_learner x9"]
