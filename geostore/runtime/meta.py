@@ -48,7 +48,9 @@ Theory of operation:
   interrupted remove: no second promotion), refused with 409 ``conflict`` when its region
   has no other live node; a leader asked to remove itself hands its leadership over first (503, retried).
   Then the node leaves the configuration and its region's node list. Voter replacement
-  finds the region of an added node in that list too.
+  finds the region of an added node in that list too. A change first confirms the leader's
+  commit index (ReadIndex) and applies up to it, so a region list it proposes (whole, not a
+  delta) never comes from a state that lacks an entry committed under the previous leader.
 """
 
 from __future__ import annotations
@@ -305,6 +307,7 @@ class MetaHost:
             )
         self._replacing = True
         try:
+            await self._read_all_committed()
             if op == "add_learner":
                 await self._add_learner(node, region)
             else:
@@ -313,6 +316,21 @@ class MetaHost:
             self._replacing = False
             self._last_active.pop(node, None)
         return self.members_json()
+
+    async def _read_all_committed(self) -> None:
+        """Apply everything committed before deciding: a new leader (the CLI retries at once
+        after a hand-over) may lag in applying its predecessor's entries, and a region list
+        computed from such a state would drop a node added just before (a lost update)."""
+        try:
+            index = await asyncio.wait_for(self.group.read_barrier(), PROPOSE_TIMEOUT_S)
+            await asyncio.wait_for(self.group.wait_applied(index), PROPOSE_TIMEOUT_S)
+        except TimeoutError:
+            raise ApiError(
+                ErrorCode.WAIT_TIMEOUT,
+                "the metadata leader did not confirm its commit index in time; retry",
+                group=META_GROUP,
+                retry_after_s=1,
+            ) from None
 
     async def _add_learner(self, node: NodeId, region: str | None) -> None:
         regions = self.node.topology.region_names()

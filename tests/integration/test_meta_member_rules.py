@@ -7,6 +7,7 @@ are stood in for, because a lone process cannot lead a group of three regions.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from geostore.raft.records import (
 from geostore.raft.types import ConfState
 from geostore.runtime.meta import MetaHost
 from geostore.runtime.node import NodeRuntime
+from geostore.store.meta import MetaSetRegion
 
 TOPOLOGY = topology_from_dict(
     {
@@ -62,6 +64,7 @@ class StandIn:
         )
         self.silent = silent
         self.changes: list[str] = []
+        self.proposed: list[object] = []
 
     def status(self) -> Status:
         progress = {
@@ -106,10 +109,19 @@ def leader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
             monkeypatch.setattr(meta.group, "status", fake.status)
             monkeypatch.setattr(meta, "_conf_change", fake.conf_change)
 
-            async def no_list_change(cmd: object, timeout_s: float = 0.0) -> None:
-                return None
+            async def record_list_change(cmd: object, timeout_s: float = 0.0) -> None:
+                fake.proposed.append(cmd)
 
-            monkeypatch.setattr(meta, "propose_local", no_list_change)
+            monkeypatch.setattr(meta, "propose_local", record_list_change)
+
+            def done(value: Any) -> asyncio.Future[Any]:
+                fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                fut.set_result(value)
+                return fut
+
+            # everything committed is applied here already
+            monkeypatch.setattr(meta.group, "read_barrier", lambda: done(COMMIT))
+            monkeypatch.setattr(meta.group, "wait_applied", lambda index: done(None))
             return fake
 
         yield meta, stand_in
@@ -159,3 +171,35 @@ async def test_a_learner_joins_only_the_region_its_address_was_given_for(leader:
     assert fake.changes == []
     await meta.change_member("add_learner", NodeId("x9"), "c")
     assert fake.changes == ["add_learner x9"]
+
+
+async def test_decisions_read_everything_committed_before(
+    leader: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new metadata leader (the CLI retries at once after a leader handed over) may not have
+    applied everything committed under the old one: a region list computed from its state then
+    would drop a node added just before. The leader first confirms its commit index (ReadIndex)
+    and applies up to it."""
+    meta, stand_in = leader
+    fake = stand_in({"a1", "b1", "c1"}, set(), silent=set())
+    meta.node.add_peer(NodeId("a8"), "http://127.0.0.1:8", RegionId("a"))
+    base = meta.state.applied_index
+    meta.state.apply(LogIndex(base + 1), MetaSetRegion(RegionId("a"), (NodeId("a1"),)))
+    committed = MetaSetRegion(RegionId("a"), (NodeId("a1"), NodeId("a9")))  # not applied yet
+
+    def read_barrier() -> asyncio.Future[LogIndex]:
+        fut: asyncio.Future[LogIndex] = asyncio.get_running_loop().create_future()
+        fut.set_result(LogIndex(base + 2))
+        return fut
+
+    def wait_applied(index: int) -> asyncio.Future[None]:
+        if meta.state.applied_index < index:
+            meta.state.apply(LogIndex(base + 2), committed)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    monkeypatch.setattr(meta.group, "read_barrier", read_barrier)
+    monkeypatch.setattr(meta.group, "wait_applied", wait_applied)
+    await meta.change_member("add_learner", NodeId("a8"), "a")
+    assert fake.proposed == [MetaSetRegion(RegionId("a"), ("a1", "a9", "a8"))], fake.proposed
