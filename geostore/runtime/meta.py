@@ -846,6 +846,8 @@ class MetaHost:
         """A new metadata leader registers the topology's regions and creates its streams."""
         topo = self.node.topology
         try:
+            # "not registered" must mean not registered by any earlier leader either
+            await self._read_all_committed()
             for r in topo.regions:
                 # once registered, a region's node list follows the membership changes
                 # (node add / remove); this node's topology file may predate them

@@ -1,7 +1,10 @@
 """Proves the metadata leader's membership decisions keep every region's vote on a live node:
 removing a live voter whose region's other voter is silent (a ``node remove`` interrupted
 after the promotion, and the promoted node died since) is refused with 409 unless a live,
-caught-up learner of the region takes the vote first; a silent voter may still leave.
+caught-up learner of the region takes the vote first; a silent voter may still leave; a
+learner joins only the region its address was recorded for; and every decision (membership
+changes, a new leader registering the topology's regions) is taken on a state that applied
+everything committed before, so a whole region list it proposes drops no node added earlier.
 The node runtime is real (files); the Raft group's status and its configuration changes
 are stood in for, because a lone process cannot lead a group of three regions."""
 
@@ -203,3 +206,34 @@ async def test_decisions_read_everything_committed_before(
     monkeypatch.setattr(meta.group, "wait_applied", wait_applied)
     await meta.change_member("add_learner", NodeId("a8"), "a")
     assert fake.proposed == [MetaSetRegion(RegionId("a"), ("a1", "a9", "a8"))], fake.proposed
+
+
+async def test_a_new_leader_registers_only_regions_that_are_not_registered(
+    leader: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the topology's regions a new leader registers: a region registered (with
+    a node added since) under the previous leader, not yet applied here, is left alone."""
+    meta, stand_in = leader
+    fake = stand_in({"a1", "b1", "c1"}, set(), silent=set())
+    base = meta.state.applied_index
+    lists = {"a": ("a1", "a2", "a3", "a9"), "b": ("b1",), "c": ("c1",)}
+
+    def read_barrier() -> asyncio.Future[LogIndex]:
+        fut: asyncio.Future[LogIndex] = asyncio.get_running_loop().create_future()
+        fut.set_result(LogIndex(base + len(lists)))
+        return fut
+
+    def wait_applied(index: int) -> asyncio.Future[None]:
+        for i, (r, ns) in enumerate(lists.items()):
+            if meta.state.applied_index < base + i + 1:
+                cmd = MetaSetRegion(RegionId(r), tuple(NodeId(n) for n in ns))
+                meta.state.apply(LogIndex(base + i + 1), cmd)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    monkeypatch.setattr(meta.group, "read_barrier", read_barrier)
+    monkeypatch.setattr(meta.group, "wait_applied", wait_applied)
+    await meta._seed()
+    assert fake.proposed == [], fake.proposed
+    assert meta.state.regions()[RegionId("a")] == lists["a"]
