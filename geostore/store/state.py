@@ -1755,8 +1755,11 @@ class EventStore:
                 p.runs and p.runs[-1][0] + p.runs[-1][1] != p.next_seq
             ):
                 raise CodecError(f"snapshot partition {p.stream}/{p.partition} is inconsistent")
+            # the same step as _add_run, never tighter: the index must stay what the
+            # snapshot's source (and every replica that applied the log) holds, or a failback
+            # cuts its quarantined runs, and shipping its producers, differently here
             cap = self.limits.geo_batches_max
-            if len(p.runs) > cap:
+            if len(p.runs) > cap + (cap >> 3):
                 del p.runs[: len(p.runs) - cap]
             for m in p.sealed:
                 bkey = (p.stream, p.partition, m.block_no)
