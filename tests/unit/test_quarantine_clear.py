@@ -447,3 +447,24 @@ def test_a_replica_restored_from_a_snapshot_quarantines_a_long_failback_alike() 
         c.apply_entry(LogIndex(len(cmds) + 1), encode_command(fork))
         assert c.quarantine() == a.quarantine()
         assert list(c.quarantine_events()) == list(a.quarantine_events())
+
+
+@pytest.mark.parametrize("follower_cleared", [True, False])
+def test_a_follower_installing_a_snapshot_deletes_bodies_the_leader_no_longer_names(
+    follower_cleared: bool,
+) -> None:
+    # The leader cleared the quarantine and deleted the bodies SNAPSHOTS_HELD snapshots
+    # later, so its snapshot no longer says they were cleared; a follower that was behind
+    # (with the runs still live, or cleared but not yet deleted) installs it.
+    leader, follower = fed(history()), fed(history())
+    keys = [(q.stream, q.partition, quarantine_block_no(q.slot)) for q in leader.store.quarantine()]
+    leader.apply(ClearQuarantine(StreamName("s")))
+    if follower_cleared:
+        follower.apply(ClearQuarantine(StreamName("s")))
+    for _ in range(SNAPSHOTS_HELD + 1):
+        snap = b"".join(leader.store.snapshot_chunks(1 << 20, include_blocks=False))
+    assert not any(r[0] == "qdrop" for r in read_records([snap]))
+    follower.store.restore_from_chunks(leader.store.self_contained_chunks([snap], 1 << 16))
+    assert follower.state() == leader.state()
+    assert [follower.blocks.has(*key) for key in keys] == [leader.blocks.has(*key) for key in keys]
+    assert follower.blocks.has(*keys[-1])  # t's run stays
