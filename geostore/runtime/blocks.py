@@ -103,8 +103,8 @@ class FileBlockStore:
             return
         except OSError as exc:
             raise StorageError(f"removing block {path} failed: {exc}") from exc
-        if path in self._dirty_files:
-            self._dirty_files.remove(path)
+        # no scan of _dirty_files here (a restore may remove many after putting many):
+        # flush skips the files that are gone
         self._dirty_dirs.add(os.path.dirname(path))
 
     def flush(self) -> None:
@@ -114,7 +114,12 @@ class FileBlockStore:
             return
         try:
             for path in files:
-                fd = os.open(path, os.O_RDONLY)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    # removed or discarded since its put (maybe put twice, so still listed):
+                    # nothing to make durable but the unlink, which its folder's fsync covers
+                    continue
                 try:
                     os.fsync(fd)
                 finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
+from geostore.errors import StorageError
 from geostore.node.raft_host import OnProposal, RaftHost, _Pending
 from geostore.raft.messages import Message
 from geostore.raft.records import Proposed, Rejected
@@ -117,26 +118,36 @@ class RuntimeHost(RaftHost):
         )
         if chunker is None:
             return super()._snapshot_source(meta, offset, max_bytes)
-        cursors = self._cursors
-        if cursors is None:
-            cursors = self._cursors = []
-        for cur in cursors:
-            if cur.meta == meta and cur.size == max_bytes:
-                if offset == cur.last_offset:
-                    return cur.last
-                if offset == cur.pos:
-                    return cur.advance()
-        local = next((d for m, d in self._snapshot_cache if m == meta), None)
-        if local is None or offset % max_bytes:
+        try:
+            cursors = self._cursors
+            if cursors is None:
+                cursors = self._cursors = []
+            for cur in cursors:
+                if cur.meta == meta and cur.size == max_bytes:
+                    if offset == cur.last_offset:
+                        return cur.last
+                    if offset == cur.pos:
+                        return cur.advance()
+            local = next((d for m, d in self._snapshot_cache if m == meta), None)
+            if local is None or offset % max_bytes:
+                return None
+            cur = _Cursor(meta, max_bytes, chunker(local, max_bytes))
+            while cur.pos < offset:
+                if not cur.advance():
+                    break
+            cursors.append(cur)
+            if len(cursors) > self.TRANSFER_CURSORS:
+                del cursors[0]
+            return cur.advance() if cur.pos == offset else b""
+        except StorageError as exc:
+            # A cursor outlives the snapshot cache: a block its snapshot names may be gone
+            # since (a cleared quarantined body is deleted after SNAPSHOTS_HELD newer
+            # snapshots). None: the core starts the follower over on the newest snapshot.
+            log.warning("snapshot at %s can no longer be sent (%s): the transfer starts over",
+                        meta.index, exc)  # fmt: skip
+            if self._cursors:
+                self._cursors = [c for c in self._cursors if c.meta != meta]
             return None
-        cur = _Cursor(meta, max_bytes, chunker(local, max_bytes))
-        while cur.pos < offset:
-            if not cur.advance():
-                break
-        cursors.append(cur)
-        if len(cursors) > self.TRANSFER_CURSORS:
-            del cursors[0]
-        return cur.advance() if cur.pos == offset else b""
 
     def step_many(self, msgs: Sequence[Message]) -> None:
         for msg in msgs:

@@ -50,7 +50,8 @@ runs whose bodies go to the BlockStore at negative block numbers (one slot per r
 reused), so memory holds run metadata only and totals (runs, events, bytes) are kept for
 status and metrics. :class:`~geostore.store.commands.ClearQuarantine` drops runs; their
 bodies are deleted only once no snapshot still in use can name them (``_snapshot_taken``,
-or a restore, which leaves only the restored snapshot in use).
+or a restore, which leaves only the restored snapshot in use: one installed from another node
+also deletes the bodies of the runs it replaced that it has no run for).
 
 *Live tail.* ``subscribe(stream, partition, callback)`` registers a callback called
 synchronously after each applied append of that partition with its last seq; the runtime
@@ -1755,8 +1756,11 @@ class EventStore:
                 p.runs and p.runs[-1][0] + p.runs[-1][1] != p.next_seq
             ):
                 raise CodecError(f"snapshot partition {p.stream}/{p.partition} is inconsistent")
+            # the same step as _add_run, never tighter: the index must stay what the
+            # snapshot's source (and every replica that applied the log) holds, or a failback
+            # cuts its quarantined runs, and shipping its producers, differently here
             cap = self.limits.geo_batches_max
-            if len(p.runs) > cap:
+            if len(p.runs) > cap + (cap >> 3):
                 del p.runs[: len(p.runs) - cap]
             for m in p.sealed:
                 bkey = (p.stream, p.partition, m.block_no)
@@ -1770,6 +1774,21 @@ class EventStore:
                         f"snapshot quarantined run {p.stream}/{p.partition} slot {q.slot} "
                         "is missing"
                     )
+        if include_blocks:
+            # Installed from another node: this state, and every snapshot the host kept of
+            # it, is replaced, so the bodies of its runs (live or cleared, not yet deleted)
+            # that the new state has no run for can go; the source deleted its copies, maybe
+            # long enough ago that its snapshot no longer lists them as "qdrop".
+            live = {
+                (p.stream, p.partition, q.slot) for p in partitions.values() for q in p.quarantine
+            }
+            old = [
+                (q.stream, q.partition, q.slot)
+                for p in self._partitions.values()
+                for q in p.quarantine
+            ]
+            old += [(s, part, slot) for _, s, part, slot in self._dropped]
+            dropped += [key for key in old if key not in live]
         self._streams, self._partitions, self._producers = streams, partitions, producers
         self.applied_index = applied
         runs = [q for p in partitions.values() for q in p.quarantine]

@@ -48,3 +48,19 @@ def test_quarantined_bodies_at_negative_numbers_survive_discard_and_remove_one_b
     store.flush()
     assert [store.has(S, P0, n) for n in (-3, -2, -1)] == [True, False, True]
     assert store.get(S, P0, -3) == b"b-3"
+
+
+def test_a_body_put_twice_before_a_flush_then_removed_does_not_fail_the_flush(
+    tmp_path: Path,
+) -> None:
+    # a follower that applied a failback, then installed two snapshots carrying the same
+    # body (no flush in between) and a third that says it was cleared
+    store = FileBlockStore(str(tmp_path))
+    store.put(S, P0, -1, b"body")
+    store.put(S, P0, -1, b"body")
+    store.put(S, P0, 3, b"block")
+    store.put(S, P0, 3, b"block")
+    store.remove(S, P0, -1)
+    store.discard(S, P0, 0)
+    store.flush()
+    assert not store.has(S, P0, -1) and not store.has(S, P0, 3)

@@ -69,6 +69,7 @@ class ContractFixture:
         app.router.add_get("/v1/streams/{s}/tail", self.tail)
         app.router.add_get("/v1/health", self.health)
         app.router.add_get("/v1/status", self.status)
+        app.router.add_post("/v1/admin/quarantine/clear", self.quarantine_clear)
         return app
 
     async def _body(self, request: web.Request) -> Any:
@@ -227,6 +228,13 @@ class ContractFixture:
         if failed is not None:
             return failed
         return self._answer(request, 200, self.status_body)
+
+    async def quarantine_clear(self, request: web.Request) -> web.Response:
+        _, failed = await self._record(request)
+        if failed is not None:
+            return failed
+        size = {"runs": 0, "events": 0, "bytes": 0}
+        return self._answer(request, 200, {"region": "r1", "cleared": size, "left": size})
 
 
 async def _serve(fake: ContractFixture) -> tuple[web.AppRunner, str]:
@@ -641,3 +649,31 @@ async def test_late_retry_stays_inside_the_dedup_window(
         else:
             assert (await first).count == 1
             assert sum(e["body"] == "first" for e in fake.events[("s", 0)]) == 1
+
+
+async def test_quarantine_clear_is_never_retried_once_sent(
+    node: tuple[ContractFixture, str],
+) -> None:
+    """A repeated clear could drop runs a failback added meanwhile: one request, whatever the
+    answer (even a retryable 503 or no answer at all), and it needs the admin role."""
+    from geostore.transport.auth import default_role_for
+
+    assert default_role_for("POST", "/v1/admin/quarantine/clear") == "admin"
+    fake, url = node
+    async with GeostoreClient([url, url]) as c:
+        answer = await c.quarantine_clear("s", 1, through_epoch=2)
+    assert fake.requests[-1][:2] == ("POST", "/v1/admin/quarantine/clear")
+    assert fake.requests[-1][3] == {"stream": "s", "partition": 1, "through_epoch": 2}
+    assert answer["cleared"]["runs"] == 0
+    fake.requests.clear()
+    fake.fail_next.append((503, {"code": "no_quorum", "message": "electing"}, {}))
+    async with GeostoreClient([url, url]) as c:
+        with pytest.raises(RequestFailed) as info:
+            await c.quarantine_clear()
+    assert info.value.retryable and len(fake.requests) == 1
+    fake.requests.clear()
+    fake.hang = True
+    async with GeostoreClient([url, url], attempt_timeout_s=0.2) as c:
+        with pytest.raises(CallTimeout, match="outcome is unknown"):
+            await c.quarantine_clear()
+    assert len(fake.requests) == 1

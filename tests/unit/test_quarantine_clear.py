@@ -385,3 +385,86 @@ def test_a_damaged_or_missing_quarantined_body_fails_the_restore_and_changes_not
         Node(n.blocks).store.restore_from_chunks(
             n.store.snapshot_chunks(1 << 20, include_blocks=False)
         )
+
+
+def test_a_transfer_whose_snapshot_lost_a_cleared_body_starts_over_instead_of_failing() -> None:
+    # A transfer cursor can outlive the host's snapshot cache: when the bodies its snapshot
+    # names were deleted meanwhile (a clear, then SNAPSHOTS_HELD snapshots), the transfer
+    # must start over with a newer snapshot, not raise out of the Raft host.
+    from types import SimpleNamespace
+
+    from geostore.raft.types import ConfState, SnapshotMeta
+    from geostore.runtime.machine import RuntimeHost
+
+    n = fed(history())
+    machine = StoreMachine(n.store)
+    meta = SnapshotMeta(index=LogIndex(n.store.applied_index), term=Term(1), conf=ConfState())
+    host = SimpleNamespace(
+        machine=machine, _snapshot_cache=[(meta, machine.snapshot())], _cursors=None,
+        TRANSFER_CURSORS=4,
+    )  # fmt: skip
+    size = 64
+
+    def source(offset: int) -> bytes | None:
+        return RuntimeHost._snapshot_source(host, meta, offset, size)  # type: ignore[arg-type]
+
+    first = source(0)
+    assert first is not None and len(first) == size
+    keys = [(q.stream, q.partition, quarantine_block_no(q.slot)) for q in n.store.quarantine()]
+    n.apply(ClearQuarantine())
+    for _ in range(SNAPSHOTS_HELD):
+        machine.snapshot()
+    host._snapshot_cache = []  # evicted: only the cursor still has it
+    assert not any(n.blocks.has(*key) for key in keys)
+    offset, answer = size, source(size)
+    while answer is not None:
+        assert len(answer) == size  # never the short last chunk of a snapshot with holes
+        offset += size
+        answer = source(offset)
+    assert not host._cursors  # the broken transfer's cursor is gone
+
+
+def test_a_replica_restored_from_a_snapshot_quarantines_a_long_failback_alike() -> None:
+    # The per-partition batch index (geo_batches_max) is trimmed in steps by apply; a restore
+    # must keep exactly what the snapshot's source kept, or a later failback cuts its runs
+    # (producers, slots, run counts) differently on the restored replica.
+    from geostore.store import StoreLimits
+
+    limits = StoreLimits(geo_batches_max=16)
+    cmds = many_batches()[:19]  # the stream and 18 batches: 18 <= 16 + 16 // 8, not trimmed
+    fork = SetHome(StreamName("m"), PartitionId(0), RegionId("b"), Epoch(2), Seq(-1))
+    a = EventStore(MemoryBlockStore(), limits=limits, tuning=TUNING)
+    for i, cmd in enumerate([*cmds, fork], 1):
+        assert not isinstance(a.apply_entry(LogIndex(i), encode_command(cmd)), Rejected)
+    for include_blocks in (True, False):
+        b = EventStore(MemoryBlockStore(), limits=limits, tuning=TUNING)
+        for i, cmd in enumerate(cmds, 1):
+            b.apply_entry(LogIndex(i), encode_command(cmd))
+        c = EventStore(
+            MemoryBlockStore() if include_blocks else b.blocks, limits=limits, tuning=TUNING
+        )
+        c.restore_from_chunks(b.snapshot_chunks(1 << 20, include_blocks=include_blocks))
+        c.apply_entry(LogIndex(len(cmds) + 1), encode_command(fork))
+        assert c.quarantine() == a.quarantine()
+        assert list(c.quarantine_events()) == list(a.quarantine_events())
+
+
+@pytest.mark.parametrize("follower_cleared", [True, False])
+def test_a_follower_installing_a_snapshot_deletes_bodies_the_leader_no_longer_names(
+    follower_cleared: bool,
+) -> None:
+    # The leader cleared the quarantine and deleted the bodies SNAPSHOTS_HELD snapshots
+    # later, so its snapshot no longer says they were cleared; a follower that was behind
+    # (with the runs still live, or cleared but not yet deleted) installs it.
+    leader, follower = fed(history()), fed(history())
+    keys = [(q.stream, q.partition, quarantine_block_no(q.slot)) for q in leader.store.quarantine()]
+    leader.apply(ClearQuarantine(StreamName("s")))
+    if follower_cleared:
+        follower.apply(ClearQuarantine(StreamName("s")))
+    for _ in range(SNAPSHOTS_HELD + 1):
+        snap = b"".join(leader.store.snapshot_chunks(1 << 20, include_blocks=False))
+    assert not any(r[0] == "qdrop" for r in read_records([snap]))
+    follower.store.restore_from_chunks(leader.store.self_contained_chunks([snap], 1 << 16))
+    assert follower.state() == leader.state()
+    assert [follower.blocks.has(*key) for key in keys] == [leader.blocks.has(*key) for key in keys]
+    assert follower.blocks.has(*keys[-1])  # t's run stays
