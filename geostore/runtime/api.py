@@ -234,12 +234,13 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST", "/v1/admin/peers", "add_peer",
         "Tell this node the address of a node that joins its region",
-        body="PeerRequest", ok_schema="Object", errors=(400,), tags=("operations",),
+        body="PeerRequest", ok_schema="Object", errors=(400, 409), tags=("operations",),
     ),
     Route(
         "POST", "/v1/admin/members", "change_members",
         "Membership change of the region's group (one at a time; forwarded to the leader)",
-        body="MembersRequest", ok_schema="Object", errors=(400, 503, 504), tags=("operations",),
+        body="MembersRequest", ok_schema="Object", errors=(400, 409, 503, 504),
+        tags=("operations",),
     ),
     Route(
         "POST", "/v1/admin/meta/members", "meta_members",
@@ -893,6 +894,20 @@ class Api:
         if ops[op] is not ConfChangeOp.REMOVE and NodeId(node) not in self.node.peer_urls:
             raise ApiError(
                 ErrorCode.MALFORMED, f"no address known for {node}: POST /v1/admin/peers first"
+            )
+        sec = self.node.security
+        home = sec.peer_region(NodeId(node))
+        if (
+            ops[op] is not ConfChangeOp.REMOVE
+            and not sec.single_leader
+            and home != self.node.region
+        ):
+            # the peer book knows nodes of other regions too (metadata group): one of them
+            # here would have its messages refused, and as a voter only raise the quorum
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"{node} is a node of region {home}, not of {self.node.region}",
+                node=node,
             )
         await self._await_all([group.propose_conf_change(ConfChange(ops[op], NodeId(node)))])
         conf = group.status().conf

@@ -44,10 +44,13 @@ Theory of operation:
   topology file, knows its region) and added as a learner; it starts with an empty replica
   (``--join``) and catches up by log or snapshot. Removing a node that is a voter first
   promotes a live, caught-up learner of its region (one voter per region, as the voter
-  replacement keeps it), refused with 409 ``conflict`` when its region has no other live
-  node; a leader asked to remove itself hands its leadership over first (503, retried).
+  replacement keeps it) unless another voter of its region answers (a rerun after an
+  interrupted remove: no second promotion), refused with 409 ``conflict`` when its region
+  has no other live node; a leader asked to remove itself hands its leadership over first (503, retried).
   Then the node leaves the configuration and its region's node list. Voter replacement
-  finds the region of an added node in that list too.
+  finds the region of an added node in that list too. A change first confirms the leader's
+  commit index (ReadIndex) and applies up to it, so a region list it proposes (whole, not a
+  delta) never comes from a state that lacks an entry committed under the previous leader.
 """
 
 from __future__ import annotations
@@ -304,6 +307,7 @@ class MetaHost:
             )
         self._replacing = True
         try:
+            await self._read_all_committed()
             if op == "add_learner":
                 await self._add_learner(node, region)
             else:
@@ -313,6 +317,21 @@ class MetaHost:
             self._last_active.pop(node, None)
         return self.members_json()
 
+    async def _read_all_committed(self) -> None:
+        """Apply everything committed before deciding: a new leader (the CLI retries at once
+        after a hand-over) may lag in applying its predecessor's entries, and a region list
+        computed from such a state would drop a node added just before (a lost update)."""
+        try:
+            index = await asyncio.wait_for(self.group.read_barrier(), PROPOSE_TIMEOUT_S)
+            await asyncio.wait_for(self.group.wait_applied(index), PROPOSE_TIMEOUT_S)
+        except TimeoutError:
+            raise ApiError(
+                ErrorCode.WAIT_TIMEOUT,
+                "the metadata leader did not confirm its commit index in time; retry",
+                group=META_GROUP,
+                retry_after_s=1,
+            ) from None
+
     async def _add_learner(self, node: NodeId, region: str | None) -> None:
         regions = self.node.topology.region_names()
         if region is None or region not in regions:
@@ -321,7 +340,8 @@ class MetaHost:
                 f"region must be one of {list(regions)}, not {region!r}",
                 field="region",
             )
-        known = self.member_regions().get(node)
+        # the region its address was recorded with (sender checks, geo) must agree
+        known = self.member_regions().get(node) or self.node.peer_regions.get(node)
         if known is not None and known != region:
             raise ApiError(
                 ErrorCode.CONFLICT, f"{node} is a node of region {known}, not {region}", node=node
@@ -348,7 +368,18 @@ class MetaHost:
         if node in conf.voters:
             regions = self.member_regions()
             region = regions.get(node)
-            if not any(v != node and regions.get(v) == region for v in conf.voters):
+
+            def answers(n: NodeId) -> bool:
+                p = st.progress.get(n)
+                return n == self.node.node_id or (p is not None and p.recent_active)
+
+            # the region's vote must stay on a node that answers: another voter of the
+            # region counts only if it does (an interrupted remove whose promoted node died
+            # since), unless the leaving voter is silent itself (nothing live is lost)
+            if not any(
+                v != node and regions.get(v) == region and (answers(v) or not answers(node))
+                for v in conf.voters
+            ):
                 await self._promote_for(node, region, regions)
             if node == self.node.node_id:
                 self._hand_over(node)
@@ -815,6 +846,8 @@ class MetaHost:
         """A new metadata leader registers the topology's regions and creates its streams."""
         topo = self.node.topology
         try:
+            # "not registered" must mean not registered by any earlier leader either
+            await self._read_all_committed()
             for r in topo.regions:
                 # once registered, a region's node list follows the membership changes
                 # (node add / remove); this node's topology file may predate them

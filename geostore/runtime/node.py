@@ -45,7 +45,7 @@ from aiohttp import web
 from geostore.codec import CodecLimits
 from geostore.config import Config, Topology
 from geostore.config.tokens import TokenTable
-from geostore.errors import ConfigError, GeostoreError
+from geostore.errors import ApiError, ConfigError, ErrorCode, GeostoreError
 from geostore.geo import GeoEnvelope
 from geostore.ids import GroupId, NodeId, RegionId
 from geostore.runtime.failover import MoveOps
@@ -310,6 +310,21 @@ class NodeRuntime:
         which this region reaches it); geo traffic may reach it too once it leads there.
         """
         region = region or self.region
+        # a known node keeps its region: moving it would let it pass another region's sender
+        # checks and make it one of that region's geo destinations (node certificates may
+        # call this route too)
+        try:
+            known: RegionId | None = self.topology.node(node).region
+        except (KeyError, ConfigError):
+            known = self.peer_regions.get(node) or (
+                self.region if node in self._load_peer_book() else None
+            )
+        if known is not None and known != region:
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"{node} is a node of region {known}, not {region}",
+                node=node,
+            )
         url = self.security.url(url)
         self.peer_urls[node] = url
         self.peer_regions[node] = region
