@@ -553,8 +553,9 @@ class GeoHost:
         # Silent for a while but known: the last leader still gets the envelope; the other
         # nodes get only a heartbeat, which the region's current leader acks (so it becomes
         # known), instead of a copy of every batch: on an overloaded machine silences of a
-        # second are common and copies tripled the WAN bytes. (Batches sent to a leader that
-        # lost its role are resent to the new one after the retransmission timeout.)
+        # second are common, and each copy costs the WAN bytes and the CPU of a whole
+        # envelope for a node that drops it. (Batches sent to a leader that lost its role
+        # are resent to the new one after the retransmission timeout.)
         probe: GeoEnvelope | None = None
         if stale and leader is not None and shipped and self.shipper is not None:
             probe = GeoEnvelope(env.src_region, dst, (self.shipper.heartbeat(),))
