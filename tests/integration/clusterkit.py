@@ -1,6 +1,6 @@
 """What the process-level tests share: the CLI in a child process, JSON calls to a node's API
 with the cluster's credentials, retries past a 503 under a deadline, a partition's events, and
-a cluster brought up for a test module and always brought down.
+a cluster brought up for a test module and always brought down, and small topologies.
 
 Every wait is bounded by a generous deadline: the tests share two cores with other work, so a
 loaded node is slow, and a wait that gives up early would make the tests flake.
@@ -25,6 +25,20 @@ from tests.integration import secure
 DEADLINE_S = 30.0
 #: Statuses :func:`ok` takes as success.
 SUCCESS = (200, 201, 202)
+
+
+def topology_toml(
+    name: str, regions: dict[str, list[str]], rtts_ms: dict[tuple[str, str], float]
+) -> str:
+    """A topology file: ``regions`` (name -> node ids, in order) with no intra-region delay,
+    one link per ``rtts_ms`` pair (both directions)."""
+    lines = [f'name = "{name}"']
+    for region, ids in regions.items():
+        listed = ", ".join(f'"{n}"' for n in ids)
+        lines += ["[[regions]]", f'name = "{region}"', "intra_rtt_ms = 0.0", f"nodes = [{listed}]"]
+    for (a, b), rtt in rtts_ms.items():
+        lines += ["[[links]]", f'a = "{a}"', f'b = "{b}"', f"rtt_ms_p50 = {rtt}"]
+    return "\n".join(lines) + "\n"
 
 
 def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -16,25 +16,11 @@ from pathlib import Path
 import pytest
 
 from geostore.client.tls import client_ssl
-from tests.integration.clusterkit import call, cluster_up, nodes, ok
+from tests.integration.clusterkit import call, cluster_up, nodes, ok, topology_toml
 
 pytestmark = pytest.mark.timeout(120)
 
-TOPOLOGY = """
-name = "member-regions"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 5.0
-"""
+TOPOLOGY = topology_toml("member-regions", {"a": ["a1"], "b": ["b1"]}, {("a", "b"): 5.0})
 
 
 def test_nodes_keep_their_regions(tmp_path: Path) -> None:

@@ -20,37 +20,23 @@ from typing import Any
 import pytest
 
 from tests.integration import secure
-from tests.integration.clusterkit import DEADLINE_S, cluster_up, events, geostore, nodes, ok
+from tests.integration.clusterkit import (
+    DEADLINE_S,
+    cluster_up,
+    events,
+    geostore,
+    nodes,
+    ok,
+    topology_toml,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
-TOPOLOGY = """
-name = "meta-members"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1", "a2"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[regions]]
-name = "c"
-intra_rtt_ms = 0.0
-nodes = ["c1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 30.0
-[[links]]
-a = "a"
-b = "c"
-rtt_ms_p50 = 50.0
-[[links]]
-a = "b"
-b = "c"
-rtt_ms_p50 = 40.0
-"""
+TOPOLOGY = topology_toml(
+    "meta-members",
+    {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1"]},
+    {("a", "b"): 30.0, ("a", "c"): 50.0, ("b", "c"): 40.0},
+)
 
 #: Snapshots every 20 entries: the metadata leader has compacted its log when b2 joins.
 CONFIG = """

@@ -20,25 +20,12 @@ from tests.integration.clusterkit import (
     geostore,
     nodes,
     ok,
+    topology_toml,
 )
 
 pytestmark = pytest.mark.timeout(180)
 
-TOPOLOGY = """
-name = "single-members"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1", "a2"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 10.0
-"""
+TOPOLOGY = topology_toml("single-members", {"a": ["a1", "a2"], "b": ["b1"]}, {("a", "b"): 10.0})
 GROUP = "data-global"
 
 
