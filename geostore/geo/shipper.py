@@ -597,7 +597,10 @@ class Shipper:
         if d is None or d.dict_id != dict_id:
             return  # not a dictionary of ours: the receiver must get it elsewhere
         link = self._links[dst]
-        if link.last_dictionary_ms is not None and now_ms - link.last_dictionary_ms < link.rto_ms:
+        if (
+            link.last_dictionary_ms is not None
+            and now_ms - link.last_dictionary_ms < link.rto_min_ms
+        ):
             return
         if d not in link.dictionaries:
             link.dictionaries.append(d)

@@ -52,6 +52,21 @@ def test_ci_seed_range_passes_with_full_coverage() -> None:
     assert sum(r.commits for r in results) > 100 * CI_SEEDS
 
 
+#: Geo seeds that once failed, with what was wrong; they run on every commit.
+GEO_REGRESSIONS = [
+    # a lost dictionary was resent at most once per backed-off retransmission timeout (up to
+    # seconds after losses and crashes) while the receiver NACKed every batch naming it
+    (489682867, "liveness"),
+]
+
+
+@pytest.mark.parametrize(("seed", "mode"), GEO_REGRESSIONS)
+def test_regression_seeds_pass(seed: int, mode: str) -> None:
+    result = run_geo_seed(seed, mode)
+    if not result.passed:
+        pytest.fail(format_failure(result))
+
+
 @pytest.mark.parametrize("unsafe", GEO_UNSAFE)
 def test_negative_control_is_caught(unsafe: str) -> None:
     start = commit_start_seed(REPO) + 7_777
