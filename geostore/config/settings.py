@@ -69,10 +69,10 @@ def _f(
 
 @dataclass(frozen=True, slots=True)
 class RaftSettings:
-    tick_ms: int = _f(10, "Length of one Raft tick, ms (the clock of every Raft group).")
-    heartbeat_ticks: int = _f(5, "Leader heartbeat interval of a regional group, in ticks.")
+    tick_ms: int = _f(20, "Length of one Raft tick, ms (the clock of every Raft group).")
+    heartbeat_ticks: int = _f(3, "Leader heartbeat interval of a regional group, in ticks.")
     election_ticks: int = _f(
-        30,
+        15,
         "Election timeout of a regional group, in ticks.",
     )
     wan_election_rtt_multiple: float = _f(

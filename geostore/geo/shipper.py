@@ -468,6 +468,28 @@ class Shipper:
 
     # --- queries --------------------------------------------------------------------------------
 
+    def linger_due_ms(self) -> int | None:
+        """The earliest time a batch now waiting for its linger to fill becomes due (None when
+        none waits): a host whose clock ticks coarser than ``linger_ms`` calls :meth:`tick`
+        then, so a lingering batch leaves on time rather than at the next tick."""
+        s = self.settings
+        if s.linger_ms <= 0:
+            return None
+        due: int | None = None
+        for key, part in self._parts.items():
+            for dst in self._dsts:
+                cur = self._cursors[(key, dst)]
+                if (
+                    cur.state is not CursorState.SHIPPING
+                    or cur.next_seq > part.commit
+                    or len(cur.inflight) >= self._links[dst].window
+                ):
+                    continue
+                at = self._commit_time(part, cur.next_seq) + s.linger_ms
+                if due is None or at < due:
+                    due = at
+        return due
+
     def lag(self, stream: StreamName, partition: PartitionId, dst: RegionId, now_ms: int) -> Lag:
         """Lag of ``dst`` for a partition: events and ms (home commit time to ack time)."""
         key = (stream, partition)

@@ -348,6 +348,8 @@ class GeoHost:
         self.envelopes_out = 0
         self.propose_failures = 0
         self._kicked = False
+        #: the call that ticks again when a lingering batch falls due (see ``_arm_linger``)
+        self._linger_timer: asyncio.TimerHandle | None = None
         #: (applied index, shipper) at the last scan of the store (see ``tick``)
         self._scanned: tuple[int, Shipper | None] | None = None
         geo = node.config.geo
@@ -443,6 +445,29 @@ class GeoHost:
             self._kicked = True
             asyncio.get_running_loop().call_soon(self.tick)
 
+    def _arm_linger(self, shipper: Shipper, now_ms: int) -> None:
+        """A batch lingering to fill is due before the next node tick: tick again then (the
+        node's clock is coarser than ``geo.linger_ms``; one timer at a time, the earliest)."""
+        due = shipper.linger_due_ms()
+        if due is None or due <= now_ms or due >= now_ms + self.node.tick_ms:
+            return  # (a batch due now waits for a window slot: an ack ticks it out)
+        timer = self._linger_timer
+        if timer is not None:
+            if timer.when() <= self._loop_time_of(due):
+                return
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._linger_timer = loop.call_at(self._loop_time_of(due), self._linger_fired)
+
+    def _loop_time_of(self, due_ms: int) -> float:
+        """``due_ms`` (this host's monotonic ms) on the event loop's clock."""
+        loop = asyncio.get_running_loop()
+        return loop.time() + max(0, due_ms - self._now_ms()) / 1000
+
+    def _linger_fired(self) -> None:
+        self._linger_timer = None
+        self.tick()
+
     def tick(self) -> None:
         self._kicked = False
         if not self.enabled:
@@ -461,6 +486,7 @@ class GeoHost:
             self._scan(store, shipper, now)
         for env in shipper.tick(now):
             self._send(env)
+        self._arm_linger(shipper, now)
         self._effects(receiver.tick(now))
         hist = self.node.metrics.geo_replication
         for _key, dst, _events, ms in shipper.drain_latencies():

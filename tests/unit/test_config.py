@@ -53,7 +53,7 @@ def test_to_dict_lists_every_section_and_field() -> None:
     assert list(d) == ["raft", "storage", "geo", "limits", "netem"]
     for name, cls in SECTIONS.items():
         assert list(d[name]) == [f.name for f in dataclasses.fields(cls)]
-    assert d["raft"]["tick_ms"] == 10 and d["storage"]["fsync"] is True
+    assert d["raft"]["tick_ms"] == 20 and d["storage"]["fsync"] is True
     assert config_from_dict(d) == Config()  # the echo loads back to the same config
 
 
@@ -94,16 +94,16 @@ def test_file_then_override_field_by_field(tmp_path: Path) -> None:
     base = write(
         tmp_path,
         "cluster.toml",
-        "[raft]\ntick_ms = 20\nelection_ticks = 40\n[geo]\nzstd_level = 5\n",
+        "[raft]\ntick_ms = 25\nelection_ticks = 40\n[geo]\nzstd_level = 5\n",
     )
     override = write(tmp_path, "node.toml", "[raft]\nelection_ticks = 50\n[netem]\nport = 9000\n")
     c = load_config(base, override)
-    assert c.raft.tick_ms == 20  # from the file
+    assert c.raft.tick_ms == 25  # from the file
     assert c.raft.election_ticks == 50  # the override wins
     assert c.geo.zstd_level == 5
     assert c.netem.port == 9000
     assert c.raft.heartbeat_ticks == RaftSettings().heartbeat_ticks  # default kept
-    assert load_config(None, override).raft.tick_ms == 10
+    assert load_config(None, override).raft.tick_ms == 20
     assert load_config(base).raft.election_ticks == 40
 
 
@@ -145,9 +145,9 @@ INVALID: list[tuple[str, str, str, str]] = [
     ("tiny segment", "[storage]\nsegment_bytes_max = 100\n", "storage.segment_bytes_max", ">="),
     (
         "heartbeat not below election",
-        "[raft]\nelection_ticks = 5\n",
+        "[raft]\nelection_ticks = 3\n",
         "raft.election_ticks",
-        "heartbeat_ticks (5) must be < election_ticks (5)",
+        "heartbeat_ticks (3) must be < election_ticks (3)",
     ),
     (
         "renew not below lease",
@@ -229,7 +229,7 @@ def test_regional_group_uses_lan_timing(three: Topology) -> None:
     c = Config()
     t = raft_timing(c, three, ["eu-west-1"])
     assert t == RaftTiming(c.raft.tick_ms, c.raft.heartbeat_ticks, c.raft.election_ticks)
-    assert t.election_ms == 300 and t.heartbeat_ms == 50
+    assert t.election_ms == 300 and t.heartbeat_ms == 60
 
 
 def test_cross_region_group_uses_ten_times_the_widest_rtt(three: Topology) -> None:
@@ -259,13 +259,13 @@ def test_cross_region_timing_follows_the_config_and_a_scaled_topology(three: Top
     assert t.tick_ms == 5 and t.election_ticks == math.ceil(4 * 218.9 / 5)
     # near-zero WAN RTT: never below the LAN timing
     fast = raft_timing(Config(), three.scaled(0.01), three.region_names())
-    assert (fast.heartbeat_ticks, fast.election_ticks) == (5, 30)
+    assert (fast.heartbeat_ticks, fast.election_ticks) == (3, 15)
 
 
 def test_cross_region_group_on_the_local_topology_keeps_lan_timing() -> None:
     local = load_topology(ROOT / "regions" / "local.toml")
     t = raft_timing(Config(), local, local.region_names())
-    assert (t.heartbeat_ticks, t.election_ticks) == (5, 30)
+    assert (t.heartbeat_ticks, t.election_ticks) == (3, 15)
 
 
 def test_a_slow_lan_raises_a_regional_election_timeout() -> None:
@@ -273,7 +273,7 @@ def test_a_slow_lan_raises_a_regional_election_timeout() -> None:
         '[[regions]]\nname = "a"\nintra_rtt_ms = 50\nnodes = ["a1", "a2", "a3"]\n', "slow.toml"
     )
     t = raft_timing(Config(), topo, ["a"])
-    assert t.election_ticks == 50 and t.heartbeat_ticks < t.election_ticks
+    assert t.election_ms == 500 and t.heartbeat_ticks < t.election_ticks
 
 
 def test_the_examples_in_the_docs_load() -> None:
@@ -284,4 +284,4 @@ def test_the_examples_in_the_docs_load() -> None:
     assert topo.link("ap-southeast-1", "us-east-1").bandwidth_kbps == 2000
     assert topo.node("euw1-n2").host == "10.0.1.11"
     assert topo.stream("flights").homes[2] == "ap-southeast-1"
-    assert parse_config(blocks[1], "docs-example").raft.election_ticks == 30
+    assert parse_config(blocks[1], "docs-example").raft.election_ticks == 25

@@ -191,6 +191,23 @@ def test_linger_waits_for_a_fuller_batch() -> None:
     assert ranges(sh.tick(122)) == [(3, 6)]  # a full batch goes at once
 
 
+def test_linger_due_names_when_a_waiting_batch_leaves() -> None:
+    log = ListLog()
+    sh = started(log, 0, linger_ms=20, batch_events_max=4, inflight_batches_max=1)
+    assert sh.linger_due_ms() is None  # nothing waits
+    sh.on_committed(S, P, E, log.commit(P, 2), 100)
+    assert ranges(sh.tick(105)) == []
+    assert sh.linger_due_ms() == 120  # the oldest waiting event's commit + linger_ms
+    assert ranges(sh.tick(120)) == [(0, 1)]
+    assert sh.linger_due_ms() is None  # all sent
+    sh.on_committed(S, P, E, log.commit(P, 1), 125)
+    assert ranges(sh.tick(126)) == []
+    assert sh.linger_due_ms() is None  # the window is full: an ack, not the clock, frees it
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(0), Seq(1), wm(1))), 130)
+    assert sh.linger_due_ms() == 145
+    assert started(ListLog(), 0, linger_ms=0).linger_due_ms() is None
+
+
 def test_ack_advances_by_the_watermark_only() -> None:
     log = ListLog()
     sh = started(log, 9)

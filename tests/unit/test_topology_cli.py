@@ -33,8 +33,8 @@ def test_show_prints_regions_matrix_links_streams_and_timing(
     link = next(line for line in out.splitlines() if "eu-west-1 -> ap-southeast-1" in line)
     assert link.split()[3:] == ["182.2", "91.1", "9.1", "5808"]
     assert "flights" in out and "0=us-east-1 1=eu-west-1 2=ap-southeast-1" in out
-    assert "regional us-east-1" in out and "30 (300 ms)" in out
-    assert "metadata / single-leader" in out and "219 (2190 ms)" in out
+    assert "regional us-east-1" in out and "15 (300 ms)" in out
+    assert "metadata / single-leader" in out and "110 (2200 ms)" in out
     assert "raft timing (config: defaults)" in out
 
 
@@ -42,24 +42,24 @@ def test_show_uses_the_config_and_override(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "c.toml"
-    config.write_text("[raft]\ntick_ms = 20\n")
+    config.write_text("[raft]\ntick_ms = 25\n")
     override = tmp_path / "o.toml"
     override.write_text("[raft]\nwan_election_rtt_multiple = 4\n")
     argv = ["topology", "show", THREE, "--config", str(config), "--override", str(override)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"config: {config} + {override}" in out
-    assert "44 (880 ms)" in out  # ceil(4 x 218.9 / 20) ticks of 20 ms
+    assert "36 (900 ms)" in out  # ceil(4 x 218.9 / 25) ticks of 25 ms
 
 
 def test_show_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["topology", "show", THREE, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["topology"]["name"] == "three-continents"
-    assert data["config"]["raft"]["tick_ms"] == 10
+    assert data["config"]["raft"]["tick_ms"] == 20
     spanning = data["raft_timing"][-1]
     assert spanning["regions"] == ["us-east-1", "eu-west-1", "ap-southeast-1"]
-    assert spanning["election_ms"] == 2190
+    assert spanning["election_ms"] == 2200
 
 
 @pytest.mark.parametrize(
