@@ -6,7 +6,9 @@ Routing rules:
   request unchanged to the leader it knows, over HTTP, marked ``X-Geostore-Forwarded`` so a
   request is forwarded at most once (a node that receives a forwarded request and does not
   lead answers 503 ``not_leader``; the client retries). No leader known within the wait:
-  503 ``no_quorum``.
+  503 ``no_quorum``. The answer of a request forwarded to the region group's leader, and a
+  ``not_leader`` refusal when a leader is known, name that leader in ``X-Geostore-Leader``,
+  so a client sends its next calls there itself instead of paying the hop on every one.
 - Between regions (multi-leader): a region commits client appends only for partitions it
   is home of, and only while it holds its home lease from the metadata group (503
   ``lease_lapsed`` otherwise, see :mod:`.meta`); the leader splits an append by home
@@ -90,6 +92,11 @@ FORWARDED_HEADER = "X-Geostore-Forwarded"
 #: Marks a request one region sent another (a routed append, a strong
 #: read): the receiving region serves it or refuses it, and never sends it on to a third.
 REGION_HEADER = "X-Geostore-From-Region"
+#: Names the node that leads the answering node's region group (``data-<region>``, or
+#: single-leader's global group): set on the answers a follower forwarded to that leader and on
+#: ``not_leader`` refusals when a leader is known. A client of the region sends its next calls
+#: there directly, saving the forwarding hop (a hint: it fails over as usual when stale).
+LEADER_HEADER = "X-Geostore-Leader"
 #: How long a write waits for commit and apply before answering 504 (outcome unknown).
 APPEND_TIMEOUT_S = 10.0
 #: How long a request waits for a leader to be known before answering 503.
@@ -320,6 +327,10 @@ class Api:
             response = await handler(request)
         except GeostoreError as err:
             response = error_response(request, self._unmirrored(request, err))
+            if err.code is ErrorCode.NOT_LEADER:
+                leader = self.node.data_group.leader
+                if leader is not None and leader != self.node.node_id:
+                    response.headers[LEADER_HEADER] = leader
         except web.HTTPException as exc:
             if exc.status == 413:
                 response = error_response(
@@ -406,6 +417,14 @@ class Api:
                 out_headers = {}
                 if "Retry-After" in resp.headers:
                     out_headers["Retry-After"] = resp.headers["Retry-After"]
+                if group is self.node.data_group:
+                    # the leader's own refusal names whom it knows (or no one); any other
+                    # answer came from the leader: name it, so the client skips this hop
+                    hint = resp.headers.get(LEADER_HEADER)
+                    if hint is None and resp.status != 503:
+                        hint = leader
+                    if hint is not None:
+                        out_headers[LEADER_HEADER] = hint
                 return web.Response(
                     status=resp.status,
                     body=data,
