@@ -1692,6 +1692,29 @@ def _media(schema: str, ctype: str = JSON) -> dict[str, Any]:
     return {ctype: {"schema": ref}}
 
 
+#: Handlers that forward to the region group's leader (their answers may carry
+#: :data:`LEADER_HEADER`); a ``not_leader`` refusal carries it on any route.
+_LEADER_ROUTED = frozenset(
+    {
+        "create_stream",
+        "append",
+        "read",
+        "aggregate",
+        "quarantine",
+        "quarantine_clear",
+        "change_members",
+        "partition_move",
+        "region_failover",
+    }
+)
+_LEADER_HEADER_DOC = {
+    "description": "the node id of the region group's leader, on an answer a follower "
+    "forwarded to it or on a not_leader refusal: send later calls there (docs/api.md)",
+    "required": False,
+    "schema": {"type": "string"},
+}
+
+
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0 document of :data:`ROUTES`."""
     paths: dict[str, Any] = {}
@@ -1727,6 +1750,9 @@ def openapi_document() -> dict[str, Any]:
         }
         if r.body is not None:
             op["requestBody"] = {"required": True, "content": _media(r.body)}
+        for status, response in op["responses"].items():
+            if status == "503" or (r.handler in _LEADER_ROUTED and int(status) < 400):
+                response["headers"] = {LEADER_HEADER: {"$ref": "#/components/headers/Leader"}}
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.0.3",
@@ -1738,5 +1764,5 @@ def openapi_document() -> dict[str, Any]:
             + ", ".join(f"{c}={s}" for c, s in HTTP_STATUS.items()),
         },
         "paths": paths,
-        "components": {"schemas": _SCHEMAS},
+        "components": {"schemas": _SCHEMAS, "headers": {"Leader": _LEADER_HEADER_DOC}},
     }
