@@ -536,11 +536,21 @@ class Api:
         )
 
     def _home_urls(self, region: str) -> list[str]:
-        """Direct addresses of a region's nodes (what a client there would use)."""
+        """Addresses of a region's nodes, for a client to send there: the topology's nodes
+        (direct addresses), then the nodes added since (``node add``; the address this node
+        learned through ``/v1/admin/peers``, live, without a restart); the region's leader as
+        this node last saw it first."""
         from geostore.runtime.node import node_url
 
-        topo = self.node.topology
-        return [self.node.security.url(node_url(topo, n)) for n in topo.region(region).node_ids()]
+        node = self.node
+        topo = node.topology
+        urls = {n: node.security.url(node_url(topo, n)) for n in topo.region(region).node_ids()}
+        for n, r in sorted(node.peer_regions.items()):
+            if r == region and n not in urls and n in node.peer_urls:
+                urls[n] = node.peer_urls[n]
+        leader = node.geo.leader_seen(RegionId(region))
+        # a stable sort: the leader first, the rest in the order above
+        return [urls[n] for n in sorted(urls, key=lambda n: n != leader)]
 
     async def append(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
@@ -631,14 +641,15 @@ class Api:
         remote = sorted(r for r in by_region if r != here)
         if request.query.get("route") == "reject" or REGION_HEADER in request.headers:
             home = remote[0]
+            addresses = self._home_urls(home)
             raise ApiError(
                 ErrorCode.WRONG_REGION,
                 f"{stream}: partitions homed in {remote} are not written in {here}; "
                 f"send them to their home region",
                 home=home,
                 homes={str(p): r for p, r in sorted(homes.items())},
-                address=self._home_urls(home)[0],
-                addresses=self._home_urls(home),
+                address=addresses[0],
+                addresses=addresses,
             )
         results: list[dict[str, Any]] = []
         token_parts: list[tuple[int, int, int]] = []
