@@ -1,21 +1,24 @@
 """Proves, between real node processes of one region (TLS and tokens on), that a follower names
-its region group's leader in ``X-Geostore-Leader`` on the answers it forwarded, and that a
-client that starts on a follower sends its later calls to the leader after one forwarded call
-(the followers' ``geostore_forwarded_total`` stops growing), while a client that does not know
-the named node stays where it is and keeps paying the forward; the OpenAPI document
-describes the header."""
+its region group's leader in ``X-Geostore-Leader`` on the answers it forwarded and on its
+``not_leader`` refusals, and that a client that starts on a follower sends its later calls to
+the leader after one forwarded call (the followers' ``geostore_forwarded_total`` stops
+growing), while a client that does not know the named node stays where it is and keeps paying
+the forward; the OpenAPI document describes the header."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from geostore.client import GeostoreClient
-from geostore.runtime.api import LEADER_HEADER, openapi_document
+from geostore.client.tls import client_ssl
+from geostore.runtime.api import FORWARDED_HEADER, LEADER_HEADER, openapi_document
+from geostore.transport.certs import CA_CERT, node_files
 from tests.integration import secure
 from tests.integration.clusterkit import DEADLINE_S, cluster_up, nodes, ok, topology_toml
 
@@ -84,6 +87,27 @@ async def test_a_forwarded_answer_names_the_leader(cluster: dict[str, Any]) -> N
             nodes(cluster)[leader]["api"] + "/v1/streams", json={"name": "hinted"}
         ) as resp:
             assert resp.status == 200 and LEADER_HEADER not in resp.headers
+
+
+async def test_a_not_leader_refusal_names_the_leader(cluster: dict[str, Any]) -> None:
+    leader = leader_of(cluster)
+    follower = next(n for n in nodes(cluster) if n != leader)
+    folder = Path(cluster["folder"]) / "certs"
+    # a request marked forwarded reaches a node that does not lead: only a node may send
+    # that mark, so the test presents a node's certificate
+    ctx = client_ssl(folder / CA_CERT, *node_files(folder, follower))
+    _, token = secure.credentials(cluster["folder"])
+    url = nodes(cluster)[follower]["api"] + "/v1/streams/hinted/events"
+    auth = {"Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession(headers=auth) as http,
+        http.post(
+            url, json={"events": [{"body": 1}]}, headers={FORWARDED_HEADER: leader}, ssl=ctx
+        ) as resp,
+    ):
+        body = await resp.json()
+        assert resp.status == 503 and body["error"]["code"] == "not_leader", body
+        assert resp.headers.get(LEADER_HEADER) == leader_of(cluster)
 
 
 async def test_a_client_on_a_follower_moves_to_the_leader(cluster: dict[str, Any]) -> None:
