@@ -36,10 +36,11 @@ import heapq
 import itertools
 import json
 import os
+import ssl as _ssl
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -432,14 +433,28 @@ class RawHttp:
     The load generator shares the machine with the nodes it measures, so every microsecond
     it spends per request is taken from them; an aiohttp client request costs a few hundred.
     This one writes the request bytes and reads a ``Content-Length`` answer (what aiohttp
-    servers send), nothing else: no redirects, no chunked answers, no TLS.
+    servers send), nothing else: no redirects, no chunked answers. ``https`` URLs are
+    spoken over TLS with ``ssl`` (the cluster's CA), ``headers`` (a bearer token) go with
+    every request.
     """
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme != "http" or parsed.hostname is None:
-            raise ValueError(f"the raw client speaks plain http only, not {url!r}")
-        self.host, self.port = parsed.hostname, parsed.port or 80
+        if parsed.scheme not in ("http", "https") or parsed.hostname is None:
+            raise ValueError(f"the raw client speaks http and https only, not {url!r}")
+        self.host = parsed.hostname
+        self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self.ssl: _ssl.SSLContext | None = None
+        if parsed.scheme == "https":
+            self.ssl = ssl if ssl is not None else _ssl.create_default_context()
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.timeout_s = timeout_s
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._open: set[asyncio.StreamWriter] = set()
@@ -449,12 +464,12 @@ class RawHttp:
         if self._idle:
             reader, writer = self._idle.pop()
         else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+            reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
             self._open.add(writer)
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: {content_type}\r\nAccept: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{self.extra}Content-Length: {len(body)}\r\n\r\n"
         )
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -503,8 +518,9 @@ async def geostore_target(
 
     if args.client == "raw":
         url = client.urls[client._current]
+        ssl_ctx, auth = client._ssl, dict(client._auth)  # the cluster's CA and token
         await client.close()
-        return _raw_append(args, events, url)
+        return _raw_append(args, events, url, ssl_ctx, auth)
 
     async def op(batch: int) -> int:
         chunk = list(itertools.islice(events, batch))
@@ -527,9 +543,13 @@ def _dumps(body: Any) -> bytes:
 
 
 def _raw_append(
-    args: argparse.Namespace, events: Iterator[dict[str, Any]], url: str
+    args: argparse.Namespace,
+    events: Iterator[dict[str, Any]],
+    url: str,
+    ssl_ctx: _ssl.SSLContext | None = None,
+    auth: Mapping[str, str] | None = None,
 ) -> tuple[Operation, Callable[[], Awaitable[None]]]:
-    raw = RawHttp(url, args.timeout)
+    raw = RawHttp(url, args.timeout, ssl=ssl_ctx, headers=auth)
     path = f"/v1/streams/{urllib.parse.quote(args.stream, safe='')}/events"
     producer = f"loadgen-{os.getpid()}"
     seqs = itertools.count()
