@@ -6,6 +6,12 @@ Theory of operation:
   Any node accepts any request (writes are forwarded to the leader inside the region), so it
   sticks to the last node that answered and moves to the next one when a node refuses the
   connection, drops it, times out or answers a retryable 503.
+- A node that forwarded a call to its region group's leader (or refused it with
+  ``not_leader``) names that leader in the ``X-Geostore-Leader`` answer header. When the
+  client knows its nodes' ids (``node_ids``, as :meth:`GeostoreClient.from_cluster` passes)
+  and the named node is one of them, it sends its later calls there, so a leader change
+  costs one forwarded call, not a hop on every call. A value it does not know (another
+  region's node, garbage) is ignored, and a call pinned to a node (``node=``) never moves.
 - Every call has a deadline (``timeout_s``); one attempt gets at most ``attempt_timeout_s``
   of it, so a hung node leaves time to try another. A 503's ``Retry-After`` is honoured
   within the deadline.
@@ -67,6 +73,8 @@ _ANSWER_LIMITS = CodecLimits(items_max=20_000_000, depth_max=64)
 _TAIL_LINE_BYTES_MAX = 8 * 1024 * 1024
 #: Longest single sleep between attempts (Retry-After is honoured up to this).
 _BACKOFF_MAX_S = 1.0
+#: The answer header that names the region group's leader (the server's ``LEADER_HEADER``).
+LEADER_HEADER = "X-Geostore-Leader"
 
 
 class GeostoreClient:
@@ -582,6 +590,17 @@ class GeostoreClient:
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self.urls)
 
+    def _follow_leader(self, named: str | None) -> bool:
+        """Send later calls to the leader an answer named, when it is one of this client's
+        own nodes (see the module docstring); True when the client moved."""
+        if named is None or self.node_ids is None or named not in self.node_ids:
+            return False
+        index = self.node_ids.index(named)
+        if index == self._current:
+            return False
+        self._current = index
+        return True
+
     def _encode(self, body: Any) -> bytes:
         if self.content_type == "cbor":
             return dumps_plain(body)
@@ -626,6 +645,7 @@ class GeostoreClient:
             if remaining <= 0:
                 break
             url = (node or self.urls[self._current]).rstrip("/")
+            moved = False
             try:
                 async with self._http().request(
                     method,
@@ -636,6 +656,8 @@ class GeostoreClient:
                     ssl=self._ssl_arg(),
                     timeout=aiohttp.ClientTimeout(total=min(remaining, self.attempt_timeout_s)),
                 ) as resp:
+                    if node is None:
+                        moved = self._follow_leader(resp.headers.get(LEADER_HEADER))
                     if resp.status < 400:
                         return _decode(resp, await resp.read())
                     err = await self._error(resp, url)
@@ -666,7 +688,9 @@ class GeostoreClient:
                     else Unreachable(f"{url}: {what}", node=url)
                 )
                 pause = self.backoff_s if (attempt + 1) % len(self.urls) == 0 else 0.0
-            if node is None:
+            if moved:  # the named leader is the better next try: no Retry-After wait
+                pause = min(pause, self.backoff_s)
+            elif node is None:
                 self._rotate()
             self.retries += 1
             pause = min(pause, _BACKOFF_MAX_S, max(0.0, deadline - _now()))

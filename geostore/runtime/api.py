@@ -6,7 +6,9 @@ Routing rules:
   request unchanged to the leader it knows, over HTTP, marked ``X-Geostore-Forwarded`` so a
   request is forwarded at most once (a node that receives a forwarded request and does not
   lead answers 503 ``not_leader``; the client retries). No leader known within the wait:
-  503 ``no_quorum``.
+  503 ``no_quorum``. The answer of a request forwarded to the region group's leader, and a
+  ``not_leader`` refusal when a leader is known, name that leader in ``X-Geostore-Leader``,
+  so a client sends its next calls there itself instead of paying the hop on every one.
 - Between regions (multi-leader): a region commits client appends only for partitions it
   is home of, and only while it holds its home lease from the metadata group (503
   ``lease_lapsed`` otherwise, see :mod:`.meta`); the leader splits an append by home
@@ -90,6 +92,11 @@ FORWARDED_HEADER = "X-Geostore-Forwarded"
 #: Marks a request one region sent another (a routed append, a strong
 #: read): the receiving region serves it or refuses it, and never sends it on to a third.
 REGION_HEADER = "X-Geostore-From-Region"
+#: Names the node that leads the answering node's region group (``data-<region>``, or
+#: single-leader's global group): set on the answers a follower forwarded to that leader and on
+#: ``not_leader`` refusals when a leader is known. A client of the region sends its next calls
+#: there directly, saving the forwarding hop (a hint: it fails over as usual when stale).
+LEADER_HEADER = "X-Geostore-Leader"
 #: How long a write waits for commit and apply before answering 504 (outcome unknown).
 APPEND_TIMEOUT_S = 10.0
 #: How long a request waits for a leader to be known before answering 503.
@@ -320,6 +327,10 @@ class Api:
             response = await handler(request)
         except GeostoreError as err:
             response = error_response(request, self._unmirrored(request, err))
+            if err.code is ErrorCode.NOT_LEADER:
+                leader = self.node.data_group.leader
+                if leader is not None and leader != self.node.node_id:
+                    response.headers[LEADER_HEADER] = leader
         except web.HTTPException as exc:
             if exc.status == 413:
                 response = error_response(
@@ -406,6 +417,14 @@ class Api:
                 out_headers = {}
                 if "Retry-After" in resp.headers:
                     out_headers["Retry-After"] = resp.headers["Retry-After"]
+                if group is self.node.data_group:
+                    # the leader's own refusal names whom it knows (or no one); any other
+                    # answer came from the leader: name it, so the client skips this hop
+                    hint = resp.headers.get(LEADER_HEADER)
+                    if hint is None and resp.status != 503:
+                        hint = leader
+                    if hint is not None:
+                        out_headers[LEADER_HEADER] = hint
                 return web.Response(
                     status=resp.status,
                     body=data,
@@ -517,11 +536,21 @@ class Api:
         )
 
     def _home_urls(self, region: str) -> list[str]:
-        """Direct addresses of a region's nodes (what a client there would use)."""
+        """Addresses of a region's nodes, for a client to send there: the topology's nodes
+        (direct addresses), then the nodes added since (``node add``; the address this node
+        learned through ``/v1/admin/peers``, live, without a restart); the region's leader as
+        this node last saw it first."""
         from geostore.runtime.node import node_url
 
-        topo = self.node.topology
-        return [self.node.security.url(node_url(topo, n)) for n in topo.region(region).node_ids()]
+        node = self.node
+        topo = node.topology
+        urls = {n: node.security.url(node_url(topo, n)) for n in topo.region(region).node_ids()}
+        for n, r in sorted(node.peer_regions.items()):
+            if r == region and n not in urls and n in node.peer_urls:
+                urls[n] = node.peer_urls[n]
+        leader = node.geo.leader_seen(RegionId(region))
+        # a stable sort: the leader first, the rest in the order above
+        return [urls[n] for n in sorted(urls, key=lambda n: n != leader)]
 
     async def append(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
@@ -612,14 +641,15 @@ class Api:
         remote = sorted(r for r in by_region if r != here)
         if request.query.get("route") == "reject" or REGION_HEADER in request.headers:
             home = remote[0]
+            addresses = self._home_urls(home)
             raise ApiError(
                 ErrorCode.WRONG_REGION,
                 f"{stream}: partitions homed in {remote} are not written in {here}; "
                 f"send them to their home region",
                 home=home,
                 homes={str(p): r for p, r in sorted(homes.items())},
-                address=self._home_urls(home)[0],
-                addresses=self._home_urls(home),
+                address=addresses[0],
+                addresses=addresses,
             )
         results: list[dict[str, Any]] = []
         token_parts: list[tuple[int, int, int]] = []
@@ -1673,6 +1703,29 @@ def _media(schema: str, ctype: str = JSON) -> dict[str, Any]:
     return {ctype: {"schema": ref}}
 
 
+#: Handlers that forward to the region group's leader (their answers may carry
+#: :data:`LEADER_HEADER`); a ``not_leader`` refusal carries it on any route.
+_LEADER_ROUTED = frozenset(
+    {
+        "create_stream",
+        "append",
+        "read",
+        "aggregate",
+        "quarantine",
+        "quarantine_clear",
+        "change_members",
+        "partition_move",
+        "region_failover",
+    }
+)
+_LEADER_HEADER_DOC = {
+    "description": "the node id of the region group's leader, on an answer a follower "
+    "forwarded to it or on a not_leader refusal: send later calls there (docs/api.md)",
+    "required": False,
+    "schema": {"type": "string"},
+}
+
+
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0 document of :data:`ROUTES`."""
     paths: dict[str, Any] = {}
@@ -1708,6 +1761,9 @@ def openapi_document() -> dict[str, Any]:
         }
         if r.body is not None:
             op["requestBody"] = {"required": True, "content": _media(r.body)}
+        for status, response in op["responses"].items():
+            if status == "503" or (r.handler in _LEADER_ROUTED and int(status) < 400):
+                response["headers"] = {LEADER_HEADER: {"$ref": "#/components/headers/Leader"}}
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.0.3",
@@ -1719,5 +1775,5 @@ def openapi_document() -> dict[str, Any]:
             + ", ".join(f"{c}={s}" for c, s in HTTP_STATUS.items()),
         },
         "paths": paths,
-        "components": {"schemas": _SCHEMAS},
+        "components": {"schemas": _SCHEMAS, "headers": {"Leader": _LEADER_HEADER_DOC}},
     }

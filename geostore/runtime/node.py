@@ -37,6 +37,7 @@ import os
 import random
 import signal
 import time
+from collections import ChainMap
 from typing import Any
 
 import aiohttp
@@ -224,7 +225,8 @@ class NodeRuntime:
             self.placement = LeaderPlacement(
                 self.data_group,
                 preferred,
-                {n.id: n.region for n in topology.nodes()},
+                # live: nodes added since (the peer book) count as their region's at once
+                ChainMap({n.id: n.region for n in topology.nodes()}, self.peer_regions),
                 max(1, self.data_group.election_ms // self.data_group.tick_ms),
             )
         #: the global metadata group (multi-leader mode with several regions; else None:

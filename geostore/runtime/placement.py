@@ -15,6 +15,10 @@ Theory of operation:
 - A transfer stops proposals until it completes or aborts (after an election timeout), so
   after an attempt the leader waits two election timeouts before the next one: a target
   that died meanwhile costs one bounded pause, not a loop of them.
+- Which region a voter is in comes from a live view (the topology's nodes, then the nodes
+  added since with ``node add``, as the node's peer book learned them through
+  ``/v1/admin/peers``): a voter added to the preferred region is a handover target at
+  once, not after a restart.
 - Nothing here is durable and nothing here is needed for safety: it is a placement policy
   on top of Raft's own elections.
 """
@@ -44,7 +48,8 @@ class LeaderPlacement:
     ) -> None:
         self.group = group
         self.preferred = preferred
-        self.region_of = dict(region_of)
+        #: read, never copied: the node keeps it current as peers are added
+        self.region_of = region_of
         self.backoff_ticks = 2 * election_ticks
         self._ticks = 0
         self._next_try = 0

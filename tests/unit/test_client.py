@@ -32,6 +32,7 @@ from geostore.client import (
     load_cluster,
     parse_cluster,
 )
+from geostore.client.client import LEADER_HEADER
 from geostore.client.sse import SseParser
 from geostore.errors import ApiError, ErrorCode
 
@@ -51,6 +52,8 @@ class ContractFixture:
         self.tail_drop_after = 0
         self.partial_fail_once: int | None = None
         self.status_body: dict[str, Any] = {"node": "n1", "region": "r1"}
+        #: headers of every answer (a forwarding node's X-Geostore-Leader)
+        self.answer_headers: dict[str, str] = {}
         #: like the server's dedup window: a seq this far below the id's latest is refused
         self.window = 1 << 30
         self.max_seq: dict[str, int] = {}
@@ -81,6 +84,7 @@ class ContractFixture:
         return json.loads(raw)
 
     def _answer(self, request: web.Request, status: int, body: Any, **headers: str) -> web.Response:
+        headers = {**self.answer_headers, **headers}
         if "application/cbor" in request.headers.get("Accept", ""):
             return web.Response(
                 status=status,
@@ -614,6 +618,83 @@ async def test_find_leader_moves_to_the_leaders_url(node: tuple[ContractFixture,
         assert not [r for r in fake.requests if r[1].endswith("/events")]
     finally:
         await runner2.cleanup()
+
+
+def _event_calls(fake: ContractFixture) -> int:
+    return len([r for r in fake.requests if r[1].endswith("/events")])
+
+
+async def test_a_named_leader_takes_the_later_calls(node: tuple[ContractFixture, str]) -> None:
+    follower, url = node
+    leader = ContractFixture()
+    runner2, url2 = await _serve(leader)
+    try:
+        follower.answer_headers = {LEADER_HEADER: "n2"}  # it forwarded to n2
+        async with GeostoreClient([url, url2], "r1", node_ids=["n1", "n2"]) as c:
+            await c.append("s", [{"body": 1}])
+            await c.append("s", [{"body": 2}])
+            await c.read("s", 0)
+        assert _event_calls(follower) == 1 and _event_calls(leader) == 2
+    finally:
+        await runner2.cleanup()
+
+
+@pytest.mark.parametrize("named", ["n9", "", "n1 n2", "N2"])
+async def test_a_leader_the_client_does_not_know_is_ignored(
+    node: tuple[ContractFixture, str], named: str
+) -> None:
+    follower, url = node
+    other = ContractFixture()
+    runner2, url2 = await _serve(other)
+    try:
+        follower.answer_headers = {LEADER_HEADER: named}
+        async with GeostoreClient([url, url2], "r1", node_ids=["n1", "n2"]) as c:
+            for i in range(3):
+                await c.append("s", [{"body": i}])
+        # without node ids the client cannot tell whom a header names: it stays too
+        follower.answer_headers = {LEADER_HEADER: "n2"}
+        async with GeostoreClient([url, url2], "r1") as c:
+            for i in range(3):
+                await c.append("s", [{"body": i}])
+        assert _event_calls(follower) == 6 and _event_calls(other) == 0
+    finally:
+        await runner2.cleanup()
+
+
+async def test_a_pinned_call_does_not_move_the_client(node: tuple[ContractFixture, str]) -> None:
+    follower, url = node
+    leader = ContractFixture()
+    runner2, url2 = await _serve(leader)
+    try:
+        async with GeostoreClient([url, url2], "r1", node_ids=["n1", "n2"]) as c:
+            leader.answer_headers = {LEADER_HEADER: "n2"}
+            follower.answer_headers = {LEADER_HEADER: "n2"}
+            await c.status(node=url)  # pinned to n1: its answer names n2, the client stays
+            await c.read("s", 0)  # so this one goes to n1 (and its answer moves the client)
+            await c.read("s", 0)
+        assert _event_calls(follower) == 1 and _event_calls(leader) == 1
+    finally:
+        await runner2.cleanup()
+
+
+async def test_not_leader_naming_the_leader_is_retried_there(
+    node: tuple[ContractFixture, str],
+) -> None:
+    old_leader, url = node
+    fakes = [ContractFixture(), ContractFixture()]
+    served = [await _serve(f) for f in fakes]
+    try:
+        refusal = {"code": "not_leader", "message": "n1 does not lead", "leader": "n2"}
+        old_leader.fail_next = [(503, refusal, {"Retry-After": "1", LEADER_HEADER: "n2"})]
+        urls = [url, served[0][1], served[1][1]]
+        async with GeostoreClient(urls, "r1", node_ids=["n1", "n3", "n2"]) as c:
+            res = await c.append("s", [{"body": 1}])
+        assert res.results[0].first_seq == 0
+        # rotation would have tried n3 next; the named leader n2 took the retry
+        assert [_event_calls(f) for f in (old_leader, *fakes)] == [1, 0, 1]
+    finally:
+        for runner, _ in served:
+            await runner.cleanup()
 
 
 async def test_tail_carries_large_events(node: tuple[ContractFixture, str]) -> None:
