@@ -536,6 +536,8 @@ class GeoHost:
         self._effects(receiver.on_envelope(env, now))
         for out in shipper.tick(now):
             self._send(out)
+        # an ack that freed the window, or a probe answer, may have left a batch lingering
+        self._arm_linger(shipper, now)
 
     def _note_source(self, env: GeoEnvelope) -> None:
         known = self._source_known
