@@ -15,8 +15,9 @@ Theory of operation:
   home partition's applied seq to the shipper (``on_committed``: the leader applies only
   committed entries), ticks both cores and sends what they return. The shipper reads batches through :class:`StoreLog`, the store's
   ``committed_entries``. The node's tick (20 ms by default) is too coarse to end a batch's
-  ``geo.linger_ms`` on time: after each tick of the shipper (node tick, kick, timer, incoming envelope) the host sets one
-  timer for the moment the earliest lingering batch falls due (``Shipper.linger_due_ms``).
+  ``geo.linger_ms`` on time: after each tick of the shipper (node tick, kick, timer,
+  incoming envelope) the host sets one timer for the moment the earliest lingering batch
+  falls due (``Shipper.linger_due_ms``).
 - A receiver's ``ProposeBatch`` becomes an ``ApplyRemote`` proposal in the region's own Raft
   log; when any ``ApplyRemote`` applies on the leader (whoever proposed it), the store's
   verdict goes back to the receiver, which acknowledges what the durable watermark covers.
