@@ -1762,7 +1762,9 @@ def openapi_document() -> dict[str, Any]:
         if r.body is not None:
             op["requestBody"] = {"required": True, "content": _media(r.body)}
         for status, response in op["responses"].items():
-            if status == "503" or (r.handler in _LEADER_ROUTED and int(status) < 400):
+            # a forwarded answer names the leader whatever its status (a 400, 404 or 421 of
+            # the leader as much as its 200)
+            if status == "503" or r.handler in _LEADER_ROUTED:
                 response["headers"] = {LEADER_HEADER: {"$ref": "#/components/headers/Leader"}}
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {

@@ -14,7 +14,10 @@ Theory of operation:
 - Every node tick, and soon after each flush that applied entries, the host reports each
   home partition's applied seq to the shipper (``on_committed``: the leader applies only
   committed entries), ticks both cores and sends what they return. The shipper reads batches through :class:`StoreLog`, the store's
-  ``committed_entries``.
+  ``committed_entries``. The node's tick (20 ms by default) is too coarse to end a batch's
+  ``geo.linger_ms`` on time: after each tick of the shipper (node tick, kick, timer,
+  incoming envelope) the host sets one timer for the moment the earliest lingering batch
+  falls due (``Shipper.linger_due_ms``).
 - A receiver's ``ProposeBatch`` becomes an ``ApplyRemote`` proposal in the region's own Raft
   log; when any ``ApplyRemote`` applies on the leader (whoever proposed it), the store's
   verdict goes back to the receiver, which acknowledges what the durable watermark covers.
@@ -536,6 +539,8 @@ class GeoHost:
         self._effects(receiver.on_envelope(env, now))
         for out in shipper.tick(now):
             self._send(out)
+        # an ack that freed the window, or a probe answer, may have left a batch lingering
+        self._arm_linger(shipper, now)
 
     def _note_source(self, env: GeoEnvelope) -> None:
         known = self._source_known

@@ -148,5 +148,8 @@ def test_the_openapi_document_describes_the_header() -> None:
     ref = {"$ref": "#/components/headers/Leader"}
     assert append["200"]["headers"] == {LEADER_HEADER: ref}
     assert append["503"]["headers"] == {LEADER_HEADER: ref}
+    # the leader's refusals come back forwarded too, naming it like its 200 does
+    for code in ("400", "404", "421", "504"):
+        assert append[code]["headers"] == {LEADER_HEADER: ref}, code
     assert "headers" not in status["200"]  # never forwarded
     assert doc["components"]["headers"]["Leader"]["schema"] == {"type": "string"}
