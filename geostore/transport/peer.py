@@ -77,7 +77,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import aiohttp
@@ -144,6 +144,11 @@ class PeerCounters:
     frames_too_large: int = 0  # frames over frame_bytes_max: link reset
     handler_errors: int = 0  # on_message raised (a bug above us), logged
     last_error: str | None = None
+
+
+#: PeerCounters' fields, for a shallow copy (``dataclasses.asdict`` deep-copies recursively:
+#: most of the cost of a status answer, which monitoring asks for every second)
+_COUNTER_FIELDS = tuple(f.name for f in fields(PeerCounters))
 
 
 class _Outbound:
@@ -815,7 +820,8 @@ class PeerTransport:
                 "queued": len(link.queue) if link is not None else 0,
                 "queued_bytes": link.queued_bytes if link is not None else 0,
             }
-            entry.update(asdict(self._counters[peer]))
+            counters = self._counters[peer]
+            entry.update({name: getattr(counters, name) for name in _COUNTER_FIELDS})
             peers[peer] = entry
         return {
             "node_id": self._node_id,
