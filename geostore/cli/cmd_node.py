@@ -52,8 +52,19 @@ Membership of a cluster started with ``geostore cluster up`` (one change at a ti
   never rejoin under its old id (it may have voted or acknowledged entries it no longer
   has).
 
-Each step is retried on 503/504 until ``--timeout`` (the metadata group's changes are
-idempotent: a repeated one answers the same). ``cluster.json`` records the metadata group's
+Each step is retried on 503/504 until ``--timeout`` (every step is idempotent: a repeated
+one answers the same, ``/v1/admin/members`` with ``"already": true``).
+
+An interrupted ``node add`` resumes when rerun with the same id and region: the id is in
+the resolved topology under that region, so the topology (and port) are kept; the process
+is started only if its recorded pid is dead, with ``--join`` only while it is not a voter
+of its region's group (a learner counts in no quorum, so an empty replica may start over;
+``--join`` also lets the empty metadata replica of a voter that is no metadata member yet
+start). After the add completed (``joined`` in ``cluster.json``) it restarts without
+``--join``, and a voter whose data group storage is empty (a wiped disk) is refused, so it
+never comes back under its old identity. Existing WAN proxies are kept (netem's
+``apply_links`` keeps a proxy with the same upstream), and every remaining step runs again.
+The same id under another region is refused (409), and so, forever, is a removed id. ``cluster.json`` records the metadata group's
 membership under ``meta`` when the command finishes.
 """
 
@@ -79,7 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", help="this node's data directory")
     parser.add_argument("--cluster", help="add/remove/replace: the folder of cluster up")
     parser.add_argument("--region", help="add: the region to join")
-    parser.add_argument("--id", dest="new_id", help="add: the new node id")
+    parser.add_argument(
+        "--id",
+        dest="new_id",
+        help="add: the new node id (rerun with the same id and region to resume an add "
+        "that was interrupted)",
+    )
     parser.add_argument("--new-id", dest="replacement", help="replace: id of the new node")
     parser.add_argument("--timeout", type=float, default=120.0, help="membership: deadline")
     parser.add_argument(
