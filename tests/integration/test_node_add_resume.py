@@ -3,7 +3,9 @@ region: a run stopped right after it started the process (its node then killed t
 completed by a rerun that restarts the node with ``--join``, which becomes a voter and serves
 the events written before and after; a rerun of a completed add changes nothing and starts no
 second process; the id stays refused under another region, after its disk was wiped, and for
-good once it was removed."""
+good once it was removed. With two regions, the resumed add keeps the WAN proxies the
+interrupted one created and makes the node a metadata learner, which a rerun repeats
+harmlessly."""
 
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ from typing import Any
 import pytest
 
 from tests.integration import secure
+from tests.integration.clusterkit import cluster_up, nodes, ok, topology_toml
 
 pytestmark = pytest.mark.timeout(240)
+
+TWO_REGIONS = topology_toml("resume-meta", {"a": ["a1"], "b": ["b1"]}, {("a", "b"): 5.0})
 
 TOPOLOGY = """
 name = "resume"
@@ -171,3 +176,36 @@ def test_an_interrupted_add_resumes_and_a_taken_id_stays_refused(tmp_path: Path)
         assert down.returncode == 0, down.stderr
     for pid in pids:
         wait_for(f"{pid} stopped", lambda pid=pid: None if alive(pid) else True, 30)
+
+
+def test_a_resumed_add_keeps_its_wan_proxies_and_joins_the_metadata_group(tmp_path: Path) -> None:
+    with cluster_up(tmp_path, TWO_REGIONS, timeout_s=60) as info:
+        assert info.get("netem"), info  # the other region reaches b2 through a proxy
+        folder = info["folder"]
+        a1 = nodes(info)["a1"]["api"]
+        ok(a1 + "/v1/streams", {"name": "s", "partitions": 2, "homes": {"0": "a", "1": "b"}},
+           retry=(503, 504))  # fmt: skip
+        add = ("node", "add", "--cluster", folder, "--region", "b", "--id", "b2")
+        out = geostore(*add, "--timeout", "0.01")  # stops before it told anyone about b2
+        assert out.returncode == 1, out.stdout + out.stderr
+        first = nodes(secure.register(folder))["b2"]
+        assert sorted(first["proxies"]) == ["a"], first
+        try:
+            out = geostore(*add, "--timeout", "90")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert "resuming the add of b2" in out.stdout, out.stdout
+            assert "started b2" not in out.stdout, out.stdout
+            assert "WAN proxies" in out.stdout, out.stdout
+            b2 = nodes(secure.register(folder))["b2"]
+            assert b2["pid"] == first["pid"] and b2["proxies"] == first["proxies"]
+            _, st = call(b2["api"] + "/v1/status")
+            assert st["groups"]["data-b"]["voters"] == ["b1", "b2"], st["groups"]
+            assert "b2" in st["meta"]["learners"] + st["meta"]["voters"], st["meta"]
+
+            out = geostore(*add, "--timeout", "60")
+            assert out.returncode == 0, out.stdout + out.stderr
+            for step in ("learner", "voter", "metadata member", "WAN proxies"):
+                assert step in out.stdout, out.stdout
+        finally:
+            if alive(first["pid"]):  # cluster down stops it too; this is belt and braces
+                os.kill(first["pid"], signal.SIGTERM)
