@@ -368,16 +368,26 @@ def _membership(args: argparse.Namespace) -> int:
         it reports them (the union: a follower may lag behind the leader)."""
         voters: set[str] = set()
         learners: set[str] = set()
-        for url in live_apis(None if mode == "single-leader" else region):
-            try:
-                st = _get_json(url + "/v1/status", 5.0) or {}
-            except (OSError, ValueError):
-                continue
-            for g in (st.get("groups") or {}).values():
-                if isinstance(g, dict) and g.get("group") != "meta":
-                    voters.update(g.get("voters") or ())
-                    learners.update(g.get("learners") or ())
-        return voters, learners
+        while True:
+            answered = False
+            for url in live_apis(None if mode == "single-leader" else region):
+                try:
+                    st = _get_json(url + "/v1/status", 5.0) or {}
+                except (OSError, ValueError):
+                    continue
+                answered = True
+                for g in (st.get("groups") or {}).values():
+                    if isinstance(g, dict):
+                        voters.update(g.get("voters") or ())
+                        learners.update(g.get("learners") or ())
+            if answered:  # no answer must not pass for "not a voter" (--join)
+                return voters, learners
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    ErrorCode.WAIT_TIMEOUT,
+                    f"no live node of {region} answered /v1/status before the deadline",
+                )
+            time.sleep(0.5)
 
     def storage_empty(group_dir: str) -> bool:
         """What the node itself checks at start (runtime/group.py): nothing ever written."""
@@ -418,8 +428,13 @@ def _membership(args: argparse.Namespace) -> int:
         if entry is None:  # stopped between writing the topology and cluster.json
             scheme = "https" if cluster.get("tls") else "http"
             entry = {"id": new_id, "api": f"{scheme}://127.0.0.1:{spec.port}", "pid": None,
-                     "dir": os.path.join(folder, "nodes", new_id), "proxies": {}, "cmd": None}  # fmt: skip
+                     "dir": os.path.join(folder, "nodes", new_id), "proxies": {}, "cmd": None,
+                     "added": True}  # fmt: skip
             cluster["regions"][region]["nodes"].append(entry)
+        if not entry.get("added"):  # a founding member: nothing to resume
+            raise ApiError(
+                ErrorCode.CONFLICT, f"node id {new_id!r} is taken (ids are never reused)"
+            )
         return entry
 
     def add(region: str, new_id: str) -> None:
@@ -448,7 +463,8 @@ def _membership(args: argparse.Namespace) -> int:
             os.replace(resolved_path + ".tmp", resolved_path)
             scheme = "https" if cluster.get("tls") else "http"
             entry = {"id": new_id, "api": f"{scheme}://127.0.0.1:{port}", "pid": None,
-                     "dir": os.path.join(folder, "nodes", new_id), "proxies": {}, "cmd": None}  # fmt: skip
+                     "dir": os.path.join(folder, "nodes", new_id), "proxies": {}, "cmd": None,
+                     "added": True}  # fmt: skip
             # recorded once its process runs (a pid); a rerun in between finds the topology
             cluster["regions"][region]["nodes"].append(entry)
         else:

@@ -145,6 +145,11 @@ def test_an_interrupted_add_resumes_and_a_taken_id_stays_refused(tmp_path: Path)
         assert "started n4" not in out.stdout, out.stdout
         assert entry(folder, "n4")["pid"] == n4["pid"] and alive(n4["pid"])
 
+        # a founding member's id is no add to resume
+        out = geostore("node", "add", "--cluster", str(folder), "--region", "r1", "--id", "n1",
+                       "--timeout", "10")  # fmt: skip
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "is taken" in out.stderr, out.stderr
         # the id is taken by r1: another region is refused, naming it
         out = geostore("node", "add", "--cluster", str(folder), "--region", "r2", "--id", "n4",
                        "--timeout", "10")  # fmt: skip
