@@ -52,8 +52,19 @@ Membership of a cluster started with ``geostore cluster up`` (one change at a ti
   never rejoin under its old id (it may have voted or acknowledged entries it no longer
   has).
 
-Each step is retried on 503/504 until ``--timeout`` (the metadata group's changes are
-idempotent: a repeated one answers the same). ``cluster.json`` records the metadata group's
+Each step is retried on 503/504 until ``--timeout`` (every step is idempotent: a repeated
+one answers the same, ``/v1/admin/members`` with ``"already": true``).
+
+An interrupted ``node add`` resumes when rerun with the same id and region: the id is in
+the resolved topology under that region, so the topology (and port) are kept; the process
+is started only if its recorded pid is dead, with ``--join`` only while it is not a voter
+of its region's group (a learner counts in no quorum, so an empty replica may start over;
+``--join`` also lets the empty metadata replica of a voter that is no metadata member yet
+start). After the add completed (``joined`` in ``cluster.json``) it restarts without
+``--join``, and a voter whose data group storage is empty (a wiped disk) is refused, so it
+never comes back under its old identity. Existing WAN proxies are kept (netem's
+``apply_links`` keeps a proxy with the same upstream), and every remaining step runs again.
+The same id under another region is refused (409), and so, forever, is a removed id. ``cluster.json`` records the metadata group's
 membership under ``meta`` when the command finishes.
 """
 
@@ -79,7 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", help="this node's data directory")
     parser.add_argument("--cluster", help="add/remove/replace: the folder of cluster up")
     parser.add_argument("--region", help="add: the region to join")
-    parser.add_argument("--id", dest="new_id", help="add: the new node id")
+    parser.add_argument(
+        "--id",
+        dest="new_id",
+        help="add: the new node id (rerun with the same id and region to resume an add "
+        "that was interrupted)",
+    )
     parser.add_argument("--new-id", dest="replacement", help="replace: id of the new node")
     parser.add_argument("--timeout", type=float, default=120.0, help="membership: deadline")
     parser.add_argument(
@@ -322,7 +338,7 @@ def _membership(args: argparse.Namespace) -> int:
             n["api"]
             for r in chosen
             for n in regions[r]["nodes"]
-            if n["id"] != without and _alive(n["pid"])
+            if n["id"] != without and n.get("pid") and _alive(n["pid"])
         ]
 
     def proxies_for(new_id: str, grown: Topology) -> dict[str, str]:
@@ -347,32 +363,116 @@ def _membership(args: argparse.Namespace) -> int:
         os.replace(wan + ".tmp", wan)
         return proxies
 
-    def add(region: str, new_id: str) -> None:
-        from geostore.cli.cmd_cluster import _free_port
+    def data_conf(region: str) -> tuple[set[str], set[str]]:
+        """Voters and learners of the group ``region``'s nodes vote in, as any live node of
+        it reports them (the union: a follower may lag behind the leader)."""
+        voters: set[str] = set()
+        learners: set[str] = set()
+        while True:
+            answered = False
+            for url in live_apis(None if mode == "single-leader" else region):
+                try:
+                    st = _get_json(url + "/v1/status", 5.0) or {}
+                except (OSError, ValueError):
+                    continue
+                answered = True
+                for g in (st.get("groups") or {}).values():
+                    if isinstance(g, dict):
+                        voters.update(g.get("voters") or ())
+                        learners.update(g.get("learners") or ())
+            if answered:  # no answer must not pass for "not a voter" (--join)
+                return voters, learners
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    ErrorCode.WAIT_TIMEOUT,
+                    f"no live node of {region} answered /v1/status before the deadline",
+                )
+            time.sleep(0.5)
 
-        if any(n.id == new_id for n in topology.nodes()):
+    def storage_empty(group_dir: str) -> bool:
+        """What the node itself checks at start (runtime/group.py): nothing ever written."""
+        from geostore.raft.types import HardState
+        from geostore.storage.files import open_storage
+
+        raft_dir = os.path.join(group_dir, "raft")
+        if not os.path.isdir(raft_dir):
+            return True
+        storage = open_storage(raft_dir)
+        try:
+            return (
+                storage.log.last_index() == 0
+                and storage.hard_state.load() == HardState()
+                and storage.snapshots.latest() is None
+            )
+        finally:
+            storage.close()
+
+    def resume_entry(region: str, new_id: str) -> dict[str, Any] | None:
+        """The cluster.json entry of an add of ``new_id`` to ``region`` to resume; None for
+        an id never used; ApiError for one that may not be (re)used this way."""
+        if new_id in cluster.get("removed", []):
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"node id {new_id!r} was removed from this cluster (ids are never reused)",
+            )
+        spec = next((n for n in topology.nodes() if n.id == new_id), None)
+        if spec is None:
+            return None
+        if spec.region != region:
+            raise ApiError(
+                ErrorCode.CONFLICT,
+                f"node id {new_id!r} is taken by region {spec.region} (ids are never reused); "
+                f"rerun with --region {spec.region} to resume its add",
+            )
+        entry = next((n for n in cluster["regions"][region]["nodes"] if n["id"] == new_id), None)
+        if entry is None:  # stopped between writing the topology and cluster.json
+            scheme = "https" if cluster.get("tls") else "http"
+            entry = {"id": new_id, "api": f"{scheme}://127.0.0.1:{spec.port}", "pid": None,
+                     "dir": os.path.join(folder, "nodes", new_id), "proxies": {}, "cmd": None,
+                     "added": True}  # fmt: skip
+            cluster["regions"][region]["nodes"].append(entry)
+        if not entry.get("added"):  # a founding member: nothing to resume
             raise ApiError(
                 ErrorCode.CONFLICT, f"node id {new_id!r} is taken (ids are never reused)"
             )
+        return entry
+
+    def add(region: str, new_id: str) -> None:
+        from geostore.cli.cmd_cluster import _free_port
+
+        entry = resume_entry(region, new_id)  # first: a taken id names its region
         if region not in topology.region_names():
             raise ApiError(
                 ErrorCode.MALFORMED,
                 f"no region {region!r} in this cluster ({', '.join(topology.region_names())})",
             )
-        port = _free_port()
-        regions = []
-        for r in topology.regions:
-            nodes = r.nodes
-            if r.name == region:
-                nodes = (*nodes, NodeSpec(NodeId(new_id), r.name, "127.0.0.1", port))
-            regions.append(RegionSpec(r.name, nodes, r.intra_rtt_ms))
-        grown = Topology(
-            topology.name, topology.path, tuple(regions), topology.links, topology.streams
-        )
-        with open(resolved_path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(grown.to_toml())
-        os.replace(resolved_path + ".tmp", resolved_path)
-        node_dir = os.path.join(folder, "nodes", new_id)
+        done: list[str] = []
+        if entry is None:
+            port = _free_port()
+            regions = []
+            for r in topology.regions:
+                nodes = r.nodes
+                if r.name == region:
+                    nodes = (*nodes, NodeSpec(NodeId(new_id), r.name, "127.0.0.1", port))
+                regions.append(RegionSpec(r.name, nodes, r.intra_rtt_ms))
+            grown = Topology(
+                topology.name, topology.path, tuple(regions), topology.links, topology.streams
+            )
+            with open(resolved_path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(grown.to_toml())
+            os.replace(resolved_path + ".tmp", resolved_path)
+            scheme = "https" if cluster.get("tls") else "http"
+            entry = {"id": new_id, "api": f"{scheme}://127.0.0.1:{port}", "pid": None,
+                     "dir": os.path.join(folder, "nodes", new_id), "proxies": {}, "cmd": None,
+                     "added": True}  # fmt: skip
+            # recorded once its process runs (a pid); a rerun in between finds the topology
+            cluster["regions"][region]["nodes"].append(entry)
+        else:
+            grown = topology
+            done.append("topology")
+            print(f"resuming the add of {new_id} to {region} (already in the topology)")
+        api = str(entry["api"])
+        node_dir = str(entry["dir"])
         os.makedirs(node_dir, exist_ok=True)
         cmd = [sys.executable, "-m", "geostore", "node", "--topology", resolved_path,
                "--node", new_id, "--dir", node_dir, "--mode", mode]  # fmt: skip
@@ -390,20 +490,45 @@ def _membership(args: argparse.Namespace) -> int:
         wan = os.path.join(folder, WAN_FILE)
         if os.path.exists(wan):  # it reaches the other regions through their proxies too
             cmd += ["--wan", wan]
-        with open(os.path.join(node_dir, "process.log"), "ab") as out:
-            proc = subprocess.Popen([*cmd, "--join"], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        api = f"{'https' if cluster.get('tls') else 'http'}://127.0.0.1:{port}"
-        proxies = proxies_for(new_id, grown)
-        cluster["regions"][region]["nodes"].append(
-            # a restart ('cluster start') must not pass --join: a wiped disk stays refused
-            {"id": new_id, "api": api, "pid": proc.pid, "dir": node_dir, "proxies": proxies,
-             "cmd": cmd}
-        )  # fmt: skip
-        _write_cluster(folder, cluster)
-        print(f"started {new_id} (pid {proc.pid}) at {api}")
+        # a restart ('cluster start') must not pass --join: a wiped disk stays refused
+        entry["cmd"] = cmd
+        if entry.get("pid") is not None and _alive(entry["pid"]):
+            done.append(f"process (pid {entry['pid']})")
+        else:
+            join = ["--join"]
+            # a voter may have voted or acknowledged entries: with an empty data group it
+            # must not come back under its id; one that never became a voter may (a learner
+            # counts in no quorum), and so may an empty metadata replica of a voter that is
+            # no metadata member yet (--join lets exactly the empty groups start)
+            if entry.get("joined") or new_id in data_conf(region)[0]:
+                gid = "data-global" if mode == "single-leader" else f"data-{region}"
+                if storage_empty(os.path.join(node_dir, "groups", gid)):
+                    raise ApiError(
+                        ErrorCode.CONFLICT,
+                        f"{new_id} is a voter of {gid} but its storage in {node_dir} is empty "
+                        "(wiped?): it must not come back under its old id; use "
+                        f"'geostore node replace --node {new_id}'",
+                    )
+                if entry.get("joined"):
+                    join = []  # it completed joining: restarts as 'cluster start' does
+            with open(os.path.join(node_dir, "process.log"), "ab") as out:
+                proc = subprocess.Popen([*cmd, *join], stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            entry["pid"] = proc.pid
+            _write_cluster(folder, cluster)
+            print(f"started {new_id} (pid {proc.pid}{', --join' if join else ''}) at {api}")
+        proxies: dict[str, str] = dict(entry.get("proxies") or {})
+        wanted = {r for r in grown.region_names() if r != region}
+        if cluster.get("netem") and not wanted <= proxies.keys():
+            # apply_links keeps a proxy that exists with the same upstream (a resumed add)
+            proxies = proxies_for(new_id, grown)
+            entry["proxies"] = proxies
+            _write_cluster(folder, cluster)
+        elif cluster.get("netem"):
+            done.append("WAN proxies")
         # every node learns its address: its region's for the data group, the others' for
         # the metadata group (and single-leader's global group), through their WAN proxy
+        # (idempotent: a known node with the same region keeps it, with the new url)
         for r_name, info in cluster["regions"].items():
             for n in info["nodes"]:
                 if n["id"] == new_id or not _alive(n["pid"]):
@@ -413,13 +538,20 @@ def _membership(args: argparse.Namespace) -> int:
                             {"node": new_id, "url": url, "region": region}, deadline,
                             f"telling {n['id']} about {new_id}")  # fmt: skip
         members = live_apis(region, without=new_id)
-        _retry_post(members, "/v1/admin/members", {"op": "add_learner", "node": new_id},
-                    deadline, f"adding {new_id} as a learner")  # fmt: skip
+        answer = _retry_post(members, "/v1/admin/members", {"op": "add_learner", "node": new_id},
+                             deadline, f"adding {new_id} as a learner")  # fmt: skip
+        if answer.get("already"):
+            done.append("learner")
         print(f"{new_id} is a learner; waiting until it has caught up")
-        _retry_post(members, "/v1/admin/members", {"op": "promote", "node": new_id},
-                    deadline, f"promoting {new_id}")  # fmt: skip
+        answer = _retry_post(members, "/v1/admin/members", {"op": "promote", "node": new_id},
+                             deadline, f"promoting {new_id}")  # fmt: skip
+        if answer.get("already"):
+            done.append("voter")
         print(f"{new_id} is a voter")
         if with_meta:
+            meta = _meta_members(cluster) or {}
+            if new_id in (meta.get("voters") or ()) or new_id in (meta.get("learners") or ()):
+                done.append("metadata member")
             answer = _retry_post(
                 [*members, *live_apis(None, without=new_id)],
                 "/v1/admin/meta/members",
@@ -447,6 +579,10 @@ def _membership(args: argparse.Namespace) -> int:
                     "before the deadline (it is a learner and keeps catching up)",
                 )
             print(f"{new_id} holds the metadata (applied {applied})")
+        entry["joined"] = True  # from now on it restarts without --join
+        _write_cluster(folder, cluster)
+        if done:
+            print(f"{new_id}: already done before this run: {', '.join(done)}")
 
     def remove(region: str, node_id: str) -> None:
         others = live_apis(region, without=node_id)

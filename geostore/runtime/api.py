@@ -921,6 +921,15 @@ class Api:
         forwarded = await self._leader_or_forward(request, group, raw)
         if forwarded is not None:
             return forwarded
+        conf = group.status().conf
+        if ops[op] is not ConfChangeOp.REMOVE and (
+            NodeId(node) in conf.voters
+            or (ops[op] is ConfChangeOp.ADD_LEARNER and NodeId(node) in conf.learners)
+        ):
+            # already so (a resumed 'node add' repeats its steps): Raft would refuse the
+            # repeat as invalid, which a client can only retry until its deadline
+            answer = {"voters": sorted(conf.voters), "learners": sorted(conf.learners)}
+            return respond(request, 200, {**answer, "already": True})
         if ops[op] is not ConfChangeOp.REMOVE and NodeId(node) not in self.node.peer_urls:
             raise ApiError(
                 ErrorCode.MALFORMED, f"no address known for {node}: POST /v1/admin/peers first"
