@@ -240,7 +240,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST", "/v1/admin/peers", "add_peer",
-        "Tell this node the address of a node that joins its region",
+        "Tell this node the address of a node added to its region or another one",
         body="PeerRequest", ok_schema="Object", errors=(400, 409), tags=("operations",),
     ),
     Route(
@@ -1577,6 +1577,11 @@ _SCHEMAS: dict[str, Any] = {
             "node": {"type": "string"},
             "url": {"type": "string"},
             "region": {"type": "string", "description": "its region (default: this node's)"},
+            "api": {
+                "type": "string",
+                "description": "its client-facing address, listed in 421 wrong_region answers "
+                "(default: url for a node of this node's region)",
+            },
         },
     },
     "MetaMembersRequest": {
