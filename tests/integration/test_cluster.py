@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.integration import secure
+from tests.integration.clusterkit import alive
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -65,14 +66,6 @@ def call(url: str, method: str = "GET", body: Any = None, raw: bytes | None = No
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def eventually(what: str, fn: Any, timeout_s: float = 60.0) -> Any:
