@@ -35,38 +35,16 @@ from bench.failover import Cluster as ProcessCluster
 from geostore.config import load_topology
 from netem.links import NetemControl
 from tests.integration import secure
-from tests.integration.clusterkit import geostore
+from tests.integration.clusterkit import geostore, topology_toml
 from tests.integration.history import FinalState, History, Op, check
 
 pytestmark = pytest.mark.timeout(300)
 
-TOPOLOGY = """
-name = "failover-test"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1", "a2"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[regions]]
-name = "c"
-intra_rtt_ms = 0.0
-nodes = ["c1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 20.0
-[[links]]
-a = "a"
-b = "c"
-rtt_ms_p50 = 30.0
-[[links]]
-a = "b"
-b = "c"
-rtt_ms_p50 = 24.0
-"""
+TOPOLOGY = topology_toml(
+    "failover-test",
+    {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1"]},
+    {("a", "b"): 20.0, ("a", "c"): 30.0, ("b", "c"): 24.0},
+)
 
 #: Short leases so that a failover waits about 6 s, not 10; renewed only every 2.5 s, so that
 #: the cut (timed just after a renewal, see :func:`just_renewed`) falls well before the next.
