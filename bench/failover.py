@@ -158,17 +158,22 @@ class Cluster:
 
     def restart_region(self, region: str) -> None:
         for node_id in self.region_nodes(region):
-            if self.alive(node_id):
-                raise RuntimeError(f"{node_id} still runs: kill it before the restart")
-            with open(Path(self.nodes[node_id]["dir"]) / "process.log", "ab") as out:
-                proc = subprocess.Popen(self.cmdlines[node_id], stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # fmt: skip
-            old = self.children.pop(node_id, None)
-            if old is not None:
-                old.wait()
-            self.children[node_id] = proc
-            self.nodes[node_id]["pid"] = proc.pid
+            self.restart_node(node_id)
+
+    def restart_node(self, node_id: str) -> None:
+        """Start the (killed) node again from its data dir with its recorded command line,
+        and write its new pid to cluster.json so that ``cluster down`` finds it."""
+        if self.alive(node_id):
+            raise RuntimeError(f"{node_id} still runs: kill it before the restart")
+        with open(Path(self.nodes[node_id]["dir"]) / "process.log", "ab") as out:
+            proc = subprocess.Popen(self.cmdlines[node_id], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+        old = self.children.pop(node_id, None)
+        if old is not None:
+            old.wait()
+        self.children[node_id] = proc
+        self.nodes[node_id]["pid"] = proc.pid
         (self.folder / "cluster.json").write_text(json.dumps(self.doc, indent=2))
 
     def down(self) -> None:
