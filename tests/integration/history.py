@@ -50,6 +50,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,7 @@ from geostore.config import make_topology
 from geostore.errors import ApiError, ErrorCode
 from geostore.sim.history import Anomaly, OpKind, Outcome, check_history
 from geostore.sim.history import Op as SimOp
+from tests.integration import clusterkit
 
 OpType = Literal["ok", "fail", "info"]
 ReadMode = Literal["regional", "local"]
@@ -682,9 +684,7 @@ async def final_state(
     return FinalState(regional, local, debug)
 
 
-def geostore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=180, check=False)  # fmt: skip
+geostore = partial(clusterkit.geostore, timeout=180)
 
 
 async def wait_for(what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
