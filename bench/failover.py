@@ -191,9 +191,10 @@ class Cluster:
             proc.wait()
 
 
-async def _call(
+async def call(
     http: aiohttp.ClientSession, method: str, url: str, body: Any = None, timeout_s: float = 10.0
 ) -> tuple[int, Any]:
+    """One request; (status, decoded JSON body or None). Network errors propagate."""
     async with http.request(
         method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
     ) as r:
@@ -217,7 +218,7 @@ async def _until_ok(
     last: object = None
     while time.monotonic() < deadline:
         try:
-            status, answer = await _call(http, method, url, body, call_timeout_s)
+            status, answer = await call(http, method, url, body, call_timeout_s)
             if status in (200, 201):
                 return answer
             if status != 503:
@@ -239,7 +240,7 @@ async def _any_ok(
     while time.monotonic() < deadline:
         for api in apis:
             try:
-                status, answer = await _call(http, method, api + path, body, call_timeout_s)
+                status, answer = await call(http, method, api + path, body, call_timeout_s)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = repr(exc)
                 continue
@@ -293,7 +294,7 @@ class Load:
                 "producer": {"id": f"bench-p{partition}", "seq": n},
             }
             try:
-                status, answer = await _call(
+                status, answer = await call(
                     http, "POST", f"{url}/v1/streams/{STREAM}/events", body, APPEND_TIMEOUT_S
                 )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -407,7 +408,7 @@ async def leader_status(c: Cluster, http: aiohttp.ClientSession, region: str) ->
     for _ in range(50):
         for api in c.apis(region):
             try:
-                status, body = await _call(http, "GET", f"{api}/v1/status", timeout_s=5.0)
+                status, body = await call(http, "GET", f"{api}/v1/status", timeout_s=5.0)
             except (aiohttp.ClientError, OSError, TimeoutError):
                 continue
             if status == 200 and body["groups"].get(f"data-{region}", {}).get("role") == "leader":
@@ -499,7 +500,7 @@ async def mirrored(
         done = True
         for api in c.apis(region):
             try:
-                status, doc = await _call(http, "GET", f"{api}/v1/debug/partitions", timeout_s=5.0)
+                status, doc = await call(http, "GET", f"{api}/v1/debug/partitions", timeout_s=5.0)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 done, last = False, repr(exc)
                 break
@@ -521,7 +522,7 @@ async def quarantine_count(
     by its leader); None when the node has no quarantine API."""
     for api in c.apis(region):
         try:
-            status, doc = await _call(
+            status, doc = await call(
                 http, "GET", f"{api}/v1/quarantine?stream={STREAM}&partition={partition}"
             )
         except (aiohttp.ClientError, OSError, TimeoutError):
@@ -545,7 +546,7 @@ async def failover_call(
     while time.monotonic() - started < DEADLINE_S:
         for api in c.apis(target):
             try:
-                status, answer = await _call(http, "POST", f"{api}/v1/admin/regions/{victim}"
+                status, answer = await call(http, "POST", f"{api}/v1/admin/regions/{victim}"
                                              "/failover", {"to": target}, 60.0)  # fmt: skip
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = repr(exc)

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from tests.integration import secure
 
@@ -198,3 +198,33 @@ def cluster_up(
         yield info
     finally:
         geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
+
+
+class Harness(Protocol):
+    """A process harness over a cluster's folder (``bench.failover.Cluster``)."""
+
+    def down(self) -> None: ...
+
+
+H = TypeVar("H", bound=Harness)
+
+
+@contextlib.contextmanager
+def harness_up(
+    folder: Path, topology_file: Path, make: Callable[[Path], H], *args: str, timeout_s: int = 90
+) -> Iterator[H]:
+    """``cluster up`` of ``topology_file`` in ``folder`` with the extra ``args``; yields
+    ``make(folder)``, a harness whose ``down()`` stops every process (those it restarted
+    too), called afterwards; without one (up or ``make`` failed), ``cluster down``."""
+    up = geostore("cluster", "up", "--topology", str(topology_file), "--dir", str(folder),
+                  *args, "--timeout", str(timeout_s))  # fmt: skip
+    harness: H | None = None
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        harness = make(folder)
+        yield harness
+    finally:
+        if harness is not None:
+            harness.down()
+        else:
+            geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")

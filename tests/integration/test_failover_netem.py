@@ -32,10 +32,11 @@ import aiohttp
 import pytest
 
 from bench.failover import Cluster as ProcessCluster
+from bench.failover import call
 from geostore.config import load_topology
 from netem.links import NetemControl
 from tests.integration import secure
-from tests.integration.clusterkit import geostore, topology_toml
+from tests.integration.clusterkit import geostore, harness_up, topology_toml
 from tests.integration.history import FinalState, History, Op, check
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,35 +122,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("failover")
     (root / "topology.toml").write_text(TOPOLOGY)
     (root / "config.toml").write_text(CONFIG)
-    folder = root / "c"
-    up = geostore("cluster", "up", "--topology", str(root / "topology.toml"), "--dir",
-                  str(folder), "--config", str(root / "config.toml"), "--timeout", "90")  # fmt: skip
-    c: Cluster | None = None
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        c = Cluster(folder)
+    config = ("--config", str(root / "config.toml"))
+    with harness_up(root / "c", root / "topology.toml", Cluster, *config) as c:
         yield c
-    finally:
-        if c is not None:
-            c.down()
-        else:
-            geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
 
 
 # --- HTTP --------------------------------------------------------------------------------------
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, body: Any = None, timeout_s: float = 10.0
-) -> tuple[int, Any]:
-    """One request; (status, decoded JSON body or None). Network errors propagate."""
-    async with http.request(
-        method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
-    ) as r:
-        try:
-            return r.status, await r.json(content_type=None)
-        except ValueError:
-            return r.status, None
 
 
 async def until(what: str, fn: Callable[[], Awaitable[T | None]], timeout_s: float = DEADLINE_S,

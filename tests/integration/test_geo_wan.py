@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +30,7 @@ from geostore.client import GeostoreClient
 from geostore.config import Topology, load_topology
 from netem.links import NetemControl
 from tests.integration import secure
+from tests.integration.clusterkit import harness_up
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -44,11 +43,6 @@ HOMES = {"us-east-1": 0, "eu-west-1": 1, "ap-southeast-1": 2}
 DEADLINE_S = 60.0
 WRITERS_PER_REGION = 2
 PACE_S = 0.03  # between one writer's appends: keeps the CPU for the nodes
-
-
-def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)  # fmt: skip
 
 
 class Cluster(ProcessCluster):
@@ -71,19 +65,8 @@ class Cluster(ProcessCluster):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    folder = tmp_path_factory.mktemp("geowan") / "c"
-    up = geostore("cluster", "up", "--topology", str(TOPOLOGY), "--dir", str(folder),
-                  "--timeout", "90")  # fmt: skip
-    c: Cluster | None = None
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        c = Cluster(folder)
+    with harness_up(tmp_path_factory.mktemp("geowan") / "c", TOPOLOGY, Cluster) as c:
         yield c
-    finally:
-        if c is not None:
-            c.down()
-        else:
-            geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
 
 
 # --- HTTP helpers ------------------------------------------------------------------------------
