@@ -95,6 +95,7 @@ from typing import Any
 from geostore.ids import INDEX_ZERO, GroupId, LogIndex, NodeId, Term
 from geostore.raft.log import RaftLog, make_entry
 from geostore.raft.messages import (
+    MESSAGE_TYPES,
     AppendEntries,
     AppendResponse,
     Heartbeat,
@@ -1394,16 +1395,5 @@ def _make_proposed(index: int, term: int) -> Proposed:
     return p
 
 
-_STEP_TYPES = frozenset(
-    {
-        AppendEntries,
-        AppendResponse,
-        RequestVote,
-        VoteResponse,
-        Heartbeat,
-        HeartbeatResponse,
-        InstallSnapshot,
-        SnapshotResponse,
-        TimeoutNow,
-    }
-)
+#: Every message a Raft core accepts in :meth:`RaftCore.step`: all it sends.
+_STEP_TYPES = frozenset(MESSAGE_TYPES)
