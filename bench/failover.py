@@ -66,7 +66,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.geo import _interpolated_quantile
+from bench.geo import _interpolated_quantile, apply_lag_buckets_of
 from bench.results import Metric, Result, emit, percentiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -426,17 +426,7 @@ async def apply_lag_buckets(c: Cluster, http: aiohttp.ClientSession, region: str
     api, _ = await leader_status(c, http, region)
     async with http.get(f"{api}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
         text = await r.text()
-    out: LagBuckets = {}
-    for line in text.splitlines():
-        if not line.startswith("geostore_geo_apply_lag_seconds_bucket{"):
-            continue
-        labels_text, value = line[line.index("{") + 1 :].rsplit("} ", 1)
-        labels = dict(item.split("=", 1) for item in labels_text.replace('"', "").split(","))
-        if labels.get("stream") != STREAM:
-            continue
-        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
-        out.setdefault((int(labels["partition"]), labels["source"]), {})[le] = float(value)
-    return out
+    return {(int(p), src): b for (p, src), b in apply_lag_buckets_of(text, STREAM).items()}
 
 
 def window_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
