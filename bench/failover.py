@@ -177,18 +177,25 @@ class Cluster:
         (self.folder / "cluster.json").write_text(json.dumps(self.doc, indent=2))
 
     def down(self) -> None:
-        down = subprocess.Popen(
-            [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(self.folder),
-             "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        while down.poll() is None:  # reap the restarted children while they stop
-            for proc in self.children.values():
-                proc.poll()
-            time.sleep(0.05)
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        cluster_down_reaping(self.folder, list(self.children.values()))
+
+
+def cluster_down_reaping(folder: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    """``cluster down`` of ``folder`` while reaping ``children``, the node processes this
+    process restarted itself (else 'cluster down' would wait for their zombies until its
+    timeout); any child still running afterwards is killed."""
+    down = subprocess.Popen(
+        [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(folder),
+         "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while down.poll() is None:
+        for proc in children:
+            proc.poll()
+        time.sleep(0.05)
+    for proc in children:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 async def call(

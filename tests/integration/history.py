@@ -45,7 +45,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +55,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from bench.failover import cluster_down_reaping
 from geostore.client import GeostoreClient, Producer, RequestFailed
 from geostore.config import make_topology
 from geostore.errors import ApiError, ErrorCode
@@ -414,20 +414,7 @@ class Region:
         for node_id in list(self.stopped):
             self.signal(node_id, signal.SIGCONT)
         self._save()
-        # The restarted nodes are this process's children: reap them while 'cluster down'
-        # stops them, or it would wait for zombies until its timeout.
-        down = subprocess.Popen(
-            [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(self.folder),
-             "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        while down.poll() is None:
-            for proc in self.children.values():
-                proc.poll()
-            time.sleep(0.05)
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        cluster_down_reaping(self.folder, list(self.children.values()))
 
     def _save(self) -> None:
         # so that 'cluster down' finds the restarted processes
