@@ -274,14 +274,15 @@ class _Progress:
         self.read_acked = 0
 
     def become_probe(self) -> None:
-        self.state = _PROBE
-        self.next = self.match + 1
-        self.probe_sent = False
-        self.inflight.clear()
-        self.snap_meta = None
+        self._restart_from_match(_PROBE)
 
     def become_replicate(self) -> None:
-        self.state = _REPLICATE
+        self._restart_from_match(_REPLICATE)
+
+    def _restart_from_match(self, state: ProgressState) -> None:
+        """Enter ``state`` sending from the entry after ``match``, with nothing in flight
+        and no snapshot pending."""
+        self.state = state
         self.next = self.match + 1
         self.probe_sent = False
         self.inflight.clear()
