@@ -66,7 +66,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.geo import _interpolated_quantile
+from bench.geo import _interpolated_quantile, apply_lag_buckets_of
 from bench.results import Metric, Result, emit, percentiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,37 +158,50 @@ class Cluster:
 
     def restart_region(self, region: str) -> None:
         for node_id in self.region_nodes(region):
-            if self.alive(node_id):
-                raise RuntimeError(f"{node_id} still runs: kill it before the restart")
-            with open(Path(self.nodes[node_id]["dir"]) / "process.log", "ab") as out:
-                proc = subprocess.Popen(self.cmdlines[node_id], stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # fmt: skip
-            old = self.children.pop(node_id, None)
-            if old is not None:
-                old.wait()
-            self.children[node_id] = proc
-            self.nodes[node_id]["pid"] = proc.pid
+            self.restart_node(node_id)
+
+    def restart_node(self, node_id: str) -> None:
+        """Start the (killed) node again from its data dir with its recorded command line,
+        and write its new pid to cluster.json so that ``cluster down`` finds it."""
+        if self.alive(node_id):
+            raise RuntimeError(f"{node_id} still runs: kill it before the restart")
+        with open(Path(self.nodes[node_id]["dir"]) / "process.log", "ab") as out:
+            proc = subprocess.Popen(self.cmdlines[node_id], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+        old = self.children.pop(node_id, None)
+        if old is not None:
+            old.wait()
+        self.children[node_id] = proc
+        self.nodes[node_id]["pid"] = proc.pid
         (self.folder / "cluster.json").write_text(json.dumps(self.doc, indent=2))
 
     def down(self) -> None:
-        down = subprocess.Popen(
-            [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(self.folder),
-             "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        while down.poll() is None:  # reap the restarted children while they stop
-            for proc in self.children.values():
-                proc.poll()
-            time.sleep(0.05)
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        cluster_down_reaping(self.folder, list(self.children.values()))
 
 
-async def _call(
+def cluster_down_reaping(folder: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    """``cluster down`` of ``folder`` while reaping ``children``, the node processes this
+    process restarted itself (else 'cluster down' would wait for their zombies until its
+    timeout); any child still running afterwards is killed."""
+    down = subprocess.Popen(
+        [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(folder),
+         "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while down.poll() is None:
+        for proc in children:
+            proc.poll()
+        time.sleep(0.05)
+    for proc in children:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def call(
     http: aiohttp.ClientSession, method: str, url: str, body: Any = None, timeout_s: float = 10.0
 ) -> tuple[int, Any]:
+    """One request; (status, decoded JSON body or None). Network errors propagate."""
     async with http.request(
         method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
     ) as r:
@@ -212,7 +225,7 @@ async def _until_ok(
     last: object = None
     while time.monotonic() < deadline:
         try:
-            status, answer = await _call(http, method, url, body, call_timeout_s)
+            status, answer = await call(http, method, url, body, call_timeout_s)
             if status in (200, 201):
                 return answer
             if status != 503:
@@ -234,7 +247,7 @@ async def _any_ok(
     while time.monotonic() < deadline:
         for api in apis:
             try:
-                status, answer = await _call(http, method, api + path, body, call_timeout_s)
+                status, answer = await call(http, method, api + path, body, call_timeout_s)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = repr(exc)
                 continue
@@ -288,7 +301,7 @@ class Load:
                 "producer": {"id": f"bench-p{partition}", "seq": n},
             }
             try:
-                status, answer = await _call(
+                status, answer = await call(
                     http, "POST", f"{url}/v1/streams/{STREAM}/events", body, APPEND_TIMEOUT_S
                 )
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -402,7 +415,7 @@ async def leader_status(c: Cluster, http: aiohttp.ClientSession, region: str) ->
     for _ in range(50):
         for api in c.apis(region):
             try:
-                status, body = await _call(http, "GET", f"{api}/v1/status", timeout_s=5.0)
+                status, body = await call(http, "GET", f"{api}/v1/status", timeout_s=5.0)
             except (aiohttp.ClientError, OSError, TimeoutError):
                 continue
             if status == 200 and body["groups"].get(f"data-{region}", {}).get("role") == "leader":
@@ -420,17 +433,7 @@ async def apply_lag_buckets(c: Cluster, http: aiohttp.ClientSession, region: str
     api, _ = await leader_status(c, http, region)
     async with http.get(f"{api}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
         text = await r.text()
-    out: LagBuckets = {}
-    for line in text.splitlines():
-        if not line.startswith("geostore_geo_apply_lag_seconds_bucket{"):
-            continue
-        labels_text, value = line[line.index("{") + 1 :].rsplit("} ", 1)
-        labels = dict(item.split("=", 1) for item in labels_text.replace('"', "").split(","))
-        if labels.get("stream") != STREAM:
-            continue
-        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
-        out.setdefault((int(labels["partition"]), labels["source"]), {})[le] = float(value)
-    return out
+    return {(int(p), src): b for (p, src), b in apply_lag_buckets_of(text, STREAM).items()}
 
 
 def window_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
@@ -494,7 +497,7 @@ async def mirrored(
         done = True
         for api in c.apis(region):
             try:
-                status, doc = await _call(http, "GET", f"{api}/v1/debug/partitions", timeout_s=5.0)
+                status, doc = await call(http, "GET", f"{api}/v1/debug/partitions", timeout_s=5.0)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 done, last = False, repr(exc)
                 break
@@ -516,7 +519,7 @@ async def quarantine_count(
     by its leader); None when the node has no quarantine API."""
     for api in c.apis(region):
         try:
-            status, doc = await _call(
+            status, doc = await call(
                 http, "GET", f"{api}/v1/quarantine?stream={STREAM}&partition={partition}"
             )
         except (aiohttp.ClientError, OSError, TimeoutError):
@@ -540,7 +543,7 @@ async def failover_call(
     while time.monotonic() - started < DEADLINE_S:
         for api in c.apis(target):
             try:
-                status, answer = await _call(http, "POST", f"{api}/v1/admin/regions/{victim}"
+                status, answer = await call(http, "POST", f"{api}/v1/admin/regions/{victim}"
                                              "/failover", {"to": target}, 60.0)  # fmt: skip
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = repr(exc)

@@ -279,20 +279,28 @@ def _replication_buckets(url: str) -> dict[str, dict[float, float]]:
     return out
 
 
-def _apply_lag_buckets(url: str) -> dict[tuple[str, str], dict[float, float]]:
-    """Cumulative buckets of geostore_geo_apply_lag_seconds per (stream/partition, source)."""
+def apply_lag_buckets_of(
+    metrics_text: str, stream: str
+) -> dict[tuple[str, str], dict[float, float]]:
+    """Cumulative buckets (upper bound -> count) of ``geostore_geo_apply_lag_seconds`` of
+    ``stream`` in a node's ``/metrics`` text, per (partition, source region)."""
     out: dict[tuple[str, str], dict[float, float]] = {}
-    for line in _get_text(f"{url}/metrics").splitlines():
+    for line in metrics_text.splitlines():
         if not line.startswith("geostore_geo_apply_lag_seconds_bucket{"):
             continue
         labels_text, value = line[line.index("{") + 1 :].rsplit("} ", 1)
         labels = dict(item.split("=", 1) for item in labels_text.replace('"', "").split(","))
-        if labels.get("stream") != STREAM:
+        if labels.get("stream") != stream:
             continue
         le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
         key = (labels["partition"], labels["source"])
         out.setdefault(key, {})[le] = float(value)
     return out
+
+
+def _apply_lag_buckets(url: str) -> dict[tuple[str, str], dict[float, float]]:
+    """Cumulative buckets of geostore_geo_apply_lag_seconds per (partition, source)."""
+    return apply_lag_buckets_of(_get_text(f"{url}/metrics"), STREAM)
 
 
 def _interpolated_quantile(buckets: dict[float, float], q: float) -> float | None:

@@ -43,7 +43,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from hdrh.histogram import HdrHistogram
@@ -315,6 +315,9 @@ async def run_phase(
 # --- CPU sampling ------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (Linux /proc)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -347,23 +350,21 @@ class CpuSampler:
         #: (seconds into the window, RSS per process), from the window's start to its end
         self.rss_series: list[tuple[float, dict[str, int]]] = []
 
-    def _rss(self) -> dict[str, int]:
+    def _per_process(self, read: Callable[[int], T]) -> dict[str, T]:
+        """``read(pid)`` of every process that still answers it (a gone one is left out)."""
         out = {}
         for name, pid in self.pids.items():
             try:
-                out[name] = rss_bytes(pid)
+                out[name] = read(pid)
             except (OSError, ValueError, IndexError):
                 continue
         return out
 
+    def _rss(self) -> dict[str, int]:
+        return self._per_process(rss_bytes)
+
     def _sample(self) -> dict[str, float]:
-        out = {}
-        for name, pid in self.pids.items():
-            try:
-                out[name] = cpu_seconds(pid)
-            except (OSError, ValueError, IndexError):
-                continue
-        return out
+        return self._per_process(cpu_seconds)
 
     async def around(self, clock: Clock, start: float, end: float) -> None:
         await clock.sleep_until(start)

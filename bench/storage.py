@@ -4,7 +4,8 @@ For 100-byte and 1 KiB records, in three shapes - one writer of single records, 
 writers (threads) of single records, 64 concurrent writers of 64-record batches - it reports
 durable records/s, MB/s, fsyncs/s, records per fsync and the p50/p99 time from submit to
 durable. It also measures the raw fsync latency (4 KiB write + fdatasync) in the same run, since
-that decides everything else and varies a lot with how busy the machine is.
+that decides everything else and varies a lot with how busy the machine is, and the CPU cost
+of putting sealed event blocks into the block store while a log is fsynced beside it.
 
     .venv/bin/python bench/storage.py [--quick] [--dir D] [--json-out PATH]
 
@@ -137,6 +138,47 @@ SHAPES = (
 )
 
 
+def block_puts(directory: Path, block_bytes: int, seconds: float) -> dict[str, float]:
+    """Sealed-block puts as a node makes them: one partition's blocks of ``block_bytes``
+    while another thread appends to a log and fsyncs it (the group commit of the same node),
+    a block-store flush every 64 blocks. Reports the putting thread's CPU microseconds per
+    block (file system work included: it contends with the fsyncs) and blocks/s."""
+    from geostore.ids import PartitionId, StreamName
+    from geostore.runtime.blocks import FileBlockStore
+
+    directory.mkdir(parents=True, exist_ok=True)
+    store = FileBlockStore(str(directory / "blocks"))
+    stop = threading.Event()
+
+    def log_writer() -> None:
+        fd = os.open(directory / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            while not stop.is_set():
+                os.write(fd, b"x" * 65536)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=log_writer, daemon=True)
+    writer.start()
+    data = os.urandom(block_bytes)
+    stream, part = StreamName("bench"), PartitionId(0)
+    n = 0
+    cpu0, t0 = time.thread_time(), time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < seconds:
+            store.put(stream, part, n, data)
+            n += 1
+            if n % 64 == 0:
+                store.flush()
+        store.flush()
+    finally:
+        cpu, wall = time.thread_time() - cpu0, time.perf_counter() - t0
+        stop.set()
+        writer.join()
+    return {"blocks_per_s": n / wall, "cpu_us_per_block": cpu / n * 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under ~20 s)")
@@ -176,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"{prefix}_cpu_per_record", r["cpu_us_per_record"], "us", better="lower"
                     ),
                 ]
+        # a sealed block of 1,024 events of ~80 bytes, as the region benchmark makes them
+        b = block_puts(work / "block-puts", 80_000, seconds)
+        metrics += [
+            Metric("block_put_80KB_per_s", b["blocks_per_s"], "1/s"),
+            Metric("block_put_80KB_cpu", b["cpu_us_per_block"], "us", better="lower"),
+        ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     config = {

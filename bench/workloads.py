@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +82,7 @@ def flights(limit: int | None = None, chunk_rows: int = 1_000) -> Iterator[dict[
 
     df = pd.read_csv(flights_csv(), nrows=limit).convert_dtypes()
     ts_us = scheduled_departure_us(df)
-    columns = [str(c) for c in df.columns]
-    origin_at = columns.index("origin")
-    for start in range(0, len(df), chunk_rows):
-        part = df.iloc[start : start + chunk_rows]
-        plain = part.astype(object).where(part.notna(), None)
-        for offset, row in enumerate(plain.itertuples(index=False, name=None)):
-            yield {
-                "ts": ts_us[start + offset],
-                "key": row[origin_at],
-                "body": dict(zip(columns, row, strict=True)),
-            }
+    yield from _events(df, ts_us, chunk_rows)
 
 
 def weather(limit: int | None = None, chunk_rows: int = 1_000) -> Iterator[dict[str, Any]]:
@@ -108,6 +98,12 @@ def weather(limit: int | None = None, chunk_rows: int = 1_000) -> Iterator[dict[
     if limit is not None:
         df = df.iloc[:limit]
     ts_us: list[int] = df.pop("_ts_us").tolist()
+    yield from _events(df, ts_us, chunk_rows)
+
+
+def _events(df: Any, ts_us: Sequence[int], chunk_rows: int) -> Iterator[dict[str, Any]]:
+    """The rows of ``df`` as events ``{"ts": ts_us[i], "key": origin, "body": row}``, missing
+    values as None, converted ``chunk_rows`` at a time (not the whole frame at once)."""
     columns = [str(c) for c in df.columns]
     origin_at = columns.index("origin")
     for start in range(0, len(df), chunk_rows):

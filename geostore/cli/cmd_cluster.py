@@ -543,6 +543,23 @@ def _start_netem(folder: str, plan: list[Any], cluster: dict[str, Any]) -> None:
     cluster["netem"] = url
 
 
+def _poll_statuses(cluster: dict[str, Any]) -> list[tuple[str, dict[str, Any], Any]] | None:
+    """One round of ``/v1/status`` over every node started: (region, node, status) of each
+    that answered within 1 s, in the topology's order; None when a node's process exited
+    (said on stderr, with the folder of its log), since then no wait can succeed."""
+    polled: list[tuple[str, dict[str, Any], Any]] = []
+    for region, info in cluster["regions"].items():
+        for node in info["nodes"]:
+            if not _alive(node["pid"]):
+                print(f"node {node['id']} exited; see {node['dir']}", file=sys.stderr)
+                return None
+            try:
+                polled.append((region, node, _get_json(node["api"] + "/v1/status", 1.0)))
+            except (OSError, ValueError):
+                continue
+    return polled
+
+
 def _wait_leaders(
     cluster: dict[str, Any], timeout_s: float, *, quiet: bool
 ) -> dict[str, str] | None:
@@ -550,23 +567,18 @@ def _wait_leaders(
     last_report = 0.0
     while time.monotonic() < deadline:
         leaders: dict[str, str] = {}
-        for region, info in cluster["regions"].items():
-            for node in info["nodes"]:
-                if not _alive(node["pid"]):
-                    print(f"node {node['id']} exited; see {node['dir']}", file=sys.stderr)
-                    return None
-                try:
-                    st = _get_json(node["api"] + "/v1/status", 1.0)
-                except (OSError, ValueError):
-                    continue
-                # with several regions, a leader counts once the metadata group has a leader,
-                # the topology's streams are mirrored here and it holds its home lease
-                meta = (st or {}).get("meta")
-                if meta is not None and not meta.get("ready"):
-                    continue
-                for g in (st or {}).get("groups", {}).values():
-                    if g.get("role") == "leader":
-                        leaders[region] = node["id"]
+        polled = _poll_statuses(cluster)
+        if polled is None:
+            return None
+        for region, node, st in polled:
+            # with several regions, a leader counts once the metadata group has a leader,
+            # the topology's streams are mirrored here and it holds its home lease
+            meta = (st or {}).get("meta")
+            if meta is not None and not meta.get("ready"):
+                continue
+            for g in (st or {}).get("groups", {}).values():
+                if g.get("role") == "leader":
+                    leaders[region] = node["id"]
         if len(leaders) == len(cluster["regions"]):
             return leaders
         now = time.monotonic()
@@ -591,18 +603,13 @@ def _wait_global_leader(
     last_report = 0.0
     while time.monotonic() < deadline:
         leader = None
-        for region, info in cluster["regions"].items():
-            for node in info["nodes"]:
-                if not _alive(node["pid"]):
-                    print(f"node {node['id']} exited; see {node['dir']}", file=sys.stderr)
-                    return None
-                try:
-                    st = _get_json(node["api"] + "/v1/status", 1.0)
-                except (OSError, ValueError):
-                    continue
-                for g in (st or {}).get("groups", {}).values():
-                    if g.get("role") == "leader":
-                        leader = (region, node["id"])
+        polled = _poll_statuses(cluster)
+        if polled is None:
+            return None
+        for region, node, st in polled:
+            for g in (st or {}).get("groups", {}).values():
+                if g.get("role") == "leader":
+                    leader = (region, node["id"])
         now = time.monotonic()
         if leader is not None:
             if leader[0] == preferred:

@@ -187,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    from geostore.runtime import gctune
+
+    gctune.apply_thresholds(config.process)
+
     async def main() -> int:
         spec = topology.node(args.node)
         node = NodeRuntime(
@@ -206,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
             tls=tls,
             tokens=tokens,
         )
-        await node.run()
+        await node.run(on_started=lambda: gctune.freeze_started(config.process))
         return node.exit_code
 
     profile_dir = os.environ.get(PROFILE_ENV)

@@ -30,6 +30,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import ssl as _ssl
@@ -242,13 +243,15 @@ class GeostoreClient:
         timeout_s: float | None = None,
     ) -> StreamInfo:
         """Create ``name`` (idempotent when the definition is identical; 409 otherwise)."""
-        body: dict[str, Any] = {"name": name, "partitions": partitions}
-        if key_field is not None:
-            body["key_field"] = key_field
-        if schema is not None:
-            body["schema"] = dict(schema)
-        if homes is not None:
-            body["homes"] = {str(p): r for p, r in homes.items()}
+        body: dict[str, Any] = {
+            "name": name,
+            "partitions": partitions,
+            **_given(
+                key_field=key_field,
+                schema=None if schema is None else dict(schema),
+                homes=None if homes is None else {str(p): r for p, r in homes.items()},
+            ),
+        }
         answer = await self._call("POST", "/v1/streams", body=body, timeout_s=timeout_s)
         return StreamInfo.from_body(answer)
 
@@ -331,9 +334,9 @@ class GeostoreClient:
         timeout_s: float | None = None,
     ) -> ReadResult:
         """Events with ``from_ts <= ts < to_ts``, in seq order; page on with ``from_seq``."""
-        params: dict[str, Any] = {"partition": partition, "from_ts": from_ts, "to_ts": to_ts}
-        if from_seq is not None:
-            params["from_seq"] = from_seq
+        params: dict[str, Any] = {
+            "partition": partition, "from_ts": from_ts, "to_ts": to_ts, **_given(from_seq=from_seq)
+        }  # fmt: skip
         return await self._read(
             stream, params, limit, consistency, after, wait_ms, read_your_writes, timeout_s
         )
@@ -349,10 +352,7 @@ class GeostoreClient:
         read_your_writes: bool | None,
         timeout_s: float | None,
     ) -> ReadResult:
-        if limit is not None:
-            params["limit"] = limit
-        if consistency is not None:
-            params["consistency"] = consistency
+        params.update(_given(limit=limit, consistency=consistency))
         ryw = self.read_your_writes if read_your_writes is None else read_your_writes
         if after is None and ryw:
             after = self._partition_tokens.get((stream, params["partition"]))
@@ -380,15 +380,17 @@ class GeostoreClient:
         timeout_s: float | None = None,
     ) -> AggregateResult:
         """count/min/max/sum/avg of numeric ``field`` over ``[from_ts, to_ts)``."""
-        params: dict[str, Any] = {"field": field, "from_ts": from_ts, "to_ts": to_ts}
-        if partition is not None:
-            params["partition"] = partition
-        if window_us is not None:
-            params["window_us"] = window_us
-        if scan_limit is not None:
-            params["scan_limit"] = scan_limit
-        if consistency is not None:
-            params["consistency"] = consistency
+        params: dict[str, Any] = {
+            "field": field,
+            "from_ts": from_ts,
+            "to_ts": to_ts,
+            **_given(
+                partition=partition,
+                window_us=window_us,
+                scan_limit=scan_limit,
+                consistency=consistency,
+            ),
+        }
         path = f"/v1/streams/{_quote(stream)}/aggregate"
         answer = await self._call("GET", path, params=params, timeout_s=timeout_s)
         return AggregateResult.from_body(answer)
@@ -411,20 +413,11 @@ class GeostoreClient:
         failures = 0
         while True:
             node = self.urls[self._current]
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=connect_timeout_s or self.attempt_timeout_s
-            )
+            params = _tail_params(partition, next_seq)
             try:
-                async with self._http().get(
-                    node + path,
-                    params=_tail_params(partition, next_seq),
-                    headers={"Accept": "text/event-stream", **self._auth},
-                    ssl=self._ssl_arg(),
-                    timeout=timeout,
-                    read_bufsize=_TAIL_LINE_BYTES_MAX,  # one SSE line carries a whole event
+                async with self._stream(
+                    node, path, params, "text/event-stream", connect_timeout_s
                 ) as resp:
-                    if resp.status >= 400:
-                        raise await self._error(resp, node)
                     failures = 0
                     parser = SseParser()
                     async for raw in resp.content:
@@ -501,15 +494,7 @@ class GeostoreClient:
     ) -> Any:
         """This region's quarantine (``GET /v1/quarantine``): runs of events a failback moved
         out of their partition, with ``region``, ``runs_total`` and ``events_total``."""
-        params: dict[str, Any] = {}
-        if stream is not None:
-            params["stream"] = stream
-        if partition is not None:
-            params["partition"] = partition
-        if limit is not None:
-            params["limit"] = limit
-        if consistency is not None:
-            params["consistency"] = consistency
+        params = _given(stream=stream, partition=partition, limit=limit, consistency=consistency)
         return await self._call("GET", "/v1/quarantine", params=params, timeout_s=timeout_s)
 
     async def quarantine_clear(
@@ -525,13 +510,7 @@ class GeostoreClient:
         superseded at or before ``through_epoch``. Export them first: they are gone after.
         Answers ``{"region", "cleared": {runs, events, bytes}, "left": {...}}``. Not retried
         once sent (a retry could drop runs a failback added meanwhile)."""
-        body: dict[str, Any] = {}
-        if stream is not None:
-            body["stream"] = stream
-        if partition is not None:
-            body["partition"] = partition
-        if through_epoch is not None:
-            body["through_epoch"] = through_epoch
+        body = _given(stream=stream, partition=partition, through_epoch=through_epoch)
         return await self._call(
             "POST", "/v1/admin/quarantine/clear", body=body, timeout_s=timeout_s, safe=False
         )
@@ -543,25 +522,13 @@ class GeostoreClient:
         first for the region's latest copy), one dict per event, read line by line as the
         node streams them (``GET /v1/quarantine/export``). The connection is tried on the
         next node when it cannot be made; a stream cut midway raises Unreachable."""
-        params: dict[str, str] = {}
-        if stream is not None:
-            params["stream"] = stream
-        if partition is not None:
-            params["partition"] = str(partition)
+        params = _given(stream=stream, partition=None if partition is None else str(partition))
         for attempt in range(len(self.urls)):
             node = self.urls[self._current]
-            timeout = aiohttp.ClientTimeout(total=None, connect=self.attempt_timeout_s)
             try:
-                async with self._http().get(
-                    node + "/v1/quarantine/export",
-                    params=params,
-                    headers={"Accept": "application/x-ndjson", **self._auth},
-                    ssl=self._ssl_arg(),
-                    timeout=timeout,
-                    read_bufsize=_TAIL_LINE_BYTES_MAX,  # one line carries a whole event
+                async with self._stream(
+                    node, "/v1/quarantine/export", params, "application/x-ndjson"
                 ) as resp:
-                    if resp.status >= 400:
-                        raise await self._error(resp, node)
                     async for raw in resp.content:
                         if raw.strip():
                             try:
@@ -605,6 +572,34 @@ class GeostoreClient:
         if self.content_type == "cbor":
             return dumps_plain(body)
         return json.dumps(body, separators=(",", ":")).encode()
+
+    @contextlib.asynccontextmanager
+    async def _stream(
+        self,
+        node: str,
+        path: str,
+        params: Mapping[str, Any],
+        accept: str,
+        connect_timeout_s: float | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A streamed GET of ``path`` on ``node`` (the tail, the quarantine export): no total
+        deadline, only the connection's (``attempt_timeout_s`` unless given); a line may
+        carry a whole event. An error status is raised as the typed error of its body; the
+        caller decides what a failure means (reconnect, next node, or surface it)."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout_s or self.attempt_timeout_s
+        )
+        async with self._http().get(
+            node + path,
+            params=params,
+            headers={"Accept": accept, **self._auth},
+            ssl=self._ssl_arg(),
+            timeout=timeout,
+            read_bufsize=_TAIL_LINE_BYTES_MAX,  # one line carries a whole event
+        ) as resp:
+            if resp.status >= 400:
+                raise await self._error(resp, node)
+            yield resp
 
     async def _error(self, resp: aiohttp.ClientResponse, node: str) -> RequestFailed:
         raw = await resp.read()
@@ -740,6 +735,11 @@ def _tail_params(partition: int, from_seq: int | None) -> dict[str, int]:
     if from_seq is None:
         return {"partition": partition}
     return {"partition": partition, "from_seq": from_seq}
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The named values that were given (not None), in order: a request's optional fields."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _param(value: Any) -> str:

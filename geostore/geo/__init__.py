@@ -27,7 +27,16 @@ Host contract (what the runtime does around the pure cores):
 """
 
 from .apply import ApplyVerdict, GeoApplyResult, apply_geo_batch
-from .batch import BatchError, batch_crc, check_crc, encode_entries, make_batch, open_batch
+from .batch import (
+    BatchError,
+    batch_crc,
+    check_crc,
+    crc_of,
+    encode_entries,
+    make_batch,
+    open_batch,
+    resealed,
+)
 from .messages import (
     CODEC_NONE,
     CODEC_ZSTD,
@@ -108,9 +117,11 @@ __all__ = [
     "apply_geo_batch",
     "batch_crc",
     "check_crc",
+    "crc_of",
     "encode_entries",
     "make_batch",
     "open_batch",
+    "resealed",
     "retransmit_timeout_ms",
     "window_for_link",
 ]

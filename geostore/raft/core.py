@@ -95,6 +95,7 @@ from typing import Any
 from geostore.ids import INDEX_ZERO, GroupId, LogIndex, NodeId, Term
 from geostore.raft.log import RaftLog, make_entry
 from geostore.raft.messages import (
+    MESSAGE_TYPES,
     AppendEntries,
     AppendResponse,
     Heartbeat,
@@ -273,14 +274,15 @@ class _Progress:
         self.read_acked = 0
 
     def become_probe(self) -> None:
-        self.state = _PROBE
-        self.next = self.match + 1
-        self.probe_sent = False
-        self.inflight.clear()
-        self.snap_meta = None
+        self._restart_from_match(_PROBE)
 
     def become_replicate(self) -> None:
-        self.state = _REPLICATE
+        self._restart_from_match(_REPLICATE)
+
+    def _restart_from_match(self, state: ProgressState) -> None:
+        """Enter ``state`` sending from the entry after ``match``, with nothing in flight
+        and no snapshot pending."""
+        self.state = state
         self.next = self.match + 1
         self.probe_sent = False
         self.inflight.clear()
@@ -1394,16 +1396,5 @@ def _make_proposed(index: int, term: int) -> Proposed:
     return p
 
 
-_STEP_TYPES = frozenset(
-    {
-        AppendEntries,
-        AppendResponse,
-        RequestVote,
-        VoteResponse,
-        Heartbeat,
-        HeartbeatResponse,
-        InstallSnapshot,
-        SnapshotResponse,
-        TimeoutNow,
-    }
-)
+#: Every message a Raft core accepts in :meth:`RaftCore.step`: all it sends.
+_STEP_TYPES = frozenset(MESSAGE_TYPES)

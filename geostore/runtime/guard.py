@@ -222,14 +222,7 @@ class _GuardedProtocol(asyncio.Protocol):
             return
         self.write_timed_out = True
         self._stats.write_timeouts += 1
-        _LOG.warning(
-            "write",
-            "dropped %s: the answer to %s %s was not taken within %g s",
-            request.remote,
-            request.method,
-            request.path,
-            self._limits.write_timeout_s,
-        )
+        _warn_write_timeout(request, self._limits)
         if isinstance(self._transport, asyncio.Transport):
             self._transport.abort()
 
@@ -350,6 +343,18 @@ def server_options(limits: LimitsSettings) -> dict[str, Any]:
     }
 
 
+def _warn_write_timeout(request: web.BaseRequest, limits: LimitsSettings) -> None:
+    """The log line of a client dropped because it did not take its answer in time."""
+    _LOG.warning(
+        "write",
+        "dropped %s: the answer to %s %s was not taken within %g s",
+        request.remote,
+        request.method,
+        request.path,
+        limits.write_timeout_s,
+    )
+
+
 def _close(request: web.Request) -> None:
     transport = request.transport
     if isinstance(transport, asyncio.Transport):
@@ -372,14 +377,7 @@ async def _write_within(
             _undelivered(request, stats)
         except TimeoutError:
             stats.write_timeouts += 1
-            _LOG.warning(
-                "write",
-                "dropped %s: the answer to %s %s was not taken within %g s",
-                request.remote,
-                request.method,
-                request.path,
-                limits.write_timeout_s,
-            )
+            _warn_write_timeout(request, limits)
             _close(request)
         return
     # the protocol arms the deadline if and when the write could wait (see the module)

@@ -38,6 +38,7 @@ import random
 import signal
 import time
 from collections import ChainMap
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -434,8 +435,13 @@ class NodeRuntime:
             ", tokens required" if self.security.tokens is not None else "",
         )
 
-    async def run(self, *, handle_signals: bool = True) -> None:
-        """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), shut down."""
+    async def run(
+        self, *, handle_signals: bool = True, on_started: Callable[[], None] | None = None
+    ) -> None:
+        """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), shut down.
+
+        ``on_started`` runs once the node has started (the process's garbage-collector
+        settings: :mod:`geostore.runtime.gctune`)."""
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for sig in signals:
@@ -443,6 +449,8 @@ class NodeRuntime:
                 loop.add_signal_handler(sig, self.request_stop)
         try:
             await self.start()
+            if on_started is not None:
+                on_started()
             async with asyncio.TaskGroup() as tg:
                 ticker = tg.create_task(self._tick_loop(), name=f"ticks-{self.node_id}")
                 await self.stop_event.wait()

@@ -75,9 +75,9 @@ from geostore.geo import (
     ShipperStats,
     Watermark,
     apply_geo_batch,
-    batch_crc,
     encode_entries,
     make_batch,
+    resealed,
 )
 from geostore.ids import Epoch, NodeId, PartitionId, RegionId, Seq, StreamName
 from geostore.sim.network import SimNetwork
@@ -697,18 +697,7 @@ class GeoSimulation:
                 b = dataclasses.replace(
                     b, src_end=Seq(b.src_end + 1), record_count=b.record_count + 1
                 )
-            crc = batch_crc(
-                b.stream,
-                b.partition,
-                b.epoch,
-                b.src_start,
-                b.src_end,
-                b.record_count,
-                b.codec,
-                b.dict_id,
-                b.payload,
-            )
-            b = dataclasses.replace(b, crc=crc)
+            b = resealed(b)
         items[i] = b
         self.trace(f"corrupt batch {how}")
         return encode_message(GeoEnvelope(env.src_region, env.dst_region, tuple(items)))

@@ -524,11 +524,7 @@ class FileLogStore:
         try:
             removed = False
             while len(self._segments) > start_segments:
-                seg = self._segments.pop()
-                self._firsts.pop()
-                self._fs.close(seg.fd)
-                self._fs.unlink(seg.path)
-                self._watermarks.pop(seg.name, None)
+                self._drop_newest_segment()
                 removed = True
             if removed:
                 fsync_dir_or_fail(self._fs, self._dir)
@@ -549,6 +545,15 @@ class FileLogStore:
         self._last = start - 1
         self._durable = min(self._durable, self._last)
 
+    def _drop_newest_segment(self) -> None:
+        """Close and delete the newest segment file and forget it; the caller fsyncs the
+        directory once after the last one, before it cuts the segment left."""
+        seg = self._segments.pop()
+        self._firsts.pop()
+        self._fs.close(seg.fd)
+        self._fs.unlink(seg.path)
+        self._watermarks.pop(seg.name, None)
+
     def _cut_runs(self, from_index: int) -> None:
         keep = bisect.bisect_left(self._run_starts, from_index)
         del self._run_starts[keep:]
@@ -563,11 +568,7 @@ class FileLogStore:
         """
         removed = False
         while len(self._segments) > 1 and self._segments[-1].first_index >= from_index:
-            seg = self._segments.pop()
-            self._firsts.pop()
-            self._fs.close(seg.fd)
-            self._fs.unlink(seg.path)
-            self._watermarks.pop(seg.name, None)
+            self._drop_newest_segment()
             removed = True
         if removed:
             fsync_dir_or_fail(self._fs, self._dir)

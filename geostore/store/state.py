@@ -68,6 +68,7 @@ import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NoReturn
 
 import cbor2
@@ -1814,9 +1815,8 @@ class EventStore:
 
 
 _GET_BODY = operator.itemgetter("body")
-_GET_TS = operator.methodcaller("get", "ts")
-_GET_KEY = operator.methodcaller("get", "key")
-_GET_PARTITION = operator.methodcaller("get", "partition")
+#: the fields of an event that names no partition (the common request)
+_EVENT_FIELDS_UNPARTITIONED = frozenset({"ts", "key", "body"})
 _INT_TYPE = frozenset({int})
 _KEY_TYPES = frozenset({str, type(None)})
 
@@ -1837,13 +1837,19 @@ def _fast_columns(
     error, so this path never decides an error and never accepts what the loop refuses.
     Returns partitions, ts, keys, encoded bodies and the round-robin counter after them.
     """
-    if set(map(type, events)) != {dict} or not all(map(_EVENT_FIELDS.issuperset, events)):
+    if set(map(type, events)) != {dict}:
         return None
+    if not all(map(_EVENT_FIELDS_UNPARTITIONED.issuperset, events)):
+        # some event has a partition field (or an unknown one): only None passes here
+        if not all(map(_EVENT_FIELDS.issuperset, events)):
+            return None
+        if set(map(dict.get, events, repeat("partition"))) != {None}:
+            return None
     try:
         raw_bodies = list(map(_GET_BODY, events))
     except KeyError:
         return None
-    ts_col = list(map(_GET_TS, events))
+    ts_col: list[Any] = list(map(dict.get, events, repeat("ts")))
     if None in ts_col:
         ts_col = [now_us if t is None else t for t in ts_col]
     if (
@@ -1852,9 +1858,7 @@ def _fast_columns(
         or max(ts_col) > INT64_MAX
     ):
         return None
-    if set(map(_GET_PARTITION, events)) != {None}:
-        return None
-    keys: list[str | None] = list(map(_GET_KEY, events))
+    keys: list[str | None] = list(map(dict.get, events, repeat("key")))
     if not set(map(type, keys)) <= _KEY_TYPES:
         return None
     named = [k for k in keys if k is not None]
@@ -1863,7 +1867,7 @@ def _fast_columns(
     if key_bound > key_bytes_max:
         return None
     try:
-        bodies = list(map(cbor2.dumps, raw_bodies))
+        bodies = _cbor.dumps_each(raw_bodies)
     except Exception:  # cbor2 raises several types; the loop reports it with the path
         return None
     if max(map(len, bodies)) + key_bound > event_bytes_max:

@@ -1,6 +1,7 @@
 """What the process-level tests share: the CLI in a child process, JSON calls to a node's API
 with the cluster's credentials, retries past a 503 under a deadline, a partition's events, and
-a cluster brought up for a test module and always brought down, and small topologies.
+a cluster brought up for a test module and always brought down, small topologies, and the
+waits on a process, a condition or a region's leader.
 
 Every wait is bounded by a generous deadline: the tests share two cores with other work, so a
 loaded node is slow, and a wait that gives up early would make the tests flake.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from tests.integration import secure
 
@@ -28,16 +30,24 @@ SUCCESS = (200, 201, 202)
 
 
 def topology_toml(
-    name: str, regions: dict[str, list[str]], rtts_ms: dict[tuple[str, str], float]
+    name: str,
+    regions: dict[str, list[str]],
+    rtts_ms: dict[tuple[str, str], float],
+    streams: dict[str, list[str]] | None = None,
 ) -> str:
     """A topology file: ``regions`` (name -> node ids, in order) with no intra-region delay,
-    one link per ``rtts_ms`` pair (both directions)."""
+    one link per ``rtts_ms`` pair (both directions), and the ``streams`` it declares (name ->
+    the home region of each partition, in partition order)."""
     lines = [f'name = "{name}"']
     for region, ids in regions.items():
         listed = ", ".join(f'"{n}"' for n in ids)
         lines += ["[[regions]]", f'name = "{region}"', "intra_rtt_ms = 0.0", f"nodes = [{listed}]"]
     for (a, b), rtt in rtts_ms.items():
         lines += ["[[links]]", f'a = "{a}"', f'b = "{b}"', f"rtt_ms_p50 = {rtt}"]
+    for stream, homes in (streams or {}).items():
+        table = ", ".join(f'{p} = "{home}"' for p, home in enumerate(homes))
+        lines += ["[[streams]]", f'name = "{stream}"', f"partitions = {len(homes)}",
+                  f"homes = {{ {table} }}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -100,6 +110,45 @@ def answer_past_503(
         time.sleep(0.2)
 
 
+def alive(pid: int) -> bool:
+    """Whether the process ``pid`` still exists (a zombie counts until it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 60) -> Any:
+    """The first answer of ``fn`` that is not None, asked every 0.2 s; fails the test with
+    ``what`` when none came within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = fn()
+        if result is not None:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def status(api: str) -> dict[str, Any]:
+    """The ``/v1/status`` document of the node at ``api`` (made again past a 503)."""
+    answer: dict[str, Any] = ok(f"{api}/v1/status")
+    return answer
+
+
+def data_leader(cluster: dict[str, Any], region: str) -> dict[str, Any]:
+    """The cluster.json entry of the node that says it leads the region's data group, polled
+    every 0.2 s until one does, bounded by :data:`DEADLINE_S`."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        for n in cluster["regions"][region]["nodes"]:
+            if status(n["api"])["groups"][f"data-{region}"]["role"] == "leader":
+                return dict(n)
+        assert time.monotonic() < deadline, f"no leader in {region}"
+        time.sleep(0.2)
+
+
 def nodes(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every node of a cluster (its cluster.json) by id."""
     return {n["id"]: n for r in cluster["regions"].values() for n in r["nodes"]}
@@ -149,3 +198,33 @@ def cluster_up(
         yield info
     finally:
         geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
+
+
+class Harness(Protocol):
+    """A process harness over a cluster's folder (``bench.failover.Cluster``)."""
+
+    def down(self) -> None: ...
+
+
+H = TypeVar("H", bound=Harness)
+
+
+@contextlib.contextmanager
+def harness_up(
+    folder: Path, topology_file: Path, make: Callable[[Path], H], *args: str, timeout_s: int = 90
+) -> Iterator[H]:
+    """``cluster up`` of ``topology_file`` in ``folder`` with the extra ``args``; yields
+    ``make(folder)``, a harness whose ``down()`` stops every process (those it restarted
+    too), called afterwards; without one (up or ``make`` failed), ``cluster down``."""
+    up = geostore("cluster", "up", "--topology", str(topology_file), "--dir", str(folder),
+                  *args, "--timeout", str(timeout_s))  # fmt: skip
+    harness: H | None = None
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        harness = make(folder)
+        yield harness
+    finally:
+        if harness is not None:
+            harness.down()
+        else:
+            geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")

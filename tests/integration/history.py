@@ -45,21 +45,23 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 
+from bench.failover import cluster_down_reaping
 from geostore.client import GeostoreClient, Producer, RequestFailed
 from geostore.config import make_topology
 from geostore.errors import ApiError, ErrorCode
 from geostore.sim.history import Anomaly, OpKind, Outcome, check_history
 from geostore.sim.history import Op as SimOp
+from tests.integration import clusterkit
 
 OpType = Literal["ok", "fail", "info"]
 ReadMode = Literal["regional", "local"]
@@ -412,20 +414,7 @@ class Region:
         for node_id in list(self.stopped):
             self.signal(node_id, signal.SIGCONT)
         self._save()
-        # The restarted nodes are this process's children: reap them while 'cluster down'
-        # stops them, or it would wait for zombies until its timeout.
-        down = subprocess.Popen(
-            [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(self.folder),
-             "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        while down.poll() is None:
-            for proc in self.children.values():
-                proc.poll()
-            time.sleep(0.05)
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        cluster_down_reaping(self.folder, list(self.children.values()))
 
     def _save(self) -> None:
         # so that 'cluster down' finds the restarted processes
@@ -682,9 +671,7 @@ async def final_state(
     return FinalState(regional, local, debug)
 
 
-def geostore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=180, check=False)  # fmt: skip
+geostore = partial(clusterkit.geostore, timeout=180)
 
 
 async def wait_for(what: str, fn: Callable[[], Any], timeout_s: float) -> Any:

@@ -16,10 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import pytest
 
 from geostore.config import load_topology
 from netem.links import NetemControl
-from tests.integration import secure
+from tests.integration import clusterkit, secure
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -70,9 +69,7 @@ PARTITION_OF = {"a": 0, "b": 1, "c": 2}
 DEADLINE_S = 45.0
 
 
-def geostore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=150, check=False)  # fmt: skip
+geostore = partial(clusterkit.geostore, timeout=150)
 
 
 @pytest.fixture(scope="module")

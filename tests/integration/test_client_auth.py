@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,11 +18,11 @@ from aiohttp import web
 from geostore.cli.main import main as cli_main
 from geostore.client import GeostoreClient
 from geostore.client.errors import Forbidden, TlsFailed, Unauthenticated
-from geostore.config.tokens import AuthError, hash_secret, parse_tokens, token_toml
+from geostore.config.tokens import hash_secret, parse_tokens, token_toml
 from geostore.config.topology import make_topology
 from geostore.errors import ApiError, ErrorCode
-from geostore.transport.auth import auth_middleware
-from geostore.transport.certs import CA_CERT, client_files, init_certs, load_node_tls
+from geostore.transport.certs import CA_CERT, client_files, init_certs
+from tests.integration.guardkit import guarded_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,10 +30,6 @@ READER = "gst_reader-secret-0123456789abcdef"
 WRITER = "gst_writer-secret-fedcba9876543210"
 WRONG = "gst_wrong-secret-00112233445566778899"
 SECRETS = (READER, WRITER, WRONG)
-
-
-def _on_error(request: web.Request, err: AuthError) -> web.Response:
-    return web.json_response(err.to_body(), status=err.http_status)
 
 
 class Api:
@@ -70,21 +65,15 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Api, Path]]:
         token_toml("reader", hash_secret(READER), ["read"])
         + token_toml("writer", hash_secret(WRITER), ["read", "write"])
     )
-    tls = load_node_tls(certs, "a", require_client_cert=False)
     api = Api()
-    app = web.Application(middlewares=[auth_middleware(tokens, "c1", _on_error)])
-    app.router.add_post("/v1/streams/{name}/events", api.append)
-    app.router.add_get("/v1/streams/{name}/events", api.read)
-    app.router.add_get("/v1/streams/{name}/tail", api.tail)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock, ssl_context=tls.server_ctx).start()
-    try:
-        yield f"https://127.0.0.1:{sock.getsockname()[1]}", api, certs
-    finally:
-        await runner.cleanup()
+
+    def routes(app: web.Application) -> None:
+        app.router.add_post("/v1/streams/{name}/events", api.append)
+        app.router.add_get("/v1/streams/{name}/events", api.read)
+        app.router.add_get("/v1/streams/{name}/tail", api.tail)
+
+    async with guarded_server(certs, tokens, routes) as base:
+        yield base, api, certs
 
 
 def _no_secret(text: str) -> None:

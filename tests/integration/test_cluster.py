@@ -11,28 +11,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration import secure
+from tests.integration import clusterkit, secure
+from tests.integration.clusterkit import alive, topology_toml
 
 pytestmark = pytest.mark.timeout(240)
 
-TOPOLOGY = """
-name = "one-region"
-[[regions]]
-name = "r1"
-intra_rtt_ms = 0.0
-nodes = ["n1", "n2", "n3"]
-"""
+TOPOLOGY = topology_toml("one-region", {"r1": ["n1", "n2", "n3"]}, {})
 # Generous timing for a loaded 2-core machine: heartbeats every 100 ms, elections 1-2 s.
 CONFIG = """
 [raft]
@@ -46,14 +40,7 @@ event_bytes_max = 16384
 SCHEMA = {"attributes": [{"name": "delay", "type": "int", "indexed": True}]}
 
 
-def geostore(*args: str, timeout_s: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "geostore", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+geostore = partial(clusterkit.geostore, timeout=150)
 
 
 def call(url: str, method: str = "GET", body: Any = None, raw: bytes | None = None,
@@ -65,14 +52,6 @@ def call(url: str, method: str = "GET", body: Any = None, raw: bytes | None = No
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def eventually(what: str, fn: Any, timeout_s: float = 60.0) -> Any:
@@ -217,7 +196,7 @@ def test_openapi_and_metrics_from_a_process(cluster: dict[str, Any]) -> None:
 
 
 def test_status_command_prints_the_table(cluster: dict[str, Any]) -> None:
-    out = geostore("cluster", "status", "--dir", cluster["_dir"], timeout_s=60)
+    out = geostore("cluster", "status", "--dir", cluster["_dir"], timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:5] == ["region", "node", "role", "leader", "term"]

@@ -5,31 +5,21 @@ acknowledged event, takes new writes, and ``cluster down`` stops the new node to
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration import secure
+from tests.integration import clusterkit, secure
+from tests.integration.clusterkit import alive, topology_toml, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
-TOPOLOGY = """
-name = "members"
-[[regions]]
-name = "r1"
-intra_rtt_ms = 0.0
-nodes = ["n1", "n2", "n3"]
-"""
+TOPOLOGY = topology_toml("members", {"r1": ["n1", "n2", "n3"]}, {})
 CONFIG = """
 [raft]
 tick_ms = 20
@@ -37,40 +27,9 @@ heartbeat_ticks = 5
 election_ticks = 50
 snapshot_threshold_entries = 20
 """
-
-
-def geostore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=180, check=False)  # fmt: skip
-
-
-def call(url: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with secure.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_for(what: str, fn: Any, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = fn()
-        if result is not None:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
+# The CLI runs here are given up to 120 s themselves; the child process gets more.
+geostore = partial(clusterkit.geostore, timeout=180)
+call = partial(clusterkit.call, timeout=30)
 
 
 def test_replace_brings_a_fresh_identity_that_catches_up_by_snapshot(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ that a request through such a proxy reaches the node (paying the link's latency)
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,33 +13,11 @@ from typing import Any
 import pytest
 
 from tests.integration import secure
-from tests.integration.clusterkit import geostore
+from tests.integration.clusterkit import alive, geostore, topology_toml
 
 pytestmark = pytest.mark.timeout(180)
 
-TOPOLOGY = """
-name = "two"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 60.0
-"""
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+TOPOLOGY = topology_toml("two", {"a": ["a1"], "b": ["b1"]}, {("a", "b"): 60.0})
 
 
 def get(url: str) -> Any:

@@ -32,41 +32,20 @@ import aiohttp
 import pytest
 
 from bench.failover import Cluster as ProcessCluster
+from bench.failover import call
 from geostore.config import load_topology
 from netem.links import NetemControl
 from tests.integration import secure
-from tests.integration.clusterkit import geostore
+from tests.integration.clusterkit import geostore, harness_up, topology_toml
 from tests.integration.history import FinalState, History, Op, check
 
 pytestmark = pytest.mark.timeout(300)
 
-TOPOLOGY = """
-name = "failover-test"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1", "a2"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[regions]]
-name = "c"
-intra_rtt_ms = 0.0
-nodes = ["c1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 20.0
-[[links]]
-a = "a"
-b = "c"
-rtt_ms_p50 = 30.0
-[[links]]
-a = "b"
-b = "c"
-rtt_ms_p50 = 24.0
-"""
+TOPOLOGY = topology_toml(
+    "failover-test",
+    {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1"]},
+    {("a", "b"): 20.0, ("a", "c"): 30.0, ("b", "c"): 24.0},
+)
 
 #: Short leases so that a failover waits about 6 s, not 10; renewed only every 2.5 s, so that
 #: the cut (timed just after a renewal, see :func:`just_renewed`) falls well before the next.
@@ -143,35 +122,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("failover")
     (root / "topology.toml").write_text(TOPOLOGY)
     (root / "config.toml").write_text(CONFIG)
-    folder = root / "c"
-    up = geostore("cluster", "up", "--topology", str(root / "topology.toml"), "--dir",
-                  str(folder), "--config", str(root / "config.toml"), "--timeout", "90")  # fmt: skip
-    c: Cluster | None = None
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        c = Cluster(folder)
+    config = ("--config", str(root / "config.toml"))
+    with harness_up(root / "c", root / "topology.toml", Cluster, *config) as c:
         yield c
-    finally:
-        if c is not None:
-            c.down()
-        else:
-            geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
 
 
 # --- HTTP --------------------------------------------------------------------------------------
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, body: Any = None, timeout_s: float = 10.0
-) -> tuple[int, Any]:
-    """One request; (status, decoded JSON body or None). Network errors propagate."""
-    async with http.request(
-        method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
-    ) as r:
-        try:
-            return r.status, await r.json(content_type=None)
-        except ValueError:
-            return r.status, None
 
 
 async def until(what: str, fn: Callable[[], Awaitable[T | None]], timeout_s: float = DEADLINE_S,

@@ -27,40 +27,21 @@ from tests.integration.clusterkit import (
     answer_past_503,
     call,
     cluster_up,
+    data_leader,
     geostore,
     nodes,
     ok,
+    status,
+    topology_toml,
 )
 
 pytestmark = pytest.mark.timeout(150)
 
-TOPOLOGY = """
-name = "meta-test"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1", "a2"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[regions]]
-name = "c"
-intra_rtt_ms = 0.0
-nodes = ["c1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 30.0
-[[links]]
-a = "a"
-b = "c"
-rtt_ms_p50 = 50.0
-[[links]]
-a = "b"
-b = "c"
-rtt_ms_p50 = 40.0
-"""
+TOPOLOGY = topology_toml(
+    "meta-test",
+    {"a": ["a1", "a2"], "b": ["b1"], "c": ["c1"]},
+    {("a", "b"): 30.0, ("a", "c"): 50.0, ("b", "c"): 40.0},
+)
 
 #: Short leases so the test sees one lapse quickly (renewed 4x per lease).
 CONFIG = """
@@ -92,22 +73,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 for n in region["nodes"]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(n["pid"], signal.SIGCONT)
-
-
-def status(api: str) -> Any:
-    return ok(f"{api}/v1/status")
-
-
-def data_leader(cluster: dict[str, Any], region: str) -> str:
-    """The API address of the region's data-group leader (waits for one)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        for n in cluster["regions"][region]["nodes"]:
-            st = status(n["api"])
-            if st["groups"][f"data-{region}"]["role"] == "leader":
-                return str(n["api"])
-        assert time.monotonic() < deadline, f"no leader in {region}"
-        time.sleep(0.2)
 
 
 def test_a_stream_created_in_one_region_is_everywhere_with_its_homes(
@@ -156,7 +121,7 @@ def test_appends_stop_when_the_home_lease_lapses_and_resume_after(
 ) -> None:
     all_nodes = nodes(cluster)
     ok(f"{all_nodes['a1']['api']}/v1/streams", {"name": "m", "partitions": 3})
-    a_leader = data_leader(cluster, "a")
+    a_leader = data_leader(cluster, "a")["api"]
     append = f"{a_leader}/v1/streams/m/events"
     acked: list[tuple[int, Any]] = []
     answer = ok(append, {"events": [{"partition": 0, "body": "before"}]})

@@ -29,32 +29,18 @@ from tests.integration.clusterkit import (
     apis,
     call,
     cluster_up,
+    data_leader,
     events,
     geostore,
     ok,
+    topology_toml,
 )
 
 pytestmark = pytest.mark.timeout(150)
 
-TOPOLOGY = """
-name = "geo-test"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1", "b2"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 40.0
-[[streams]]
-name = "s"
-partitions = 2
-homes = { 0 = "a", 1 = "b" }
-"""
+TOPOLOGY = topology_toml(
+    "geo-test", {"a": ["a1"], "b": ["b1", "b2"]}, {("a", "b"): 40.0}, streams={"s": ["a", "b"]}
+)
 
 #: A small training set, so the burst of the tests below is enough to train a dictionary.
 CONFIG = """
@@ -132,18 +118,6 @@ def test_local_reads_are_prefixes_and_copies_converge(cluster: dict[str, Any]) -
     assert views[0][("s", 0)][0] == home[0][-1][0] and views[0][("s", 1)][0] == home[1][-1][0]
 
 
-def leader_of(cluster: dict[str, Any], region: str) -> dict[str, Any]:
-    nodes = cluster["regions"][region]["nodes"]
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        for n in nodes:
-            status = ok(f"{n['api']}/v1/status")
-            if status["groups"][f"data-{region}"]["role"] == "leader":
-                return dict(n)
-        assert time.monotonic() < deadline, f"no leader in {region}"
-        time.sleep(0.2)
-
-
 def test_small_batches_name_a_trained_dictionary_and_apply_lag_is_measured(
     cluster: dict[str, Any],
 ) -> None:
@@ -158,7 +132,7 @@ def test_small_batches_name_a_trained_dictionary_and_apply_lag_is_measured(
     dict_id = ok(f"{a}/v1/status")["geo"]["shipper"]["dictionaries"]["s"]
     for i in range(20):  # small batches after training name the dictionary
         answer = ok(f"{a}/v1/streams/s/events", {"events": [{"partition": 0, "body": {"d": i}}]})
-    b = leader_of(cluster, "b")
+    b = data_leader(cluster, "b")
     got = events(b["api"], 0, after=answer["token"], wait_ms=20_000)
     assert got == events(a, 0, "regional")
     shipper = ok(f"{a}/v1/status")["geo"]["shipper"]

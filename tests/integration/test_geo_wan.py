@@ -15,11 +15,8 @@ fits its budget on two shared cores (about 35 s)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +25,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.failover import Cluster as ProcessCluster
 from geostore.client import GeostoreClient
 from geostore.config import Topology, load_topology
 from netem.links import NetemControl
 from tests.integration import secure
+from tests.integration.clusterkit import harness_up
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -46,32 +45,13 @@ WRITERS_PER_REGION = 2
 PACE_S = 0.03  # between one writer's appends: keeps the CPU for the nodes
 
 
-def geostore(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "geostore", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)  # fmt: skip
-
-
-class Cluster:
-    """The node processes of ``cluster up``, with SIGKILL and restart of one node."""
+class Cluster(ProcessCluster):
+    """The bench's process harness (see :class:`bench.failover.Cluster`) with the topology,
+    and SIGKILL and restart of one node."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.doc: dict[str, Any] = json.loads((folder / "cluster.json").read_text())
+        super().__init__(folder)
         self.topology: Topology = load_topology(self.doc["topology_resolved"])
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self.region_of: dict[str, str] = {}
-        self.cmdlines: dict[str, list[str]] = {}
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        for region, spec in self.doc["regions"].items():
-            for n in spec["nodes"]:
-                self.nodes[n["id"]] = n
-                self.region_of[n["id"]] = region
-                # the exact command line 'cluster up' used; a restart must not found a new one
-                raw = Path(f"/proc/{n['pid']}/cmdline").read_bytes().split(b"\0")
-                self.cmdlines[n["id"]] = [a.decode() for a in raw if a and a != b"--bootstrap"]
-
-    def apis(self, region: str) -> list[str]:
-        return [n["api"] for n in self.doc["regions"][region]["nodes"]]
 
     def one_way_ms(self, a: str, b: str) -> float:
         return self.topology.rtt_ms(a, b) / 2
@@ -79,56 +59,14 @@ class Cluster:
     def kill(self, node_id: str) -> None:
         os.kill(self.nodes[node_id]["pid"], signal.SIGKILL)
 
-    def alive(self, node_id: str) -> bool:
-        proc = self.children.get(node_id)
-        if proc is not None:
-            return proc.poll() is None
-        try:
-            state = Path(f"/proc/{self.nodes[node_id]['pid']}/stat").read_text().split()[2]
-        except (FileNotFoundError, IndexError):
-            return False
-        return state != "Z"
-
     def restart(self, node_id: str) -> None:
-        assert not self.alive(node_id), f"{node_id} still runs"
-        with open(Path(self.nodes[node_id]["dir"]) / "process.log", "ab") as out:
-            proc = subprocess.Popen(self.cmdlines[node_id], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        self.children[node_id] = proc
-        self.nodes[node_id]["pid"] = proc.pid
-        # so that 'cluster down' finds the restarted process
-        (self.folder / "cluster.json").write_text(json.dumps(self.doc, indent=2))
-
-    def down(self) -> None:
-        down = subprocess.Popen(
-            [sys.executable, "-m", "geostore", "cluster", "down", "--dir", str(self.folder),
-             "--timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        while down.poll() is None:  # reap our restarted children while they stop
-            for proc in self.children.values():
-                proc.poll()
-            time.sleep(0.05)
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        self.restart_node(node_id)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    folder = tmp_path_factory.mktemp("geowan") / "c"
-    up = geostore("cluster", "up", "--topology", str(TOPOLOGY), "--dir", str(folder),
-                  "--timeout", "90")  # fmt: skip
-    c: Cluster | None = None
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        c = Cluster(folder)
+    with harness_up(tmp_path_factory.mktemp("geowan") / "c", TOPOLOGY, Cluster) as c:
         yield c
-    finally:
-        if c is not None:
-            c.down()
-        else:
-            geostore("cluster", "down", "--dir", str(folder), "--timeout", "20")
 
 
 # --- HTTP helpers ------------------------------------------------------------------------------

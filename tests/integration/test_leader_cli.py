@@ -4,20 +4,16 @@ refuses an unknown target, against real node processes."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 from geostore.config import load_topology
-from tests.integration import secure
+from tests.integration import clusterkit, secure
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _geostore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "geostore", *args], capture_output=True, text=True, timeout=180
-    )
+_geostore = partial(clusterkit.geostore, timeout=180)
 
 
 def _role(api: str) -> str:

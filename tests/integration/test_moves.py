@@ -23,41 +23,17 @@ from tests.integration.clusterkit import (
     events,
     geostore,
     ok,
+    topology_toml,
 )
 
 pytestmark = pytest.mark.timeout(240)
 
-TOPOLOGY = """
-name = "moves-test"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[regions]]
-name = "c"
-intra_rtt_ms = 0.0
-nodes = ["c1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 20.0
-[[links]]
-a = "a"
-b = "c"
-rtt_ms_p50 = 40.0
-[[links]]
-a = "b"
-b = "c"
-rtt_ms_p50 = 30.0
-[[streams]]
-name = "s"
-partitions = 2
-homes = { 0 = "a", 1 = "b" }
-"""
+TOPOLOGY = topology_toml(
+    "moves-test",
+    {"a": ["a1"], "b": ["b1"], "c": ["c1"]},
+    {("a", "b"): 20.0, ("a", "c"): 40.0, ("b", "c"): 30.0},
+    streams={"s": ["a", "b"]},
+)
 
 #: Short leases: a lost region's lease runs out in about 3 s.
 CONFIG = """

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.integration import secure
-from tests.integration.clusterkit import cluster_up, nodes, ok, topology_toml
+from tests.integration.clusterkit import alive, cluster_up, nodes, ok, topology_toml, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -60,24 +59,6 @@ def call(url: str, body: Any = None) -> tuple[int, Any]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_for(what: str, fn: Any, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = fn()
-        if result is not None:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
 def entry(folder: Path, node: str) -> dict[str, Any]:

@@ -33,37 +33,15 @@ from geostore.runtime.wire import encode_peer_message
 from geostore.transport.certs import CA_CERT, client_files, ensure_certs, init_certs, node_files
 from geostore.transport.wire import PEER_PATH, encode_batch, hello_text
 from tests.integration import secure
-from tests.integration.clusterkit import cluster_up, geostore, nodes
+from tests.integration.clusterkit import cluster_up, geostore, nodes, topology_toml
 
 pytestmark = pytest.mark.timeout(180)
 
-TOPOLOGY = """
-name = "sec"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1"]
-[[regions]]
-name = "c"
-intra_rtt_ms = 0.0
-nodes = ["c1"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 0.0
-[[links]]
-a = "a"
-b = "c"
-rtt_ms_p50 = 0.0
-[[links]]
-a = "b"
-b = "c"
-rtt_ms_p50 = 0.0
-"""
+TOPOLOGY = topology_toml(
+    "sec",
+    {"a": ["a1"], "b": ["b1"], "c": ["c1"]},
+    {("a", "b"): 0.0, ("a", "c"): 0.0, ("b", "c"): 0.0},
+)
 READER = "gst_reader-0123456789abcdef0123456789"
 WRONG = "gst_wrong-0123456789abcdef0123456789ab"
 

@@ -22,31 +22,25 @@ from typing import Any
 import pytest
 
 from tests.integration import clusterkit, secure
-from tests.integration.clusterkit import DEADLINE_S, call, cluster_up, geostore, nodes
+from tests.integration.clusterkit import (
+    DEADLINE_S,
+    call,
+    cluster_up,
+    geostore,
+    nodes,
+    topology_toml,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
 # region a (preferred: the first) has two voters, b three: a quorum of 3 of 5 always needs b,
 # and b alone is a quorum, so the preferred region can be taken down entirely
-TOPOLOGY = """
-name = "single-leader-test"
-[[regions]]
-name = "a"
-intra_rtt_ms = 0.0
-nodes = ["a1", "a2"]
-[[regions]]
-name = "b"
-intra_rtt_ms = 0.0
-nodes = ["b1", "b2", "b3"]
-[[links]]
-a = "a"
-b = "b"
-rtt_ms_p50 = 20.0
-[[streams]]
-name = "s"
-partitions = 2
-homes = { 0 = "a", 1 = "b" }
-"""
+TOPOLOGY = topology_toml(
+    "single-leader-test",
+    {"a": ["a1", "a2"], "b": ["b1", "b2", "b3"]},
+    {("a", "b"): 20.0},
+    streams={"s": ["a", "b"]},
+)
 
 GROUP = "data-global"
 

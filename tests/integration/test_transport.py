@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,34 +22,11 @@ from aiohttp import WSMsgType, web
 from geostore.codec import decode_message, encode_message, wire_message
 from geostore.ids import GroupId, NodeId
 from geostore.transport.peer import PeerTransport
-from geostore.transport.settings import TransportSettings
 from geostore.transport.wire import PEER_PATH, encode_batch, hello_text, welcome_text
+from tests.integration.peerkit import FAST, A, B, C, eventually, reserve, stop_started, url
+from tests.integration.peerkit import PeerNode as Node
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = TransportSettings(
-    batch_messages_max=64,
-    batch_bytes_max=16 * 1024,
-    frame_bytes_max=64 * 1024,
-    connect_timeout_s=1.0,
-    handshake_timeout_s=1.0,
-    send_timeout_s=2.0,
-    heartbeat_s=1.0,
-    close_timeout_s=0.5,
-    backoff_base_ms=10,
-    backoff_max_ms=100,
-    stop_timeout_s=2.0,
-)
-
-A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
-
-
-def reserve() -> socket.socket:
-    """A bound, not yet listening socket: connecting to it is refused until a site serves it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 def rebind(port: int) -> socket.socket:
@@ -59,79 +36,10 @@ def rebind(port: int) -> socket.socket:
     return sock
 
 
-def url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
-
-
-class Node:
-    """One transport on its own aiohttp server, recording what it receives."""
-
-    def __init__(
-        self,
-        node_id: NodeId,
-        sock: socket.socket,
-        peers: dict[NodeId, str],
-        *,
-        cluster_id: str = "c1",
-        settings: TransportSettings = FAST,
-    ) -> None:
-        self.node_id = node_id
-        self.sock = sock
-        self.port: int = sock.getsockname()[1]
-        self.inbox: list[tuple[NodeId, Any]] = []
-        self.transport = PeerTransport(
-            node_id,
-            cluster_id,
-            peers,
-            encode=cbor2.dumps,
-            decode=cbor2.loads,
-            on_message=lambda peer, msg: self.inbox.append((peer, msg)),
-            settings=settings,
-            rng=random.Random(node_id),
-        )
-        self.runner: web.AppRunner | None = None
-        self.stopped = False
-
-    async def start(self) -> None:
-        _STARTED.append(self)
-        app = web.Application()
-        self.transport.attach(app)
-        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
-        await self.runner.setup()
-        await self.transport.start()
-        await web.SockSite(self.runner, self.sock).start()
-
-    async def stop(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        await self.transport.stop()
-        assert self.runner is not None
-        await self.runner.cleanup()
-
-    def from_peer(self, peer: NodeId) -> list[Any]:
-        return [m for p, m in self.inbox if p == peer]
-
-    def peer_stats(self, peer: NodeId) -> dict[str, Any]:
-        stats: dict[str, Any] = self.transport.stats()["peers"][peer]
-        return stats
-
-
-#: Nodes started by the running test, stopped at teardown even when the test failed.
-_STARTED: list[Node] = []
-
-
 @pytest.fixture(autouse=True)
 async def _stop_leftovers() -> AsyncIterator[None]:
     yield
-    while _STARTED:
-        await _STARTED.pop().stop()
-
-
-async def eventually(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not pred():
-            await asyncio.sleep(0.01)
+    await stop_started()
 
 
 async def cluster(*ids: NodeId, **kw: Any) -> list[Node]:

@@ -5,7 +5,6 @@ client certificate is let through; open paths need nothing."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,25 +13,21 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from geostore.config.tokens import AuthError, hash_secret, parse_tokens, token_toml
+from geostore.config.tokens import hash_secret, parse_tokens, token_toml
 from geostore.config.topology import make_topology
-from geostore.transport.auth import PRINCIPAL, auth_middleware, default_role_for
+from geostore.transport.auth import PRINCIPAL, default_role_for
 from geostore.transport.certs import (
     CA_CERT,
     client_files,
     client_ssl_context,
     init_certs,
-    load_node_tls,
     node_files,
 )
+from tests.integration.guardkit import guarded_server
 
 pytestmark = pytest.mark.timeout(60)
 
 READER, WRITER, ADMIN = "gst_reader-0123456789abcdef", "gst_writer-0123456789", "gst_admin-012345"
-
-
-def _on_error(request: web.Request, err: AuthError) -> web.Response:
-    return web.json_response(err.to_body(), status=err.http_status)
 
 
 class Api:
@@ -54,19 +49,13 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Api, Path]]:
         + token_toml("writer", hash_secret(WRITER), ["read", "write"])
         + token_toml("admin", hash_secret(ADMIN), ["admin"])
     )
-    tls = load_node_tls(certs, "a", require_client_cert=False)
     api = Api()
-    app = web.Application(middlewares=[auth_middleware(tokens, "c1", _on_error)])
-    app.router.add_route("*", "/{tail:.*}", api.handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock, ssl_context=tls.server_ctx).start()
-    try:
-        yield f"https://127.0.0.1:{sock.getsockname()[1]}", api, certs
-    finally:
-        await runner.cleanup()
+
+    def routes(app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", api.handle)
+
+    async with guarded_server(certs, tokens, routes) as base:
+        yield base, api, certs
 
 
 async def _call(

@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import cbor2
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType
 
 from geostore.config.topology import make_topology
 from geostore.ids import NodeId
@@ -30,28 +29,12 @@ from geostore.transport.certs import (
     load_node_tls,
     node_files,
 )
-from geostore.transport.peer import Members, PeerTransport
-from geostore.transport.settings import TransportSettings
+from geostore.transport.peer import Members
 from geostore.transport.wire import PEER_PATH, encode_batch, hello_text
 from netem.proxy import Proxy
+from tests.integration.peerkit import A, B, C, PeerNode, eventually, reserve, stop_started, url
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = TransportSettings(
-    batch_messages_max=64,
-    batch_bytes_max=16 * 1024,
-    frame_bytes_max=64 * 1024,
-    connect_timeout_s=1.0,
-    handshake_timeout_s=1.0,
-    send_timeout_s=2.0,
-    heartbeat_s=1.0,
-    close_timeout_s=0.5,
-    backoff_base_ms=10,
-    backoff_max_ms=100,
-    stop_timeout_s=2.0,
-)
-
-A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +48,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ours, theirs
 
 
-def reserve() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
-
-
-class Node:
+class Node(PeerNode):
     """A transport with TLS on its own aiohttp server, recording what it receives."""
 
     def __init__(
@@ -87,57 +59,13 @@ class Node:
         *,
         members: Members | None = None,
     ) -> None:
-        self.node_id = node_id
-        self.tls = tls
-        self.sock = reserve()
-        self.port: int = self.sock.getsockname()[1]
-        self.inbox: list[tuple[NodeId, Any]] = []
-        self.transport = PeerTransport(
-            node_id,
-            "c1",
-            peers,
-            encode=cbor2.dumps,
-            decode=cbor2.loads,
-            on_message=lambda peer, msg: self.inbox.append((peer, msg)),
-            settings=FAST,
-            rng=random.Random(node_id),
-            tls=tls,
-            members=members,
-        )
-        self.runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        _STARTED.append(self)
-        app = web.Application()
-        self.transport.attach(app)
-        self.runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
-        await self.runner.setup()
-        await self.transport.start()
-        await web.SockSite(self.runner, self.sock, ssl_context=self.tls.server_ctx).start()
-
-    async def stop(self) -> None:
-        await self.transport.stop()
-        assert self.runner is not None
-        await self.runner.cleanup()
-
-    def stats(self) -> dict[str, Any]:
-        return self.transport.stats()
-
-
-_STARTED: list[Node] = []
+        super().__init__(node_id, reserve(), peers, tls=tls, members=members)
 
 
 @pytest.fixture(autouse=True)
 async def _stop_leftovers() -> AsyncIterator[None]:
     yield
-    while _STARTED:
-        await _STARTED.pop().stop()
-
-
-async def eventually(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not pred():
-            await asyncio.sleep(0.01)
+    await stop_started()
 
 
 async def _server(certs: Path, node_id: NodeId, **kw: Any) -> Node:
@@ -281,7 +209,5 @@ async def test_tls_passes_through_the_netem_proxy(certs: tuple[Path, Path]) -> N
         assert proxy.connections_total >= 1
         assert proxy.counters["upstream"].sent > 0
     finally:
-        for node in list(_STARTED):
-            await node.stop()
-            _STARTED.remove(node)
+        await stop_started()
         await proxy.stop()

@@ -26,6 +26,7 @@ from geostore.codec import (
 )
 from geostore.ids import LogIndex, NodeId, Term
 from geostore.raft.types import ConfState, Entry, EntryKind, HardState, SnapshotMeta
+from tests.unit.codec_values import floats, ints, plain_values
 
 # Tags from 0xFFFF0000 up are reserved for tests, so they never collide with real messages.
 T0 = 0xFFFF_0000
@@ -119,18 +120,9 @@ class Checked:
 
 # --- strategies ---------------------------------------------------------------------------------
 
-ints = st.integers(min_value=-(2**64), max_value=2**64 - 1)
-floats = st.floats(allow_nan=False)
 texts = st.text(max_size=20)
 leaves = st.builds(Leaf, st.integers(0, 2**40).map(LogIndex), st.sampled_from(Kind))
-scalars = st.none() | st.booleans() | ints | floats | texts | st.binary(max_size=20)
-# One level of nesting (and two inside lists of maps) keeps generation cheap; deeper nesting is
-# covered by the example tests.
-plain = (
-    scalars
-    | st.lists(scalars, max_size=3)
-    | st.dictionaries(texts, scalars | st.lists(scalars, max_size=2), max_size=3)
-)
+plain = plain_values(texts, binary_size_max=20)
 everything = st.builds(
     Everything,
     i=ints,

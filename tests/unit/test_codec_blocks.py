@@ -19,23 +19,10 @@ from geostore.codec import (
     open_block,
     seal_block,
 )
+from tests.unit.codec_values import plain_values
 
 texts = st.text(max_size=16)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | texts
-    | st.binary(max_size=8)
-)
-# One level of nesting (and two inside lists of maps) keeps generation cheap; deeper nesting is
-# covered by the example tests.
-plain = (
-    scalars
-    | st.lists(scalars, max_size=3)
-    | st.dictionaries(texts, scalars | st.lists(scalars, max_size=2), max_size=3)
-)
+plain = plain_values(texts, binary_size_max=8)
 
 EVENT = {
     "stream": "flights",

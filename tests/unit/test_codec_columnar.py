@@ -19,23 +19,10 @@ from geostore.codec import (
     decode_columnar,
     encode_columnar,
 )
+from tests.unit.codec_values import plain_values
 
 texts = st.text(max_size=8)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | texts
-    | st.binary(max_size=8)
-)
-# One level of nesting (and two inside lists of maps) keeps generation cheap; deeper nesting is
-# covered by the example tests.
-plain = (
-    scalars
-    | st.lists(scalars, max_size=3)
-    | st.dictionaries(texts, scalars | st.lists(scalars, max_size=2), max_size=3)
-)
+plain = plain_values(texts, binary_size_max=8)
 rows_strategy = st.lists(
     st.dictionaries(st.sampled_from(["a", "b", "c", "dep_delay", "ü"]) | texts, plain, max_size=4),
     max_size=12,

@@ -50,7 +50,7 @@ def test_no_file_gives_the_defaults() -> None:
 
 def test_to_dict_lists_every_section_and_field() -> None:
     d = Config().to_dict()
-    assert list(d) == ["raft", "storage", "geo", "limits", "netem"]
+    assert list(d) == ["raft", "storage", "geo", "limits", "netem", "process"]
     for name, cls in SECTIONS.items():
         assert list(d[name]) == [f.name for f in dataclasses.fields(cls)]
     assert d["raft"]["tick_ms"] == 20 and d["storage"]["fsync"] is True

@@ -218,16 +218,12 @@ def damaged_batches(draw: st.DrawFn) -> GeoBatch:
 
 def resealed(batch: GeoBatch) -> GeoBatch:
     """The same batch with a CRC that matches, so the checks past the CRC are reached."""
-    from geostore.geo.batch import batch_crc
+    from geostore.geo.batch import resealed
 
     try:
-        crc = batch_crc(
-            batch.stream, batch.partition, batch.epoch, batch.src_start, batch.src_end,
-            batch.record_count, batch.codec, batch.dict_id, batch.payload,
-        )  # fmt: skip
+        return resealed(batch)
     except BatchError:
         return batch
-    return dataclasses.replace(batch, crc=crc)
 
 
 @FUZZ

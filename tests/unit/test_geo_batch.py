@@ -42,9 +42,9 @@ from geostore.geo import (
     GeoPosition,
     NackReason,
     Watermark,
-    batch_crc,
     make_batch,
     open_batch,
+    resealed,
 )
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 
@@ -63,21 +63,6 @@ def entries(start: int, counts: list[int], size: int = 40) -> list[GeoEntry]:
         )
         seq += n
     return out
-
-
-def recrc(b: GeoBatch) -> GeoBatch:
-    crc = batch_crc(
-        b.stream,
-        b.partition,
-        b.epoch,
-        b.src_start,
-        b.src_end,
-        b.record_count,
-        b.codec,
-        b.dict_id,
-        b.payload,
-    )
-    return dataclasses.replace(b, crc=crc)
 
 
 def test_geo_tags_are_in_the_reserved_range() -> None:
@@ -172,18 +157,18 @@ def test_truncated_or_lying_batches_are_refused_even_with_a_valid_crc() -> None:
     b = make_batch(S, P, E, entries(0, [3, 2]))
     for cut in (1, len(b.payload) // 2, len(b.payload) - 1):
         with pytest.raises(BatchError):
-            open_batch(recrc(dataclasses.replace(b, payload=b.payload[:cut])))
+            open_batch(resealed(dataclasses.replace(b, payload=b.payload[:cut])))
     # a count and range that do not match the entries
     with pytest.raises(BatchError, match="declares"):
-        open_batch(recrc(dataclasses.replace(b, src_end=Seq(5), record_count=6)))
+        open_batch(resealed(dataclasses.replace(b, src_end=Seq(5), record_count=6)))
     # a count that does not match the range
     with pytest.raises(BatchError, match="range"):
-        open_batch(recrc(dataclasses.replace(b, record_count=4)))
+        open_batch(resealed(dataclasses.replace(b, record_count=4)))
     with pytest.raises(BatchError):
-        open_batch(recrc(dataclasses.replace(b, codec=7)))
+        open_batch(resealed(dataclasses.replace(b, codec=7)))
     raw = make_batch(S, P, E, entries(0, [3]), codec=CODEC_NONE)
     with pytest.raises(BatchError):
-        open_batch(recrc(dataclasses.replace(raw, payload=b"\xa0")))  # an empty map
+        open_batch(resealed(dataclasses.replace(raw, payload=b"\xa0")))  # an empty map
 
 
 def test_decompression_bound_is_enforced() -> None:

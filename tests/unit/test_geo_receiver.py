@@ -34,8 +34,8 @@ from geostore.geo import (
     SendEnvelope,
     Watermark,
     apply_geo_batch,
-    batch_crc,
     make_batch,
+    resealed,
 )
 from geostore.ids import Epoch, PartitionId, RegionId, Seq, StreamName
 
@@ -187,18 +187,7 @@ def test_corrupt_batches_are_rejected_and_never_proposed(damage: str) -> None:
             bad = dataclasses.replace(b, src_end=Seq(3), record_count=4)
         else:
             bad = dataclasses.replace(b, record_count=2)
-        crc = batch_crc(
-            bad.stream,
-            bad.partition,
-            bad.epoch,
-            bad.src_start,
-            bad.src_end,
-            bad.record_count,
-            bad.codec,
-            bad.dict_id,
-            bad.payload,
-        )
-        bad = dataclasses.replace(bad, crc=crc)
+        bad = resealed(bad)
     nack = one_nack(r.on_envelope(env(bad), 0))
     assert nack.reason is NackReason.CORRUPT and nack.watermark == WATERMARK_ZERO
     assert r.stats.corrupt_rejected == 1

@@ -344,20 +344,9 @@ def test_batch_entries_carry_their_epoch_and_older_entries_read_as_the_batch_epo
 def _recode(b: Any, payload: bytes) -> Any:
     import dataclasses
 
-    from geostore.geo import batch_crc
+    from geostore.geo import resealed
 
-    crc = batch_crc(
-        b.stream,
-        b.partition,
-        b.epoch,
-        b.src_start,
-        b.src_end,
-        b.record_count,
-        b.codec,
-        b.dict_id,
-        payload,
-    )
-    return dataclasses.replace(b, payload=payload, crc=crc)
+    return resealed(dataclasses.replace(b, payload=payload))
 
 
 def test_a_fence_holds_appends_in_the_log_names_the_fork_and_the_move_lifts_it() -> None:
