@@ -17,20 +17,22 @@ from typing import Any
 import pytest
 
 from tests.integration import secure
-from tests.integration.clusterkit import DEADLINE_S, call, cluster_up, events, geostore, nodes, ok
+from tests.integration.clusterkit import (
+    DEADLINE_S,
+    alive,
+    call,
+    cluster_up,
+    events,
+    geostore,
+    nodes,
+    ok,
+    wait_for,
+)
 from tests.integration.test_single_leader_membership import GROUP, TOPOLOGY, voters_everywhere
 
 pytestmark = pytest.mark.timeout(240)
 
 ALL = {"a1", "a2", "b1", "b2"}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def holds(api: str, expected: list[Any]) -> None:
@@ -58,10 +60,7 @@ def test_an_interrupted_add_resumes_in_single_leader_mode(tmp_path: Path) -> Non
         first = nodes(secure.register(folder))["b2"]
         assert first.get("added") and not first.get("joined"), first
         os.kill(first["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + DEADLINE_S
-        while alive(first["pid"]):
-            assert time.monotonic() < deadline, "b2 did not die"
-            time.sleep(0.1)
+        wait_for("b2 dead", lambda: None if alive(first["pid"]) else True, DEADLINE_S)
 
         out = geostore(*add, "--timeout", "90", timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
