@@ -34,7 +34,8 @@ call this CLI makes to the nodes uses the CA and the admin token (:func:`_use_cr
 
 ``cluster.json``: ``{"tls", "ca", "tokens", "token_file"`` (absent with ``--insecure``;
 paths relative to DIR), ``"mode", "topology", "topology_resolved", "config", "netem",
-"netem_pid", "regions": {R: {"nodes": [{"id", "api", "pid", "dir", "proxies"}]}},
+"netem_pid", "regions": {R: {"nodes": [{"id", "api", "pid", "dir", "proxies", "cmd",
+"added"?, "joined"?}]}},
 "leaders", "meta", "started_at", "ready_at"}`` (single-leader adds ``"leader_region"``, and
 ``leaders`` is ``{"global": NODE}``). ``meta`` (several regions, multi-leader) is the metadata
 group's ``{"leader", "voters", "learners"}`` as its leader reported them when ``up`` or the
@@ -42,6 +43,9 @@ last ``node add|remove|replace`` finished (``status`` shows the current ones). `
 the emulator's API URL or null; a node's ``proxies`` map each other region to the address
 through which that region reaches the node (``node add`` creates those of a new node and
 adds them to ``wan.json``). Nodes of one region always talk directly (``api``).
+``added``/``joined`` are ``node add``'s marks (:data:`MEMBERSHIP_MARKS`); ``up`` on an
+existing folder rebuilds every entry and carries them over, every other command edits the
+loaded file in place.
 """
 
 from __future__ import annotations
@@ -224,6 +228,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Keys of a node's cluster.json entry that ``node add`` writes and every rewrite keeps:
+#: ``added`` (the node was added by ``node add``: a rerun with its id resumes that add) and
+#: ``joined`` (the add completed: it restarts without ``--join``).
+MEMBERSHIP_MARKS = ("added", "joined")
+
+
 def _load_cluster(folder: str) -> dict[str, Any]:
     from geostore.errors import ApiError, ErrorCode
 
@@ -304,7 +314,15 @@ def _up(args: argparse.Namespace) -> int:
             )
     base = topology
     removed: list[str] = []
+    #: what 'node add' marked on its entries (added: an add that a rerun may resume;
+    #: joined: it completed), kept across this rewrite
+    marks: dict[str, dict[str, Any]] = {}
     if not fresh:
+        marks = {
+            n["id"]: {k: n[k] for k in MEMBERSHIP_MARKS if k in n}
+            for _, n in _nodes(old)
+            if "id" in n
+        }
         # a restart keeps the membership that node add/remove/replace left; the resolved
         # file's ports are stale, so nodes the original file gives no port get fresh ones
         old_resolved = old.get("topology_resolved")
@@ -405,6 +423,7 @@ def _up(args: argparse.Namespace) -> int:
                     "proxies": {},
                     # how 'cluster start' restarts it: never as the cluster's first start
                     "cmd": [a for a in cmd if a != "--bootstrap"],
+                    **marks.get(n.id, {}),
                 }
             )
         cluster["regions"][r.name] = {"nodes": entries}

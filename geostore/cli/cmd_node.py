@@ -538,9 +538,11 @@ def _membership(args: argparse.Namespace) -> int:
                 if n["id"] == new_id or not _alive(n["pid"]):
                     continue
                 url = api if r_name == region else proxies.get(r_name, api)
+                # url: how that node's region reaches it; api: where a client goes (the
+                # address a 421 wrong_region answer lists, as cluster.json does)
                 _retry_post([n["api"]], "/v1/admin/peers",
-                            {"node": new_id, "url": url, "region": region}, deadline,
-                            f"telling {n['id']} about {new_id}")  # fmt: skip
+                            {"node": new_id, "url": url, "region": region, "api": api},
+                            deadline, f"telling {n['id']} about {new_id}")  # fmt: skip
         members = live_apis(region, without=new_id)
         answer = _retry_post(members, "/v1/admin/members", {"op": "add_learner", "node": new_id},
                              deadline, f"adding {new_id} as a learner")  # fmt: skip

@@ -240,7 +240,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST", "/v1/admin/peers", "add_peer",
-        "Tell this node the address of a node that joins its region",
+        "Tell this node the address of a node added to its region or another one",
         body="PeerRequest", ok_schema="Object", errors=(400, 409), tags=("operations",),
     ),
     Route(
@@ -536,19 +536,28 @@ class Api:
         )
 
     def _home_urls(self, region: str) -> list[str]:
-        """Addresses of a region's nodes, for a client to send there: the topology's nodes
-        (direct addresses), then the nodes added since (``node add``; the address this node
-        learned through ``/v1/admin/peers``, live, without a restart); the region's leader as
-        this node last saw it first."""
-        from geostore.runtime.node import node_url
+        """Client addresses of a region's nodes, for a client to send there.
 
+        Which nodes: the region's node list in the metadata group (replicated: it names the
+        nodes added since with ``node add`` and drops those removed with ``node remove``);
+        before the region is registered there, the topology's nodes and those the peer book
+        learned through ``/v1/admin/peers``. Each at its client-facing address, as
+        ``cluster.json`` lists it (:meth:`NodeRuntime.client_url`: never the WAN proxy
+        through which this region reaches it); a node whose address this node does not know
+        is left out. The region's leader as this node last saw it first.
+        """
         node = self.node
-        topo = node.topology
-        urls = {n: node.security.url(node_url(topo, n)) for n in topo.region(region).node_ids()}
-        for n, r in sorted(node.peer_regions.items()):
-            if r == region and n not in urls and n in node.peer_urls:
-                urls[n] = node.peer_urls[n]
-        leader = node.geo.leader_seen(RegionId(region))
+        rid = RegionId(region)
+        members = None if node.meta is None else node.meta.state.regions().get(rid)
+        if not members:
+            listed = node.topology.region(region).node_ids()
+            added = [n for n, r in sorted(node.peer_regions.items()) if r == rid]
+            members = (*listed, *(n for n in added if n not in listed))
+        urls = {n: u for n in members if (u := node.client_url(n)) is not None}
+        if not urls:  # never an empty list: the topology's addresses at worst
+            urls = {n: u for n in node.topology.region(region).node_ids()
+                    if (u := node.client_url(n)) is not None}  # fmt: skip
+        leader = node.geo.leader_seen(rid)
         # a stable sort: the leader first, the rest in the order above
         return [urls[n] for n in sorted(urls, key=lambda n: n != leader)]
 
@@ -866,20 +875,38 @@ class Api:
         _, body = await read_body(request, self.limits.body_bytes_max)
         node, url = (body.get("node"), body.get("url")) if isinstance(body, dict) else (0, 0)
         region = body.get("region", self.node.region) if isinstance(body, dict) else None
-        if not isinstance(node, str) or not node or not isinstance(url, str):
+        api = body.get("api") if isinstance(body, dict) else None
+        if (
+            not isinstance(node, str)
+            or not node
+            or not isinstance(url, str)
+            or not isinstance(api, str | None)
+        ):
             raise ApiError(
-                ErrorCode.MALFORMED, 'body must be {"node": ID, "url": URL, "region": R?}'
+                ErrorCode.MALFORMED,
+                'body must be {"node": ID, "url": URL, "region": R?, "api": URL?}',
             )
-        if not url.startswith(("http://", "https://")):
-            raise ApiError(ErrorCode.MALFORMED, f"url must be http(s)://host:port, not {url!r}")
+        for name, value in (("url", url), ("api", api)):
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise ApiError(
+                    ErrorCode.MALFORMED,
+                    f"{name} must be http(s)://host:port, not {value!r}",
+                    field=name,
+                )
         if region not in self.node.topology.region_names():
             raise ApiError(
                 ErrorCode.MALFORMED,
                 f"region must be one of {list(self.node.topology.region_names())}",
                 field="region",
             )
-        self.node.add_peer(NodeId(node), url.rstrip("/"), RegionId(region))
-        return respond(request, 200, {"node": node, "url": url, "region": region})
+        self.node.add_peer(
+            NodeId(node),
+            url.rstrip("/"),
+            RegionId(region),
+            None if api is None else api.rstrip("/"),
+        )
+        answer = {"node": node, "url": url, "region": region}
+        return respond(request, 200, answer if api is None else {**answer, "api": api})
 
     async def meta_members(self, request: web.Request) -> web.StreamResponse:
         """Add a learner to the metadata group or remove a node (see MetaHost.change_member)."""
@@ -1550,6 +1577,11 @@ _SCHEMAS: dict[str, Any] = {
             "node": {"type": "string"},
             "url": {"type": "string"},
             "region": {"type": "string", "description": "its region (default: this node's)"},
+            "api": {
+                "type": "string",
+                "description": "its client-facing address, listed in 421 wrong_region answers "
+                "(default: url for a node of this node's region)",
+            },
         },
     },
     "MetaMembersRequest": {

@@ -148,10 +148,14 @@ class NodeRuntime:
         #: nodes added after the topology was written (``node add``), with their regions
         booked = self._load_peer_book()
         self.peer_regions: dict[NodeId, RegionId] = {
-            n: r for n, (_, r) in booked.items() if r is not None
+            n: r for n, (_, r, _) in booked.items() if r is not None
         }
+        #: the client-facing API address of each node added since (``node add``): the
+        #: address a client should use, where ``peer_urls`` holds this region's way there
+        #: (a WAN proxy for another region's node); absent where the book does not know it
+        self.peer_apis: dict[NodeId, str] = {n: a for n, (_, _, a) in booked.items() if a}
         # the topology wins over the book: a restart may give listed nodes new ports
-        self.peer_urls: dict[NodeId, str] = {n: u for n, (u, _) in booked.items()}
+        self.peer_urls: dict[NodeId, str] = {n: u for n, (u, _, _) in booked.items()}
         self.peer_urls.update({n: node_url(topology, n) for n in region_nodes})
         lim = config.limits
         # certificates and tokens (none: plain HTTP); every URL this node calls follows suit
@@ -280,9 +284,11 @@ class NodeRuntime:
             return  # a group we do not host (yet): Raft retries
         group.receive(msg)  # type: ignore[arg-type]
 
-    def _load_peer_book(self) -> dict[NodeId, tuple[str, RegionId | None]]:
-        """The peer book: node -> (url, region). An entry is ``URL`` (a node of this region,
-        as books before regions were recorded hold) or ``{"url": URL, "region": R}``."""
+    def _load_peer_book(self) -> dict[NodeId, tuple[str, RegionId | None, str | None]]:
+        """The peer book: node -> (url, region, client api). An entry is ``URL`` (a node of
+        this region, as books before regions were recorded hold) or ``{"url": URL, "region":
+        R, "api": API?}`` (``api``: the node's client-facing address, absent in older books;
+        for a node of this region it is ``url``)."""
         try:
             with open(self._peer_book, encoding="utf-8") as f:
                 raw = json.load(f)
@@ -290,27 +296,37 @@ class NodeRuntime:
             return {}
         except (OSError, ValueError) as exc:
             raise ConfigError(self._peer_book, "peers", f"unreadable: {exc}") from None
-        out: dict[NodeId, tuple[str, RegionId | None]] = {}
+        out: dict[NodeId, tuple[str, RegionId | None, str | None]] = {}
         try:
             for k, v in raw.items():
                 if isinstance(v, dict):
                     region = v.get("region")
+                    url = str(v["url"])
+                    api = v.get("api")
+                    if api is None and region in (None, self.region):
+                        api = url  # this region reaches it directly, as a client does
                     out[NodeId(str(k))] = (
-                        str(v["url"]),
+                        url,
                         None if region is None else RegionId(str(region)),
+                        None if api is None else str(api),
                     )
                 else:
-                    out[NodeId(str(k))] = (str(v), None)
+                    out[NodeId(str(k))] = (str(v), None, str(v))
         except (AttributeError, KeyError) as exc:
             raise ConfigError(self._peer_book, "peers", f"unreadable: {exc!r}") from None
         return out
 
-    def add_peer(self, node: NodeId, url: str, region: RegionId | None = None) -> None:
+    def add_peer(
+        self, node: NodeId, url: str, region: RegionId | None = None, api: str | None = None
+    ) -> None:
         """Learn (durably) the address of a node that joined after the topology was written.
 
         ``region`` is the region it joined (default: this node's). A node of another region
         is a member of the metadata group only, reached at ``url`` (the WAN proxy through
         which this region reaches it); geo traffic may reach it too once it leads there.
+        ``api`` is its client-facing address (what ``cluster.json`` lists, what a 421
+        ``wrong_region`` answer names); default: ``url`` for a node of this region, else
+        what the book knew (an older caller does not send it).
         """
         region = region or self.region
         # a known node keeps its region: moving it would let it pass another region's sender
@@ -329,14 +345,26 @@ class NodeRuntime:
                 node=node,
             )
         url = self.security.url(url)
+        if api is not None:
+            api = self.security.url(api)
+        elif region == self.region:
+            api = url
+        else:
+            api = self.peer_apis.get(node)
         self.peer_urls[node] = url
         self.peer_regions[node] = region
+        if api is not None:
+            self.peer_apis[node] = api
         book = self._load_peer_book()
-        book[node] = (url, region)
+        book[node] = (url, region, api)
         os.makedirs(self.data_dir, exist_ok=True)
         tmp = self._peer_book + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({n: {"url": u, "region": r} for n, (u, r) in book.items()}, f)
+            entries = {
+                n: {"url": u, "region": r, **({"api": a} if a is not None else {})}
+                for n, (u, r, a) in book.items()
+            }
+            json.dump(entries, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._peer_book)
@@ -353,6 +381,15 @@ class NodeRuntime:
         geo.remote_urls[node] = url
         if node not in geo.remote_nodes[region]:
             geo.remote_nodes[region] = (*geo.remote_nodes[region], node)
+
+    def client_url(self, node: NodeId) -> str | None:
+        """The address a client should use for ``node`` (its direct API, as ``cluster.json``
+        lists it, never a WAN proxy): the topology's, else the one ``node add`` told this
+        node; None when this node does not know it."""
+        try:
+            return self.security.url(node_url(self.topology, node))
+        except (KeyError, ConfigError):
+            return self.peer_apis.get(node)
 
     def group_for_stream(self, stream: str) -> GroupRuntime:
         """The group that stores ``stream`` (one data group per region for now)."""

@@ -50,6 +50,21 @@ def test_a_wrong_region_answer_lists_an_added_node(tmp_path: Path) -> None:
         assert answer["error"]["home"] == "b"
         assert sorted(answer["error"]["addresses"]) == sorted([b1, b2]), answer
         assert answer["error"]["address"] in (b1, b2)
+        # removed again (node remove): it leaves the list, as soon as a1 applied its removal
+        # from the metadata group's node list of b
+        out = geostore("node", "remove", "--cluster", info["folder"], "--node", "b2",
+                       "--timeout", "90", timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        deadline = time.monotonic() + LEADER_DEADLINE_S
+        while True:
+            status, answer = call(
+                a1 + "/v1/streams/s/events?route=reject", {"events": [{"partition": 1, "body": 1}]}
+            )
+            assert status == 421, (status, answer)
+            if answer["error"]["addresses"] == [b1]:
+                break
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.3)
 
 
 def test_single_leader_placement_hands_over_to_an_added_node(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ the events written before and after; a rerun of a completed add changes nothing 
 second process; the id stays refused under another region, after its disk was wiped, and for
 good once it was removed. With two regions, the resumed add keeps the WAN proxies the
 interrupted one created and makes the node a metadata learner, which a rerun repeats
-harmlessly."""
+harmlessly; the other region's 421 ``wrong_region`` answers list it at its client address,
+not at the WAN proxy through which that region reaches it."""
 
 from __future__ import annotations
 
@@ -187,6 +188,12 @@ def test_a_resumed_add_keeps_its_wan_proxies_and_joins_the_metadata_group(tmp_pa
             _, st = call(b2["api"] + "/v1/status")
             assert st["groups"]["data-b"]["voters"] == ["b1", "b2"], st["groups"]
             assert "b2" in st["meta"]["learners"] + st["meta"]["voters"], st["meta"]
+            # region a reaches b2 through a WAN proxy; its 421 lists b2's client address
+            status, answer = call(a1 + "/v1/streams/s/events?route=reject",
+                                  {"events": [{"partition": 1, "body": 1}]})  # fmt: skip
+            assert status == 421, answer
+            b1 = nodes(secure.register(folder))["b1"]["api"]
+            assert sorted(answer["error"]["addresses"]) == sorted([b1, b2["api"]]), answer
 
             out = geostore(*add, "--timeout", "60")
             assert out.returncode == 0, out.stdout + out.stderr
