@@ -16,8 +16,9 @@ follower's CPU at 1,000-event appends; an append ~80 us).
   held had not been flushed, so the replayed log puts them again) and a warning logged.
 - ``get`` reads one record and checks its crc (a damaged record is a
   :class:`~geostore.errors.StorageError`, never wrong bytes).
-- ``put`` of a number the pack holds with the same crc and length does nothing (the replay
-  after a restart repeats puts); other bytes are appended and win.
+- ``put`` of a number the pack holds with the same bytes (read back and compared) does
+  nothing (the replay after a restart repeats puts); other bytes, or a record damaged by a
+  crash, are appended and win.
 - ``discard(n)`` (a failback rewound the partition) cuts the file at the first record of a
   number >= n and appends again the records of smaller numbers that stood after it (puts
   come in number order, so there are none in practice).
@@ -36,6 +37,7 @@ the store keeps a summary per block anyway.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -219,7 +221,12 @@ class FileBlockStore:
         known = pack.index.get(block_no)
         self.puts += 1
         if known is not None and known[1] == len(data) and known[2] == zlib.crc32(data):
-            return  # a replay repeats a put
+            # A replay repeats a put. Skip it only when the record holds those bytes: after a
+            # crash a record can be whole in length but not in content (pages never written)
+            # and the load checks lengths only; appending again heals it (the last one wins).
+            with contextlib.suppress(StorageError, OSError):
+                if self._get_packed(pack, block_no) == data:
+                    return
         self._append(pack, [(block_no, bytes(data))])
 
     def _put_file(
