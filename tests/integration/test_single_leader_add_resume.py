@@ -25,10 +25,14 @@ from tests.integration.clusterkit import (
     events,
     geostore,
     nodes,
-    ok,
     wait_for,
 )
-from tests.integration.test_single_leader_membership import GROUP, TOPOLOGY, voters_everywhere
+from tests.integration.test_single_leader_membership import (
+    GROUP,
+    TOPOLOGY,
+    stream_with_five_events,
+    voters_everywhere,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -49,9 +53,7 @@ def test_an_interrupted_add_resumes_in_single_leader_mode(tmp_path: Path) -> Non
     with cluster_up(tmp_path, TOPOLOGY, "--mode", "single-leader", timeout_s=60) as info:
         folder = info["folder"]
         a1 = nodes(info)["a1"]["api"]
-        ok(a1 + "/v1/streams", {"name": "s", "partitions": 1}, retry=(503, 504))
-        for i in range(5):
-            ok(a1 + "/v1/streams/s/events", {"events": [{"body": i}]}, retry=(503, 504))
+        stream_with_five_events(a1)
         add = ("node", "add", "--cluster", folder, "--region", "b", "--id", "b2")
         # interrupted right after it started the process; then the node crashes too
         out = geostore(*add, "--timeout", "0.01")

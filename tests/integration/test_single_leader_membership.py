@@ -29,6 +29,13 @@ TOPOLOGY = topology_toml("single-members", {"a": ["a1", "a2"], "b": ["b1"]}, {("
 GROUP = "data-global"
 
 
+def stream_with_five_events(api: str) -> None:
+    """Create stream ``s`` (one partition) and append the bodies 0..4 through ``api``."""
+    ok(api + "/v1/streams", {"name": "s", "partitions": 1}, retry=(503, 504))
+    for i in range(5):
+        ok(api + "/v1/streams/s/events", {"events": [{"body": i}]}, retry=(503, 504))
+
+
 def voters_everywhere(cluster: dict[str, Any], expected: set[str]) -> None:
     deadline = time.monotonic() + DEADLINE_S
     seen: dict[str, Any] = {}
@@ -50,9 +57,7 @@ def test_node_add_and_remove_in_single_leader_mode(tmp_path: Path) -> None:
     with cluster_up(tmp_path, TOPOLOGY, "--mode", "single-leader", timeout_s=60) as info:
         folder = info["folder"]
         api = nodes(info)["a1"]["api"]
-        ok(api + "/v1/streams", {"name": "s", "partitions": 1}, retry=(503, 504))
-        for i in range(5):
-            ok(api + "/v1/streams/s/events", {"events": [{"body": i}]}, retry=(503, 504))
+        stream_with_five_events(api)
         out = geostore("node", "add", "--cluster", folder, "--region", "a", "--id", "a3",
                        "--timeout", "90", timeout=120)  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
