@@ -15,8 +15,8 @@ object of the generations it covers. Two defaults cost a node dearly:
   generation once the node has started (:func:`gc.freeze`), so later collections skip them.
 
 Cycles are still collected, only less often: the garbage they hold between two collections
-is bounded by the threshold (a count of objects), so memory does not grow with the length of
-a run. Objects frozen at start that later become garbage are freed by reference counting as
+is bounded by the allocations the thresholds allow between them (counts of objects, the
+older generations' thresholds unchanged), so memory does not grow with the length of a run. Objects frozen at start that later become garbage are freed by reference counting as
 before; only a cycle among them would stay, and the start-up objects of a node do not form
 such garbage.
 """
