@@ -95,6 +95,13 @@ class RaftSettings:
     max_inflight_msgs: int = _f(
         64, "Most unacknowledged AppendEntries messages per follower (pipelining window)."
     )
+    lazy_commit: bool = _f(
+        True,
+        "A follower holding every entry learns a new commit index at the next tick or from the "
+        "next AppendEntries instead of from a message of its own (fewer messages under load; "
+        "followers apply up to a tick later).",
+        minimum=None,
+    )
     snapshot_threshold_entries: int = _f(
         100_000, "Applied entries after which a snapshot is taken and the log prefix dropped."
     )

@@ -170,6 +170,10 @@ class RaftConfig:
     max_bytes_per_msg: int = 1 << 20
     #: REPLICATE window: unacknowledged AppendEntries per follower
     max_inflight_msgs: int = 64
+    #: a follower that has every entry learns a new commit index at the next tick (or from
+    #: the next AppendEntries, which carries it) instead of from a message of its own: under
+    #: load that halves the messages of a round; a follower applies at most a tick later
+    lazy_commit: bool = False
     #: proposals are refused (OVERLOADED) while this many entries are uncommitted
     max_uncommitted_entries: int = 1 << 16
     #: bound on the entries in Ready.committed (the rest comes in later Readies)
@@ -825,7 +829,12 @@ class RaftCore:
                         pr.recent_active = False
         if self._heartbeat_elapsed >= cfg.heartbeat_ticks:
             self._heartbeat_elapsed = 0
-            self._bcast_heartbeat()
+            self._bcast_heartbeat()  # carries the commit index too
+        elif cfg.lazy_commit:
+            me = self.id
+            for nid, pr in self._progress.items():
+                if nid != me and pr.state is _REPLICATE:
+                    self._send_append(nid, pr, commit_only=True)
 
     def _quorum_active(self) -> bool:
         voters = self.conf.voters
@@ -1081,8 +1090,11 @@ class RaftCore:
                 while self._send_append(nid, pr):
                     pass
 
-    def _send_append(self, nid: NodeId, pr: _Progress) -> bool:
-        """Send what ``nid`` needs next; True if another message could follow at once."""
+    def _send_append(self, nid: NodeId, pr: _Progress, commit_only: bool = False) -> bool:
+        """Send what ``nid`` needs next; True if another message could follow at once.
+
+        ``commit_only``: the tick of ``lazy_commit`` (a message only when the follower's
+        commit index is behind; entries wait for the next flush)."""
         state = pr.state
         if state is _SNAPSHOT:
             return False
@@ -1100,7 +1112,7 @@ class RaftCore:
             self._start_snapshot(nid, pr)
             return False
         commit = lg.commit
-        if nxt <= last:
+        if nxt <= last and not commit_only:
             ents = lg.slice(
                 nxt, min(last + 1, nxt + self.cfg.max_entries_per_msg), self.cfg.max_bytes_per_msg
             )
@@ -1108,6 +1120,8 @@ class RaftCore:
             if state is _REPLICATE:
                 if pr.sent_commit >= min(commit, pr.match):
                     return False  # nothing new for it
+                if self.cfg.lazy_commit and not commit_only:
+                    return False  # the next tick (or AppendEntries) tells it
                 # only the commit index to tell: anchor the message at what the follower is
                 # known to hold, so it cannot race (and be rejected) ahead of entries in flight
                 anchor = lg.term_at(pr.match)

@@ -351,6 +351,7 @@ class GroupRuntime:
             max_entries_per_msg=r.max_entries_per_msg,
             max_bytes_per_msg=r.max_bytes_per_msg,
             max_inflight_msgs=r.max_inflight_msgs,
+            lazy_commit=r.lazy_commit,
             snapshot_chunk_bytes=r.snapshot_chunk_bytes,
         )
         host_config = HostConfig(

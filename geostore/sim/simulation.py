@@ -307,6 +307,7 @@ class Simulation:
         if self.settings.max_entries_per_msg is not None:
             self.max_entries_per_msg = self.settings.max_entries_per_msg
         self.snapshot_chunk_bytes = cfg_rng.choice((256, 1024, 4096))
+        self.lazy_commit = cfg_rng.random() < 0.5
         window = self.settings.fault_window_ms
         end_ms = window + self.settings.quiesce_ms + (10 * self.election_ms if self.liveness else 0)
         self.plan: FaultPlan = draw_plan(
@@ -369,6 +370,7 @@ class Simulation:
             election_ticks=self.election_ticks,
             heartbeat_ticks=self.heartbeat_ticks,
             max_entries_per_msg=self.max_entries_per_msg,
+            lazy_commit=self.lazy_commit,
             snapshot_chunk_bytes=self.snapshot_chunk_bytes,
             unsafe_commit_without_quorum=unsafe == "commit_without_quorum",
             unsafe_ignore_figure8=unsafe == "ignore_figure8",

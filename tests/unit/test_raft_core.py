@@ -311,6 +311,35 @@ def test_a_lost_window_is_resent_after_a_later_heartbeat_round_is_answered() -> 
     assert resent and resent[0].entries[0].data == b"x"
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_caught_up_follower_learns_the_commit_at_once_or_lazily_at_the_next_tick(
+    lazy: bool,
+) -> None:
+    _cl, a = leader_with(0, lazy_commit=lazy, heartbeat_ticks=3, election_ticks=30)
+    a.propose(b"x")
+    rd = a.ready()
+    persist(a, rd)
+    a.advance(rd)
+    last = a.status().last_index
+    a.step(AppendResponse(GROUP, B, A, T(1), True, I(last), I(0), T(0)))
+    assert a.status().commit == last
+    to_b = [m for m in drain(a) if isinstance(m, AppendEntries) and m.dst == B]
+    if not lazy:
+        assert [(m.entries, m.commit) for m in to_b] == [((), last)]
+        return
+    assert to_b == []  # no message of its own under load ...
+    a.tick()  # ... the next tick (not a heartbeat tick) tells it, anchored at its match
+    to_b = [m for m in drain(a) if isinstance(m, AppendEntries) and m.dst == B]
+    assert [(m.prev_index, m.entries, m.commit) for m in to_b] == [(last, (), last)]
+    a.tick()  # told once
+    assert not [m for m in drain(a) if isinstance(m, AppendEntries) and m.dst == B]
+    # C never answered: it holds nothing committed, so it gets no commit-only message, and
+    # new entries still go out at once, carrying the commit index
+    a.propose(b"y")
+    to_b = [m for m in drain(a) if isinstance(m, AppendEntries) and m.dst == B]
+    assert len(to_b) == 1 and to_b[0].entries[0].data == b"y" and to_b[0].commit == last
+
+
 # -- host requests -----------------------------------------------------------------------
 def test_followers_reject_requests_with_the_leader_hint() -> None:
     cl = Cluster([A, B, C])
