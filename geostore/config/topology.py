@@ -170,9 +170,10 @@ class Topology:
 
     def node(self, node_id: str) -> NodeSpec:
         """The node with id ``node_id``; KeyError when there is none."""
-        for n in self.nodes():
-            if n.id == node_id:
-                return n
+        for r in self.regions:  # no tuple of every node: peers look nodes up per message
+            for n in r.nodes:
+                if n.id == node_id:
+                    return n
         raise KeyError(f"unknown node {node_id!r} in topology {self.name!r}")
 
     def region_of(self, node_id: str) -> RegionId:

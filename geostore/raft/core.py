@@ -832,8 +832,11 @@ class RaftCore:
             self._bcast_heartbeat()  # carries the commit index too
         elif cfg.lazy_commit:
             me = self.id
+            commit = self._log.commit
             for nid, pr in self._progress.items():
-                if nid != me and pr.state is _REPLICATE:
+                # the test first: this runs on every tick of every leader, mostly to no end
+                due = pr.sent_commit < commit and pr.sent_commit < pr.match
+                if due and nid != me and pr.state is _REPLICATE:
                     self._send_append(nid, pr, commit_only=True)
 
     def _quorum_active(self) -> bool:
