@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -91,3 +93,73 @@ async def test_soak_sampler_takes_rss_every_period() -> None:
     await clock.run(sampler.around(clock, 10.0, 10.0 + 300.0))
     assert [t for t, _ in sampler.rss_series] == [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]
     assert all(rss["me"] > 0 for _, rss in sampler.rss_series)
+
+
+async def test_lean_appender_falls_back_to_the_client_with_the_same_producer_pair() -> None:
+    """Clean answers go the lean way; a refusal, a partition error or a cut connection is
+    retried through the client library with the same producer pair (what makes the retry
+    safe), and the lean path then aims at the node the client moved to."""
+    from bench.loadgen import LeanAppender
+    from geostore.client import GeostoreClient
+
+    bodies: list[tuple[str, dict[str, object]]] = []
+    script: dict[str, list[str]] = {"a": ["ok", "refuse", "partition_error", "cut"], "b": []}
+
+    def handler_for(node: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            body = json.loads(await request.read())
+            bodies.append((node, body["producer"]))
+            what = script[node].pop(0) if script[node] else "ok"
+            n = len(body["events"])
+            if what == "refuse":
+                error = {"code": "unavailable", "message": "not now"}
+                return web.json_response({"error": error}, status=503)
+            if what == "cut":
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response()
+            if what == "partition_error":
+                error = {"code": "not_leader", "message": "moved"}
+                return web.json_response({"results": [{"partition": 0, "error": error}]})
+            result = {"partition": 0, "first_seq": 1, "last_seq": n, "epoch": 1}
+            return web.json_response({"results": [result]})
+
+        return handler
+
+    runners = []
+    urls = []
+    for node in ("a", "b"):
+        app = web.Application()
+        app.router.add_post("/v1/streams/{stream}/events", handler_for(node))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    client = GeostoreClient(urls, "r1", timeout_s=10.0, backoff_s=0.01)
+    appender = LeanAppender(client, "s")
+    try:
+        assert await appender.append([{"body": {"i": 1}}, {"body": {"i": 2}}]) == 2
+        assert (appender.lean, appender.fallbacks) == (1, 0)
+        # lean to a: 503. The client's retry (same pair) meets a partition error on a, retries
+        # that, finds a's connection cut and rotates to b, which stores it
+        assert await appender.append([{"body": {"i": 3}}]) == 1
+        assert (appender.lean, appender.fallbacks) == (1, 1)
+        assert [n for n, _ in bodies] == ["a", "a", "a", "a", "b"]
+        assert bodies[1][1] == bodies[2][1] == bodies[3][1] == bodies[4][1]
+        assert bodies[0][1] != bodies[1][1]
+        # the lean path follows the client to b
+        assert await appender.append([{"body": {"i": 4}}]) == 1
+        assert (appender.lean, appender.fallbacks) == (2, 1) and bodies[-1][0] == "b"
+        # on the lean path itself: a partition error, then a cut connection
+        for what in ("partition_error", "cut"):
+            script["b"] = [what]
+            assert await appender.append([{"body": {"i": 5}}]) == 1
+            (n1, p1), (n2, p2) = bodies[-2:]
+            assert n1 == n2 == "b" and p1 == p2
+        assert (appender.lean, appender.fallbacks) == (2, 3)
+    finally:
+        await appender.close()
+        await client.close()
+        for runner in runners:
+            await runner.cleanup()
