@@ -845,7 +845,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dictionary == "both":
             off = asyncio.run(_geo(args, work, dictionary=False))
     finally:
-        if not args.keep:
+        if args.keep:
+            print(f"work directory kept (cluster data and node logs): {work}", file=sys.stderr)
+        else:
             shutil.rmtree(work, ignore_errors=True)
     emit(to_result(args, base, geo, off), json_out=args.json_out)
     print(floor_table(base, geo, args, off))
