@@ -949,8 +949,9 @@ async def _worker(args: argparse.Namespace) -> int:
         await appender.close()
         await client.close()
     print(f"n {completed}", flush=True)
-    if appender.fallbacks:
-        print(f"fallbacks {appender.fallbacks} of {appender.lean + appender.fallbacks}")
+    if appender.fallbacks:  # into the worker's log (stderr), beside its other output
+        total = appender.lean + appender.fallbacks
+        print(f"{appender.fallbacks} of {total} appends went through the client", file=sys.stderr)
     Path(args.out).write_text(json.dumps(region_from_phase(stats)))
     return 0
 
