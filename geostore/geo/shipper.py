@@ -20,7 +20,13 @@ Theory of operation:
   an ack for a duplicate the watermark does not cover proves nothing (Pulsar #26113). A NACK
   GAP or CORRUPT for a batch in flight rewinds to ``watermark + 1``; nothing ever moves the
   cursor past what the receiver says it holds durably, so a gap is never skipped (Pulsar
-  #20128/#23697). A watermark *below* ``acked`` is followed only when it cannot be a stale
+  #20128/#23697). A rewind (or an ack cutting through a batch) resends the batches it took out
+  of the window unchanged, a CORRUPT one excepted: the receiver may hold them as pending
+  proposals and knows a copy only by range and CRC, so a batch cut differently would be
+  refused as an overlap and rewind the shipper again, round trip after round trip. An answer
+  sooner than ``reply_min_ms`` (half the RTT, or of the fastest ack) after a batch was last
+  sent is about an earlier copy: it moves nothing, so a window refused as a whole is resent
+  once, not once per batch. A watermark *below* ``acked`` is followed only when it cannot be a stale
   answer (a gap NACK about a batch in flight, a heartbeat reply with nothing in flight): a
   failback rewound that receiver to a fork, and it needs the new home's events from there. NACK UNKNOWN_DICTIONARY queues the dictionary, then resends. NACK FENCED
   with a newer epoch stops the cursor: another region is home now.
@@ -178,6 +184,8 @@ class ShipperStats:
     bytes_payload: int = 0  # batch payloads after compression
     retransmits: int = 0
     rewinds: int = 0
+    #: batches a rewind resent unchanged (also counted in ``retransmits``)
+    replayed: int = 0
     gaps_nacked: int = 0
     corrupt_nacked: int = 0
     dictionary_nacks: int = 0
@@ -227,6 +235,9 @@ class _Cursor:
     acked: Seq = SEQ_NONE
     next_seq: Seq = _SEQ_FIRST
     inflight: deque[_Inflight] = field(default_factory=deque)
+    #: batches a rewind took out of the window, by first seq: the resend from the watermark
+    #: repeats them byte for byte while the range lines up (at most one window's worth)
+    replay: dict[int, GeoBatch] = field(default_factory=dict)
     last_probe_ms: int | None = None
     last_ack_latency_ms: int = 0
 
@@ -251,6 +262,9 @@ class _Link:
     last_dictionary_ms: int | None = None
     #: the floor of the adaptive timeout (retransmit_timeout_ms of the link's RTT)
     rto_min_ms: int = 0
+    #: less than any answer to a batch can take: half the link's RTT (jitter aside), or half
+    #: the fastest ack measured when that is less (a topology RTT the link does not have)
+    reply_min_ms: int = 0
     #: smoothed ack latency and its mean deviation (RFC 6298's SRTT and RTTVAR), ms
     srtt_ms: float | None = None
     rttvar_ms: float = 0.0
@@ -264,6 +278,8 @@ class _Link:
         else:
             self.rttvar_ms = 0.75 * self.rttvar_ms + 0.25 * abs(self.srtt_ms - sample)
             self.srtt_ms = 0.875 * self.srtt_ms + 0.125 * sample
+        # an answer takes at least a round trip, and an ack at least as long as an answer
+        self.reply_min_ms = min(self.reply_min_ms, int(sample / 2))
         rto = int(self.srtt_ms + max(1.0, 4 * self.rttvar_ms))
         self.rto_ms = min(RTO_MAX_MS, max(self.rto_min_ms, rto))
 
@@ -299,6 +315,7 @@ class Shipper:
                 retransmit_timeout_ms(destinations[d]),
                 (windows or {}).get(d, settings.inflight_batches_max),
                 rto_min_ms=retransmit_timeout_ms(destinations[d]),
+                reply_min_ms=int(destinations[d] / 2),
             )
             for d in self._dsts
         }
@@ -382,16 +399,25 @@ class Shipper:
             if nack.known_epoch > part.epoch and cur.state is not CursorState.FENCED:
                 cur.state = CursorState.FENCED
                 cur.inflight.clear()
+                cur.replay.clear()
                 self.stats.fenced += 1
             else:
                 self.stats.stale_answers += 1
             return
-        in_flight = any(
-            f.batch.src_start == nack.src_start
-            and f.batch.src_end == nack.src_end
-            and f.batch.epoch == nack.epoch
-            for f in cur.inflight
+        sent_ms = next(
+            (
+                f.sent_ms
+                for f in cur.inflight
+                if f.batch.src_start == nack.src_start
+                and f.batch.src_end == nack.src_end
+                and f.batch.epoch == nack.epoch
+            ),
+            None,
         )
+        # A batch sent again (resend, rewind) less than half a round trip ago cannot have
+        # been answered yet: this answer is about an earlier copy, and acting on it would
+        # resend the window once per batch the receiver refused then.
+        in_flight = sent_ms is not None and now_ms - sent_ms >= self._links[src].reply_min_ms
         # A gap below what the receiver acknowledged before, about a batch in flight, means
         # its durable watermark moved back: a failback rewound it to a fork. Follow it.
         self._learn(cur, key, nack.watermark, now_ms, backward=in_flight)
@@ -407,9 +433,11 @@ class Shipper:
         if not in_flight:
             self.stats.stale_answers += 1  # about a batch already rewound over: nothing to do
             return
-        # Resend from what the receiver holds durably; never skip ahead of it.
-        cur.inflight.clear()
-        cur.next_seq = Seq(cur.acked + 1)
+        # Resend from what the receiver holds durably; never skip ahead of it. The batches
+        # are sent again as they were (a CORRUPT one is built anew): the receiver may hold
+        # some of them as pending proposals, which it recognises only by range and CRC, and a
+        # copy cut differently would be refused as an overlap and start the rewind again.
+        self._rewind(cur, Seq(cur.acked + 1), replay=nack.reason is not NackReason.CORRUPT)
         self.stats.rewinds += 1
 
     def set_dictionary(self, stream: StreamName, dictionary: CompressionDictionary) -> None:
@@ -445,14 +473,16 @@ class Shipper:
                     self.stats.count_retransmits(dst, len(cur.inflight))
                     link.back_off()
                 while len(cur.inflight) < link.window and cur.next_seq <= part.commit:
-                    pending = part.commit - cur.next_seq + 1
-                    if (
-                        pending < self._fill_events(part)
-                        and s.linger_ms > 0
-                        and now_ms - self._commit_time(part, cur.next_seq) < s.linger_ms
-                    ):
-                        break
-                    batch = self._build(part, cur.next_seq, dst)
+                    batch = self._replayed(cur, part) if cur.replay else None
+                    if batch is None:
+                        pending = part.commit - cur.next_seq + 1
+                        if (
+                            pending < self._fill_events(part)
+                            and s.linger_ms > 0
+                            and now_ms - self._commit_time(part, cur.next_seq) < s.linger_ms
+                        ):
+                            break
+                        batch = self._build(part, cur.next_seq, dst)
                     cur.inflight.append(_Inflight(batch, now_ms))
                     cur.next_seq = Seq(batch.src_end + 1)
                     items.append(batch)
@@ -539,6 +569,7 @@ class Shipper:
             # The destination holds data of a newer epoch: some other region is home now.
             cur.state = CursorState.FENCED
             cur.inflight.clear()
+            cur.replay.clear()
             self.stats.fenced += 1
             return
         if wm.seq > part.commit:
@@ -551,8 +582,7 @@ class Shipper:
             return
         if wm.seq < cur.acked and backward and cur.state is CursorState.SHIPPING:
             cur.acked = wm.seq
-            cur.inflight.clear()
-            cur.next_seq = Seq(wm.seq + 1)
+            self._rewind(cur, Seq(wm.seq + 1), replay=False)
             self.stats.receiver_rewinds += 1
             return
         if wm.seq <= cur.acked:
@@ -567,9 +597,44 @@ class Shipper:
         # The window always covers acked+1 .. next_seq-1 without a hole; a batch the mark cuts
         # through (an earlier shipper cut the range differently) is sent again from the mark.
         if not cur.inflight or cur.inflight[0].batch.src_start != wm.seq + 1:
-            cur.inflight.clear()
-            cur.next_seq = Seq(wm.seq + 1)
+            self._rewind(cur, Seq(wm.seq + 1), replay=True)
+        if cur.replay:
+            for start in [k for k, b in cur.replay.items() if b.src_end <= wm.seq]:
+                del cur.replay[start]
         self._prune(part, key)
+
+    def _rewind(self, cur: _Cursor, to_seq: Seq, *, replay: bool) -> None:
+        """Empty the window and ship again from ``to_seq``; with ``replay``, the batches it
+        held are kept to be sent again unchanged when the resend reaches their first seq."""
+        if replay:
+            for f in cur.inflight:
+                if f.batch.src_start >= to_seq:
+                    cur.replay[f.batch.src_start] = f.batch
+            # bounded by the window: beyond it the highest starts go (the resend begins at
+            # the watermark and reaches them last)
+            window = self._links[cur.dst].window
+            while len(cur.replay) > window:
+                del cur.replay[max(cur.replay)]
+        else:
+            cur.replay.clear()
+        cur.inflight.clear()
+        cur.next_seq = to_seq
+
+    def _replayed(self, cur: _Cursor, part: _Partition) -> GeoBatch | None:
+        """The batch a rewind kept for ``cur.next_seq``, if it still fits: same epoch, within
+        the commit point, and its dictionary (if any) is the stream's current one."""
+        batch = cur.replay.pop(cur.next_seq, None)
+        if batch is None:
+            return None
+        if batch.epoch != part.epoch or batch.src_end > part.commit:
+            return None
+        if batch.dict_id:
+            d = self._dictionaries.get(part.stream)
+            if d is None or d.dict_id != batch.dict_id:
+                return None
+        self.stats.count_retransmits(cur.dst, 1)
+        self.stats.replayed += 1
+        return batch
 
     def _record_latency(
         self, part: _Partition, key: PartitionKey, cur: _Cursor, seq: Seq, now_ms: int

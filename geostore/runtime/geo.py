@@ -899,6 +899,8 @@ class GeoHost:
                 "bytes_compressed": s.bytes_payload,
                 "retransmits": s.retransmits,
                 "rewinds": s.rewinds,
+                "replayed": s.replayed,
+                "gaps_nacked": s.gaps_nacked,
                 "heartbeats_sent": s.heartbeats_sent,
                 "batches_with_dictionary": s.batches_with_dictionary,
                 "dictionaries_sent": s.dictionaries_sent,

@@ -130,6 +130,9 @@ def started(log: ListLog, committed: int, learned: int = -1, **kw: Any) -> Shipp
 
 
 RTO = retransmit_timeout_ms(70.0)
+#: the links' RTT in these tests: an answer arrives no sooner than half of it after the send
+#: (the shipper takes an earlier one for the answer to an earlier copy of the batch)
+RTT = 70
 
 
 def test_new_shipper_probes_until_it_learns_the_durable_watermark() -> None:
@@ -236,20 +239,27 @@ def test_gap_nack_rewinds_to_the_watermark_never_forward() -> None:
     log = ListLog()
     sh = started(log, 12, inflight_batches_max=3)
     assert ranges(sh.tick(1)) == [(0, 3), (4, 7), (8, 11)]
-    sh.on_envelope(reply(GeoNack(S, P, E, Seq(4), Seq(7), NackReason.GAP, wm(-1), E)), 2)
-    assert ranges(sh.tick(2)) == [(0, 3), (4, 7), (8, 11)]
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(4), Seq(7), NackReason.GAP, wm(-1), E)), 1 + RTT)
+    assert ranges(sh.tick(1 + RTT)) == [(0, 3), (4, 7), (8, 11)]
     assert sh.stats.rewinds == 1
     # a stale nack, for a batch no longer in flight as such, changes nothing
-    sh.on_envelope(reply(GeoNack(S, P, E, Seq(5), Seq(6), NackReason.GAP, wm(-1), E)), 3)
-    assert ranges(sh.tick(3)) == [] and sh.stats.rewinds == 1
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(5), Seq(6), NackReason.GAP, wm(-1), E)), 2 + RTT)
+    assert ranges(sh.tick(2 + RTT)) == [] and sh.stats.rewinds == 1
+    # nor does the nack of another batch of the same window, refused before the resend:
+    # the resent copy was sent less than half a round trip ago
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(8), Seq(11), NackReason.GAP, wm(-1), E)), 3 + RTT)
+    assert ranges(sh.tick(3 + RTT)) == [] and sh.stats.rewinds == 1
+    # a round trip after the resend, a refusal is about the resent copy: resend again
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(8), Seq(11), NackReason.GAP, wm(3), E)), 1 + 2 * RTT)
+    assert ranges(sh.tick(1 + 2 * RTT)) == [(4, 7), (8, 11)] and sh.stats.rewinds == 2
 
 
 def test_corrupt_nack_resends() -> None:
     log = ListLog()
     sh = started(log, 4)
     first = batches(sh.tick(1))
-    sh.on_envelope(reply(GeoNack(S, P, E, Seq(0), Seq(3), NackReason.CORRUPT, wm(-1), E)), 2)
-    again = batches(sh.tick(2))
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(0), Seq(3), NackReason.CORRUPT, wm(-1), E)), 1 + RTT)
+    again = batches(sh.tick(1 + RTT))
     assert again == first and open_batch(again[0])
 
 
@@ -267,9 +277,9 @@ def test_unknown_dictionary_nack_sends_the_dictionary_then_the_batch() -> None:
                 S, P, E, b.src_start, b.src_end, NackReason.UNKNOWN_DICTIONARY, wm(-1), E, d.dict_id
             )
         ),
-        2,
+        1 + RTT,
     )
-    out = sh.tick(2)
+    out = sh.tick(1 + RTT)
     items = [i for e in out for i in e.items]
     assert items[0] == GeoDictionary(d.dict_id, d.data)
     assert [i for i in items if isinstance(i, GeoBatch)] == [b]
@@ -280,9 +290,9 @@ def test_unknown_dictionary_nack_sends_the_dictionary_then_the_batch() -> None:
                 S, P, E, b.src_start, b.src_end, NackReason.UNKNOWN_DICTIONARY, wm(-1), E, 12345
             )
         ),
-        3,
+        1 + 2 * RTT,
     )
-    assert not any(isinstance(i, GeoDictionary) for e in sh.tick(3) for i in e.items)
+    assert not any(isinstance(i, GeoDictionary) for e in sh.tick(1 + 2 * RTT) for i in e.items)
 
 
 def test_fenced_by_a_newer_epoch_stops_the_cursor() -> None:
@@ -376,7 +386,8 @@ def test_window_from_the_bandwidth_delay_product() -> None:
 
 
 def test_shipper_and_receiver_converge_through_rewinds_and_losses() -> None:
-    """Both cores with a host loop that drops every third envelope and applies at once."""
+    """Both cores with a host loop that drops every third envelope and applies at once; the
+    answers take a round trip (40 ms steps, RTT 70 ms)."""
     log = ListLog()
     sh = shipper(log, inflight_batches_max=3)
     rcv = Receiver(EU, {(S, P): WATERMARK_ZERO})
@@ -384,10 +395,14 @@ def test_shipper_and_receiver_converge_through_rewinds_and_losses() -> None:
     water = WATERMARK_ZERO
     sent = 0
     now = 0
+    on_the_way: list[GeoEnvelope] = []
     for step in range(400):
-        now = step * 10
+        now = step * 40
         if step < 200 and step % 2 == 0:
             sh.on_committed(S, P, E, log.commit(P, 1, per_entry=1 + step % 3), now)
+        arrived, on_the_way = on_the_way, []
+        for a in arrived:
+            sh.on_envelope(a, now)
         for env in sh.tick(now):
             sent += 1
             if sent % 3 == 0:
@@ -406,8 +421,7 @@ def test_shipper_and_receiver_converge_through_rewinds_and_losses() -> None:
                         for e in rcv.on_applied(eff.cmd, res, now)
                         if isinstance(e, SendEnvelope)
                     ]
-                for a in answers:
-                    sh.on_envelope(a, now)
+                on_the_way += answers
     assert store == log.parts[P]
     assert sh.lag(S, P, EU, now).events == 0
     assert sh.stats.retransmits > 0
@@ -508,14 +522,63 @@ def test_receiver_rewound_by_a_failback_is_followed_back_to_its_fork() -> None:
     sh.on_envelope(reply(GeoNack(S, P, E, Seq(4), Seq(7), NackReason.GAP, wm(3), E)), 6)
     assert sh.lag(S, P, EU, 6).acked == 7 and sh.stats.receiver_rewinds == 0
     # the receiver failed back to 3: its gap nack about the batch in flight moves us back
-    sh.on_envelope(reply(GeoNack(S, P, E, Seq(8), Seq(11), NackReason.GAP, wm(3), E)), 7)
-    assert sh.lag(S, P, EU, 7).acked == 3 and sh.stats.receiver_rewinds == 1
-    assert ranges(sh.tick(8)) == [(4, 7)]
-    sh.on_envelope(reply(GeoAck(S, P, E, Seq(4), Seq(7), wm(7))), 9)
-    assert ranges(sh.tick(10)) == [(8, 11)]
-    sh.on_envelope(reply(GeoAck(S, P, E, Seq(8), Seq(11), wm(11))), 11)
+    t = 5 + RTT
+    sh.on_envelope(reply(GeoNack(S, P, E, Seq(8), Seq(11), NackReason.GAP, wm(3), E)), t)
+    assert sh.lag(S, P, EU, t).acked == 3 and sh.stats.receiver_rewinds == 1
+    assert ranges(sh.tick(t + 1)) == [(4, 7)]
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(4), Seq(7), wm(7))), t + 2)
+    assert ranges(sh.tick(t + 3)) == [(8, 11)]
+    sh.on_envelope(reply(GeoAck(S, P, E, Seq(8), Seq(11), wm(11))), t + 4)
     # idle, then a heartbeat reply says the receiver went back to 5: ship 6.. again
     hb = GeoHeartbeat((GeoPosition(S, P, E, Seq(5)),), reply=True)
-    sh.on_envelope(reply(hb), 12)
-    assert sh.lag(S, P, EU, 12).acked == 5 and sh.stats.receiver_rewinds == 2
-    assert ranges(sh.tick(13)) == [(6, 9)]
+    sh.on_envelope(reply(hb), t + 5)
+    assert sh.lag(S, P, EU, t + 5).acked == 5 and sh.stats.receiver_rewinds == 2
+    assert ranges(sh.tick(t + 6)) == [(6, 9)]
+
+
+def test_a_rewind_resends_the_batches_unchanged_so_pending_proposals_still_match() -> None:
+    """Regression (bench.geo, three continents): a rewind rebuilt the window from the
+    watermark with new boundaries (a backlog makes larger batches); the receiver, still
+    holding the old batches as pending proposals, refused each rebuilt one as an overlap,
+    which rewound the shipper again: hundreds of GAP NACKs in a few seconds after a
+    dictionary switch. The kept batches go again as they were, and the receiver recognises
+    the ones it holds."""
+    log = ListLog()
+    sh = started(log, 0, inflight_batches_max=4)
+    rcv = Receiver(EU, {(S, P): WATERMARK_ZERO})
+    sent: list[GeoBatch] = []
+    for t in range(4):  # one event per tick: four one-event batches
+        sh.on_committed(S, P, E, log.commit(P, 1), t)
+        sent += batches(sh.tick(t))
+    assert [(b.src_start, b.src_end) for b in sent] == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    # 0 and 1 arrive and are proposed (their Raft commit is slow); 2 is lost; 3 leaves a hole
+    proposals = [
+        e
+        for b in (sent[0], sent[1])
+        for e in rcv.on_envelope(GeoEnvelope(HOME, EU, (b,)), 10)
+        if isinstance(e, ProposeBatch)
+    ]
+    assert len(proposals) == 2
+    (nack_env,) = rcv.on_envelope(GeoEnvelope(HOME, EU, (sent[3],)), 3 + RTT // 2)
+    assert isinstance(nack_env, SendEnvelope) and rcv.stats.gaps_nacked == 1
+    sh.on_envelope(nack_env.envelope, 3 + RTT)
+    assert sh.stats.rewinds == 1
+    resent = batches(sh.tick(3 + RTT))
+    assert resent == sent  # byte for byte, not one rebuilt 0..3 batch
+    assert sh.stats.replayed == 4 and sh.stats.retransmits >= 4
+    effects = rcv.on_envelope(GeoEnvelope(HOME, EU, tuple(resent)), 3 + RTT + RTT // 2)
+    assert rcv.stats.gaps_nacked == 1  # no second refusal
+    assert rcv.stats.duplicates_pending == 2
+    more = [e.cmd for e in effects if isinstance(e, ProposeBatch)]
+    assert [(c.src_start, c.src_end) for c in more] == [(2, 2), (3, 3)]
+    # the slow commits land: everything applies in order and the shipper learns it all
+    water = WATERMARK_ZERO
+    for cmd in [p.cmd for p in proposals if isinstance(p, ProposeBatch)] + more:
+        res = apply_geo_batch(water, cmd)
+        assert res.applied
+        water = res.watermark
+        for eff in rcv.on_applied(cmd, res, 200):
+            assert isinstance(eff, SendEnvelope)
+            sh.on_envelope(eff.envelope, 3 + 2 * RTT)
+    assert water.seq == 3 and sh.lag(S, P, EU, 3 + 2 * RTT).events == 0
+    assert sh.stats.replayed == 4
