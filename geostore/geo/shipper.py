@@ -33,9 +33,10 @@ Theory of operation:
 - Dictionaries: the host trains one per stream (see :mod:`geostore.geo.dictionary`) and
   hands it over with :meth:`Shipper.set_dictionary`; batches of at most
   ``dictionary_batch_events_max`` events are compressed with it and name its id (larger
-  batches compress well enough alone). A receiver that lacks the id NACKs
-  ``UNKNOWN_DICTIONARY``; the dictionary then goes out ahead of the resent batches in the
-  same envelope, at most once per retransmission timeout per link.
+  batches compress well enough alone). A new dictionary goes to every destination ahead of
+  the first batch that names it. A receiver that lacks the id anyway (a new leader there, a
+  lost envelope) NACKs ``UNKNOWN_DICTIONARY``; the dictionary then goes out ahead of the
+  resent batches in the same envelope, at most once per retransmission timeout per link.
 - Commit times: the host reports the home leader's wall clock with each commit point
   (``on_committed(..., commit_wall_ms=...)``); every batch carries the marks that cover its
   range (:attr:`~geostore.geo.messages.GeoBatch.commit_marks`), so the receiving leader can
@@ -441,9 +442,16 @@ class Shipper:
         self.stats.rewinds += 1
 
     def set_dictionary(self, stream: StreamName, dictionary: CompressionDictionary) -> None:
-        """The stream's trained dictionary (ignored unless ``settings.use_dictionary``)."""
+        """The stream's trained dictionary (ignored unless ``settings.use_dictionary``).
+
+        Every destination gets it in its next envelope, ahead of the first batch that names
+        it, so no receiver has to refuse that batch and wait a round trip for the dictionary
+        (the NACK ``UNKNOWN_DICTIONARY`` path remains for a receiver that lost it)."""
         if self.settings.use_dictionary:
             self._dictionaries[stream] = dictionary
+            for link in self._links.values():
+                if dictionary not in link.dictionaries:
+                    link.dictionaries.append(dictionary)
 
     def tick(self, now_ms: int) -> list[GeoEnvelope]:
         """Build what is due: new batches, retransmissions, dictionaries, heartbeats."""

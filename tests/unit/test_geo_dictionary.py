@@ -200,8 +200,9 @@ def _committed(log: Log, n: int) -> Log:
 def test_a_receiver_without_the_dictionary_fetches_it_and_accepts_the_resent_batch() -> None:
     log = _committed(Log(), 300)
     d = trained(log)
-    sh = Shipper(HOME, {EU: 70.0}, settings(), log)
-    sh.set_dictionary(S, d)
+    # a shipper that had the dictionary already (a new leader of the home region: a fresh
+    # dictionary goes out on its own, ahead of its first batch) and a receiver without it
+    sh = Shipper(HOME, {EU: 70.0}, settings(), log, dictionaries={S: d})
     sh.on_committed(S, P, E, Seq(299), 0)
     r = Receiver(EU, {(S, P): Watermark(E, Seq(-1))}, dictionary_bytes_max=8192)
     now = 0

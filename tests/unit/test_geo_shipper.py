@@ -582,3 +582,34 @@ def test_a_rewind_resends_the_batches_unchanged_so_pending_proposals_still_match
             sh.on_envelope(eff.envelope, 3 + 2 * RTT)
     assert water.seq == 3 and sh.lag(S, P, EU, 3 + 2 * RTT).events == 0
     assert sh.stats.replayed == 4
+
+
+def test_a_new_dictionary_goes_to_every_destination_ahead_of_its_first_batch() -> None:
+    """Regression (the mode comparison): the first batch naming a freshly trained dictionary
+    was refused by every receiver (UNKNOWN_DICTIONARY) and waited a round trip for it, a lag
+    spike on every link at the stream's 5,000th event."""
+    samples = [f"origin=JFK dep={i} carrier=B6{i % 5}".encode() * 3 for i in range(300)]
+    d = train_dictionary(samples, 1024)
+    log = ListLog()
+    sh = Shipper(HOME, {EU: 70.0, AP: 180.0}, settings(use_dictionary=True), log)
+    sh.on_committed(S, P, E, log.commit(P, 2), 0)
+    for dst in (EU, AP):
+        hb = GeoHeartbeat((GeoPosition(S, P, E, Seq(-1)),), reply=True)
+        sh.on_envelope(reply(hb, src=dst), 0)
+    assert {b.dict_id for b in batches(sh.tick(1))} == {0}
+    sh.set_dictionary(S, d)
+    # events like the ones it was trained on, so that zstd uses it
+    log.parts[P] += [GeoEntry(Seq(2 + i), 1, samples[i]) for i in range(2)]
+    sh.on_committed(S, P, E, Seq(3), 2)
+    out = sh.tick(2)
+    for dst in (EU, AP):
+        rcv = Receiver(dst, {(S, P): Watermark(E, Seq(1))})
+        (env,) = [e for e in out if e.dst_region == dst]
+        assert env.items[0] == GeoDictionary(d.dict_id, d.data)
+        (b,) = [i for i in env.items if isinstance(i, GeoBatch)]
+        assert b.dict_id == d.dict_id
+        effects = rcv.on_envelope(env, 3)
+        assert [type(e).__name__ for e in effects] == ["LearnDictionary", "ProposeBatch"]
+        assert rcv.stats.unknown_dictionary == 0
+    assert sh.stats.dictionaries_sent == 2
+    assert batches(sh.tick(3)) == [] and sh.stats.dictionaries_sent == 2  # once per link
