@@ -182,11 +182,14 @@ def link_results(
     geo_bytes: Mapping[tuple[str, str], tuple[int, int]],
     destinations: Mapping[str, Sequence[str]],
     wire_bytes: Mapping[tuple[str, str], int],
+    apply_lag: Mapping[tuple[str, str], Mapping[float, float]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The ``links`` object: per directed link, lag samples and percentiles, the shipper's
-    raw/compressed bytes for that link (``geo_bytes`` by (home, destination)) and emulator
-    wire bytes."""
-    keys = set(lag_samples) | set(wire_bytes)
+    raw/compressed bytes for that link (``geo_bytes`` by (home, destination)), emulator
+    wire bytes and, from ``apply_lag`` (the window's cumulative buckets in seconds), the
+    per-event apply lag: each event's home commit to its apply at the destination."""
+    apply_lag = apply_lag or {}
+    keys = set(lag_samples) | set(wire_bytes) | set(apply_lag)
     keys |= {
         (src, dst) for src, dsts in destinations.items() for dst in dsts if (src, dst) in geo_bytes
     }
@@ -203,6 +206,13 @@ def link_results(
             link["wan_bytes_compressed"] = int(compressed)
         if (src, dst) in wire_bytes:
             link["wan_bytes_wire"] = int(wire_bytes[(src, dst)])
+        buckets = apply_lag.get((src, dst))
+        events = max(buckets.values()) if buckets else 0.0
+        if buckets and events > 0:
+            q = {f"p{int(x * 100)}": bucket_quantile_ms(buckets, x) for x in (0.5, 0.9, 0.99)}
+            if all(v is not None for v in q.values()):
+                link["apply_lag_ms"] = {k: round(float(v or 0.0), 3) for k, v in q.items()}
+                link["apply_lag_events"] = int(events)
         out[f"{src}->{dst}"] = link
     return out
 
@@ -444,16 +454,46 @@ class _Cluster:
         return False
 
 
-def _fsync_buckets(urls: Sequence[str]) -> dict[float, float]:
-    total: dict[float, float] = {}
-    for url in urls:
-        try:
-            text = _get(f"{url}/metrics")
-        except OSError:
+def apply_lag_buckets(text: str, stream: str) -> dict[str, dict[float, float]]:
+    """Cumulative buckets (seconds) of ``geostore_geo_apply_lag_seconds`` for ``stream`` in
+    one node's /metrics text, per source region, summed over partitions."""
+    out: dict[str, dict[float, float]] = {}
+    prefix = "geostore_geo_apply_lag_seconds_bucket{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
             continue
-        for le, v in parse_histogram(text, "geostore_fsync_seconds").items():
-            total[le] = total.get(le, 0.0) + v
-    return total
+        labels_text, value = line[len(prefix) :].rsplit("} ", 1)
+        labels = {}
+        for item in labels_text.split(","):
+            key, _, v = item.partition("=")
+            labels[key.strip()] = v.strip().strip('"')
+        if labels.get("stream") != stream or "source" not in labels or "le" not in labels:
+            continue
+        le = math.inf if labels["le"] == "+Inf" else float(labels["le"])
+        per = out.setdefault(labels["source"], {})
+        per[le] = per.get(le, 0.0) + float(value)
+    return out
+
+
+def _node_histograms(cluster: _Cluster) -> tuple[dict[float, float], dict[Any, Any]]:
+    """From every node's /metrics: the fsync histogram summed over nodes, and per link
+    (source, destination) the per-event apply lag histogram summed over the destination's
+    nodes (each counts what it applied while it led the receiver)."""
+    fsync: dict[float, float] = {}
+    apply: dict[tuple[str, str], dict[float, float]] = {}
+    for region in cluster.regions:
+        for url in cluster.urls[region]:
+            try:
+                text = _get(f"{url}/metrics")
+            except OSError:
+                continue
+            for le, v in parse_histogram(text, "geostore_fsync_seconds").items():
+                fsync[le] = fsync.get(le, 0.0) + v
+            for src, buckets in apply_lag_buckets(text, STREAM).items():
+                per = apply.setdefault((src, region), {})
+                for le, v in buckets.items():
+                    per[le] = per.get(le, 0.0) + v
+    return fsync, apply
 
 
 def _geo_bytes(cluster: _Cluster) -> dict[tuple[str, str], tuple[int, int]]:
@@ -648,7 +688,6 @@ def run_mode(
         # the load generators are processes of the run too: their CPU is in the report, so
         # a reader sees how much of the machine the nodes had
         pids = {**cluster.pids(), **{f"loadgen-{w.region}": w.proc.pid for w in workers}}
-        node_urls = cluster.all_urls()
         lag: dict[tuple[str, str], list[tuple[float, float]]] = {}
         snap: dict[str, Any] = {}
         last_counts = {w.region: 0 for w in workers}
@@ -657,13 +696,13 @@ def run_mode(
         while any(w.proc.poll() is None for w in workers):
             now = time.monotonic()
             if now > window[1] + SAMPLE_S:
-                snap.setdefault("end", _snapshot(cluster, pids, node_urls))
+                snap.setdefault("end", _snapshot(cluster, pids))
                 time.sleep(0.1)  # the workers are writing their results
                 continue
             if "start" not in snap and now >= window[0]:
-                snap["start"] = _snapshot(cluster, pids, node_urls)
+                snap["start"] = _snapshot(cluster, pids)
             if "end" not in snap and now >= window[1]:
-                snap["end"] = _snapshot(cluster, pids, node_urls)
+                snap["end"] = _snapshot(cluster, pids)
             if mode == "multi-leader" and window[0] <= now <= window[1]:
                 for key, ms in _lag_sample(cluster).items():
                     lag.setdefault(key, []).append((now - window[0], ms))
@@ -680,7 +719,7 @@ def run_mode(
             time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - now)))
         if "start" not in snap:
             raise RuntimeError("the load generators ended before the measured window began")
-        snap.setdefault("end", _snapshot(cluster, pids, node_urls))
+        snap.setdefault("end", _snapshot(cluster, pids))
         region_results: dict[str, Any] = {}
         for w in workers:
             path = work / f"worker-{w.region}.json"
@@ -697,6 +736,7 @@ def run_mode(
             for k in e["geo"]
         }
         wire = {k: v - s["wire"].get(k, 0) for k, v in e["wire"].items()}
+        apply = {k: bucket_delta(s["apply"].get(k, {}), v) for k, v in e["apply"].items()}
         dests = (
             {r: [d for d in regions if d != r] for r in regions} if mode == "multi-leader" else {}
         )
@@ -704,7 +744,7 @@ def run_mode(
             cfg,
             environment(),
             region_results,
-            links=link_results(lag, geo, dests, wire),
+            links=link_results(lag, geo, dests, wire, apply),
             cpu=cpu_result(
                 s["cpu"], e["cpu"], s["machine"], e["machine"], window_s, s["runq"], e["runq"]
             ),
@@ -798,13 +838,15 @@ def _bar(frac: float, width: int = 24) -> str:
     return "[" + "#" * full + "." * (width - full) + "]"
 
 
-def _snapshot(cluster: _Cluster, pids: Mapping[str, int], urls: Sequence[str]) -> dict[str, Any]:
+def _snapshot(cluster: _Cluster, pids: Mapping[str, int]) -> dict[str, Any]:
+    fsync, apply = _node_histograms(cluster)
     return {
         "at": time.monotonic(),
         "cpu": _read_cpu(pids),
         "runq": _read_runq(pids),
         "machine": parse_proc_stat(Path("/proc/stat").read_text()),
-        "fsync": _fsync_buckets(urls),
+        "fsync": fsync,
+        "apply": apply,
         "geo": _geo_bytes(cluster),
         "wire": _netem_wire(cluster.doc.get("netem"), cluster.node_region),
     }

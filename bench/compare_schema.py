@@ -80,6 +80,11 @@ class LinkResult(TypedDict):
     lag_samples: NotRequired[list[list[float]]]  # [[seconds since start, lag_ms], ...]
     wan_bytes_raw: NotRequired[int]
     wan_bytes_compressed: NotRequired[int]
+    wan_bytes_wire: NotRequired[int]
+    #: each event's home commit to its apply at the destination (the receiving leader's
+    #: histogram over the window; exact on one machine, clock skew included across machines)
+    apply_lag_ms: NotRequired[Percentiles]
+    apply_lag_events: NotRequired[int]
 
 
 class ProcessCpu(TypedDict):
@@ -186,6 +191,8 @@ def validate_comparison(doc: Any, file: str = "<result>") -> ComparisonResult:
             _check_percentiles(file, f"{where}.lag_ms", link["lag_ms"])
         if "lag_samples" in link:
             _check_pairs(file, f"{where}.lag_samples", link["lag_samples"])
+        if "apply_lag_ms" in link:
+            _check_percentiles(file, f"{where}.apply_lag_ms", link["apply_lag_ms"])
     if "fsync_ms" in doc:
         _check_percentiles(file, "fsync_ms", doc["fsync_ms"])
     if "one_region" in doc:

@@ -131,6 +131,15 @@ class Run:
         except (KeyError, AssertionError):
             return None
 
+    def one_way_ms(self, src: str, dst: str) -> float | None:
+        """The floor of the per-event apply lag: the data's one-way trip."""
+        if self.topology is None:
+            return None
+        try:
+            return self.topology.one_way_ms(src, dst)
+        except (KeyError, AssertionError):
+            return None
+
     def total_throughput(self) -> float:
         return sum(float(r["throughput_events_per_s"]) for r in self.doc["regions"].values())
 
@@ -621,6 +630,21 @@ def _targets(runs: Sequence[Run]) -> list[str]:
                 f"{verdict})"
             )
     for run in runs:
+        apply_slack = []
+        for link in run.doc.get("links", {}).values():
+            p99 = _get(link, "apply_lag_ms", "p99")
+            one_way = run.one_way_ms(link["src"], link["dst"])
+            if p99 is not None and one_way is not None:
+                apply_slack.append((float(p99) - one_way, f"{link['src']}->{link['dst']}"))
+        if apply_slack:
+            worst, where = max(apply_slack)
+            verdict = "met" if worst < TARGET_LAG_SLACK_MS else "NOT met"
+            lines.append(
+                f"- {run.label}: per-event replication lag (home commit to apply) p99 minus the "
+                f"one-way delay, worst link: {worst:.1f} ms, {where} (target < "
+                f"{TARGET_LAG_SLACK_MS:g} ms: {verdict})"
+            )
+    for run in runs:
         slack = []
         for link in run.doc.get("links", {}).values():
             p99 = _get(link, "lag_ms", "p99")
@@ -631,17 +655,35 @@ def _targets(runs: Sequence[Run]) -> list[str]:
             worst = max(slack)
             verdict = "met" if worst < TARGET_LAG_SLACK_MS else "NOT met"
             lines.append(
-                f"- {run.label}: replication lag p99 minus RTT, worst link: {worst:.1f} ms "
-                f"(target < {TARGET_LAG_SLACK_MS:g} ms: {verdict}; the lag is measured to the "
-                "acknowledgement, so its p99 minus the ack's way back is under one-way + "
-                f"{TARGET_LAG_SLACK_MS:g} ms exactly when its p99 is under RTT + "
-                f"{TARGET_LAG_SLACK_MS:g} ms)"
+                f"- {run.label}: oldest unacknowledged event's age (sampled each second) p99 "
+                f"minus RTT, worst link: {worst:.1f} ms (target < {TARGET_LAG_SLACK_MS:g} ms: "
+                f"{verdict}; measured to the acknowledgement, so its p99 minus the ack's way "
+                f"back is under one-way + {TARGET_LAG_SLACK_MS:g} ms exactly when its p99 is "
+                f"under RTT + {TARGET_LAG_SLACK_MS:g} ms)"
             )
     return lines
 
 
 def _link_tables(runs: Sequence[Run]) -> list[str]:
-    lag_rows, wan_rows = [], []
+    lag_rows, wan_rows, apply_rows = [], [], []
+    for run in runs:
+        for key, link in sorted(run.doc.get("links", {}).items()):
+            a50, a99 = _get(link, "apply_lag_ms", "p50"), _get(link, "apply_lag_ms", "p99")
+            if a50 is None or a99 is None:
+                continue
+            one_way = run.one_way_ms(link["src"], link["dst"])
+            over = None if one_way is None else float(a99) - one_way
+            apply_rows.append(
+                [
+                    key,
+                    run.label,
+                    _num(a50, 2),
+                    _num(a99, 2),
+                    _num(one_way, 2),
+                    _num(over, 2),
+                    _num(link.get("apply_lag_events"), 0),
+                ]
+            )
     for run in runs:
         # single-leader has no geo layer, so no lag: its rows would only say "not measured"
         has_lag = any("lag_ms" in v for v in run.doc.get("links", {}).values())
@@ -665,6 +707,33 @@ def _link_tables(runs: Sequence[Run]) -> list[str]:
             wire = link.get("wan_bytes_wire")
             wan_rows.append([key, run.label, _bytes(raw), _bytes(packed), squeeze, _bytes(wire)])
     out = ["#### Replication lag", ""]
+    if apply_rows:
+        out += [
+            "Per event: its home leader's commit to its apply on the destination's leader "
+            "(the receiving leader's histogram over the window; one clock on one machine, "
+            "so exact; across machines their clock skew is in it). Target: p99 under the "
+            f"one-way delay + {TARGET_LAG_SLACK_MS:g} ms.",
+            "",
+        ]
+        out += _table(
+            [
+                "link",
+                "mode",
+                "p50 (ms)",
+                "p99 (ms)",
+                "floor: one-way (ms)",
+                "p99 - one-way (ms)",
+                "events",
+            ],
+            apply_rows,
+        )
+        out += [
+            "",
+            "Sampled each second at the home: the age of the oldest committed event the "
+            "destination has not acknowledged yet (its trip there, the destination's commit "
+            "and the acknowledgement's way back).",
+            "",
+        ]
     if lag_rows:
         out += _table(
             [

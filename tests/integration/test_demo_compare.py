@@ -100,6 +100,10 @@ def test_both_modes_measure_and_report(tmp_path: Path) -> None:
     multi = docs["multi-leader"]
     ab = multi["links"]["a->b"]
     assert ab["lag_samples"] and ab["lag_ms"]["p50"] >= 0
+    # every event the receiving region applied in the window, from its leader's histogram
+    assert (
+        ab["apply_lag_events"] > 0 and 0 <= ab["apply_lag_ms"]["p50"] <= ab["apply_lag_ms"]["p99"]
+    )
     assert ab["wan_bytes_raw"] > 0 and ab["wan_bytes_compressed"] > 0
     single = docs["single-leader"]
     assert single["config"]["leader_region"] == "a"
@@ -124,6 +128,9 @@ def test_both_modes_measure_and_report(tmp_path: Path) -> None:
         "a->b",
         "aggregate throughput",
         "one-region p50",
+        "event p99",
+        "one-way+50",
+        "zstd B",
     ):
         assert needle in table, (needle, table)
     assert table.count("x ") >= 2

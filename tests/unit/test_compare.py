@@ -13,6 +13,7 @@ import pytest
 
 from bench.compare import (
     STREAM,
+    apply_lag_buckets,
     bucket_delta,
     bucket_quantile_ms,
     build_result,
@@ -106,6 +107,55 @@ def test_fsync_percentiles_from_a_real_registry_delta() -> None:
     assert 0 < p["p50"] <= p["p90"] <= p["p99"] < 500
     assert fsync_percentiles(bucket_delta(end, end)) is None  # nothing in the window
     assert bucket_quantile_ms({}, 0.5) is None
+
+
+def test_per_event_apply_lag_per_link_from_real_registries() -> None:
+    """Two nodes of one destination region (a leader change in the window) each count what
+    they applied: the link's histogram is their sum over the window, per source region,
+    other streams left out."""
+    nodes = [Registry(), Registry()]
+    hists = [
+        r.histogram("geostore_geo_apply_lag_seconds", "lag", (0.05, 0.1, 0.2, 0.4)) for r in nodes
+    ]
+    hists[0].observe_many(0.3, 5, stream=STREAM, partition="0", source="a")  # before
+    start: dict[tuple[str, str], dict[float, float]] = {}
+    for reg in nodes:
+        for src, b in apply_lag_buckets(reg.render(), STREAM).items():
+            per = start.setdefault((src, "b"), {})
+            for le, v in b.items():
+                per[le] = per.get(le, 0.0) + v
+    hists[0].observe_many(0.04, 60, stream=STREAM, partition="0", source="a")
+    hists[1].observe_many(0.15, 40, stream=STREAM, partition="1", source="a")
+    hists[1].observe_many(0.15, 7, stream=STREAM, partition="0", source="c")
+    hists[1].observe_many(0.39, 9, stream="other", partition="0", source="a")
+    end: dict[tuple[str, str], dict[float, float]] = {}
+    for reg in nodes:
+        for src, b in apply_lag_buckets(reg.render(), STREAM).items():
+            per = end.setdefault((src, "b"), {})
+            for le, v in b.items():
+                per[le] = per.get(le, 0.0) + v
+    apply = {k: bucket_delta(start.get(k, {}), v) for k, v in end.items()}
+    links = link_results({}, {}, {}, {}, apply)
+    ab = links["a->b"]
+    assert ab["apply_lag_events"] == 100  # the 5 before the window and the other stream: out
+    assert ab["apply_lag_ms"]["p50"] <= 50.0 < ab["apply_lag_ms"]["p99"] <= 200.0
+    assert links["c->b"]["apply_lag_events"] == 7
+    validate_comparison(
+        {
+            "schema": "geostore-comparison/1",
+            "config": {
+                "topology": "t",
+                "rtt_scale": 1.0,
+                "mode": "multi-leader",
+                "workload": "w",
+                "duration_s": 1.0,
+            },
+            "environment": {},
+            "regions": {"b": {"throughput_events_per_s": 1.0, "latency_ms": {"p50": 1, "p99": 2}}},
+            "links": links,
+        },
+        "apply",
+    )
 
 
 def test_links_and_build_result_validate() -> None:
