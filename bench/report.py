@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -630,29 +630,18 @@ def _targets(runs: Sequence[Run]) -> list[str]:
                 f"{verdict})"
             )
     for run in runs:
-        apply_slack = []
-        for link in run.doc.get("links", {}).values():
-            p99 = _get(link, "apply_lag_ms", "p99")
-            one_way = run.one_way_ms(link["src"], link["dst"])
-            if p99 is not None and one_way is not None:
-                apply_slack.append((float(p99) - one_way, f"{link['src']}->{link['dst']}"))
-        if apply_slack:
-            worst, where = max(apply_slack)
+        worst_apply = _worst_lag_slack(run, "apply_lag_ms", run.one_way_ms)
+        if worst_apply is not None:
+            worst, where = worst_apply
             verdict = "met" if worst < TARGET_LAG_SLACK_MS else "NOT met"
             lines.append(
                 f"- {run.label}: per-event replication lag (home commit to apply) p99 minus the "
                 f"one-way delay, worst link: {worst:.1f} ms, {where} (target < "
                 f"{TARGET_LAG_SLACK_MS:g} ms: {verdict})"
             )
-    for run in runs:
-        slack = []
-        for link in run.doc.get("links", {}).values():
-            p99 = _get(link, "lag_ms", "p99")
-            floor = run.lag_floor_ms(link["src"], link["dst"])
-            if p99 is not None and floor is not None:
-                slack.append(float(p99) - floor)
-        if slack:
-            worst = max(slack)
+        worst_ack = _worst_lag_slack(run, "lag_ms", run.lag_floor_ms)
+        if worst_ack is not None:
+            worst = worst_ack[0]
             verdict = "met" if worst < TARGET_LAG_SLACK_MS else "NOT met"
             lines.append(
                 f"- {run.label}: oldest unacknowledged event's age (sampled each second) p99 "
@@ -662,6 +651,19 @@ def _targets(runs: Sequence[Run]) -> list[str]:
                 f"under RTT + {TARGET_LAG_SLACK_MS:g} ms)"
             )
     return lines
+
+
+def _worst_lag_slack(
+    run: Run, field: str, floor_of: Callable[[str, str], float | None]
+) -> tuple[float, str] | None:
+    """The largest p99 of ``field`` minus its floor over the run's links, with the link."""
+    slack = []
+    for link in run.doc.get("links", {}).values():
+        p99 = _get(link, field, "p99")
+        floor = floor_of(link["src"], link["dst"])
+        if p99 is not None and floor is not None:
+            slack.append((float(p99) - floor, f"{link['src']}->{link['dst']}"))
+    return max(slack) if slack else None
 
 
 def _link_tables(runs: Sequence[Run]) -> list[str]:

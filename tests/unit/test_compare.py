@@ -109,6 +109,17 @@ def test_fsync_percentiles_from_a_real_registry_delta() -> None:
     assert bucket_quantile_ms({}, 0.5) is None
 
 
+def _summed_into_b(nodes: list[Registry]) -> dict[tuple[str, str], dict[float, float]]:
+    """The runner's sum: every node of destination region "b", per source region."""
+    out: dict[tuple[str, str], dict[float, float]] = {}
+    for reg in nodes:
+        for src, b in apply_lag_buckets(reg.render(), STREAM).items():
+            per = out.setdefault((src, "b"), {})
+            for le, v in b.items():
+                per[le] = per.get(le, 0.0) + v
+    return out
+
+
 def test_per_event_apply_lag_per_link_from_real_registries() -> None:
     """Two nodes of one destination region (a leader change in the window) each count what
     they applied: the link's histogram is their sum over the window, per source region,
@@ -118,22 +129,12 @@ def test_per_event_apply_lag_per_link_from_real_registries() -> None:
         r.histogram("geostore_geo_apply_lag_seconds", "lag", (0.05, 0.1, 0.2, 0.4)) for r in nodes
     ]
     hists[0].observe_many(0.3, 5, stream=STREAM, partition="0", source="a")  # before
-    start: dict[tuple[str, str], dict[float, float]] = {}
-    for reg in nodes:
-        for src, b in apply_lag_buckets(reg.render(), STREAM).items():
-            per = start.setdefault((src, "b"), {})
-            for le, v in b.items():
-                per[le] = per.get(le, 0.0) + v
+    start = _summed_into_b(nodes)
     hists[0].observe_many(0.04, 60, stream=STREAM, partition="0", source="a")
     hists[1].observe_many(0.15, 40, stream=STREAM, partition="1", source="a")
     hists[1].observe_many(0.15, 7, stream=STREAM, partition="0", source="c")
     hists[1].observe_many(0.39, 9, stream="other", partition="0", source="a")
-    end: dict[tuple[str, str], dict[float, float]] = {}
-    for reg in nodes:
-        for src, b in apply_lag_buckets(reg.render(), STREAM).items():
-            per = end.setdefault((src, "b"), {})
-            for le, v in b.items():
-                per[le] = per.get(le, 0.0) + v
+    end = _summed_into_b(nodes)
     apply = {k: bucket_delta(start.get(k, {}), v) for k, v in end.items()}
     links = link_results({}, {}, {}, {}, apply)
     ab = links["a->b"]
