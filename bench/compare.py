@@ -66,6 +66,7 @@ from bench.compare_schema import (
     SCHEMA,
     validate_comparison,
 )
+from bench.geo import apply_lag_buckets_of
 from bench.workloads import WORKLOADS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -454,27 +455,6 @@ class _Cluster:
         return False
 
 
-def apply_lag_buckets(text: str, stream: str) -> dict[str, dict[float, float]]:
-    """Cumulative buckets (seconds) of ``geostore_geo_apply_lag_seconds`` for ``stream`` in
-    one node's /metrics text, per source region, summed over partitions."""
-    out: dict[str, dict[float, float]] = {}
-    prefix = "geostore_geo_apply_lag_seconds_bucket{"
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        labels_text, value = line[len(prefix) :].rsplit("} ", 1)
-        labels = {}
-        for item in labels_text.split(","):
-            key, _, v = item.partition("=")
-            labels[key.strip()] = v.strip().strip('"')
-        if labels.get("stream") != stream or "source" not in labels or "le" not in labels:
-            continue
-        le = math.inf if labels["le"] == "+Inf" else float(labels["le"])
-        per = out.setdefault(labels["source"], {})
-        per[le] = per.get(le, 0.0) + float(value)
-    return out
-
-
 def _node_histograms(cluster: _Cluster) -> tuple[dict[float, float], dict[Any, Any]]:
     """From every node's /metrics: the fsync histogram summed over nodes, and per link
     (source, destination) the per-event apply lag histogram summed over the destination's
@@ -489,7 +469,8 @@ def _node_histograms(cluster: _Cluster) -> tuple[dict[float, float], dict[Any, A
                 continue
             for le, v in parse_histogram(text, "geostore_fsync_seconds").items():
                 fsync[le] = fsync.get(le, 0.0) + v
-            for src, buckets in apply_lag_buckets(text, STREAM).items():
+            # per (partition, source) on the node: summed per source here
+            for (_, src), buckets in apply_lag_buckets_of(text, STREAM).items():
                 per = apply.setdefault((src, region), {})
                 for le, v in buckets.items():
                     per[le] = per.get(le, 0.0) + v

@@ -491,8 +491,8 @@ async def _geo(args: argparse.Namespace, work: Path, dictionary: bool) -> dict[s
             }
     applied_ms: dict[str, dict[str, float | None]] = {}
     for remote in HOMES:
-        for (partition, source), b1 in end.apply_lag[remote].items():
-            b0 = start.apply_lag[remote].get((partition, source), {})
+        for (part_label, source), b1 in end.apply_lag[remote].items():
+            b0 = start.apply_lag[remote].get((part_label, source), {})
             delta = {le: v - b0.get(le, 0.0) for le, v in b1.items()}
             applied_ms[f"{source}->{remote}"] = {
                 "p50": _interpolated_quantile(delta, 0.5),

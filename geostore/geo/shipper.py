@@ -398,10 +398,7 @@ class Shipper:
         part = self._parts[key]
         if nack.reason is NackReason.FENCED:
             if nack.known_epoch > part.epoch and cur.state is not CursorState.FENCED:
-                cur.state = CursorState.FENCED
-                cur.inflight.clear()
-                cur.replay.clear()
-                self.stats.fenced += 1
+                self._fence(cur)
             else:
                 self.stats.stale_answers += 1
             return
@@ -575,10 +572,7 @@ class Shipper:
             return
         if wm.epoch > part.epoch:
             # The destination holds data of a newer epoch: some other region is home now.
-            cur.state = CursorState.FENCED
-            cur.inflight.clear()
-            cur.replay.clear()
-            self.stats.fenced += 1
+            self._fence(cur)
             return
         if wm.seq > part.commit:
             self.stats.stale_answers += 1  # more than we know committed: not ours to trust
@@ -610,6 +604,13 @@ class Shipper:
             for start in [k for k, b in cur.replay.items() if b.src_end <= wm.seq]:
                 del cur.replay[start]
         self._prune(part, key)
+
+    def _fence(self, cur: _Cursor) -> None:
+        """Another region is home now: this cursor ships nothing more, kept or in flight."""
+        cur.state = CursorState.FENCED
+        cur.inflight.clear()
+        cur.replay.clear()
+        self.stats.fenced += 1
 
     def _rewind(self, cur: _Cursor, to_seq: Seq, *, replay: bool) -> None:
         """Empty the window and ship again from ``to_seq``; with ``replay``, the batches it

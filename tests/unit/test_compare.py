@@ -13,7 +13,6 @@ import pytest
 
 from bench.compare import (
     STREAM,
-    apply_lag_buckets,
     bucket_delta,
     bucket_quantile_ms,
     build_result,
@@ -31,6 +30,7 @@ from bench.compare import (
     wire_bytes_per_link,
 )
 from bench.compare_schema import ComparisonError, validate_comparison
+from bench.geo import apply_lag_buckets_of
 from geostore.config import parse_topology
 from geostore.runtime.metrics import Registry
 
@@ -113,7 +113,7 @@ def _summed_into_b(nodes: list[Registry]) -> dict[tuple[str, str], dict[float, f
     """The runner's sum: every node of destination region "b", per source region."""
     out: dict[tuple[str, str], dict[float, float]] = {}
     for reg in nodes:
-        for src, b in apply_lag_buckets(reg.render(), STREAM).items():
+        for (_, src), b in apply_lag_buckets_of(reg.render(), STREAM).items():
             per = out.setdefault((src, "b"), {})
             for le, v in b.items():
                 per[le] = per.get(le, 0.0) + v
