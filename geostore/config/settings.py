@@ -289,6 +289,13 @@ class ProcessSettings:
         "permanent generation, so full collections no longer traverse them.",
         minimum=None,
     )
+    append_lane: bool = _f(
+        True,
+        "Serve plain JSON appends (POST /v1/streams/{s}/events) on a lean HTTP/1.1 path "
+        "beside aiohttp, with the same answers, limits and deadlines; any other request, or "
+        "anything unusual about one, goes to aiohttp. Off: aiohttp serves everything.",
+        minimum=None,
+    )
 
 
 #: section name -> settings class, in documentation order

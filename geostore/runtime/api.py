@@ -61,6 +61,8 @@ from geostore.runtime.guard import bounded_write
 from geostore.runtime.http import (
     CBOR,
     JSON,
+    decode_json,
+    encode_answer,
     error_response,
     int_param,
     make_token,
@@ -75,6 +77,7 @@ from geostore.runtime.metrics import LabelKey, label_key
 from geostore.store import (
     AppendResult,
     ClearQuarantine,
+    PreparedAppend,
     QuarantineCleared,
     Rejected,
     StreamInfo,
@@ -350,15 +353,17 @@ class Api:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+        self._count_request(route, response.status)
+        return response
+
+    def _count_request(self, route: str, status: int) -> None:
         # the label key of (route, status), built once: bounded, routes and statuses are few
-        status = response.status
         key = self._request_keys.get((route, status))
         if key is None:
             key = label_key(route=route, status=str(status))
             if len(self._request_keys) < REQUEST_KEYS_MAX:
                 self._request_keys[(route, status)] = key
         self.node.metrics.http_requests.inc_key(key)
-        return response
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) until no request is in flight."""
@@ -569,6 +574,23 @@ class Api:
         forwarded = await self._leader_or_forward(request, group, raw)
         if forwarded is not None:
             return forwarded
+        prepared, homes = self._prepare_append(group, stream, body)
+        if homes is not None and any(
+            homes.get(b.partition, self.node.region) != self.node.region for b in prepared.batches
+        ):
+            return await self._route_append(request, group, stream, body, homes, t0)
+        outcomes = await self._commit_append(group, stream, prepared, homes)
+        if wants_cbor(request):
+            data = self._append_answer(stream, prepared.batches, outcomes, t0, cbor=True)
+            return web.Response(body=data, content_type=CBOR)
+        data = self._append_answer(stream, prepared.batches, outcomes, t0, cbor=False)
+        return web.Response(body=data, headers=_JSON_HEADERS)
+
+    def _prepare_append(
+        self, group: GroupRuntime, stream: str, body: Any
+    ) -> tuple[PreparedAppend, dict[int, str] | None]:
+        """Validate an append body (typed errors; nothing changes): the prepared batches, and
+        the partitions' homes where multi-leader homes them (None: no routing to decide)."""
         if not isinstance(body, dict):
             raise ApiError(ErrorCode.MALFORMED, 'the body must be an object {"events": [...]}')
         if not body.keys() <= _APPEND_FIELDS:
@@ -583,36 +605,104 @@ class Api:
             producer=body.get("producer"),
             rr_counter=group.rr_counter,
         )
-        here = self.node.region
         # several regions, multi-leader: only home partitions commit here (single-leader: one
         # group holds every partition, homes are reported but do not route)
         if self.node.geo.others and not self.node.single_leader:
-            homes = self._homes(group, stream)
-            if any(homes.get(b.partition, here) != here for b in prepared.batches):
-                return await self._route_append(request, group, stream, body, homes, t0)
-            if homes:
-                await self._admit_lag(stream, (b.partition for b in prepared.batches))
-                self._require_lease()
-                self._require_placement(group, stream, {b.partition for b in prepared.batches})
+            return prepared, self._homes(group, stream)
+        return prepared, None
+
+    async def _commit_append(
+        self,
+        group: GroupRuntime,
+        stream: str,
+        prepared: PreparedAppend,
+        homes: dict[int, str] | None,
+    ) -> list[Any]:
+        """Propose the prepared batches (all homed here) and wait: one outcome per batch."""
+        if homes:
+            await self._admit_lag(stream, (b.partition for b in prepared.batches))
+            self._require_lease()
+            self._require_placement(group, stream, {b.partition for b in prepared.batches})
         group.rr_counter = prepared.rr_counter
         futures = group.propose([encode_command(b) for b in prepared.batches])
-        first = await self._await_all(futures)
+        outcomes = await self._await_all(futures)
         self._lease_after_commit()
-        if len(first) == 1 and type(first[0]) is AppendResult and not wants_cbor(request):
+        return outcomes
+
+    def _append_answer(
+        self, stream: str, batches: Sequence[Any], outcomes: list[Any], t0: float, *, cbor: bool
+    ) -> bytes:
+        """The 200 answer's body (counted in the metrics); the first error when no batch
+        committed."""
+        metrics = self.node.metrics
+        if len(outcomes) == 1 and type(outcomes[0]) is AppendResult and not cbor:
             # the usual answer (one partition, committed, JSON): written by hand
-            res = first[0]
-            metrics = self.node.metrics
+            res = outcomes[0]
             metrics.events_appended.inc(0 if res.duplicate else res.last_seq - res.first_seq + 1)
             metrics.append_latency.observe(time.perf_counter() - t0)
             token = make_token(stream, [(res.partition, res.epoch, res.last_seq)])
-            return web.Response(body=append_answer_json(res, token), headers=_JSON_HEADERS)
-        results, token_parts, errors, stored = _append_outcomes(prepared.batches, first)
+            return append_answer_json(res, token)
+        results, token_parts, errors, stored = _append_outcomes(batches, outcomes)
         if errors and not token_parts:
             raise errors[0]
-        metrics = self.node.metrics
         metrics.events_appended.inc(stored)
         metrics.append_latency.observe(time.perf_counter() - t0)
-        return respond(request, 200, {"results": results, "token": make_token(stream, token_parts)})
+        return encode_answer({"results": results, "token": make_token(stream, token_parts)}, cbor)
+
+    async def lane_append(
+        self, stream: str, raw: bytes
+    ) -> tuple[int, bytes, dict[str, str]] | None:
+        """An append through the node's append lane (:mod:`geostore.runtime.lane`): the JSON
+        body ``raw`` of ``POST /v1/streams/{stream}/events`` from a caller the lane already
+        authorised. The answer (status, JSON body, extra headers), exactly what the aiohttp
+        route answers, or None *before anything changed* when the request needs the general
+        path: the node is stopping, does not lead the group (forwarding), the body is not
+        JSON it can read, or partitions are homed in another region (routing)."""
+        node = self.node
+        if node.stopping:
+            return None
+        group = node.group_for_stream(stream)
+        if not group.is_leader:
+            return None
+        t0 = time.perf_counter()
+        try:
+            body = decode_json(raw)
+        except (ValueError, RecursionError):
+            return None  # the general path says what is wrong, with its hint
+        self._inflight += 1
+        self._idle.clear()
+        headers: dict[str, str] = _NO_HEADERS
+        try:
+            prepared, homes = self._prepare_append(group, stream, body)
+            if homes is not None and any(
+                homes.get(b.partition, node.region) != node.region for b in prepared.batches
+            ):
+                return None
+            outcomes = await self._commit_append(group, stream, prepared, homes)
+            status = 200
+            data = self._append_answer(stream, prepared.batches, outcomes, t0, cbor=False)
+        except GeostoreError as exc:
+            err = self._unmirrored_stream(stream, exc)
+            status = err.http_status
+            data = encode_answer(err.to_body(), False)
+            headers = {}
+            if status == 503:
+                headers["Retry-After"] = str(err.details.get("retry_after_s", 1))
+            if err.code is ErrorCode.NOT_LEADER:
+                leader = group.leader
+                if leader is not None and leader != node.node_id:
+                    headers[LEADER_HEADER] = leader
+        except Exception as exc:  # a bug: answer 500 and keep serving
+            log.exception("POST /v1/streams/%s/events failed", stream)
+            status = 500
+            err = ApiError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            data = encode_answer(err.to_body(), False)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        self._count_request(_APPEND_ROUTE, status)
+        return status, data, headers
 
     def _homes(self, group: GroupRuntime, stream: str) -> dict[int, str]:
         """Partition -> home region, for partitions with a home (none: homed everywhere)."""
@@ -751,10 +841,12 @@ class Api:
         return _append_outcomes(prepared.batches, outcomes)
 
     def _unmirrored(self, request: web.Request, err: GeostoreError) -> GeostoreError:
+        return self._unmirrored_stream(request.match_info.get("s"), err)
+
+    def _unmirrored_stream(self, name: str | None, err: GeostoreError) -> GeostoreError:
         """A stream the metadata group has but this region has not mirrored yet (a moment
         after its creation elsewhere): a retryable 503 rather than 404."""
         meta = self.node.meta
-        name = request.match_info.get("s")
         if meta is None or name is None or err.code is not ErrorCode.UNKNOWN_STREAM:
             return err
         if meta.state.stream(name) is None:
@@ -1683,6 +1775,9 @@ _REASONS = {
 
 #: The Content-Type of JSON answers, as ``respond`` writes it.
 _JSON_HEADERS = {"Content-Type": f"{JSON}; charset=utf-8"}
+_NO_HEADERS: dict[str, str] = {}
+#: The append route's label in the request counter (the route's canonical path).
+_APPEND_ROUTE = "/v1/streams/{s}/events"
 
 
 def append_answer_json(result: AppendResult, token: str) -> bytes:

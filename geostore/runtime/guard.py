@@ -39,6 +39,12 @@ connections. This module adds what is missing, each check before any work is don
 * :func:`deadlines_middleware`: both of the above as one layer, for a node without tokens
   (nothing has to run between them: with tokens, authorisation comes before the body read).
 
+The same protocol first serves each connection through the append lane
+(:mod:`geostore.runtime.lane`), which keeps these deadlines itself (head, body, write, and
+aiohttp's keep-alive timeout on an idle connection), and creates aiohttp's request handler
+only when it hands the connection over. uvloop's transports are not subclasses of asyncio's
+transport classes, so nothing here checks a transport's type.
+
 Timers (``asyncio.timeout``) cost tens of microseconds per use on the request path; a node
 answering thousands of appends a second spends a visible share of its CPU on them, hence
 the two shortcuts above, each justified by a condition under which the guarded step cannot
@@ -54,17 +60,19 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from geostore.config.settings import LimitsSettings
 from geostore.errors import ApiError, ErrorCode
-from geostore.runtime.http import error_response
+from geostore.runtime.http import encode_answer, error_response
+from geostore.runtime.lane import HEAD_BYTES_MAX, AppendLane, LaneHead, answer_bytes, parse_head
 
 log = logging.getLogger("geostore.runtime")
 
@@ -86,8 +94,17 @@ class GuardStats:
     #: counted, never an error of the server's (aiohttp would log each with its traceback,
     #: milliseconds of CPU apiece on a node that is already behind, and try to send a 500)
     answers_undelivered: int = 0
+    #: requests the append lane answered, and connections it handed to aiohttp
+    lane_requests: int = 0
+    lane_handovers: int = 0
     #: id(transport) -> its guarded protocol (the write deadline and the next head's)
     protocols: dict[int, _GuardedProtocol] = field(default_factory=dict, repr=False)
+
+    def close_lanes(self) -> None:
+        """Graceful shutdown: close the append lane's connections that have nothing in
+        flight (aiohttp closes its own)."""
+        for protocol in list(self.protocols.values()):
+            protocol.close_idle()
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -97,6 +114,8 @@ class GuardStats:
             "body_timeouts": self.body_timeouts,
             "write_timeouts": self.write_timeouts,
             "answers_undelivered": self.answers_undelivered,
+            "lane_requests": self.lane_requests,
+            "lane_handovers": self.lane_handovers,
         }
 
 
@@ -142,10 +161,19 @@ _REFUSAL_LINGER_S = 1.0
 
 
 class _GuardedProtocol(asyncio.Protocol):
-    """Forwards a connection to aiohttp's handler, under the cap and the header deadline."""
+    """Serves a connection under the cap and the deadlines: through the append lane while
+    its requests are the lane's (:mod:`geostore.runtime.lane`), then through aiohttp's
+    request handler, created when the connection is handed over (for good)."""
 
-    def __init__(self, inner: asyncio.Protocol, stats: GuardStats, limits: LimitsSettings) -> None:
-        self._inner = inner
+    def __init__(
+        self,
+        inner_factory: Callable[[], asyncio.Protocol],
+        stats: GuardStats,
+        limits: LimitsSettings,
+        lane: AppendLane | None = None,
+    ) -> None:
+        self._inner_factory = inner_factory
+        self._inner: asyncio.Protocol | None = None  # aiohttp's, once handed over
         self._stats = stats
         self._limits = limits
         self._counted = False
@@ -153,15 +181,28 @@ class _GuardedProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""  # the last bytes seen, to find a head's end across reads
         self._in_head = True  # the next bytes belong to a request head
-        self._transport: asyncio.BaseTransport | None = None
+        #: (uvloop's transports are not subclasses of asyncio's: no isinstance checks)
+        self._transport: asyncio.Transport | None = None
         self._write_paused = False  # the transport's buffer is over its high-water mark
-        self._answering: web.BaseRequest | None = None  # whose answer is being written
+        #: whose answer is being written (a request, or the lane's description of one)
+        self._answering: web.BaseRequest | str | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         #: the write deadline fired during the current answer (the connection was aborted)
         self.write_timed_out = False
+        # -- the lane (unused once handed over) --
+        self._lane = lane
+        self._buf = bytearray()  # received, not yet served
+        self._head: LaneHead | None = None  # parsed, its body awaited
+        self._head_len = 0
+        self._busy = False  # a request is being served: the next waits (answers in order)
+        self._eof = False  # the client half-closed: answer what is in flight, then close
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_active = 0.0
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
+        transport = self._transport = cast(asyncio.Transport, transport)
         if self._stats.connections >= self._limits.connections_max:
             self._refused = True
             self._stats.connections_refused += 1
@@ -172,7 +213,6 @@ class _GuardedProtocol(asyncio.Protocol):
                 self._stats.connections,
                 self._limits.connections_max,
             )
-            assert isinstance(transport, asyncio.WriteTransport)
             transport.write(_REFUSAL)
             # Half-close, and close a moment later: closing with the client's request unread
             # would reset the connection, and the client could lose the answer with it.
@@ -183,9 +223,22 @@ class _GuardedProtocol(asyncio.Protocol):
         self._stats.connections += 1
         self._counted = True
         self._stats.protocols[id(transport)] = self
+        if self._lane is None:
+            self._hand_over()  # arms the first head's deadline
+            return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
-        self._inner.connection_made(transport)
+        _tcp_keepalive(transport)
+        self._last_active = loop.time()
+        if self._limits.keepalive_timeout_s > 0:
+            self._idle_timer = loop.call_at(
+                self._last_active + self._limits.keepalive_timeout_s, self._idle_check
+            )
+
+    @property
+    def in_lane(self) -> bool:
+        """The connection is still served by the append lane."""
+        return self._inner is None and not self._refused
 
     def expect_head(self) -> None:
         """An answer went out: the next request's head, once it starts, has the deadline too
@@ -194,7 +247,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self._in_head = True
         self._tail = b""
 
-    def begin_answer(self, request: web.BaseRequest) -> None:
+    def begin_answer(self, request: web.BaseRequest | str) -> None:
         """An answer to ``request`` is about to be written: from the first moment the write
         could wait (now, if the transport is paused already), it has ``write_timeout_s``."""
         self._answering = request
@@ -223,7 +276,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self.write_timed_out = True
         self._stats.write_timeouts += 1
         _warn_write_timeout(request, self._limits)
-        if isinstance(self._transport, asyncio.Transport):
+        if self._transport is not None:
             self._transport.abort()
 
     def _header_deadline(self) -> None:
@@ -235,11 +288,16 @@ class _GuardedProtocol(asyncio.Protocol):
             self._transport.get_extra_info("peername") if self._transport else None,
             self._limits.header_timeout_s,
         )
-        if isinstance(self._transport, asyncio.Transport):
+        if self._transport is not None:
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
+            return
+        if self._inner is None:
+            self._buf += data
+            if not self._busy:
+                self._pump()
             return
         if self._in_head:
             if self._timer is None:
@@ -258,9 +316,15 @@ class _GuardedProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self._refused:
             return None
+        if self._inner is None:
+            if self._busy:  # answer the request in flight, then close
+                self._eof = True
+                return True
+            return None  # nothing in flight: the transport closes
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_lane_timers()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -272,26 +336,201 @@ class _GuardedProtocol(asyncio.Protocol):
             self._stats.connections -= 1
             if self._transport is not None:
                 self._stats.protocols.pop(id(self._transport), None)
-            self._inner.connection_lost(exc)
+            if self._inner is not None:
+                self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True
         if self._answering is not None:
             self._arm_write_deadline()
-        if not self._refused:
+        if self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
         # the write deadline stays armed: it bounds the whole answer, not one pause
         self._write_paused = False
-        if not self._refused:
+        if self._inner is not None:
             self._inner.resume_writing()
+        elif not self._refused and self._answering is not None and not self._busy:
+            # the lane wrote its whole answer at once: under the low-water mark, it is out
+            self.end_answer()
+            self._after_answer()
+
+    # -- the append lane -------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Serve the next request in the buffer if it is complete (one at a time)."""
+        if self._busy or self._inner is not None or self._answering is not None:
+            return
+        buf = self._buf
+        head = self._head
+        if head is None:
+            end = buf.find(_HEAD_END)
+            if end < 0:
+                if len(buf) > HEAD_BYTES_MAX:
+                    self._hand_over()
+                elif buf and self._timer is None:  # a head has begun: it has the deadline
+                    loop = asyncio.get_running_loop()
+                    self._timer = loop.call_later(
+                        self._limits.header_timeout_s, self._header_deadline
+                    )
+                return
+            head = parse_head(bytes(buf[:end]))
+            if head is None or head.body_len > self._limits.body_bytes_max:
+                self._hand_over()
+                return
+            lane = self._lane
+            assert lane is not None
+            if lane.authorize is not None and not lane.authorize(
+                head.authorization, self._transport
+            ):
+                self._hand_over()  # the general path answers 401 or 403
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._head = head
+            self._head_len = end + 4
+        total = self._head_len + head.body_len
+        if len(buf) < total:
+            if self._body_timer is None:
+                loop = asyncio.get_running_loop()
+                self._body_timer = loop.call_later(self._limits.body_timeout_s, self._body_slow)
+            return
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        request = bytes(buf[:total])
+        del buf[:total]
+        self._head = None
+        self._busy = True
+        self._task = asyncio.get_running_loop().create_task(
+            self._serve(head, request, self._head_len)
+        )
+
+    async def _serve(self, head: LaneHead, request: bytes, head_len: int) -> None:
+        lane = self._lane
+        assert lane is not None
+        try:
+            answer = await lane.handle(head.stream, request[head_len:])
+        except Exception as exc:  # a bug: answer 500 and keep serving
+            log.exception("the append lane failed on %s", head.stream)
+            body = (
+                b'{"error":{"code":"internal","message":"internal error: '
+                + type(exc).__name__.encode()
+                + b'"}}'
+            )
+            answer = (500, body, {})
+        self._busy = False
+        self._task = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return  # the client left: the append itself stands (as on the general path)
+        if answer is None:  # the general path, with the request as it arrived
+            self._buf[0:0] = request
+            self._hand_over()
+            return
+        self._stats.lane_requests += 1
+        status, body, headers = answer
+        self.begin_answer(f"POST /v1/streams/{head.stream}/events")
+        transport.write(answer_bytes(status, body, headers))
+        if self._write_paused:
+            return  # resume_writing finishes the answer (or the deadline drops the client)
+        self.end_answer()
+        self._after_answer()
+
+    def _after_answer(self) -> None:
+        self._last_active = asyncio.get_running_loop().time()
+        self._pump()
+        if self._eof and not self._busy and self._transport is not None:
+            self._transport.close()
+
+    def _body_slow(self) -> None:
+        """The body of a lane request did not arrive within ``body_timeout_s``: 400, closed
+        (as the general path answers it)."""
+        self._body_timer = None
+        self._stats.body_timeouts += 1
+        transport = self._transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        _LOG.warning(
+            "body",
+            "dropped %s: the body of %s did not arrive within %g s",
+            peer,
+            "a POST to the append lane",
+            self._limits.body_timeout_s,
+        )
+        if transport is not None and not transport.is_closing():
+            message = f"the request body did not arrive within {self._limits.body_timeout_s:g} s"
+            body = encode_answer(ApiError(ErrorCode.MALFORMED, message).to_body(), False)
+            transport.write(answer_bytes(400, body, {"Connection": "close"}))
+            transport.close()
+
+    def _idle_check(self) -> None:
+        """aiohttp's keep-alive timeout for a connection the lane serves."""
+        self._idle_timer = None
+        if self._inner is not None or self._transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        close_at = self._last_active + self._limits.keepalive_timeout_s
+        active = self._busy or self._buf or self._answering is not None
+        if active or loop.time() < close_at:
+            if active:
+                close_at = loop.time() + self._limits.keepalive_timeout_s
+            self._idle_timer = loop.call_at(close_at, self._idle_check)
+            return
+        self._transport.close()
+
+    def close_idle(self) -> None:
+        """Graceful shutdown: a lane connection with nothing in flight closes now."""
+        if self.in_lane and not self._busy and self._transport is not None:
+            self._transport.close()
+
+    def _cancel_lane_timers(self) -> None:
+        for timer in (self._body_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._body_timer = self._idle_timer = None
+
+    def _hand_over(self) -> None:
+        """From now on aiohttp serves the connection, from the first byte not yet served."""
+        self._cancel_lane_timers()
+        if self._timer is not None:  # aiohttp's path arms its own head deadline
+            self._timer.cancel()
+            self._timer = None
+        self._head = None
+        if self._lane is not None:
+            self._stats.lane_handovers += 1
+        inner = self._inner_factory()
+        self._inner = inner
+        assert self._transport is not None
+        inner.connection_made(self._transport)
+        if self._write_paused:
+            inner.pause_writing()
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        self._in_head = True
+        self._tail = b""
+        if data:
+            self.data_received(data)
+        else:  # the first head has the deadline from now on, as on a new connection
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
+        if self._eof:
+            inner.eof_received()
+
+
+def _tcp_keepalive(transport: asyncio.BaseTransport) -> None:
+    """TCP keep-alive probes on the connection (what aiohttp's handler turns on)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "SO_KEEPALIVE"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 class GuardedSite(web.TCPSite):
     """A TCPSite whose connections pass through :class:`_GuardedProtocol`."""
 
-    __slots__ = ("_guard_limits", "_guard_stats")
+    __slots__ = ("_guard_lane", "_guard_limits", "_guard_stats")
 
     def __init__(
         self,
@@ -302,10 +541,12 @@ class GuardedSite(web.TCPSite):
         limits: LimitsSettings,
         stats: GuardStats,
         ssl_context: Any = None,
+        lane: AppendLane | None = None,
     ) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
         self._guard_limits = limits
         self._guard_stats = stats
+        self._guard_lane = lane
 
     async def start(self) -> None:
         # BaseSite.start registers the site; TCPSite.start's create_server is replaced
@@ -313,10 +554,10 @@ class GuardedSite(web.TCPSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        limits, stats = self._guard_limits, self._guard_stats
+        limits, stats, lane = self._guard_limits, self._guard_stats, self._guard_lane
 
         def factory() -> asyncio.Protocol:
-            return _GuardedProtocol(server(), stats, limits)
+            return _GuardedProtocol(server, stats, limits, lane)
 
         extra: dict[str, Any] = {}
         if self._ssl_context is not None:
@@ -343,21 +584,24 @@ def server_options(limits: LimitsSettings) -> dict[str, Any]:
     }
 
 
-def _warn_write_timeout(request: web.BaseRequest, limits: LimitsSettings) -> None:
+def _warn_write_timeout(request: web.BaseRequest | str, limits: LimitsSettings) -> None:
     """The log line of a client dropped because it did not take its answer in time."""
+    if isinstance(request, str):  # the append lane's request
+        what, remote = request, "a client"
+    else:
+        what, remote = f"{request.method} {request.path}", str(request.remote)
     _LOG.warning(
         "write",
-        "dropped %s: the answer to %s %s was not taken within %g s",
-        request.remote,
-        request.method,
-        request.path,
+        "dropped %s: the answer to %s was not taken within %g s",
+        remote,
+        what,
         limits.write_timeout_s,
     )
 
 
 def _close(request: web.Request) -> None:
     transport = request.transport
-    if isinstance(transport, asyncio.Transport):
+    if transport is not None:
         transport.abort()
 
 

@@ -41,6 +41,13 @@ def wants_cbor(request: web.Request) -> bool:
     return CBOR in request.headers.get("Accept", "")
 
 
+def encode_answer(body: Any, cbor: bool) -> bytes:
+    """An answer's bytes: CBOR, or compact JSON (bytes values as base64url strings)."""
+    if cbor:
+        return cbor2.dumps(body)
+    return _JSON_ENCODER.encode(body).encode()
+
+
 def respond(
     request: web.Request, status: int, body: Any, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -48,7 +55,7 @@ def respond(
     if wants_cbor(request):
         data = cbor2.dumps(body)
         return web.Response(status=status, body=data, content_type=CBOR, headers=headers)
-    data = _JSON_ENCODER.encode(body).encode()
+    data = encode_answer(body, False)
     return web.Response(
         status=status, body=data, content_type=JSON, charset="utf-8", headers=headers
     )

@@ -54,6 +54,7 @@ from geostore.runtime.failover import MoveOps
 from geostore.runtime.geo import GeoHost, fill_homes, load_wan_routes
 from geostore.runtime.group import GroupRuntime, GroupSpec
 from geostore.runtime.guard import GuardedSite, server_options
+from geostore.runtime.lane import AppendLane
 from geostore.runtime.meta import META_GROUP, MetaHost
 from geostore.runtime.metrics import NodeMetrics
 from geostore.runtime.placement import LeaderPlacement
@@ -420,6 +421,11 @@ class NodeRuntime:
             limits=lim,
             stats=self.security.guard,
             ssl_context=tls.server_ctx if tls else None,
+            lane=(
+                AppendLane(self.api.lane_append, self.security.lane_authorizer())
+                if self.config.process.append_lane
+                else None
+            ),
         )
         await site.start()
         await self.transport.start()
@@ -543,6 +549,7 @@ class NodeRuntime:
             except Exception:  # keep closing the rest; recovery handles the tail
                 log.exception("flush of group %s failed", group.group_id)
         await self.transport.stop()
+        self.security.guard.close_lanes()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.session is not None:
@@ -611,11 +618,13 @@ class NodeRuntime:
                 else {}
             ),
             "peers": self.transport.stats(),
+            "security": self.security.to_json(),
             "config": {
                 "raft": _fields(c.raft),
                 "storage": _fields(c.storage),
                 "limits": _fields(c.limits),
                 "geo": _fields(c.geo),
+                "process": _fields(c.process),
             },
         }
 

@@ -44,7 +44,7 @@ from aiohttp.typedefs import Middleware
 
 from geostore.config import Topology
 from geostore.config.settings import LimitsSettings
-from geostore.config.tokens import Forbidden, TokenTable
+from geostore.config.tokens import AuthError, Forbidden, TokenTable
 from geostore.errors import ConfigError, GeostoreError
 from geostore.geo import GeoEnvelope
 from geostore.ids import NodeId, RegionId
@@ -56,10 +56,11 @@ from geostore.runtime.guard import (
     write_deadline_middleware,
 )
 from geostore.runtime.http import error_response
+from geostore.runtime.lane import LaneAuthorizer
 from geostore.runtime.meta import META_GROUP
 from geostore.runtime.metrics import NodeMetrics
 from geostore.transport.auth import PRINCIPAL, Handler, auth_middleware, certificate_principal
-from geostore.transport.certs import NodeTls
+from geostore.transport.certs import NodeTls, peer_identity
 
 log = logging.getLogger("geostore.runtime")
 
@@ -128,6 +129,13 @@ class NodeSecurity:
             "geostore_http_guard_refusals",
             "Connections refused or dropped by the guard, by kind (cumulative).",
         )
+        lane = r.gauge(
+            "geostore_http_append_lane",
+            "Appends the append lane answered (requests) and connections it handed to "
+            "aiohttp (handovers), cumulative.",
+        )
+        lane.set_source(_stat(self.guard, "lane_requests"), kind="requests")
+        lane.set_source(_stat(self.guard, "lane_handovers"), kind="handovers")
         for kind in (
             "connections_refused",
             "header_timeouts",
@@ -212,6 +220,30 @@ class NodeSecurity:
             _node_headers_middleware(self.tls.cluster_id, node_only_headers),
             body_deadline_middleware(self.limits, self.guard),
         ]
+
+    def lane_authorizer(self) -> LaneAuthorizer | None:
+        """Who may append through the append lane: anyone without tokens; else a holder of
+        a token with the ``write`` role or of a verified certificate of this cluster (what
+        the auth middleware lets through; the lane hands anyone else to it, for the 401 or
+        403)."""
+        if self.tokens is None:
+            return None
+        assert self.tls is not None
+        tokens, cluster_id = self.tokens, self.tls.cluster_id
+
+        def authorize(authorization: str | None, transport: Any) -> bool:
+            if authorization is not None:
+                try:
+                    tokens.authorize(authorization, "write")
+                    return True
+                except AuthError:
+                    pass
+            if transport is None:
+                return False
+            ident = peer_identity(transport.get_extra_info("peercert"))
+            return ident is not None and ident.cluster_id == cluster_id
+
+        return authorize
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -226,3 +226,62 @@ def test_a_gzip_bomb_is_refused_at_the_body_limit(node: Node) -> None:
                                    "Content-Encoding": "gzip"})  # fmt: skip
     assert status == 413, answer[:200]
     assert node.request("GET", "/v1/health")[0] == 200
+
+
+def _exchange(s: socket.socket, path: str, body: bytes, extra: str = "") -> tuple[int, str, bytes]:
+    """One keep-alive POST on ``s``: (status, Content-Type, body)."""
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    while len(rest) < int(headers["content-length"]):
+        rest += s.recv(65536)
+    return int(lines[0].split()[1]), headers["content-type"], rest
+
+
+def test_appends_through_the_lane_are_answered_as_the_general_path_answers_them(
+    node: Node,
+) -> None:
+    """The same requests, once as the lane takes them and once with a header the lane leaves
+    to aiohttp: the same status, type and body (the success answers differ in seq only)."""
+    body = json.dumps({"name": "lane"}).encode()
+    assert node.request("POST", "/v1/streams", body, {"Content-Type": "application/json"})[0] in (
+        200, 201)  # fmt: skip
+    cases = [
+        b'{"events": [{"body": {"x": 1}}], "producer": {"id": "lp", "seq": 1}}',
+        b'{"events": [{"body": {"x": 1}}], "extra": 1}',
+        b'{"events": [{"body": {"x": 1}, "ts": "soon"}]}',
+        b'{"events": {"body": 1}}',
+        b'{"nothing": []}',
+        b"[1, 2]",
+    ]
+    g0 = node.guard()
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as lane:
+        answers = [_exchange(lane, "/v1/streams/lane/events", c) for c in cases]
+        answers.append(_exchange(lane, "/v1/streams/nope/events", cases[0]))
+    g1 = node.guard()
+    assert g1["lane_requests"] - g0["lane_requests"] == len(cases) + 1
+    assert g1["lane_handovers"] == g0["lane_handovers"]
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as general:
+        via = "X-Via: general\r\n"
+        generals = [_exchange(general, "/v1/streams/lane/events", c, via) for c in cases]
+        generals.append(_exchange(general, "/v1/streams/nope/events", cases[0], via))
+    assert node.guard()["lane_handovers"] == g1["lane_handovers"] + 1
+    ok_lane, ok_general = answers[0], generals[0]
+    assert ok_lane[:2] == ok_general[:2] == (200, "application/json; charset=utf-8")
+    first, again = json.loads(ok_lane[2]), json.loads(ok_general[2])
+    assert first["results"][0]["first_seq"] == 0 and "duplicate" not in first["results"][0]
+    assert again["results"][0]["duplicate"] is True  # the same producer pair: stored once
+    assert first["results"] == [{k: v for k, v in r.items() if k != "duplicate"}
+                                for r in again["results"]]  # fmt: skip
+    for got, want in zip(answers[1:], generals[1:], strict=True):
+        assert got == want
+        assert got[0] in (400, 404), got
+    assert node.request("GET", "/v1/health")[0] == 200

@@ -12,10 +12,12 @@ shows in answers, logs or metrics. ``geostore append``/``read`` work through clu
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,6 +287,45 @@ def test_clients_need_a_token_with_the_role(cluster: dict[str, Any]) -> None:
     for secret in (READER, WRONG, admin):
         assert secret not in logs
         assert secret not in metrics(cluster, "a1")
+
+
+def test_the_append_lane_asks_for_a_write_token_too(cluster: dict[str, Any]) -> None:
+    """Keep-alive appends to the region's leader (what the append lane serves): a token with
+    the write role is served there, one without it is handed to the general path for its
+    401 or 403, and nothing is written by it."""
+    folder: Path = cluster["_dir"]
+    ctx = ctx_with(folder / "certs" / CA_CERT, None)
+    admin = cluster["_admin"]
+    s, _, _ = call(api(cluster, "a1") + "/v1/streams", token=admin, method="POST",
+                   body={"name": "lanetok"}, ctx=ctx)  # fmt: skip
+    assert s in (200, 201)
+    leader = status(cluster, "a1")["groups"]["data-a"]["leader"]
+    url = urllib.parse.urlsplit(api(cluster, leader))
+    before = status(cluster, leader)["security"]["guard"]
+    conn = http.client.HTTPSConnection(url.hostname or "", url.port, context=ctx, timeout=30)
+    try:
+        answers = []
+        for token in (admin, READER, WRONG, None, admin):
+            headers = {"Content-Type": "application/json"}
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
+            conn.request("POST", "/v1/streams/lanetok/events",
+                         body=b'{"events": [{"body": {"x": 1}}]}', headers=headers)  # fmt: skip
+            r = conn.getresponse()
+            answers.append((r.status, json.loads(r.read())))
+            if r.status != 200:  # the general path answered: a fresh connection for the next
+                conn.close()
+                conn = http.client.HTTPSConnection(
+                    url.hostname or "", url.port, context=ctx, timeout=30
+                )
+    finally:
+        conn.close()
+    assert [a[0] for a in answers] == [200, 403, 401, 401, 200], answers
+    after = status(cluster, leader)["security"]["guard"]
+    assert after["lane_requests"] >= before["lane_requests"] + 2
+    assert after["lane_handovers"] >= before["lane_handovers"] + 3
+    s, _, body = call(api(cluster, leader) + "/v1/streams/lanetok/events", token=READER, ctx=ctx)
+    assert s == 200 and len(json.loads(body)["events"]) == 2, body
 
 
 def test_cli_append_and_read_through_cluster_json(cluster: dict[str, Any]) -> None:
