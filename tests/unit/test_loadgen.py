@@ -164,6 +164,7 @@ def test_region_report_targets_and_ratio() -> None:
             "phase": "closed-c64-b1", "batch": 1, "requests_per_s": rate, "events_per_s": rate,
             "latency_ms": {"p50": p50, "p99": 2 * p50}, "failed": {},
             "cpu_us_per_event": {"n1": 1.0, "n2": 2.0, "n3": 3.0, "loadgen": 4.0},
+            "requests_ok": int(rate * 8),
         }  # fmt: skip
         return {"config": {"phases": [phase]}}
 
@@ -173,6 +174,10 @@ def test_region_report_targets_and_ratio() -> None:
     assert metrics["geostore.closed-c64-b1.p50"].met is True
     assert metrics["pysyncobj.closed-c64-b1.appends_per_s"].target is None
     assert metrics["ratio_geostore_to_pysyncobj.closed-c64-b1"].value == 4.0
+    # a phase nobody answered has no latency: its p50 of 0 ms does not meet the target
+    silent = {m.name: m for m in to_result({"geostore": doc(0, 0.0)}, {}).metrics}  # type: ignore[dict-item]
+    assert silent["geostore.closed-c64-b1.appends_per_s"].met is False
+    assert silent["geostore.closed-c64-b1.p50"].met is None
     text = comparison_table({"geostore": docs["geostore"], "pysyncobj": None})  # type: ignore[dict-item]
     assert "1 2 3 | 4" in text and "NOT RUN" in text and "fsync before ack" in text
 
