@@ -196,6 +196,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self._head_len = 0
         self._busy = False  # a request is being served: the next waits (answers in order)
         self._eof = False  # the client half-closed: answer what is in flight, then close
+        self._read_paused = False  # reading paused: requests held past the bound
         self._body_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_active = 0.0
@@ -298,6 +299,16 @@ class _GuardedProtocol(asyncio.Protocol):
             self._buf += data
             if not self._busy:
                 self._pump()
+            if (
+                (self._busy or self._answering is not None)
+                and not self._read_paused
+                and len(self._buf) > HEAD_BYTES_MAX + self._limits.body_bytes_max
+                and self._transport is not None
+            ):
+                # a client pipelining faster than it is answered: bounded, like aiohttp's
+                # buffer (reading resumes once the requests held are served)
+                self._read_paused = True
+                self._transport.pause_reading()
             return
         if self._in_head:
             if self._timer is None:
@@ -442,6 +453,9 @@ class _GuardedProtocol(asyncio.Protocol):
     def _after_answer(self) -> None:
         self._last_active = asyncio.get_running_loop().time()
         self._pump()
+        if self._read_paused and not self._busy and self._transport is not None:
+            self._read_paused = False
+            self._transport.resume_reading()
         if self._eof and not self._busy and self._transport is not None:
             self._transport.close()
 
@@ -508,6 +522,9 @@ class _GuardedProtocol(asyncio.Protocol):
             inner.pause_writing()
         data = bytes(self._buf)
         self._buf = bytearray()
+        if self._read_paused:  # aiohttp's own flow control takes over
+            self._read_paused = False
+            self._transport.resume_reading()
         self._in_head = True
         self._tail = b""
         if data:

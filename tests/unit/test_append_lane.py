@@ -7,6 +7,9 @@ a half-closed client, and the head deadline of the guard on both loops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -91,6 +94,7 @@ LIMITS = LimitsSettings(
     header_timeout_s=0.5,
     body_timeout_s=0.5,
     keepalive_timeout_s=0.6,
+    write_timeout_s=0.5,
 )
 
 Handler = Callable[[str, bytes], Awaitable[Any]]
@@ -100,9 +104,12 @@ class Server:
     """A GuardedSite with a lane whose handler a test gives, and an aiohttp app behind it
     that answers every request ``aiohttp <method> <path> <body>``."""
 
-    def __init__(self, handle: Handler, authorize: Any = None) -> None:
+    def __init__(
+        self, handle: Handler, authorize: Any = None, limits: LimitsSettings = LIMITS
+    ) -> None:
         self.lane = AppendLane(handle, authorize)
         self.stats = GuardStats()
+        self.limits = limits
         self.port = 0
 
     async def __aenter__(self) -> Server:
@@ -110,12 +117,12 @@ class Server:
             body = await request.read()
             return web.Response(text=f"aiohttp {request.method} {request.path} {body.decode()}")
 
-        app = web.Application(client_max_size=LIMITS.body_bytes_max)
+        app = web.Application(client_max_size=self.limits.body_bytes_max)
         app.router.add_route("*", "/{tail:.*}", general)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = GuardedSite(
-            self.runner, "127.0.0.1", 0, limits=LIMITS, stats=self.stats, lane=self.lane
+            self.runner, "127.0.0.1", 0, limits=self.limits, stats=self.stats, lane=self.lane
         )
         await site.start()
         assert site._server is not None
@@ -263,6 +270,43 @@ def test_deadlines_hold_in_the_lane(loop_kind: str) -> None:
             assert await asyncio.wait_for(reader.read(), 5) == b""
             assert 0.4 < time.monotonic() - t0 < 3
             assert srv.stats.header_timeouts == 1  # an idle connection is not a slow head
+
+    run_on(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_client_that_pipelines_and_never_reads_is_bounded_and_dropped(loop_kind: str) -> None:
+    """Requests held while answers cannot be written stop the reading (bounded buffer); the
+    answer that cannot be written is dropped at the write deadline."""
+
+    async def big(stream: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        return 200, b"x" * 65536, {}
+
+    async def main() -> None:
+        limits = dataclasses.replace(LIMITS, write_timeout_s=3.0)
+        async with Server(big, limits=limits) as srv:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", srv.port))
+            one = request(b"{" + b"p" * 900 + b"}")
+            sent = 0
+            t0 = time.monotonic()
+            with contextlib.suppress(ConnectionError):
+                while time.monotonic() - t0 < 5 and srv.stats.write_timeouts == 0:
+                    try:
+                        sent += sock.send(one * 64)
+                    except BlockingIOError:  # the server stopped reading: the buffers are full
+                        await asyncio.sleep(0.05)
+            assert srv.stats.write_timeouts == 1, srv.stats
+            # reading stopped: what went out is what the kernel's buffers and the lane's
+            # bound hold, not 3 s of loopback bandwidth
+            assert sent < 32 * 1024 * 1024, sent
+            sock.close()
+            reader, writer = await srv.connect()  # the server keeps serving others
+            writer.write(request(b"{1}"))
+            assert (await read_answer(reader))[0] == 200
+            writer.close()
 
     run_on(loop_kind, main)
 
