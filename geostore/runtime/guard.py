@@ -377,8 +377,10 @@ class _GuardedProtocol(asyncio.Protocol):
         head = self._head
         if head is None:
             end = buf.find(_HEAD_END)
-            if end < 0:
-                if len(buf) > HEAD_BYTES_MAX:
+            # a longer head is aiohttp's, which applies the configured header limits
+            head_max = min(HEAD_BYTES_MAX, self._limits.header_bytes_max)
+            if end < 0 or end > head_max:
+                if len(buf) > head_max:
                     self._hand_over()
                 elif buf and self._timer is None:  # a head has begun: it has the deadline
                     loop = asyncio.get_running_loop()

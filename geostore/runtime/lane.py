@@ -54,6 +54,9 @@ HEAD_BYTES_MAX = 8192
 _NAME_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
 #: RFC 9110 token characters (a header name).
 _TOKEN_BYTES = _NAME_BYTES + b"!#$%&'*+^`|~"
+#: The most lines a lane head has (the request line and a few headers; a repeated ignored
+#: header is not the usual request, and aiohttp counts headers against its limit).
+_LINES_MAX = 16
 #: Headers the lane accepts and ignores.
 _IGNORED = frozenset({b"host", b"user-agent", b"accept-encoding"})
 _JSON_TYPES = frozenset(
@@ -96,6 +99,8 @@ def _parse(head: bytes) -> LaneHead | None:
     if b"\x00" in head:
         return None
     lines = head.split(b"\r\n")
+    if len(lines) > _LINES_MAX:
+        return None
     line = lines[0]
     if not (line.startswith(_LINE_HEAD) and line.endswith(_LINE_TAIL)):
         return None

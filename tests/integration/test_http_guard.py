@@ -127,6 +127,12 @@ def test_an_over_long_header_is_refused(node: Node) -> None:
     assert status in (400, 431)
     status, _ = node.request("GET", "/v1/health?" + "q" * 2000)
     assert status in (400, 414, 431)
+    # a keep-alive append (the append lane's request) with a header over the limit too
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
+        status, _, _ = _exchange(
+            s, "/v1/streams/x/events", b"{}", "User-Agent: " + "u" * 2000 + "\r\n"
+        )
+    assert status in (400, 431)
     assert node.request("GET", "/v1/health")[0] == 200
 
 

@@ -70,6 +70,7 @@ def test_the_usual_append_head_is_the_lanes() -> None:
         HEAD.replace(b"User-Agent: t", b"no colon"),
         HEAD.replace(b"User-Agent: t", b"User-Agent: t\x00"),
         HEAD.replace(b"User-Agent: t", b"User-Agent: a\nb"),
+        HEAD + b"\r\nHost: x" * 20,
     ],
 )
 def test_anything_unusual_goes_to_aiohttp(head: bytes) -> None:
