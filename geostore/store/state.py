@@ -581,6 +581,16 @@ class EventStore:
         attr_lists = [(n, attr_cols[n]) for n in indexed]
         fast = None
         if schema is None and key_field is None:
+            if len(events) == 1:  # the single-event append: no column passes
+                single = _single_event(
+                    events[0], now_us, nparts, rr, event_bytes_max, key_bytes_max
+                )
+                if single is not None:
+                    pno, data, rr = single
+                    pid = PartitionId(pno)
+                    epoch = self._partitions[(d.name, pid)].epoch
+                    batch = AppendBatch(d.name, pid, data, 1, prod, epoch, zlib.crc32(data))
+                    return PreparedAppend((batch,), ((0,),), rr_counter if prod is not None else rr)
             fast = _fast_columns(events, now_us, nparts, rr, event_bytes_max, key_bytes_max)
         if fast is not None:
             parts, ts_col, keys, bodies, rr = fast
@@ -1819,6 +1829,42 @@ _GET_BODY = operator.itemgetter("body")
 _EVENT_FIELDS_UNPARTITIONED = frozenset({"ts", "key", "body"})
 _INT_TYPE = frozenset({int})
 _KEY_TYPES = frozenset({str, type(None)})
+
+
+def _single_event(
+    ev: Any, now_us: int, nparts: int, rr: int, event_bytes_max: int, key_bytes_max: int
+) -> tuple[int, bytes, int] | None:
+    """The one event of a single-event append (no schema, no key field, no explicit
+    partition): its partition, its encoded batch (the bytes ``encode_batch`` gives) and the
+    round-robin counter after it; None for anything else or anything wrong, which the
+    column and loop paths then decide (this path never decides an error)."""
+    if type(ev) is not dict or not ev.keys() <= _EVENT_FIELDS_UNPARTITIONED or "body" not in ev:
+        return None
+    ts = ev.get("ts")
+    if ts is None:
+        ts = now_us
+    elif type(ts) is not int or not INT64_MIN <= ts <= INT64_MAX:
+        return None
+    key = ev.get("key")
+    if key is None:
+        key_bytes = 0
+        part = rr % nparts
+        rr += 1
+    elif type(key) is str:
+        kb = key.encode()
+        key_bytes = len(kb)
+        if key_bytes > key_bytes_max:
+            return None
+        part = zlib.crc32(kb) % nparts
+    else:
+        return None
+    try:
+        body = cbor2.dumps(ev["body"])
+    except Exception:  # cbor2 raises several types; the loop reports it with the path
+        return None
+    if len(body) + key_bytes > event_bytes_max:
+        return None
+    return part, _cbor.dumps([BATCH_FORMAT, [ts], [key], {}, [len(body)], body]), rr
 
 
 def _fast_columns(

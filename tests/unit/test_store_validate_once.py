@@ -70,13 +70,16 @@ def test_fast_path_agrees_with_the_per_event_loop(
 ) -> None:
     store = _store(partitions)
     fast = _outcome(store, events, rr)
-    original = state_mod._fast_columns
+    original, single = state_mod._fast_columns, state_mod._single_event
     state_mod._fast_columns = lambda *args: None  # force the per-event loop
+    state_mod._single_event = lambda *args: None
     try:
         slow = _outcome(store, events, rr)
+        state_mod._fast_columns = original  # the column path, for single events too
+        columns = _outcome(store, events, rr)
     finally:
-        state_mod._fast_columns = original
-    assert fast == slow
+        state_mod._fast_columns, state_mod._single_event = original, single
+    assert fast == slow == columns
     if fast[0] == "ok":
         crcs = [b.crc for b in fast[1].batches]
         assert crcs == [b.crc for b in slow[1].batches] and None not in crcs
@@ -111,6 +114,45 @@ def test_a_validated_batch_of_the_wrong_shape_is_refused() -> None:
     wrong_count = dataclasses.replace(batch, record_count=3)
     res = store.apply_entry(LogIndex(2), encode_command(wrong_count))
     assert isinstance(res, Rejected) and res.error.code is ErrorCode.MALFORMED
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    event=_events.map(lambda evs: evs[0]),
+    partitions=st.integers(1, 3),
+    rr=st.integers(0, 5),
+    producer=st.none()
+    | st.fixed_dictionaries({"id": st.text(max_size=4), "seq": st.integers(0, 9)}),
+)
+def test_the_single_event_path_agrees_with_the_per_event_loop(
+    event: Any, partitions: int, rr: int, producer: Any
+) -> None:
+    store = _store(partitions)
+
+    def outcome() -> Any:
+        try:
+            prep = store.validate_append("s", [event], now_us=77, rr_counter=rr, producer=producer)
+        except ApiError as err:
+            return ("error", err.code, err.message, err.details)
+        return ("ok", prep)
+
+    single = outcome()
+    original, path = state_mod._fast_columns, state_mod._single_event
+    state_mod._fast_columns = lambda *args: None
+    state_mod._single_event = lambda *args: None
+    try:
+        slow = outcome()
+    finally:
+        state_mod._fast_columns, state_mod._single_event = original, path
+    assert single == slow
+
+
+def test_the_single_event_path_runs_for_a_plain_event() -> None:
+    single = state_mod._single_event({"key": "k", "body": {"v": 1}}, 5, 3, 0, 1 << 20, 1024)
+    assert single is not None
+    store = _store(3)
+    prep = store.validate_append("s", [{"key": "k", "body": {"v": 1}}], now_us=5)
+    assert single[0] == prep.batches[0].partition and single[1] == prep.batches[0].events
 
 
 @pytest.mark.parametrize("n", [1, 1000])
