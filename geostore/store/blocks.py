@@ -392,21 +392,32 @@ class OpenBlock:
         seq = meta.first_seq + meta.count
         if not self.epochs or self.epochs[-1][1] != epoch:
             self.epochs.append([seq, epoch])
-        ts = src.ts[lo:hi]
-        cols.ts.extend(ts)
-        cols.keys.extend(src.keys[lo:hi])
-        for name, vals in src.attrs.items():
-            chunk = vals[lo:hi]
-            cols.attrs[name].extend(chunk)
-            meta.attrs[name].add_values([v for v in chunk if v is not None])
         start = src.ends[lo - 1] if lo else src.base
         stop = src.ends[hi - 1]
         shift = len(self.bodies) - start
-        cols.ends.extend([e + shift for e in src.ends[lo:hi]])
+        if hi - lo == 1:  # one event (the single-event append): no slices, no passes
+            lo_ts = hi_ts = src.ts[lo]
+            cols.ts.append(lo_ts)
+            cols.keys.append(src.keys[lo])
+            for name, vals in src.attrs.items():
+                v = vals[lo]
+                cols.attrs[name].append(v)
+                if v is not None:
+                    meta.attrs[name].add_values([v])
+            cols.ends.append(stop + shift)
+        else:
+            ts = src.ts[lo:hi]
+            cols.ts.extend(ts)
+            cols.keys.extend(src.keys[lo:hi])
+            for name, vals in src.attrs.items():
+                chunk = vals[lo:hi]
+                cols.attrs[name].extend(chunk)
+                meta.attrs[name].add_values([v for v in chunk if v is not None])
+            cols.ends.extend([e + shift for e in src.ends[lo:hi]])
+            lo_ts, hi_ts = min(ts), max(ts)
         self.bodies += src.bodies[start - src.base : stop - src.base]
         meta.count += hi - lo
         meta.body_bytes += stop - start
-        lo_ts, hi_ts = min(ts), max(ts)
         meta.min_ts = min(meta.min_ts, lo_ts)
         meta.max_ts = max(meta.max_ts, hi_ts)
 

@@ -401,6 +401,16 @@ class ProducerRef:
 
     @staticmethod
     def from_json(obj: Any, limits: StoreLimits) -> ProducerRef:
+        if type(obj) is dict and len(obj) == 2:  # the usual one: no ABC checks
+            pid, seq = obj.get("id"), obj.get("seq")
+            if (
+                type(pid) is str
+                and type(seq) is int
+                and pid
+                and 0 <= seq <= INT64_MAX
+                and len(pid.encode()) <= limits.producer_id_bytes_max
+            ):
+                return ProducerRef(pid, seq)
         if isinstance(obj, ProducerRef):
             obj = {"id": obj.id, "seq": obj.seq}
         if not isinstance(obj, Mapping) or set(obj) != {"id", "seq"}:

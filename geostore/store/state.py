@@ -1022,8 +1022,10 @@ class EventStore:
             self._add_run(p, first, len(cols), p.epoch, cmd.producer.id, cmd.producer.seq)
         else:
             self._add_run(p, first, len(cols), p.epoch, None, None)
-        for cb in list(self._subscribers.get((p.stream, p.partition), ())):
-            cb(p.stream, p.partition, Seq(p.next_seq - 1))
+        subscribers = self._subscribers.get((p.stream, p.partition))
+        if subscribers:
+            for cb in list(subscribers):
+                cb(p.stream, p.partition, Seq(p.next_seq - 1))
         return result
 
     def _add_run(
