@@ -1887,9 +1887,12 @@ def _fast_columns(
     """
     if set(map(type, events)) != {dict}:
         return None
-    if not all(map(_EVENT_FIELDS_UNPARTITIONED.issuperset, events)):
+    # every event's fields are allowed iff all of them together are (one C-level union of
+    # the keys: a quarter of the cost of a superset check per event)
+    fields = set().union(*events)
+    if not fields <= _EVENT_FIELDS_UNPARTITIONED:
         # some event has a partition field (or an unknown one): only None passes here
-        if not all(map(_EVENT_FIELDS.issuperset, events)):
+        if not fields <= _EVENT_FIELDS:
             return None
         if set(map(dict.get, events, repeat("partition"))) != {None}:
             return None
