@@ -63,6 +63,7 @@ from geostore.runtime.http import (
     JSON,
     decode_json,
     encode_answer,
+    error_headers,
     error_response,
     int_param,
     make_token,
@@ -330,10 +331,9 @@ class Api:
             response = await handler(request)
         except GeostoreError as err:
             response = error_response(request, self._unmirrored(request, err))
-            if err.code is ErrorCode.NOT_LEADER:
-                leader = self.node.data_group.leader
-                if leader is not None and leader != self.node.node_id:
-                    response.headers[LEADER_HEADER] = leader
+            hint = self._leader_hint(err)
+            if hint is not None:
+                response.headers[LEADER_HEADER] = hint
         except web.HTTPException as exc:
             if exc.status == 413:
                 response = error_response(
@@ -355,6 +355,14 @@ class Api:
                 self._idle.set()
         self._count_request(route, response.status)
         return response
+
+    def _leader_hint(self, err: GeostoreError) -> str | None:
+        """The leader a ``not_leader`` refusal names in :data:`LEADER_HEADER` (another node)."""
+        if err.code is ErrorCode.NOT_LEADER:
+            leader = self.node.data_group.leader
+            if leader is not None and leader != self.node.node_id:
+                return leader
+        return None
 
     def _count_request(self, route: str, status: int) -> None:
         # the label key of (route, status), built once: bounded, routes and statuses are few
@@ -681,17 +689,14 @@ class Api:
             outcomes = await self._commit_append(group, stream, prepared, homes)
             status = 200
             data = self._append_answer(stream, prepared.batches, outcomes, t0, cbor=False)
-        except GeostoreError as exc:
+        except GeostoreError as exc:  # answered as the middleware answers it
             err = self._unmirrored_stream(stream, exc)
             status = err.http_status
             data = encode_answer(err.to_body(), False)
-            headers = {}
-            if status == 503:
-                headers["Retry-After"] = str(err.details.get("retry_after_s", 1))
-            if err.code is ErrorCode.NOT_LEADER:
-                leader = group.leader
-                if leader is not None and leader != node.node_id:
-                    headers[LEADER_HEADER] = leader
+            headers = error_headers(err)
+            hint = self._leader_hint(exc)
+            if hint is not None:
+                headers[LEADER_HEADER] = hint
         except Exception as exc:  # a bug: answer 500 and keep serving
             log.exception("POST /v1/streams/%s/events failed", stream)
             status = 500

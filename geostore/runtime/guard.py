@@ -476,8 +476,7 @@ class _GuardedProtocol(asyncio.Protocol):
             self._limits.body_timeout_s,
         )
         if transport is not None and not transport.is_closing():
-            message = f"the request body did not arrive within {self._limits.body_timeout_s:g} s"
-            body = encode_answer(ApiError(ErrorCode.MALFORMED, message).to_body(), False)
+            body = encode_answer(_body_too_slow(self._limits).to_body(), False)
             transport.write(answer_bytes(400, body, {"Connection": "close"}))
             transport.close()
 
@@ -694,13 +693,7 @@ async def _read_within(
             request.path,
             limits.body_timeout_s,
         )
-        response = error_response(
-            request,
-            ApiError(
-                ErrorCode.MALFORMED,
-                f"the request body did not arrive within {limits.body_timeout_s:g} s",
-            ),
-        )
+        response = error_response(request, _body_too_slow(limits))
         # answer at once and close: aiohttp would otherwise linger, reading the rest
         with contextlib.suppress(TimeoutError, ConnectionError):
             async with asyncio.timeout(limits.write_timeout_s):
@@ -757,6 +750,14 @@ def deadlines_middleware(limits: LimitsSettings, stats: GuardStats) -> Middlewar
         return response
 
     return middleware
+
+
+def _body_too_slow(limits: LimitsSettings) -> ApiError:
+    """The refusal of a body that did not arrive in time (both paths answer it, then close)."""
+    return ApiError(
+        ErrorCode.MALFORMED,
+        f"the request body did not arrive within {limits.body_timeout_s:g} s",
+    )
 
 
 def _too_large(request: web.Request, limits: LimitsSettings) -> web.Response:

@@ -61,12 +61,15 @@ def respond(
     )
 
 
+def error_headers(err: GeostoreError) -> dict[str, str]:
+    """The headers an error answer carries: ``Retry-After`` on a 503."""
+    if err.http_status == 503:
+        return {"Retry-After": str(err.details.get("retry_after_s", 1))}
+    return {}
+
+
 def error_response(request: web.Request, err: GeostoreError) -> web.Response:
-    headers: dict[str, str] = {}
-    status = err.http_status
-    if status == 503:
-        headers["Retry-After"] = str(err.details.get("retry_after_s", 1))
-    return respond(request, status, err.to_body(), headers)
+    return respond(request, err.http_status, err.to_body(), error_headers(err))
 
 
 def plain_error(request: web.Request, status: int, code: str, message: str) -> web.Response:
