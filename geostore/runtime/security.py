@@ -59,8 +59,14 @@ from geostore.runtime.http import error_response
 from geostore.runtime.lane import LaneAuthorizer
 from geostore.runtime.meta import META_GROUP
 from geostore.runtime.metrics import NodeMetrics
-from geostore.transport.auth import PRINCIPAL, Handler, auth_middleware, certificate_principal
-from geostore.transport.certs import NodeTls, peer_identity
+from geostore.transport.auth import (
+    PRINCIPAL,
+    Handler,
+    auth_middleware,
+    certificate_principal,
+    transport_principal,
+)
+from geostore.transport.certs import NodeTls
 
 log = logging.getLogger("geostore.runtime")
 
@@ -238,10 +244,7 @@ class NodeSecurity:
                     return True
                 except AuthError:
                     pass
-            if transport is None:
-                return False
-            ident = peer_identity(transport.get_extra_info("peercert"))
-            return ident is not None and ident.cluster_id == cluster_id
+            return transport_principal(transport, cluster_id) is not None
 
         return authorize
 

@@ -23,6 +23,7 @@ changes nothing. The header value is never logged nor echoed. The principal is s
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -53,7 +54,11 @@ def default_role_for(method: str, path: str) -> str | None:
 
 def certificate_principal(request: web.Request, cluster_id: str) -> Principal | None:
     """The principal of a verified client certificate of ``cluster_id``, if one was shown."""
-    transport = request.transport
+    return transport_principal(request.transport, cluster_id)
+
+
+def transport_principal(transport: Any, cluster_id: str) -> Principal | None:
+    """The same, from the connection's transport (the append lane has no request object)."""
     if transport is None:
         return None
     ident = peer_identity(transport.get_extra_info("peercert"))
