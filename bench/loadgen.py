@@ -443,6 +443,11 @@ class _RawConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
+    @property
+    def unsolicited(self) -> bool:
+        """Bytes arrived while no request was waiting."""
+        return self._waiter is None and bool(self._buf)
+
     def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None and self._waiter is None
         self._waiter = waiter = asyncio.get_running_loop().create_future()
@@ -536,8 +541,12 @@ class RawHttp:
         """POST ``body``; the answer's status and body. Raises on a broken connection."""
         loop = asyncio.get_running_loop()
         conn = self._idle.pop() if self._idle else None
-        while conn is not None and conn.lost:
+        while conn is not None and (conn.lost or conn.unsolicited):
+            # closed, or the server sent bytes nobody asked for (an answer to no request
+            # can only be a refusal before a close): never read them as the next answer
             self._open.discard(conn)
+            if conn.transport is not None:
+                conn.transport.close()
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             _, fresh = await asyncio.wait_for(

@@ -163,3 +163,32 @@ async def test_lean_appender_falls_back_to_the_client_with_the_same_producer_pai
         await client.close()
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_raw_client_never_reads_unsolicited_bytes_as_the_next_answer() -> None:
+    """Bytes a server sends on an idle kept-alive connection (a refusal before it closes)
+    are not taken for the answer to the next request: that one goes on a fresh connection."""
+    answered = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        answered += 1
+        body = b'{"n": %d}' % answered
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await asyncio.sleep(0.05)
+        stray = b'{"stray": 1}'
+        writer.write(b"HTTP/1.1 408 Timeout\r\nContent-Length: %d\r\n\r\n" % len(stray) + stray)
+        await asyncio.sleep(5)  # keeps the connection open
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    raw = RawHttp(f"http://127.0.0.1:{port}", timeout_s=5.0)
+    try:
+        assert await raw.post("/x", b"{}", "application/json") == (200, b'{"n": 1}')
+        await asyncio.sleep(0.2)  # the stray answer arrives on the idle connection
+        assert await raw.post("/x", b"{}", "application/json") == (200, b'{"n": 2}')
+    finally:
+        await raw.close()
+        server.close()
