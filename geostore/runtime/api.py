@@ -66,6 +66,7 @@ from geostore.runtime.http import (
     error_headers,
     error_response,
     int_param,
+    internal_error,
     make_token,
     parse_token,
     plain_error,
@@ -322,18 +323,15 @@ class Api:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         info = request.match_info.route.resource
         route = info.canonical if info is not None else "unmatched"
-        self._inflight += 1
-        self._idle.clear()
+        self._enter()
         response: web.StreamResponse
         try:
             if self.node.stopping and route not in ("/v1/status", "/v1/health", "/metrics"):
                 raise ApiError(ErrorCode.UNAVAILABLE, "the node is shutting down", retry_after_s=1)
             response = await handler(request)
-        except GeostoreError as err:
-            response = error_response(request, self._unmirrored(request, err))
-            hint = self._leader_hint(err)
-            if hint is not None:
-                response.headers[LEADER_HEADER] = hint
+        except GeostoreError as exc:
+            err, headers = self._refusal(request.match_info.get("s"), exc)
+            response = respond(request, err.http_status, err.to_body(), headers)
         except web.HTTPException as exc:
             if exc.status == 413:
                 response = error_response(
@@ -346,23 +344,35 @@ class Api:
             raise
         except Exception as exc:  # a bug: answer 500 and keep serving
             log.exception("%s %s failed", request.method, request.path)
-            response = error_response(
-                request, ApiError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
-            )
+            response = error_response(request, internal_error(exc))
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._leave()
         self._count_request(route, response.status)
         return response
 
-    def _leader_hint(self, err: GeostoreError) -> str | None:
-        """The leader a ``not_leader`` refusal names in :data:`LEADER_HEADER` (another node)."""
-        if err.code is ErrorCode.NOT_LEADER:
+    def _enter(self) -> None:
+        """A request is in flight (a graceful shutdown drains them)."""
+        self._inflight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    def _refusal(
+        self, stream: str | None, exc: GeostoreError
+    ) -> tuple[GeostoreError, dict[str, str]]:
+        """How a typed error is answered, on either path: the error (an unmirrored stream's
+        refusal becomes a retryable 503) and its headers (``Retry-After`` on a 503, and
+        :data:`LEADER_HEADER` naming the leader on a ``not_leader`` refusal)."""
+        err = self._unmirrored_stream(stream, exc)
+        headers = error_headers(err)
+        if exc.code is ErrorCode.NOT_LEADER:
             leader = self.node.data_group.leader
             if leader is not None and leader != self.node.node_id:
-                return leader
-        return None
+                headers[LEADER_HEADER] = leader
+        return err, headers
 
     def _count_request(self, route: str, status: int) -> None:
         # the label key of (route, status), built once: bounded, routes and statuses are few
@@ -677,8 +687,7 @@ class Api:
             body = decode_json(raw)
         except (ValueError, RecursionError):
             return None  # the general path says what is wrong, with its hint
-        self._inflight += 1
-        self._idle.clear()
+        self._enter()
         headers: dict[str, str] = _NO_HEADERS
         try:
             prepared, homes = self._prepare_append(group, stream, body)
@@ -690,22 +699,15 @@ class Api:
             status = 200
             data = self._append_answer(stream, prepared.batches, outcomes, t0, cbor=False)
         except GeostoreError as exc:  # answered as the middleware answers it
-            err = self._unmirrored_stream(stream, exc)
+            err, headers = self._refusal(stream, exc)
             status = err.http_status
             data = encode_answer(err.to_body(), False)
-            headers = error_headers(err)
-            hint = self._leader_hint(exc)
-            if hint is not None:
-                headers[LEADER_HEADER] = hint
         except Exception as exc:  # a bug: answer 500 and keep serving
             log.exception("POST /v1/streams/%s/events failed", stream)
             status = 500
-            err = ApiError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
-            data = encode_answer(err.to_body(), False)
+            data = encode_answer(internal_error(exc).to_body(), False)
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._leave()
         self._count_request(_APPEND_ROUTE, status)
         return status, data, headers
 
@@ -844,9 +846,6 @@ class Api:
         )
         self._lease_after_commit()
         return _append_outcomes(prepared.batches, outcomes)
-
-    def _unmirrored(self, request: web.Request, err: GeostoreError) -> GeostoreError:
-        return self._unmirrored_stream(request.match_info.get("s"), err)
 
     def _unmirrored_stream(self, name: str | None, err: GeostoreError) -> GeostoreError:
         """A stream the metadata group has but this region has not mirrored yet (a moment
@@ -1782,7 +1781,7 @@ _REASONS = {
 _JSON_HEADERS = {"Content-Type": f"{JSON}; charset=utf-8"}
 _NO_HEADERS: dict[str, str] = {}
 #: The append route's label in the request counter (the route's canonical path).
-_APPEND_ROUTE = "/v1/streams/{s}/events"
+_APPEND_ROUTE = next(r.path for r in ROUTES if r.handler == "append")
 
 
 def append_answer_json(result: AppendResult, token: str) -> bytes:

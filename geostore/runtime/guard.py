@@ -60,18 +60,18 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.typedefs import Middleware
 
 from geostore.config.settings import LimitsSettings
 from geostore.errors import ApiError, ErrorCode
-from geostore.runtime.http import encode_answer, error_response
+from geostore.runtime.http import encode_answer, error_response, internal_error
 from geostore.runtime.lane import HEAD_BYTES_MAX, AppendLane, LaneHead, answer_bytes, parse_head
 
 log = logging.getLogger("geostore.runtime")
@@ -201,6 +201,10 @@ class _GuardedProtocol(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_active = 0.0
         self._task: asyncio.Task[None] | None = None
+        #: a longer head is aiohttp's (which applies the configured header limits)
+        self._head_max = min(HEAD_BYTES_MAX, limits.header_bytes_max)
+        #: more held than a head and a largest body while one is served: stop reading
+        self._held_max = HEAD_BYTES_MAX + limits.body_bytes_max
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = self._transport = cast(asyncio.Transport, transport)
@@ -229,7 +233,7 @@ class _GuardedProtocol(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
-        _tcp_keepalive(transport)
+        tcp_keepalive(transport)  # what aiohttp's handler turns on
         self._last_active = loop.time()
         if self._limits.keepalive_timeout_s > 0:
             self._idle_timer = loop.call_at(
@@ -302,7 +306,7 @@ class _GuardedProtocol(asyncio.Protocol):
             if (
                 (self._busy or self._answering is not None)
                 and not self._read_paused
-                and len(self._buf) > HEAD_BYTES_MAX + self._limits.body_bytes_max
+                and len(self._buf) > self._held_max
                 and self._transport is not None
             ):
                 # a client pipelining faster than it is answered: bounded, like aiohttp's
@@ -377,8 +381,7 @@ class _GuardedProtocol(asyncio.Protocol):
         head = self._head
         if head is None:
             end = buf.find(_HEAD_END)
-            # a longer head is aiohttp's, which applies the configured header limits
-            head_max = min(HEAD_BYTES_MAX, self._limits.header_bytes_max)
+            head_max = self._head_max
             if end < 0 or end > head_max:
                 if len(buf) > head_max:
                     self._hand_over()
@@ -428,12 +431,7 @@ class _GuardedProtocol(asyncio.Protocol):
             answer = await lane.handle(head.stream, request[head_len:])
         except Exception as exc:  # a bug: answer 500 and keep serving
             log.exception("the append lane failed on %s", head.stream)
-            body = (
-                b'{"error":{"code":"internal","message":"internal error: '
-                + type(exc).__name__.encode()
-                + b'"}}'
-            )
-            answer = (500, body, {})
+            answer = (500, encode_answer(internal_error(exc).to_body(), False), {})
         self._busy = False
         self._task = None
         transport = self._transport
@@ -535,14 +533,6 @@ class _GuardedProtocol(asyncio.Protocol):
             self._timer = loop.call_later(self._limits.header_timeout_s, self._header_deadline)
         if self._eof:
             inner.eof_received()
-
-
-def _tcp_keepalive(transport: asyncio.BaseTransport) -> None:
-    """TCP keep-alive probes on the connection (what aiohttp's handler turns on)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and hasattr(socket, "SO_KEEPALIVE"):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 class GuardedSite(web.TCPSite):

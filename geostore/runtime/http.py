@@ -68,6 +68,11 @@ def error_headers(err: GeostoreError) -> dict[str, str]:
     return {}
 
 
+def internal_error(exc: BaseException) -> ApiError:
+    """The 500 answered for a bug (the node keeps serving; the traceback goes to the log)."""
+    return ApiError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+
 def error_response(request: web.Request, err: GeostoreError) -> web.Response:
     return respond(request, err.http_status, err.to_body(), error_headers(err))
 

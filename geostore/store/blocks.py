@@ -163,6 +163,9 @@ def encode_batch(
     """Encode a batch (the ``events`` of an AppendBatch) from columns of encoded bodies."""
     n = len(ts)
     assert len(keys) == n and len(bodies) == n
+    if n == 1 and not attrs:  # the single-event append: the same bytes, no column copies
+        body = b"".join(bodies)
+        return _cbor.dumps([BATCH_FORMAT, [ts[0]], [keys[0]], {}, [len(body)], body])
     cols = {name: list(vals) for name, vals in sorted((attrs or {}).items())}
     assert all(len(v) == n for v in cols.values())
     ends = list(itertools.accumulate(map(len, bodies)))

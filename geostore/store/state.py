@@ -1866,7 +1866,7 @@ def _single_event(
         return None
     if len(body) + key_bytes > event_bytes_max:
         return None
-    return part, _cbor.dumps([BATCH_FORMAT, [ts], [key], {}, [len(body)], body]), rr
+    return part, encode_batch([ts], [key], [body]), rr
 
 
 def _fast_columns(

@@ -21,6 +21,7 @@ from geostore.store import (
     decode_command,
     encode_command,
 )
+from geostore.store.blocks import decode_batch, encode_batch
 
 _bodies = st.recursive(
     st.none()
@@ -163,3 +164,19 @@ def test_the_fast_path_runs_for_plain_events(n: int) -> None:
     parts, ts, keys, bodies, rr = fast
     assert keys[0] == "k0" and len(keys) == n
     assert parts == [0] * n and ts == list(range(n)) and rr == 0 and len(bodies) == n
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(-(2**63), 2**63 - 1), st.none() | st.text(max_size=4),
+                  st.binary(min_size=1, max_size=8)),
+        min_size=1, max_size=3,
+    )
+)  # fmt: skip
+def test_an_encoded_batch_decodes_to_its_columns(rows: list[tuple[int, str | None, bytes]]) -> None:
+    """One event (encode_batch's shortcut) or several: decode reads back what was encoded."""
+    ts, keys, bodies = (list(c) for c in zip(*rows, strict=True))
+    cols = decode_batch(encode_batch(ts, keys, bodies), len(rows), ())
+    assert (cols.ts, cols.keys, bytes(cols.bodies)) == (ts, keys, b"".join(bodies))
+    assert [cols.body_bytes(i) for i in range(len(rows))] == bodies
